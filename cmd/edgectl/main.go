@@ -1,0 +1,249 @@
+// Command edgectl is the operator's CLI for edged.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/edged/edged/edged/client"
+	"github.com/edged/edged/edged/namespaces"
+)
+
+// globals are the flags every command accepts.
+type globals struct {
+	address   string
+	namespace string
+	format    string
+	timeout   time.Duration
+}
+
+// env is what a command runs with.
+type env struct {
+	globals
+	stdout, stderr io.Writer
+	stdin          io.Reader
+	ctx            context.Context
+}
+
+type command struct {
+	name    string
+	aliases []string
+	usage   string // arguments, shown after the name
+	help    string
+	// flags adds command flags; may be nil.
+	flags func(fs *flag.FlagSet) func(e *env, args []string) error
+	sub   []*command
+}
+
+func commands() []*command {
+	return []*command{
+		versionCommand(),
+		namespacesCommand(),
+		containersCommand(),
+		eventsCommand(),
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// errUsage marks errors that print usage and exit 2.
+var errUsage = errors.New("usage")
+
+func addGlobals(fs *flag.FlagSet, g *globals) {
+	fs.StringVar(&g.address, "address", g.address, "edged socket ($"+client.AddressEnv+")")
+	fs.StringVar(&g.namespace, "namespace", g.namespace, "namespace ($"+namespaces.EnvVar+")")
+	fs.StringVar(&g.namespace, "n", g.namespace, "namespace (short for --namespace)")
+	fs.StringVar(&g.format, "format", g.format, "output format: table or json")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline of each API call")
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	e := &env{globals: globals{address: client.AddressFromEnv(), namespace: namespaces.FromEnv(), format: "table", timeout: client.DefaultTimeout}, stdout: stdout, stderr: stderr, stdin: stdin, ctx: ctx}
+	top := flag.NewFlagSet("edgectl", flag.ContinueOnError)
+	top.SetOutput(io.Discard)
+	addGlobals(top, &e.globals)
+	if err := top.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, nil, commands())
+			return 0
+		}
+		fmt.Fprintf(stderr, "edgectl: %v\n", err)
+		printUsage(stderr, nil, commands())
+		return 2
+	}
+	return dispatch(e, nil, commands(), top.Args())
+}
+
+func find(cmds []*command, name string) *command {
+	for _, c := range cmds {
+		if c.name == name {
+			return c
+		}
+		for _, a := range c.aliases {
+			if a == name {
+				return c
+			}
+		}
+	}
+	return nil
+}
+
+func dispatch(e *env, path []string, cmds []*command, args []string) int {
+	if len(args) == 0 {
+		fmt.Fprintf(e.stderr, "edgectl: missing command\n")
+		printUsage(e.stderr, path, cmds)
+		return 2
+	}
+	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		printUsage(e.stdout, path, cmds)
+		return 0
+	}
+	c := find(cmds, args[0])
+	if c == nil {
+		fmt.Fprintf(e.stderr, "edgectl: unknown command %q\n", strings.Join(append(path, args[0]), " "))
+		printUsage(e.stderr, path, cmds)
+		return 2
+	}
+	path = append(path, c.name)
+	if c.sub != nil {
+		return dispatch(e, path, c.sub, args[1:])
+	}
+	fs := flag.NewFlagSet("edgectl "+strings.Join(path, " "), flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	addGlobals(fs, &e.globals)
+	action := c.flags(fs)
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "usage: edgectl %s %s\n\n%s\n\nflags:\n", strings.Join(path, " "), c.usage, c.help)
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(interleave(fs, args[1:])); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(e.stdout)
+			return 0
+		}
+		fmt.Fprintf(e.stderr, "edgectl: %v\n", err)
+		usage(e.stderr)
+		return 2
+	}
+	if e.format != "table" && e.format != "json" {
+		fmt.Fprintf(e.stderr, "edgectl: --format %q: must be table or json\n", e.format)
+		return 2
+	}
+	err := action(e, fs.Args())
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(e.stderr, "edgectl: %s\n", strings.TrimSuffix(err.Error(), ": usage"))
+		usage(e.stderr)
+		return 2
+	default:
+		var ee exitError
+		if errors.As(err, &ee) {
+			return int(ee)
+		}
+		fmt.Fprintf(e.stderr, "edgectl: %s\n", oneLine(err.Error()))
+		return 1
+	}
+}
+
+// exitError makes edgectl exit with a code without printing.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// interleave lets flags follow positional arguments ("rm a b -n x"), as
+// operators expect; "--" ends flags.
+func interleave(fs *flag.FlagSet, args []string) []string {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if len(a) > 1 && a[0] == '-' {
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if strings.Contains(name, "=") {
+				continue
+			}
+			if f := fs.Lookup(name); f != nil {
+				if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+					continue
+				}
+				if i+1 < len(args) {
+					flags = append(flags, args[i+1])
+					i++
+				}
+			}
+			continue
+		}
+		pos = append(pos, a)
+	}
+	return append(append(flags, "--"), pos...)
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+func printUsage(w io.Writer, path []string, cmds []*command) {
+	prefix := strings.Join(append([]string{"edgectl"}, path...), " ")
+	fmt.Fprintf(w, "usage: %s [global flags] COMMAND [ARGS]\n\ncommands:\n", prefix)
+	sorted := append([]*command(nil), cmds...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
+	for _, c := range sorted {
+		name := c.name
+		if len(c.aliases) > 0 {
+			name += " (" + strings.Join(c.aliases, ", ") + ")"
+		}
+		fmt.Fprintf(w, "  %-28s %s\n", name, c.help)
+	}
+	fmt.Fprintf(w, "\nglobal flags: --address PATH, -n/--namespace NS, --format table|json, --timeout DURATION\n")
+}
+
+// connect dials edged with the global flags.
+func (e *env) connect() (*client.Client, error) {
+	return client.New(e.ctx, e.address, client.WithNamespace(e.namespace), client.WithTimeout(e.timeout))
+}
+
+// parseLabels parses "k=v" arguments; "k=" removes a label when updating.
+func parseLabels(args []string) (map[string]string, error) {
+	labels := map[string]string{}
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("label %q: want KEY=VALUE: %w", a, errUsage)
+		}
+		labels[k] = v
+	}
+	return labels, nil
+}
+
+// labelList is a repeatable --label flag.
+type labelList []string
+
+func (l *labelList) String() string     { return strings.Join(*l, ",") }
+func (l *labelList) Set(s string) error { *l = append(*l, s); return nil }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }

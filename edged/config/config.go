@@ -1,0 +1,145 @@
+// Package config loads edged's TOML configuration. The defaults are the
+// embedded configs/edged.toml; a file on disk overrides them field by field.
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/edged/edged/configs"
+	"github.com/edged/edged/edged/errdefs"
+)
+
+// Config is edged's configuration.
+type Config struct {
+	Root     string   `toml:"root"`
+	State    string   `toml:"state"`
+	Address  string   `toml:"address"`
+	Log      Log      `toml:"log"`
+	API      API      `toml:"api"`
+	Metadata Metadata `toml:"metadata"`
+	Events   Events   `toml:"events"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level string `toml:"level"`
+}
+
+// API configures the ttrpc API.
+type API struct {
+	SocketGID       int      `toml:"socket_gid"`
+	DefaultTimeout  Duration `toml:"default_timeout"`
+	MaxTimeout      Duration `toml:"max_timeout"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// Metadata configures the SQLite database.
+type Metadata struct {
+	Synchronous  string `toml:"synchronous"`
+	CacheSizeKiB int    `toml:"cache_size_kib"`
+}
+
+// Events configures the event exchange.
+type Events struct {
+	SubscriberQueue int `toml:"subscriber_queue"`
+}
+
+// Duration is a time.Duration written as "30s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Default returns the embedded defaults.
+func Default() *Config {
+	c, err := parse(nil, configs.DefaultTOML, "embedded defaults")
+	if err != nil {
+		// The embedded file is tested; failing here is a build defect.
+		panic(err)
+	}
+	return c
+}
+
+// Load reads path over the defaults. When path does not exist and optional
+// is set, the defaults are returned.
+func Load(path string, optional bool) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if os.IsNotExist(err) && optional {
+			return Default(), nil
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return parse(Default(), string(b), path)
+}
+
+func parse(base *Config, text, name string) (*Config, error) {
+	c := &Config{}
+	if base != nil {
+		*c = *base
+	}
+	md, err := toml.NewDecoder(bytes.NewReader([]byte(text))).Decode(c)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %v: %w", name, err, errdefs.ErrInvalidArgument)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return nil, fmt.Errorf("config %s: unknown setting %q: %w", name, und[0].String(), errdefs.ErrInvalidArgument)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// Validate checks the values.
+func (c *Config) Validate() error {
+	for field, p := range map[string]string{"root": c.Root, "state": c.State, "address": c.Address} {
+		if p == "" || !filepath.IsAbs(p) {
+			return errdefs.InvalidArgument(field, "%q must be an absolute path", p)
+		}
+	}
+	if len(c.Address) > 107 {
+		return errdefs.InvalidArgument("address", "%q is longer than a unix socket path may be (107 bytes)", c.Address)
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		return err
+	}
+	switch c.Metadata.Synchronous {
+	case "normal", "full":
+	default:
+		return errdefs.InvalidArgument("metadata.synchronous", "%q must be \"normal\" or \"full\"", c.Metadata.Synchronous)
+	}
+	if c.API.DefaultTimeout.Duration <= 0 || c.API.MaxTimeout.Duration <= 0 || c.API.ShutdownTimeout.Duration <= 0 {
+		return errdefs.InvalidArgument("api", "timeouts must be positive")
+	}
+	if c.Events.SubscriberQueue <= 0 {
+		return errdefs.InvalidArgument("events.subscriber_queue", "must be positive")
+	}
+	return nil
+}
+
+// ParseLevel parses a log level name.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, errdefs.InvalidArgument("log.level", "%q must be debug, info, warn or error", s)
+	}
+	return l, nil
+}

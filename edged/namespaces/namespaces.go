@@ -1,0 +1,73 @@
+// Package namespaces carries the namespace of a request: in the context of
+// the caller, and across ttrpc in request metadata under the same key
+// containerd uses, so that containerd's shims and tools interoperate.
+package namespaces
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/ttrpc"
+
+	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/identifiers"
+)
+
+const (
+	// Default is the namespace used when none is configured.
+	Default = "default"
+	// TTRPCHeader is the ttrpc metadata key that carries the namespace.
+	TTRPCHeader = "containerd-namespace-ttrpc"
+	// EnvVar names the environment variable clients read the namespace from.
+	EnvVar = "EDGED_NAMESPACE"
+)
+
+type nsKey struct{}
+
+// WithNamespace returns a context that carries ns for local use and as
+// outgoing ttrpc metadata.
+func WithNamespace(ctx context.Context, ns string) context.Context {
+	ctx = context.WithValue(ctx, nsKey{}, ns)
+	md, ok := ttrpc.GetMetadata(ctx)
+	if !ok {
+		md = ttrpc.MD{}
+	} else {
+		md = md.Clone()
+	}
+	md.Set(TTRPCHeader, ns)
+	return ttrpc.WithMetadata(ctx, md)
+}
+
+// Namespace returns the namespace of ctx, from the context value or from
+// incoming ttrpc metadata.
+func Namespace(ctx context.Context) (string, bool) {
+	if ns, ok := ctx.Value(nsKey{}).(string); ok {
+		return ns, true
+	}
+	if v, ok := ttrpc.GetMetadataValue(ctx, TTRPCHeader); ok {
+		return v, true
+	}
+	return "", false
+}
+
+// NamespaceRequired returns the valid namespace of ctx or an
+// ErrFailedPrecondition/ErrInvalidArgument error.
+func NamespaceRequired(ctx context.Context) (string, error) {
+	ns, ok := Namespace(ctx)
+	if !ok || ns == "" {
+		return "", fmt.Errorf("namespace is required (set it in ttrpc metadata %q): %w", TTRPCHeader, errdefs.ErrFailedPrecondition)
+	}
+	if err := identifiers.Validate("namespace", ns); err != nil {
+		return "", err
+	}
+	return ns, nil
+}
+
+// FromEnv returns the namespace named by EDGED_NAMESPACE, or Default.
+func FromEnv() string {
+	if ns := os.Getenv(EnvVar); ns != "" {
+		return ns
+	}
+	return Default
+}

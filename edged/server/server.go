@@ -1,0 +1,162 @@
+// Package server assembles edged: it opens the metadata store, registers
+// the ttrpc services, listens (or takes systemd's socket), tells systemd
+// when it is ready and drains gracefully on shutdown.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/edged/edged/edged/config"
+	"github.com/edged/edged/edged/events"
+	"github.com/edged/edged/edged/metadata"
+	containerssvc "github.com/edged/edged/edged/services/containers"
+	eventssvc "github.com/edged/edged/edged/services/events"
+	namespacessvc "github.com/edged/edged/edged/services/namespaces"
+	versionsvc "github.com/edged/edged/edged/services/version"
+)
+
+// Server is a configured edged.
+type Server struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	db     *metadata.DB
+	ex     *events.Exchange
+	ttrpc  *ttrpc.Server
+	closed bool
+}
+
+// New opens the stores under cfg.Root and cfg.State and registers the
+// services. It does not listen yet.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version versionsvc.Info) (s *Server, err error) {
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{{cfg.Root, 0o711}, {cfg.State, 0o711}} {
+		if err := os.MkdirAll(d.path, d.mode); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d.path, err)
+		}
+	}
+	sync := "NORMAL"
+	if cfg.Metadata.Synchronous == "full" {
+		sync = "FULL"
+	}
+	db, err := metadata.Open(ctx, filepath.Join(cfg.Root, "meta.db"), metadata.Options{
+		Synchronous:  sync,
+		CacheSizeKiB: cfg.Metadata.CacheSizeKiB,
+		Logger:       log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open metadata: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			db.Close()
+		}
+	}()
+	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(
+		unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration)))
+	if err != nil {
+		return nil, fmt.Errorf("ttrpc server: %w", err)
+	}
+	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue), ttrpc: ts}
+	versionsvc.Register(ts, version)
+	namespacessvc.Register(ts, db, s.ex)
+	containerssvc.Register(ts, db, s.ex)
+	eventssvc.Register(ts, s.ex)
+	return s, nil
+}
+
+// Events returns the event exchange.
+func (s *Server) Events() *events.Exchange { return s.ex }
+
+// Run listens and serves until ctx is done, then drains: in-flight requests
+// get cfg.API.ShutdownTimeout to finish before connections are closed.
+func (s *Server) Run(ctx context.Context) error {
+	l, activated, err := Listen(s.cfg.Address, s.cfg.API.SocketGID)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, l, activated)
+}
+
+// Serve serves on l until ctx is done.
+func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) error {
+	s.log.Info("edged serving", "address", l.Addr().String(), "socket_activated", activated, "root", s.cfg.Root, "state", s.cfg.State)
+	errc := make(chan error, 1)
+	go func() { errc <- s.ttrpc.Serve(ctx, l) }()
+
+	notify(s.log, daemon.SdNotifyReady)
+	stopWatchdog := s.watchdog()
+	defer stopWatchdog()
+
+	select {
+	case err := <-errc:
+		if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+	}
+	notify(s.log, daemon.SdNotifyStopping)
+	s.log.Info("edged shutting down", "grace", s.cfg.API.ShutdownTimeout.Duration)
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.API.ShutdownTimeout.Duration)
+	defer cancel()
+	if err := s.ttrpc.Shutdown(sctx); err != nil {
+		s.log.Warn("in-flight requests did not finish in time; closing connections", "error", err)
+		s.ttrpc.Close()
+	}
+	if !activated {
+		// Our own socket: remove it so a stale path does not linger. A
+		// socket systemd owns stays for the next activation.
+		os.Remove(s.cfg.Address)
+	}
+	return nil
+}
+
+// Close releases the stores.
+func (s *Server) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.db.Close()
+}
+
+func notify(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("sd_notify failed", "state", state, "error", err)
+	}
+}
+
+// watchdog pets systemd's watchdog at half its interval when WATCHDOG_USEC
+// asks for it.
+func (s *Server) watchdog() func() {
+	interval, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || interval == 0 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				notify(s.log, daemon.SdNotifyWatchdog)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
+}
