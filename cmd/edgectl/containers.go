@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 
 	"github.com/edged/edged/edged/client"
 )
@@ -31,7 +33,7 @@ func containersCommand() *command {
 							return err
 						}
 						if e.format == "json" {
-							return writeJSON(e.stdout, list, true)
+							return writeContainersJSON(e.stdout, list, true)
 						}
 						if *quiet {
 							for _, ctr := range list {
@@ -67,7 +69,7 @@ func containersCommand() *command {
 						if err != nil {
 							return err
 						}
-						return writeJSON(e.stdout, []*client.Container{ctr}, false)
+						return writeContainersJSON(e.stdout, []*client.Container{ctr}, false)
 					}
 				},
 			},
@@ -117,7 +119,7 @@ func containersCommand() *command {
 							return err
 						}
 						if e.format == "json" {
-							return writeJSON(e.stdout, []*client.Container{ctr}, false)
+							return writeContainersJSON(e.stdout, []*client.Container{ctr}, false)
 						}
 						fmt.Fprintf(e.stdout, "%s\t%s\n", ctr.Id, formatLabels(ctr.Labels))
 						return nil
@@ -126,4 +128,68 @@ func containersCommand() *command {
 			},
 		},
 	}
+}
+
+// containerJSON is the JSON shape of a container for operators: the OCI
+// spec inline as JSON, other Any values by type and size.
+type containerJSON struct {
+	ID          string            `json:"id"`
+	Image       string            `json:"image,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Runtime     runtimeJSON       `json:"runtime"`
+	Snapshotter string            `json:"snapshotter,omitempty"`
+	SnapshotKey string            `json:"snapshot_key,omitempty"`
+	Spec        json.RawMessage   `json:"spec,omitempty"`
+	SpecType    string            `json:"spec_type,omitempty"`
+	Extensions  map[string]string `json:"extensions,omitempty"`
+	CreatedAt   string            `json:"created_at,omitempty"`
+	UpdatedAt   string            `json:"updated_at,omitempty"`
+}
+
+type runtimeJSON struct {
+	Name        string `json:"name"`
+	OptionsType string `json:"options_type,omitempty"`
+}
+
+func toContainerJSON(c *client.Container) containerJSON {
+	out := containerJSON{ID: c.Id, Image: c.Image, Labels: c.Labels, Snapshotter: c.Snapshotter, SnapshotKey: c.SnapshotKey,
+		CreatedAt: formatTimeRFC(c.CreatedAt), UpdatedAt: formatTimeRFC(c.UpdatedAt)}
+	if c.Runtime != nil {
+		out.Runtime.Name = c.Runtime.Name
+		if c.Runtime.Options != nil {
+			out.Runtime.OptionsType = c.Runtime.Options.TypeUrl
+		}
+	}
+	if c.Spec != nil {
+		out.SpecType = c.Spec.TypeUrl
+		if json.Valid(c.Spec.Value) {
+			out.Spec = c.Spec.Value
+		} else {
+			b, _ := json.Marshal(fmt.Sprintf("(%d bytes, not JSON)", len(c.Spec.Value)))
+			out.Spec = b
+		}
+	}
+	for k, v := range c.Extensions {
+		if out.Extensions == nil {
+			out.Extensions = map[string]string{}
+		}
+		out.Extensions[k] = fmt.Sprintf("%s (%d bytes)", v.TypeUrl, len(v.Value))
+	}
+	return out
+}
+
+func writeContainersJSON(w io.Writer, list []*client.Container, asList bool) error {
+	var v any
+	if asList {
+		l := make([]containerJSON, 0, len(list))
+		for _, c := range list {
+			l = append(l, toContainerJSON(c))
+		}
+		v = l
+	} else {
+		v = toContainerJSON(list[0])
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

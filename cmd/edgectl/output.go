@@ -84,3 +84,11 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+func formatTimeRFC(ts *ptypes.Timestamp) string {
+	t := protoconv.Time(ts)
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339Nano)
+}

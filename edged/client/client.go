@@ -139,6 +139,9 @@ func convertError(err error) error {
 	if err == nil {
 		return nil
 	}
+	if errors.Is(err, ttrpc.ErrStreamFull) {
+		return fmt.Errorf("stream dropped: the receiver fell behind: %w", errdefs.ErrResourceExhausted)
+	}
 	if errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, ttrpc.ErrServerClosed) {
 		return fmt.Errorf("edged connection: %v: %w", err, errdefs.ErrUnavailable)
 	}

@@ -10,6 +10,7 @@ package events
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +37,7 @@ const MaxEventBytes = 64 << 10
 // Exchange fans envelopes out to subscribers.
 type Exchange struct {
 	queue int
+	log   *slog.Logger
 
 	mu   sync.Mutex
 	subs map[*subscriber]struct{}
@@ -43,11 +45,15 @@ type Exchange struct {
 }
 
 // New returns an exchange whose subscribers queue up to queue envelopes.
-func New(queue int) *Exchange {
+// Dropped subscribers are logged to log (nil: slog.Default()).
+func New(queue int, log *slog.Logger) *Exchange {
 	if queue <= 0 {
 		queue = DefaultQueue
 	}
-	return &Exchange{queue: queue, subs: map[*subscriber]struct{}{}, now: time.Now}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Exchange{queue: queue, log: log, subs: map[*subscriber]struct{}{}, now: time.Now}
 }
 
 type subscriber struct {
@@ -101,6 +107,7 @@ func (e *Exchange) Forward(ctx context.Context, env *eventsapi.Envelope) error {
 		case s.ch <- env:
 		default:
 			// The subscriber is too slow: cut it off rather than block or buffer.
+			e.log.Warn("event subscriber dropped: fell behind", "queue", e.queue, "topic", env.Topic)
 			e.dropLocked(s, fmt.Errorf("subscriber fell more than %d events behind and was dropped: %w", e.queue, errdefs.ErrResourceExhausted))
 		}
 	}

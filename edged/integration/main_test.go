@@ -60,3 +60,21 @@ func ctxT(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+func mkdirAll(p string) error { return os.MkdirAll(p, 0o711) }
+
+func isSocket(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode()&os.ModeSocket != 0
+}
+
+func waitPath(t *testing.T, p string) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(p); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s did not appear", p)
+}

@@ -28,7 +28,12 @@ func unaryInterceptor(log *slog.Logger, defTimeout, maxTimeout time.Duration) tt
 				err = errdefs.ToGRPC(err)
 			}
 		}()
-		return method(ctx, unmarshal)
+		return method(ctx, func(v any) error {
+			if err := unmarshal(v); err != nil {
+				return fmt.Errorf("malformed %s request: %v: %w", info.FullMethod, err, errdefs.ErrInvalidArgument)
+			}
+			return nil
+		})
 	}
 }
 

@@ -68,7 +68,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	if err != nil {
 		return nil, fmt.Errorf("ttrpc server: %w", err)
 	}
-	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue), ttrpc: ts}
+	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), ttrpc: ts}
 	versionsvc.Register(ts, version)
 	namespacessvc.Register(ts, db, s.ex)
 	containerssvc.Register(ts, db, s.ex)
