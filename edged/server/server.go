@@ -71,7 +71,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), ttrpc: ts}
 	versionsvc.Register(ts, version)
 	namespacessvc.Register(ts, db, s.ex)
-	containerssvc.Register(ts, db, s.ex)
+	containerssvc.Register(ts, db, s.ex, nil)
 	eventssvc.Register(ts, s.ex)
 	return s, nil
 }

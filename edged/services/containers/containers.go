@@ -3,6 +3,7 @@ package containers
 
 import (
 	"context"
+	"fmt"
 	"strings"
 
 	"github.com/containerd/ttrpc"
@@ -26,13 +27,17 @@ const MaxSpecBytes = 1 << 20
 const MaxRuntimeOptionsBytes = 64 << 10
 
 type service struct {
-	db *metadata.DB
-	ex *events.Exchange
+	db      *metadata.DB
+	ex      *events.Exchange
+	creator Creator
 }
 
-// Register adds the Containers service to srv.
-func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange) {
-	api.RegisterContainersService(srv, &service{db: db, ex: ex})
+// Creator implements CreateFromImage (the image, snapshot and spec work).
+type Creator func(ctx context.Context, r *api.CreateFromImageRequest) (*api.CreateContainerResponse, error)
+
+// Register adds the Containers service to srv. creator may be nil.
+func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange, creator Creator) {
+	api.RegisterContainersService(srv, &service{db: db, ex: ex, creator: creator})
 }
 
 // ToProto converts a metadata container to its API form.
@@ -286,4 +291,13 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteContainerRequest) (*p
 	}
 	_ = s.ex.Publish(ctx, "/containers/delete", &eventtypes.ContainerDelete{Id: r.Id})
 	return &ptypes.Empty{}, nil
+}
+
+// CreateFromImage needs the image store and the snapshotter; until the
+// server configures a Creator it answers NotImplemented.
+func (s *service) CreateFromImage(ctx context.Context, r *api.CreateFromImageRequest) (*api.CreateContainerResponse, error) {
+	if s.creator == nil {
+		return nil, fmt.Errorf("creating containers from images: %w", errdefs.ErrNotImplemented)
+	}
+	return s.creator(ctx, r)
 }

@@ -7,6 +7,7 @@
 package containers
 
 import (
+	encoding_binary "encoding/binary"
 	fmt "fmt"
 	proto "github.com/gogo/protobuf/proto"
 	types "github.com/gogo/protobuf/types"
@@ -26,6 +27,446 @@ var _ = math.Inf
 // proto package needs to be updated.
 const _ = proto.GoGoProtoPackageIsVersion3 // please upgrade the proto package
 
+type CreateFromImageRequest struct {
+	Id     string            `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Image  string            `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
+	// runtime defaults to edged's configured default runtime.
+	Runtime     *Container_Runtime `protobuf:"bytes,4,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Options     *SpecOptions       `protobuf:"bytes,5,opt,name=options,proto3" json:"options,omitempty"`
+	Snapshotter string             `protobuf:"bytes,6,opt,name=snapshotter,proto3" json:"snapshotter,omitempty"`
+}
+
+func (m *CreateFromImageRequest) Reset()         { *m = CreateFromImageRequest{} }
+func (m *CreateFromImageRequest) String() string { return proto.CompactTextString(m) }
+func (*CreateFromImageRequest) ProtoMessage()    {}
+func (*CreateFromImageRequest) Descriptor() ([]byte, []int) {
+	return fileDescriptor_322cd978e9c21914, []int{0}
+}
+func (m *CreateFromImageRequest) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *CreateFromImageRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_CreateFromImageRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *CreateFromImageRequest) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_CreateFromImageRequest.Merge(m, src)
+}
+func (m *CreateFromImageRequest) XXX_Size() int {
+	return m.Size()
+}
+func (m *CreateFromImageRequest) XXX_DiscardUnknown() {
+	xxx_messageInfo_CreateFromImageRequest.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_CreateFromImageRequest proto.InternalMessageInfo
+
+func (m *CreateFromImageRequest) GetId() string {
+	if m != nil {
+		return m.Id
+	}
+	return ""
+}
+
+func (m *CreateFromImageRequest) GetImage() string {
+	if m != nil {
+		return m.Image
+	}
+	return ""
+}
+
+func (m *CreateFromImageRequest) GetLabels() map[string]string {
+	if m != nil {
+		return m.Labels
+	}
+	return nil
+}
+
+func (m *CreateFromImageRequest) GetRuntime() *Container_Runtime {
+	if m != nil {
+		return m.Runtime
+	}
+	return nil
+}
+
+func (m *CreateFromImageRequest) GetOptions() *SpecOptions {
+	if m != nil {
+		return m.Options
+	}
+	return nil
+}
+
+func (m *CreateFromImageRequest) GetSnapshotter() string {
+	if m != nil {
+		return m.Snapshotter
+	}
+	return ""
+}
+
+// SpecOptions are what an operator sets on `edgectl run`.
+type SpecOptions struct {
+	// args replaces the image's Cmd; entrypoint (when entrypoint_set)
+	// replaces its Entrypoint.
+	Args          []string `protobuf:"bytes,1,rep,name=args,proto3" json:"args,omitempty"`
+	Entrypoint    []string `protobuf:"bytes,2,rep,name=entrypoint,proto3" json:"entrypoint,omitempty"`
+	EntrypointSet bool     `protobuf:"varint,3,opt,name=entrypoint_set,json=entrypointSet,proto3" json:"entrypoint_set,omitempty"`
+	// env entries KEY=VALUE override the image's.
+	Env         []string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
+	User        string   `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	Cwd         string   `protobuf:"bytes,6,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Tty         bool     `protobuf:"varint,7,opt,name=tty,proto3" json:"tty,omitempty"`
+	Hostname    string   `protobuf:"bytes,8,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Mounts      []*Mount `protobuf:"bytes,9,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	ReadOnly    bool     `protobuf:"varint,10,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	MemoryLimit int64    `protobuf:"varint,11,opt,name=memory_limit,json=memoryLimit,proto3" json:"memory_limit,omitempty"`
+	Cpus        float64  `protobuf:"fixed64,12,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	PidsLimit   int64    `protobuf:"varint,13,opt,name=pids_limit,json=pidsLimit,proto3" json:"pids_limit,omitempty"`
+	// network: "host", "none", "bridge", "ns:NAME", "container:ID".
+	Network      string            `protobuf:"bytes,14,opt,name=network,proto3" json:"network,omitempty"`
+	Privileged   bool              `protobuf:"varint,15,opt,name=privileged,proto3" json:"privileged,omitempty"`
+	CapAdd       []string          `protobuf:"bytes,16,rep,name=cap_add,json=capAdd,proto3" json:"cap_add,omitempty"`
+	CapDrop      []string          `protobuf:"bytes,17,rep,name=cap_drop,json=capDrop,proto3" json:"cap_drop,omitempty"`
+	Annotations  map[string]string `protobuf:"bytes,18,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
+	PortMappings []*PortMapping    `protobuf:"bytes,19,rep,name=port_mappings,json=portMappings,proto3" json:"port_mappings,omitempty"`
+	// memory_swap: -1 unlimited, 0 unset.
+	MemorySwap int64  `protobuf:"varint,20,opt,name=memory_swap,json=memorySwap,proto3" json:"memory_swap,omitempty"`
+	CpuShares  uint64 `protobuf:"varint,21,opt,name=cpu_shares,json=cpuShares,proto3" json:"cpu_shares,omitempty"`
+	CpusetCpus string `protobuf:"bytes,22,opt,name=cpuset_cpus,json=cpusetCpus,proto3" json:"cpuset_cpus,omitempty"`
+}
+
+func (m *SpecOptions) Reset()         { *m = SpecOptions{} }
+func (m *SpecOptions) String() string { return proto.CompactTextString(m) }
+func (*SpecOptions) ProtoMessage()    {}
+func (*SpecOptions) Descriptor() ([]byte, []int) {
+	return fileDescriptor_322cd978e9c21914, []int{1}
+}
+func (m *SpecOptions) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *SpecOptions) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_SpecOptions.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *SpecOptions) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_SpecOptions.Merge(m, src)
+}
+func (m *SpecOptions) XXX_Size() int {
+	return m.Size()
+}
+func (m *SpecOptions) XXX_DiscardUnknown() {
+	xxx_messageInfo_SpecOptions.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_SpecOptions proto.InternalMessageInfo
+
+func (m *SpecOptions) GetArgs() []string {
+	if m != nil {
+		return m.Args
+	}
+	return nil
+}
+
+func (m *SpecOptions) GetEntrypoint() []string {
+	if m != nil {
+		return m.Entrypoint
+	}
+	return nil
+}
+
+func (m *SpecOptions) GetEntrypointSet() bool {
+	if m != nil {
+		return m.EntrypointSet
+	}
+	return false
+}
+
+func (m *SpecOptions) GetEnv() []string {
+	if m != nil {
+		return m.Env
+	}
+	return nil
+}
+
+func (m *SpecOptions) GetUser() string {
+	if m != nil {
+		return m.User
+	}
+	return ""
+}
+
+func (m *SpecOptions) GetCwd() string {
+	if m != nil {
+		return m.Cwd
+	}
+	return ""
+}
+
+func (m *SpecOptions) GetTty() bool {
+	if m != nil {
+		return m.Tty
+	}
+	return false
+}
+
+func (m *SpecOptions) GetHostname() string {
+	if m != nil {
+		return m.Hostname
+	}
+	return ""
+}
+
+func (m *SpecOptions) GetMounts() []*Mount {
+	if m != nil {
+		return m.Mounts
+	}
+	return nil
+}
+
+func (m *SpecOptions) GetReadOnly() bool {
+	if m != nil {
+		return m.ReadOnly
+	}
+	return false
+}
+
+func (m *SpecOptions) GetMemoryLimit() int64 {
+	if m != nil {
+		return m.MemoryLimit
+	}
+	return 0
+}
+
+func (m *SpecOptions) GetCpus() float64 {
+	if m != nil {
+		return m.Cpus
+	}
+	return 0
+}
+
+func (m *SpecOptions) GetPidsLimit() int64 {
+	if m != nil {
+		return m.PidsLimit
+	}
+	return 0
+}
+
+func (m *SpecOptions) GetNetwork() string {
+	if m != nil {
+		return m.Network
+	}
+	return ""
+}
+
+func (m *SpecOptions) GetPrivileged() bool {
+	if m != nil {
+		return m.Privileged
+	}
+	return false
+}
+
+func (m *SpecOptions) GetCapAdd() []string {
+	if m != nil {
+		return m.CapAdd
+	}
+	return nil
+}
+
+func (m *SpecOptions) GetCapDrop() []string {
+	if m != nil {
+		return m.CapDrop
+	}
+	return nil
+}
+
+func (m *SpecOptions) GetAnnotations() map[string]string {
+	if m != nil {
+		return m.Annotations
+	}
+	return nil
+}
+
+func (m *SpecOptions) GetPortMappings() []*PortMapping {
+	if m != nil {
+		return m.PortMappings
+	}
+	return nil
+}
+
+func (m *SpecOptions) GetMemorySwap() int64 {
+	if m != nil {
+		return m.MemorySwap
+	}
+	return 0
+}
+
+func (m *SpecOptions) GetCpuShares() uint64 {
+	if m != nil {
+		return m.CpuShares
+	}
+	return 0
+}
+
+func (m *SpecOptions) GetCpusetCpus() string {
+	if m != nil {
+		return m.CpusetCpus
+	}
+	return ""
+}
+
+type Mount struct {
+	// type: "bind" (default) or "tmpfs".
+	Type        string   `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`
+	Source      string   `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Destination string   `protobuf:"bytes,3,opt,name=destination,proto3" json:"destination,omitempty"`
+	Options     []string `protobuf:"bytes,4,rep,name=options,proto3" json:"options,omitempty"`
+}
+
+func (m *Mount) Reset()         { *m = Mount{} }
+func (m *Mount) String() string { return proto.CompactTextString(m) }
+func (*Mount) ProtoMessage()    {}
+func (*Mount) Descriptor() ([]byte, []int) {
+	return fileDescriptor_322cd978e9c21914, []int{2}
+}
+func (m *Mount) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *Mount) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_Mount.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *Mount) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_Mount.Merge(m, src)
+}
+func (m *Mount) XXX_Size() int {
+	return m.Size()
+}
+func (m *Mount) XXX_DiscardUnknown() {
+	xxx_messageInfo_Mount.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_Mount proto.InternalMessageInfo
+
+func (m *Mount) GetType() string {
+	if m != nil {
+		return m.Type
+	}
+	return ""
+}
+
+func (m *Mount) GetSource() string {
+	if m != nil {
+		return m.Source
+	}
+	return ""
+}
+
+func (m *Mount) GetDestination() string {
+	if m != nil {
+		return m.Destination
+	}
+	return ""
+}
+
+func (m *Mount) GetOptions() []string {
+	if m != nil {
+		return m.Options
+	}
+	return nil
+}
+
+type PortMapping struct {
+	HostPort      uint32 `protobuf:"varint,1,opt,name=host_port,json=hostPort,proto3" json:"host_port,omitempty"`
+	ContainerPort uint32 `protobuf:"varint,2,opt,name=container_port,json=containerPort,proto3" json:"container_port,omitempty"`
+	Protocol      string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	HostIp        string `protobuf:"bytes,4,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
+}
+
+func (m *PortMapping) Reset()         { *m = PortMapping{} }
+func (m *PortMapping) String() string { return proto.CompactTextString(m) }
+func (*PortMapping) ProtoMessage()    {}
+func (*PortMapping) Descriptor() ([]byte, []int) {
+	return fileDescriptor_322cd978e9c21914, []int{3}
+}
+func (m *PortMapping) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *PortMapping) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_PortMapping.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *PortMapping) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_PortMapping.Merge(m, src)
+}
+func (m *PortMapping) XXX_Size() int {
+	return m.Size()
+}
+func (m *PortMapping) XXX_DiscardUnknown() {
+	xxx_messageInfo_PortMapping.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_PortMapping proto.InternalMessageInfo
+
+func (m *PortMapping) GetHostPort() uint32 {
+	if m != nil {
+		return m.HostPort
+	}
+	return 0
+}
+
+func (m *PortMapping) GetContainerPort() uint32 {
+	if m != nil {
+		return m.ContainerPort
+	}
+	return 0
+}
+
+func (m *PortMapping) GetProtocol() string {
+	if m != nil {
+		return m.Protocol
+	}
+	return ""
+}
+
+func (m *PortMapping) GetHostIp() string {
+	if m != nil {
+		return m.HostIp
+	}
+	return ""
+}
+
 type Container struct {
 	Id      string             `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Labels  map[string]string  `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
@@ -44,7 +485,7 @@ func (m *Container) Reset()         { *m = Container{} }
 func (m *Container) String() string { return proto.CompactTextString(m) }
 func (*Container) ProtoMessage()    {}
 func (*Container) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{0}
+	return fileDescriptor_322cd978e9c21914, []int{4}
 }
 func (m *Container) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -153,7 +594,7 @@ func (m *Container_Runtime) Reset()         { *m = Container_Runtime{} }
 func (m *Container_Runtime) String() string { return proto.CompactTextString(m) }
 func (*Container_Runtime) ProtoMessage()    {}
 func (*Container_Runtime) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{0, 0}
+	return fileDescriptor_322cd978e9c21914, []int{4, 0}
 }
 func (m *Container_Runtime) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -204,7 +645,7 @@ func (m *GetContainerRequest) Reset()         { *m = GetContainerRequest{} }
 func (m *GetContainerRequest) String() string { return proto.CompactTextString(m) }
 func (*GetContainerRequest) ProtoMessage()    {}
 func (*GetContainerRequest) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{1}
+	return fileDescriptor_322cd978e9c21914, []int{5}
 }
 func (m *GetContainerRequest) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -248,7 +689,7 @@ func (m *GetContainerResponse) Reset()         { *m = GetContainerResponse{} }
 func (m *GetContainerResponse) String() string { return proto.CompactTextString(m) }
 func (*GetContainerResponse) ProtoMessage()    {}
 func (*GetContainerResponse) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{2}
+	return fileDescriptor_322cd978e9c21914, []int{6}
 }
 func (m *GetContainerResponse) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -295,7 +736,7 @@ func (m *ListContainersRequest) Reset()         { *m = ListContainersRequest{} }
 func (m *ListContainersRequest) String() string { return proto.CompactTextString(m) }
 func (*ListContainersRequest) ProtoMessage()    {}
 func (*ListContainersRequest) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{3}
+	return fileDescriptor_322cd978e9c21914, []int{7}
 }
 func (m *ListContainersRequest) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -339,7 +780,7 @@ func (m *ListContainersResponse) Reset()         { *m = ListContainersResponse{}
 func (m *ListContainersResponse) String() string { return proto.CompactTextString(m) }
 func (*ListContainersResponse) ProtoMessage()    {}
 func (*ListContainersResponse) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{4}
+	return fileDescriptor_322cd978e9c21914, []int{8}
 }
 func (m *ListContainersResponse) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -383,7 +824,7 @@ func (m *CreateContainerRequest) Reset()         { *m = CreateContainerRequest{}
 func (m *CreateContainerRequest) String() string { return proto.CompactTextString(m) }
 func (*CreateContainerRequest) ProtoMessage()    {}
 func (*CreateContainerRequest) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{5}
+	return fileDescriptor_322cd978e9c21914, []int{9}
 }
 func (m *CreateContainerRequest) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -427,7 +868,7 @@ func (m *CreateContainerResponse) Reset()         { *m = CreateContainerResponse
 func (m *CreateContainerResponse) String() string { return proto.CompactTextString(m) }
 func (*CreateContainerResponse) ProtoMessage()    {}
 func (*CreateContainerResponse) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{6}
+	return fileDescriptor_322cd978e9c21914, []int{10}
 }
 func (m *CreateContainerResponse) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -472,7 +913,7 @@ func (m *UpdateContainerRequest) Reset()         { *m = UpdateContainerRequest{}
 func (m *UpdateContainerRequest) String() string { return proto.CompactTextString(m) }
 func (*UpdateContainerRequest) ProtoMessage()    {}
 func (*UpdateContainerRequest) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{7}
+	return fileDescriptor_322cd978e9c21914, []int{11}
 }
 func (m *UpdateContainerRequest) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -523,7 +964,7 @@ func (m *UpdateContainerResponse) Reset()         { *m = UpdateContainerResponse
 func (m *UpdateContainerResponse) String() string { return proto.CompactTextString(m) }
 func (*UpdateContainerResponse) ProtoMessage()    {}
 func (*UpdateContainerResponse) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{8}
+	return fileDescriptor_322cd978e9c21914, []int{12}
 }
 func (m *UpdateContainerResponse) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -567,7 +1008,7 @@ func (m *DeleteContainerRequest) Reset()         { *m = DeleteContainerRequest{}
 func (m *DeleteContainerRequest) String() string { return proto.CompactTextString(m) }
 func (*DeleteContainerRequest) ProtoMessage()    {}
 func (*DeleteContainerRequest) Descriptor() ([]byte, []int) {
-	return fileDescriptor_322cd978e9c21914, []int{9}
+	return fileDescriptor_322cd978e9c21914, []int{13}
 }
 func (m *DeleteContainerRequest) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -604,6 +1045,12 @@ func (m *DeleteContainerRequest) GetId() string {
 }
 
 func init() {
+	proto.RegisterType((*CreateFromImageRequest)(nil), "edged.services.containers.v1.CreateFromImageRequest")
+	proto.RegisterMapType((map[string]string)(nil), "edged.services.containers.v1.CreateFromImageRequest.LabelsEntry")
+	proto.RegisterType((*SpecOptions)(nil), "edged.services.containers.v1.SpecOptions")
+	proto.RegisterMapType((map[string]string)(nil), "edged.services.containers.v1.SpecOptions.AnnotationsEntry")
+	proto.RegisterType((*Mount)(nil), "edged.services.containers.v1.Mount")
+	proto.RegisterType((*PortMapping)(nil), "edged.services.containers.v1.PortMapping")
 	proto.RegisterType((*Container)(nil), "edged.services.containers.v1.Container")
 	proto.RegisterMapType((map[string]*types.Any)(nil), "edged.services.containers.v1.Container.ExtensionsEntry")
 	proto.RegisterMapType((map[string]string)(nil), "edged.services.containers.v1.Container.LabelsEntry")
@@ -624,54 +1071,505 @@ func init() {
 }
 
 var fileDescriptor_322cd978e9c21914 = []byte{
-	// 739 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xb4, 0x56, 0xcd, 0x6e, 0xd3, 0x5c,
-	0x10, 0xad, 0x93, 0x34, 0xf9, 0x3c, 0xf9, 0xf4, 0x7d, 0xe8, 0x52, 0x82, 0x31, 0x28, 0x84, 0x48,
-	0xa8, 0x11, 0x0b, 0x5b, 0x49, 0x41, 0x50, 0x2a, 0x21, 0x95, 0x12, 0x2a, 0xd4, 0x76, 0x63, 0x7e,
-	0x85, 0x84, 0x82, 0x13, 0x4f, 0x53, 0xab, 0xfe, 0xab, 0xef, 0x75, 0x44, 0xde, 0x82, 0x07, 0xe0,
-	0x2d, 0x78, 0x09, 0x96, 0x5d, 0xb2, 0x44, 0xad, 0xc4, 0x73, 0x20, 0x5f, 0xdb, 0x71, 0xea, 0xb8,
-	0x4d, 0x23, 0x95, 0x4d, 0xe5, 0x5b, 0x9f, 0x33, 0x67, 0xe6, 0xf8, 0x8c, 0x63, 0x58, 0xa5, 0xe8,
-	0x8f, 0xcc, 0x01, 0x52, 0x75, 0xe0, 0x3a, 0x4c, 0x37, 0x1d, 0xf4, 0xa9, 0x3a, 0x6a, 0x4f, 0x9d,
-	0x14, 0xcf, 0x77, 0x99, 0x4b, 0xee, 0xa0, 0x31, 0x44, 0x43, 0x49, 0xe0, 0xca, 0x14, 0x60, 0xd4,
-	0x96, 0x6f, 0x0d, 0x5d, 0x77, 0x68, 0xa1, 0xca, 0xb1, 0xfd, 0x60, 0x5f, 0xd5, 0x9d, 0x71, 0x44,
-	0x94, 0x6f, 0x67, 0x6f, 0xa1, 0xed, 0xb1, 0xe4, 0x66, 0x23, 0x7b, 0x73, 0xdf, 0x44, 0xcb, 0xe8,
-	0xd9, 0x3a, 0x3d, 0x8c, 0x11, 0x77, 0xb3, 0x08, 0x66, 0xda, 0x48, 0x99, 0x6e, 0x7b, 0x11, 0xa0,
-	0xf9, 0x7b, 0x19, 0xc4, 0xad, 0xa4, 0x19, 0xf2, 0x1f, 0x14, 0x4c, 0x43, 0x12, 0x1a, 0x42, 0x4b,
-	0xd4, 0x0a, 0xa6, 0x41, 0x76, 0xa0, 0x6c, 0xe9, 0x7d, 0xb4, 0xa8, 0x54, 0x68, 0x14, 0x5b, 0xd5,
-	0xce, 0x9a, 0x72, 0xd1, 0x1c, 0xca, 0xa4, 0x90, 0xb2, 0xcb, 0x59, 0x5d, 0x87, 0xf9, 0x63, 0x2d,
-	0x2e, 0x41, 0x56, 0x60, 0xd9, 0xb4, 0xf5, 0x21, 0x4a, 0x45, 0x5e, 0x3f, 0x3a, 0x90, 0x57, 0x50,
-	0xf1, 0x03, 0x27, 0x6c, 0x4b, 0x2a, 0x35, 0x84, 0x56, 0xb5, 0xa3, 0x5e, 0x56, 0x43, 0x8b, 0x68,
-	0x5a, 0xc2, 0x27, 0x2d, 0x28, 0x51, 0x0f, 0x07, 0xd2, 0x32, 0xaf, 0xb3, 0xa2, 0x44, 0xb3, 0x2b,
-	0xc9, 0xec, 0xca, 0xa6, 0x33, 0xd6, 0x38, 0x82, 0xdc, 0x83, 0x7f, 0xa9, 0xa3, 0x7b, 0xf4, 0xc0,
-	0x65, 0xbd, 0x43, 0x1c, 0x4b, 0x65, 0xde, 0x51, 0x35, 0xf9, 0xdf, 0x0e, 0x8e, 0x49, 0x03, 0x26,
-	0x47, 0x86, 0xbe, 0x54, 0x39, 0x8b, 0x60, 0xe8, 0x93, 0x75, 0x80, 0x81, 0x8f, 0x3a, 0x43, 0xa3,
-	0xa7, 0x33, 0xe9, 0x1f, 0x2e, 0x2a, 0xcf, 0x88, 0xbe, 0x49, 0x0c, 0xd7, 0xc4, 0x18, 0xbd, 0xc9,
-	0x42, 0x6a, 0xe0, 0x19, 0x09, 0x55, 0x9c, 0x4f, 0x8d, 0xd1, 0x9b, 0x8c, 0xbc, 0x07, 0xc0, 0x2f,
-	0x0c, 0x1d, 0x6a, 0xba, 0x0e, 0x95, 0x80, 0x3f, 0x96, 0xc7, 0x97, 0xb5, 0xac, 0x3b, 0x61, 0x46,
-	0x8f, 0x66, 0xaa, 0x94, 0xbc, 0x07, 0x95, 0xd8, 0x51, 0x42, 0xa0, 0xe4, 0xe8, 0x36, 0xc6, 0x41,
-	0xe0, 0xd7, 0x44, 0x81, 0x8a, 0xeb, 0x31, 0x2e, 0x5a, 0xb8, 0xc0, 0xdf, 0x04, 0x24, 0xaf, 0x43,
-	0x75, 0x2a, 0x04, 0xe4, 0x1a, 0x14, 0x43, 0xa3, 0xa3, 0x8a, 0xe1, 0x65, 0x18, 0x87, 0x91, 0x6e,
-	0x05, 0xc8, 0xcb, 0x89, 0x5a, 0x74, 0x78, 0x5a, 0x78, 0x22, 0xc8, 0xaf, 0xe1, 0xff, 0x4c, 0xa3,
-	0x39, 0xf4, 0x07, 0xd3, 0xf4, 0xf3, 0xba, 0x49, 0x8b, 0x36, 0xef, 0xc3, 0xf5, 0x6d, 0x64, 0x13,
-	0x2b, 0x34, 0x3c, 0x0a, 0x90, 0xb2, 0x6c, 0xe2, 0x9b, 0x9f, 0x60, 0xe5, 0x2c, 0x8c, 0x7a, 0xae,
-	0x43, 0x91, 0x74, 0x41, 0x9c, 0x98, 0xca, 0xe1, 0xd5, 0xce, 0xea, 0x25, 0x5d, 0xd7, 0x52, 0x66,
-	0xb3, 0x0d, 0x37, 0x76, 0x4d, 0x9a, 0xd6, 0xa7, 0x49, 0x1f, 0x12, 0x54, 0xf6, 0x4d, 0x8b, 0xa1,
-	0x4f, 0x25, 0xa1, 0x51, 0x6c, 0x89, 0x5a, 0x72, 0x6c, 0xea, 0x50, 0xcb, 0x52, 0xe2, 0x9e, 0xb6,
-	0x01, 0x52, 0x49, 0x4e, 0x5b, 0xa0, 0xa9, 0x29, 0x6a, 0xb3, 0x07, 0xb5, 0x2d, 0x9e, 0xcd, 0x19,
-	0x7b, 0xae, 0x68, 0xec, 0xcf, 0x70, 0x73, 0x46, 0xe0, 0x6a, 0x8d, 0xfd, 0x26, 0x40, 0xed, 0x2d,
-	0x5f, 0x92, 0xbf, 0x34, 0x03, 0xd9, 0x80, 0x6a, 0xb4, 0x85, 0xfc, 0xfd, 0x1a, 0xc7, 0x6e, 0x76,
-	0x69, 0x5f, 0x86, 0xaf, 0xe0, 0x3d, 0x9d, 0x1e, 0x6a, 0xf1, 0x8a, 0x87, 0xd7, 0xa1, 0x01, 0x33,
-	0xdd, 0x5d, 0xad, 0x01, 0x2d, 0xa8, 0xbd, 0x40, 0x0b, 0x73, 0xe6, 0xcf, 0x44, 0xbc, 0xf3, 0xbd,
-	0x04, 0x90, 0xa6, 0x89, 0x58, 0x50, 0xdc, 0x46, 0x46, 0xda, 0x17, 0x6b, 0xe6, 0xec, 0x8e, 0xdc,
-	0x59, 0x84, 0x12, 0x4f, 0x7b, 0x04, 0xa5, 0x30, 0xcd, 0x64, 0xce, 0x2f, 0x49, 0xee, 0x92, 0xc8,
-	0x0f, 0x17, 0x23, 0xc5, 0x92, 0x01, 0x94, 0xa3, 0xf0, 0x91, 0x39, 0xfc, 0xfc, 0x1d, 0x90, 0x1f,
-	0x2d, 0xc8, 0x4a, 0x65, 0xa3, 0x47, 0x3e, 0x4f, 0x36, 0x3f, 0xb6, 0xf3, 0x64, 0xcf, 0x8b, 0xd3,
-	0x3b, 0x28, 0x47, 0x39, 0x98, 0x27, 0x9b, 0x9f, 0x16, 0xb9, 0x36, 0x93, 0xe8, 0x6e, 0xf8, 0xc5,
-	0xf1, 0xfc, 0xc3, 0x8f, 0x93, 0xba, 0x70, 0x7c, 0x52, 0x17, 0x7e, 0x9d, 0xd4, 0x85, 0xaf, 0xa7,
-	0xf5, 0xa5, 0xe3, 0xd3, 0xfa, 0xd2, 0xcf, 0xd3, 0xfa, 0xd2, 0xc7, 0x67, 0x43, 0x93, 0x1d, 0x04,
-	0x7d, 0x65, 0xe0, 0xda, 0x2a, 0x57, 0x8c, 0xff, 0xf2, 0x02, 0x6a, 0xfe, 0x17, 0xd2, 0x46, 0x7a,
-	0xea, 0x97, 0x39, 0x70, 0xed, 0x4f, 0x00, 0x00, 0x00, 0xff, 0xff, 0xb7, 0x34, 0x67, 0xa0, 0x4d,
-	0x09, 0x00, 0x00,
+	// 1293 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xb4, 0x57, 0xcf, 0x6e, 0xdb, 0x46,
+	0x13, 0x0f, 0x25, 0x5b, 0x32, 0x47, 0x71, 0x92, 0x6f, 0xe3, 0x28, 0x1b, 0xe5, 0xab, 0xa2, 0xaa,
+	0x08, 0xa2, 0xf6, 0x40, 0xc1, 0x4e, 0x8a, 0x36, 0x09, 0x10, 0xd4, 0x4d, 0x9c, 0x20, 0x48, 0xdc,
+	0x14, 0x74, 0xff, 0x04, 0x45, 0x0b, 0x96, 0x26, 0x37, 0x32, 0x61, 0x92, 0xbb, 0xe1, 0x2e, 0xed,
+	0xea, 0xd2, 0x5b, 0x7b, 0xee, 0x03, 0xf4, 0x2d, 0x7a, 0xec, 0x0b, 0xf4, 0x98, 0x63, 0x8f, 0x45,
+	0x02, 0xf4, 0x39, 0x8a, 0x1d, 0x92, 0x12, 0x2b, 0xc9, 0x96, 0xdc, 0xba, 0x17, 0x61, 0x67, 0x76,
+	0x7e, 0x33, 0x3b, 0xbf, 0x9d, 0x99, 0x15, 0xe1, 0x86, 0x64, 0xc9, 0x41, 0xe0, 0x31, 0xd9, 0xf7,
+	0x78, 0xac, 0xdc, 0x20, 0x66, 0x89, 0xec, 0x1f, 0xac, 0x97, 0x24, 0x4b, 0x24, 0x5c, 0x71, 0xf2,
+	0x7f, 0xe6, 0x0f, 0x98, 0x6f, 0x15, 0xe6, 0x56, 0xc9, 0xe0, 0x60, 0xbd, 0x75, 0x65, 0xc0, 0xf9,
+	0x20, 0x64, 0x7d, 0xb4, 0xdd, 0x4d, 0x5f, 0xf4, 0xdd, 0x78, 0x98, 0x01, 0x5b, 0x57, 0x27, 0xb7,
+	0x58, 0x24, 0x54, 0xb1, 0xd9, 0x99, 0xdc, 0x7c, 0x11, 0xb0, 0xd0, 0x77, 0x22, 0x57, 0xee, 0xe7,
+	0x16, 0xd7, 0x26, 0x2d, 0x54, 0x10, 0x31, 0xa9, 0xdc, 0x48, 0x64, 0x06, 0xdd, 0x1f, 0xaa, 0xd0,
+	0xbc, 0x9f, 0x30, 0x57, 0xb1, 0x87, 0x09, 0x8f, 0x1e, 0x47, 0xee, 0x80, 0xd9, 0xec, 0x65, 0xca,
+	0xa4, 0x22, 0xe7, 0xa0, 0x12, 0xf8, 0xd4, 0xe8, 0x18, 0x3d, 0xd3, 0xae, 0x04, 0x3e, 0x59, 0x83,
+	0xe5, 0x40, 0xef, 0xd3, 0x0a, 0xaa, 0x32, 0x81, 0x3c, 0x87, 0x5a, 0xe8, 0xee, 0xb2, 0x50, 0xd2,
+	0x6a, 0xa7, 0xda, 0x6b, 0x6c, 0x7c, 0x64, 0x1d, 0x97, 0xaa, 0x35, 0x3b, 0x96, 0xf5, 0x14, 0x5d,
+	0x6c, 0xc5, 0x2a, 0x19, 0xda, 0xb9, 0x3f, 0xf2, 0x18, 0xea, 0x49, 0x1a, 0xeb, 0x03, 0xd3, 0xa5,
+	0x8e, 0xd1, 0x6b, 0x6c, 0xf4, 0xe7, 0xb8, 0x2e, 0x24, 0xcb, 0xce, 0x60, 0x76, 0x81, 0x27, 0xf7,
+	0xa1, 0xce, 0x85, 0x0a, 0x78, 0x2c, 0xe9, 0x32, 0xba, 0x7a, 0xf7, 0x78, 0x57, 0x3b, 0x82, 0x79,
+	0xcf, 0x32, 0x80, 0x5d, 0x20, 0x49, 0x07, 0x1a, 0x32, 0x76, 0x85, 0xdc, 0xe3, 0x4a, 0xb1, 0x84,
+	0xd6, 0x90, 0x85, 0xb2, 0xaa, 0x75, 0x1b, 0x1a, 0xa5, 0x44, 0xc8, 0x05, 0xa8, 0xee, 0xb3, 0x61,
+	0xce, 0xa0, 0x5e, 0x6a, 0x0a, 0x0f, 0xdc, 0x30, 0x1d, 0x51, 0x88, 0xc2, 0x9d, 0xca, 0x87, 0x46,
+	0xf7, 0xd7, 0x1a, 0x34, 0x4a, 0x51, 0x09, 0x81, 0x25, 0x37, 0x19, 0x48, 0x6a, 0x74, 0xaa, 0x3d,
+	0xd3, 0xc6, 0x35, 0x69, 0x03, 0x30, 0xed, 0x58, 0xf0, 0x20, 0x56, 0xb4, 0x82, 0x3b, 0x25, 0x0d,
+	0xb9, 0x0e, 0xe7, 0xc6, 0x92, 0x23, 0x99, 0xa2, 0xd5, 0x8e, 0xd1, 0x5b, 0xb1, 0x57, 0xc7, 0xda,
+	0x1d, 0xa6, 0xf4, 0xb1, 0x58, 0x7c, 0x40, 0x97, 0x10, 0xaf, 0x97, 0x3a, 0x58, 0x2a, 0x59, 0x82,
+	0xdc, 0x98, 0x36, 0xae, 0xb5, 0x95, 0x77, 0xe8, 0xe7, 0x59, 0xea, 0xa5, 0xd6, 0x28, 0x35, 0xa4,
+	0x75, 0xf4, 0xa9, 0x97, 0xa4, 0x05, 0x2b, 0x7b, 0x5c, 0xaa, 0xd8, 0x8d, 0x18, 0x5d, 0x41, 0xc3,
+	0x91, 0x4c, 0xee, 0x42, 0x2d, 0xe2, 0x69, 0xac, 0x24, 0x35, 0xb1, 0x2e, 0xde, 0x39, 0x9e, 0xf1,
+	0x6d, 0x6d, 0x6b, 0xe7, 0x10, 0x72, 0x15, 0xcc, 0x84, 0xb9, 0xbe, 0xc3, 0xe3, 0x70, 0x48, 0x01,
+	0x03, 0xae, 0x68, 0xc5, 0xb3, 0x38, 0x1c, 0x92, 0xb7, 0xe1, 0x6c, 0xc4, 0x22, 0x9e, 0x0c, 0x9d,
+	0x30, 0x88, 0x02, 0x45, 0x1b, 0x1d, 0xa3, 0x57, 0xb5, 0x1b, 0x99, 0xee, 0xa9, 0x56, 0xe9, 0x84,
+	0x3c, 0x91, 0x4a, 0x7a, 0xb6, 0x63, 0xf4, 0x0c, 0x1b, 0xd7, 0xe4, 0x2d, 0x00, 0x11, 0xf8, 0x32,
+	0x07, 0xad, 0x22, 0xc8, 0xd4, 0x9a, 0x0c, 0x42, 0xa1, 0x1e, 0x33, 0x75, 0xc8, 0x93, 0x7d, 0x7a,
+	0x0e, 0x53, 0x29, 0x44, 0x4d, 0xbb, 0x48, 0x82, 0x83, 0x20, 0x64, 0x03, 0xe6, 0xd3, 0xf3, 0x78,
+	0x9a, 0x92, 0x86, 0x5c, 0x86, 0xba, 0xe7, 0x0a, 0xc7, 0xf5, 0x7d, 0x7a, 0x01, 0x39, 0xad, 0x79,
+	0xae, 0xd8, 0xf4, 0x7d, 0x72, 0x05, 0x56, 0xf4, 0x86, 0x9f, 0x70, 0x41, 0xff, 0x87, 0x3b, 0xda,
+	0xf0, 0x41, 0xc2, 0x05, 0xf9, 0x1a, 0x1a, 0x6e, 0x1c, 0x73, 0xe5, 0x66, 0x45, 0x49, 0x90, 0xa2,
+	0x3b, 0x0b, 0x17, 0xa5, 0xb5, 0x39, 0x06, 0x67, 0x4d, 0x53, 0x76, 0x47, 0x3e, 0x81, 0x55, 0xc1,
+	0x13, 0xe5, 0x44, 0xae, 0x10, 0x41, 0x3c, 0x90, 0xf4, 0x22, 0xfa, 0x9f, 0x53, 0xf4, 0x9f, 0xf2,
+	0x44, 0x6d, 0x67, 0x08, 0xfb, 0xac, 0x18, 0x0b, 0x92, 0x5c, 0x83, 0x9c, 0x5d, 0x47, 0x1e, 0xba,
+	0x82, 0xae, 0x21, 0x77, 0x90, 0xa9, 0x76, 0x0e, 0x5d, 0xa1, 0xb9, 0xf5, 0x44, 0xea, 0xc8, 0x3d,
+	0x37, 0x61, 0x92, 0x5e, 0xea, 0x18, 0xbd, 0x25, 0xdb, 0xf4, 0x44, 0xba, 0x83, 0x0a, 0x8d, 0xd7,
+	0x57, 0xc0, 0x94, 0x83, 0xb7, 0xd2, 0x44, 0x7e, 0x21, 0x53, 0xdd, 0x17, 0xa9, 0x6c, 0xdd, 0x83,
+	0x0b, 0x93, 0x19, 0x9d, 0xa8, 0x7b, 0x38, 0x2c, 0x63, 0x01, 0xe9, 0x8b, 0x57, 0x43, 0xc1, 0x72,
+	0x14, 0xae, 0x49, 0x13, 0x6a, 0x92, 0xa7, 0x89, 0x57, 0xe0, 0x72, 0x49, 0xf7, 0xb3, 0xcf, 0xa4,
+	0x0a, 0x62, 0x8c, 0x8a, 0xbd, 0x62, 0xda, 0x65, 0x95, 0xae, 0x89, 0x62, 0x6c, 0x64, 0xdd, 0x52,
+	0x88, 0xdd, 0x1f, 0x0d, 0x68, 0x94, 0xf8, 0xd2, 0x05, 0xab, 0x2b, 0xdf, 0xd1, 0xb4, 0x61, 0xf0,
+	0xd5, 0xac, 0x15, 0xb4, 0x8d, 0xee, 0xcb, 0x11, 0xd3, 0x99, 0x45, 0x05, 0x2d, 0x56, 0x47, 0x5a,
+	0x34, 0x6b, 0xc1, 0x0a, 0xce, 0x64, 0x8f, 0x87, 0xf9, 0x61, 0x46, 0xb2, 0xae, 0x31, 0xf4, 0x1f,
+	0x08, 0x9c, 0x85, 0xa6, 0x5d, 0xd3, 0xe2, 0x63, 0xd1, 0xfd, 0x73, 0x19, 0xcc, 0xd1, 0xe0, 0x9b,
+	0x1a, 0xd9, 0x4f, 0x46, 0xc3, 0xb9, 0x82, 0x15, 0x70, 0x73, 0xd1, 0x09, 0x3a, 0x6b, 0x1e, 0x8f,
+	0xe6, 0x7f, 0xb5, 0x3c, 0xff, 0x4f, 0x71, 0x4a, 0xf7, 0x60, 0x49, 0x0a, 0xe6, 0xe5, 0x23, 0x7a,
+	0xcd, 0xca, 0xde, 0x2e, 0xab, 0x78, 0xbb, 0xac, 0xcd, 0x78, 0x68, 0xa3, 0x85, 0x1e, 0x01, 0xc5,
+	0xdc, 0x75, 0x74, 0x91, 0x4c, 0xcc, 0xe2, 0x27, 0x6c, 0x38, 0x39, 0xad, 0xeb, 0x53, 0xd3, 0x9a,
+	0xdc, 0x06, 0xf0, 0xf0, 0x35, 0xf2, 0x1d, 0x57, 0xe1, 0xfc, 0x6a, 0x6c, 0xb4, 0xa6, 0x82, 0x7e,
+	0x56, 0x3c, 0x98, 0xb6, 0x99, 0x5b, 0x6f, 0x2a, 0x0d, 0x4d, 0x85, 0x5f, 0x40, 0xcd, 0xf9, 0xd0,
+	0xdc, 0x7a, 0x53, 0x91, 0x2f, 0x01, 0xd8, 0x77, 0x8a, 0xc5, 0x12, 0xcb, 0x0a, 0xf0, 0x5a, 0x3e,
+	0x58, 0x94, 0xb2, 0xad, 0x11, 0x32, 0xbb, 0x9a, 0x92, 0xab, 0xd6, 0x36, 0xd4, 0x73, 0x46, 0x75,
+	0x17, 0xe0, 0x4c, 0xce, 0xbb, 0x00, 0xe7, 0xb1, 0x35, 0xae, 0xe5, 0xca, 0x31, 0xfc, 0x16, 0x46,
+	0xff, 0xe2, 0x2d, 0x6b, 0xed, 0xc0, 0xf9, 0x89, 0x83, 0xce, 0x80, 0xbf, 0x57, 0x86, 0x1f, 0x75,
+	0x9a, 0x52, 0x8b, 0x5f, 0x87, 0x8b, 0x8f, 0x98, 0x1a, 0x51, 0x71, 0xc4, 0x9f, 0x94, 0xee, 0x37,
+	0xb0, 0xf6, 0x77, 0x33, 0x29, 0x78, 0x2c, 0x19, 0xd9, 0x02, 0x73, 0x44, 0x2a, 0x9a, 0x37, 0x36,
+	0x6e, 0x2c, 0xc8, 0xba, 0x3d, 0x46, 0x76, 0xd7, 0xe1, 0xd2, 0xd3, 0x40, 0x8e, 0xfd, 0xcb, 0xe2,
+	0x1c, 0x14, 0xea, 0x2f, 0x82, 0x50, 0xb1, 0xa4, 0x78, 0xb2, 0x0b, 0xb1, 0xeb, 0x42, 0x73, 0x12,
+	0x92, 0x9f, 0xe9, 0x11, 0xc0, 0x38, 0x24, 0xc2, 0x4e, 0x70, 0xa8, 0x12, 0xb4, 0xeb, 0x14, 0xff,
+	0xe1, 0xa6, 0xe8, 0x39, 0xa5, 0xb4, 0xbf, 0x85, 0xcb, 0x53, 0x01, 0x4e, 0x97, 0xd8, 0x9f, 0x0d,
+	0x68, 0x7e, 0x8e, 0x4d, 0xf2, 0x1f, 0xe5, 0x40, 0xee, 0x42, 0x23, 0xeb, 0x42, 0xfc, 0x7f, 0x9c,
+	0x97, 0xdd, 0x74, 0xd3, 0x3e, 0xd4, 0x7f, 0xa1, 0xb7, 0x5d, 0xb9, 0x6f, 0xe7, 0x2d, 0xae, 0xd7,
+	0x9a, 0x80, 0xa9, 0xd3, 0x9d, 0x2e, 0x01, 0x3d, 0x68, 0x3e, 0x60, 0x21, 0x9b, 0x91, 0xff, 0x44,
+	0x89, 0x6f, 0xfc, 0xb2, 0x0c, 0x30, 0xae, 0x26, 0x12, 0x42, 0xf5, 0x11, 0x53, 0x64, 0xfd, 0xf8,
+	0x98, 0x33, 0x7a, 0xa7, 0xb5, 0x71, 0x12, 0x48, 0x9e, 0xed, 0x4b, 0x58, 0xd2, 0xd5, 0x4c, 0xe6,
+	0xbc, 0x24, 0x33, 0x9b, 0xa4, 0x75, 0xeb, 0x64, 0xa0, 0x3c, 0x64, 0x0a, 0xb5, 0xac, 0xf8, 0xc8,
+	0xad, 0x45, 0xbe, 0x2d, 0xa6, 0xd2, 0x7c, 0xff, 0x84, 0xa8, 0x71, 0xd8, 0xec, 0xca, 0xe7, 0x85,
+	0x9d, 0x5d, 0xb6, 0xf3, 0xc2, 0x1e, 0x55, 0x4e, 0x5f, 0x40, 0x2d, 0xab, 0x83, 0x79, 0x61, 0x67,
+	0x57, 0x4b, 0xab, 0x39, 0x55, 0xd1, 0x5b, 0xfa, 0x8b, 0x91, 0x7c, 0x0f, 0xe7, 0x27, 0xbe, 0xbd,
+	0x16, 0xa3, 0x73, 0xf2, 0x53, 0xed, 0x1f, 0xd2, 0xf9, 0xf1, 0xf3, 0xdf, 0x5e, 0xb7, 0x8d, 0x57,
+	0xaf, 0xdb, 0xc6, 0x1f, 0xaf, 0xdb, 0xc6, 0x4f, 0x6f, 0xda, 0x67, 0x5e, 0xbd, 0x69, 0x9f, 0xf9,
+	0xfd, 0x4d, 0xfb, 0xcc, 0x57, 0xf7, 0x06, 0x81, 0xda, 0x4b, 0x77, 0x2d, 0x8f, 0x47, 0x7d, 0x74,
+	0x9d, 0xff, 0x62, 0x02, 0xfd, 0xd9, 0x5f, 0xd8, 0x77, 0xc7, 0xd2, 0x6e, 0x0d, 0x0d, 0x6f, 0xfe,
+	0x15, 0x00, 0x00, 0xff, 0xff, 0x15, 0x89, 0xf5, 0x60, 0x8d, 0x0f, 0x00, 0x00,
+}
+
+func (m *CreateFromImageRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *CreateFromImageRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *CreateFromImageRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Snapshotter) > 0 {
+		i -= len(m.Snapshotter)
+		copy(dAtA[i:], m.Snapshotter)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Snapshotter)))
+		i--
+		dAtA[i] = 0x32
+	}
+	if m.Options != nil {
+		{
+			size, err := m.Options.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintContainers(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x2a
+	}
+	if m.Runtime != nil {
+		{
+			size, err := m.Runtime.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintContainers(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x22
+	}
+	if len(m.Labels) > 0 {
+		for k := range m.Labels {
+			v := m.Labels[k]
+			baseI := i
+			i -= len(v)
+			copy(dAtA[i:], v)
+			i = encodeVarintContainers(dAtA, i, uint64(len(v)))
+			i--
+			dAtA[i] = 0x12
+			i -= len(k)
+			copy(dAtA[i:], k)
+			i = encodeVarintContainers(dAtA, i, uint64(len(k)))
+			i--
+			dAtA[i] = 0xa
+			i = encodeVarintContainers(dAtA, i, uint64(baseI-i))
+			i--
+			dAtA[i] = 0x1a
+		}
+	}
+	if len(m.Image) > 0 {
+		i -= len(m.Image)
+		copy(dAtA[i:], m.Image)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Image)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Id) > 0 {
+		i -= len(m.Id)
+		copy(dAtA[i:], m.Id)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Id)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *SpecOptions) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *SpecOptions) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *SpecOptions) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.CpusetCpus) > 0 {
+		i -= len(m.CpusetCpus)
+		copy(dAtA[i:], m.CpusetCpus)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.CpusetCpus)))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xb2
+	}
+	if m.CpuShares != 0 {
+		i = encodeVarintContainers(dAtA, i, uint64(m.CpuShares))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa8
+	}
+	if m.MemorySwap != 0 {
+		i = encodeVarintContainers(dAtA, i, uint64(m.MemorySwap))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa0
+	}
+	if len(m.PortMappings) > 0 {
+		for iNdEx := len(m.PortMappings) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.PortMappings[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintContainers(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0x1
+			i--
+			dAtA[i] = 0x9a
+		}
+	}
+	if len(m.Annotations) > 0 {
+		for k := range m.Annotations {
+			v := m.Annotations[k]
+			baseI := i
+			i -= len(v)
+			copy(dAtA[i:], v)
+			i = encodeVarintContainers(dAtA, i, uint64(len(v)))
+			i--
+			dAtA[i] = 0x12
+			i -= len(k)
+			copy(dAtA[i:], k)
+			i = encodeVarintContainers(dAtA, i, uint64(len(k)))
+			i--
+			dAtA[i] = 0xa
+			i = encodeVarintContainers(dAtA, i, uint64(baseI-i))
+			i--
+			dAtA[i] = 0x1
+			i--
+			dAtA[i] = 0x92
+		}
+	}
+	if len(m.CapDrop) > 0 {
+		for iNdEx := len(m.CapDrop) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.CapDrop[iNdEx])
+			copy(dAtA[i:], m.CapDrop[iNdEx])
+			i = encodeVarintContainers(dAtA, i, uint64(len(m.CapDrop[iNdEx])))
+			i--
+			dAtA[i] = 0x1
+			i--
+			dAtA[i] = 0x8a
+		}
+	}
+	if len(m.CapAdd) > 0 {
+		for iNdEx := len(m.CapAdd) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.CapAdd[iNdEx])
+			copy(dAtA[i:], m.CapAdd[iNdEx])
+			i = encodeVarintContainers(dAtA, i, uint64(len(m.CapAdd[iNdEx])))
+			i--
+			dAtA[i] = 0x1
+			i--
+			dAtA[i] = 0x82
+		}
+	}
+	if m.Privileged {
+		i--
+		if m.Privileged {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x78
+	}
+	if len(m.Network) > 0 {
+		i -= len(m.Network)
+		copy(dAtA[i:], m.Network)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Network)))
+		i--
+		dAtA[i] = 0x72
+	}
+	if m.PidsLimit != 0 {
+		i = encodeVarintContainers(dAtA, i, uint64(m.PidsLimit))
+		i--
+		dAtA[i] = 0x68
+	}
+	if m.Cpus != 0 {
+		i -= 8
+		encoding_binary.LittleEndian.PutUint64(dAtA[i:], uint64(math.Float64bits(float64(m.Cpus))))
+		i--
+		dAtA[i] = 0x61
+	}
+	if m.MemoryLimit != 0 {
+		i = encodeVarintContainers(dAtA, i, uint64(m.MemoryLimit))
+		i--
+		dAtA[i] = 0x58
+	}
+	if m.ReadOnly {
+		i--
+		if m.ReadOnly {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x50
+	}
+	if len(m.Mounts) > 0 {
+		for iNdEx := len(m.Mounts) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Mounts[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintContainers(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0x4a
+		}
+	}
+	if len(m.Hostname) > 0 {
+		i -= len(m.Hostname)
+		copy(dAtA[i:], m.Hostname)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Hostname)))
+		i--
+		dAtA[i] = 0x42
+	}
+	if m.Tty {
+		i--
+		if m.Tty {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x38
+	}
+	if len(m.Cwd) > 0 {
+		i -= len(m.Cwd)
+		copy(dAtA[i:], m.Cwd)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Cwd)))
+		i--
+		dAtA[i] = 0x32
+	}
+	if len(m.User) > 0 {
+		i -= len(m.User)
+		copy(dAtA[i:], m.User)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.User)))
+		i--
+		dAtA[i] = 0x2a
+	}
+	if len(m.Env) > 0 {
+		for iNdEx := len(m.Env) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.Env[iNdEx])
+			copy(dAtA[i:], m.Env[iNdEx])
+			i = encodeVarintContainers(dAtA, i, uint64(len(m.Env[iNdEx])))
+			i--
+			dAtA[i] = 0x22
+		}
+	}
+	if m.EntrypointSet {
+		i--
+		if m.EntrypointSet {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x18
+	}
+	if len(m.Entrypoint) > 0 {
+		for iNdEx := len(m.Entrypoint) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.Entrypoint[iNdEx])
+			copy(dAtA[i:], m.Entrypoint[iNdEx])
+			i = encodeVarintContainers(dAtA, i, uint64(len(m.Entrypoint[iNdEx])))
+			i--
+			dAtA[i] = 0x12
+		}
+	}
+	if len(m.Args) > 0 {
+		for iNdEx := len(m.Args) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.Args[iNdEx])
+			copy(dAtA[i:], m.Args[iNdEx])
+			i = encodeVarintContainers(dAtA, i, uint64(len(m.Args[iNdEx])))
+			i--
+			dAtA[i] = 0xa
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *Mount) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *Mount) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Mount) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Options) > 0 {
+		for iNdEx := len(m.Options) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.Options[iNdEx])
+			copy(dAtA[i:], m.Options[iNdEx])
+			i = encodeVarintContainers(dAtA, i, uint64(len(m.Options[iNdEx])))
+			i--
+			dAtA[i] = 0x22
+		}
+	}
+	if len(m.Destination) > 0 {
+		i -= len(m.Destination)
+		copy(dAtA[i:], m.Destination)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Destination)))
+		i--
+		dAtA[i] = 0x1a
+	}
+	if len(m.Source) > 0 {
+		i -= len(m.Source)
+		copy(dAtA[i:], m.Source)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Source)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Type) > 0 {
+		i -= len(m.Type)
+		copy(dAtA[i:], m.Type)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Type)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *PortMapping) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *PortMapping) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *PortMapping) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.HostIp) > 0 {
+		i -= len(m.HostIp)
+		copy(dAtA[i:], m.HostIp)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.HostIp)))
+		i--
+		dAtA[i] = 0x22
+	}
+	if len(m.Protocol) > 0 {
+		i -= len(m.Protocol)
+		copy(dAtA[i:], m.Protocol)
+		i = encodeVarintContainers(dAtA, i, uint64(len(m.Protocol)))
+		i--
+		dAtA[i] = 0x1a
+	}
+	if m.ContainerPort != 0 {
+		i = encodeVarintContainers(dAtA, i, uint64(m.ContainerPort))
+		i--
+		dAtA[i] = 0x10
+	}
+	if m.HostPort != 0 {
+		i = encodeVarintContainers(dAtA, i, uint64(m.HostPort))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
 }
 
 func (m *Container) Marshal() (dAtA []byte, err error) {
@@ -1187,6 +2085,199 @@ func encodeVarintContainers(dAtA []byte, offset int, v uint64) int {
 	dAtA[offset] = uint8(v)
 	return base
 }
+func (m *CreateFromImageRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Id)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	l = len(m.Image)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	if len(m.Labels) > 0 {
+		for k, v := range m.Labels {
+			_ = k
+			_ = v
+			mapEntrySize := 1 + len(k) + sovContainers(uint64(len(k))) + 1 + len(v) + sovContainers(uint64(len(v)))
+			n += mapEntrySize + 1 + sovContainers(uint64(mapEntrySize))
+		}
+	}
+	if m.Runtime != nil {
+		l = m.Runtime.Size()
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	if m.Options != nil {
+		l = m.Options.Size()
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	l = len(m.Snapshotter)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	return n
+}
+
+func (m *SpecOptions) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if len(m.Args) > 0 {
+		for _, s := range m.Args {
+			l = len(s)
+			n += 1 + l + sovContainers(uint64(l))
+		}
+	}
+	if len(m.Entrypoint) > 0 {
+		for _, s := range m.Entrypoint {
+			l = len(s)
+			n += 1 + l + sovContainers(uint64(l))
+		}
+	}
+	if m.EntrypointSet {
+		n += 2
+	}
+	if len(m.Env) > 0 {
+		for _, s := range m.Env {
+			l = len(s)
+			n += 1 + l + sovContainers(uint64(l))
+		}
+	}
+	l = len(m.User)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	l = len(m.Cwd)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	if m.Tty {
+		n += 2
+	}
+	l = len(m.Hostname)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	if len(m.Mounts) > 0 {
+		for _, e := range m.Mounts {
+			l = e.Size()
+			n += 1 + l + sovContainers(uint64(l))
+		}
+	}
+	if m.ReadOnly {
+		n += 2
+	}
+	if m.MemoryLimit != 0 {
+		n += 1 + sovContainers(uint64(m.MemoryLimit))
+	}
+	if m.Cpus != 0 {
+		n += 9
+	}
+	if m.PidsLimit != 0 {
+		n += 1 + sovContainers(uint64(m.PidsLimit))
+	}
+	l = len(m.Network)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	if m.Privileged {
+		n += 2
+	}
+	if len(m.CapAdd) > 0 {
+		for _, s := range m.CapAdd {
+			l = len(s)
+			n += 2 + l + sovContainers(uint64(l))
+		}
+	}
+	if len(m.CapDrop) > 0 {
+		for _, s := range m.CapDrop {
+			l = len(s)
+			n += 2 + l + sovContainers(uint64(l))
+		}
+	}
+	if len(m.Annotations) > 0 {
+		for k, v := range m.Annotations {
+			_ = k
+			_ = v
+			mapEntrySize := 1 + len(k) + sovContainers(uint64(len(k))) + 1 + len(v) + sovContainers(uint64(len(v)))
+			n += mapEntrySize + 2 + sovContainers(uint64(mapEntrySize))
+		}
+	}
+	if len(m.PortMappings) > 0 {
+		for _, e := range m.PortMappings {
+			l = e.Size()
+			n += 2 + l + sovContainers(uint64(l))
+		}
+	}
+	if m.MemorySwap != 0 {
+		n += 2 + sovContainers(uint64(m.MemorySwap))
+	}
+	if m.CpuShares != 0 {
+		n += 2 + sovContainers(uint64(m.CpuShares))
+	}
+	l = len(m.CpusetCpus)
+	if l > 0 {
+		n += 2 + l + sovContainers(uint64(l))
+	}
+	return n
+}
+
+func (m *Mount) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Type)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	l = len(m.Source)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	l = len(m.Destination)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	if len(m.Options) > 0 {
+		for _, s := range m.Options {
+			l = len(s)
+			n += 1 + l + sovContainers(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *PortMapping) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.HostPort != 0 {
+		n += 1 + sovContainers(uint64(m.HostPort))
+	}
+	if m.ContainerPort != 0 {
+		n += 1 + sovContainers(uint64(m.ContainerPort))
+	}
+	l = len(m.Protocol)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	l = len(m.HostIp)
+	if l > 0 {
+		n += 1 + l + sovContainers(uint64(l))
+	}
+	return n
+}
+
 func (m *Container) Size() (n int) {
 	if m == nil {
 		return 0
@@ -1396,6 +2487,1413 @@ func sovContainers(x uint64) (n int) {
 }
 func sozContainers(x uint64) (n int) {
 	return sovContainers(uint64((x << 1) ^ uint64((int64(x) >> 63))))
+}
+func (m *CreateFromImageRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowContainers
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: CreateFromImageRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: CreateFromImageRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Id", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Id = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Image", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Image = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Labels", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Labels == nil {
+				m.Labels = make(map[string]string)
+			}
+			var mapkey string
+			var mapvalue string
+			for iNdEx < postIndex {
+				entryPreIndex := iNdEx
+				var wire uint64
+				for shift := uint(0); ; shift += 7 {
+					if shift >= 64 {
+						return ErrIntOverflowContainers
+					}
+					if iNdEx >= l {
+						return io.ErrUnexpectedEOF
+					}
+					b := dAtA[iNdEx]
+					iNdEx++
+					wire |= uint64(b&0x7F) << shift
+					if b < 0x80 {
+						break
+					}
+				}
+				fieldNum := int32(wire >> 3)
+				if fieldNum == 1 {
+					var stringLenmapkey uint64
+					for shift := uint(0); ; shift += 7 {
+						if shift >= 64 {
+							return ErrIntOverflowContainers
+						}
+						if iNdEx >= l {
+							return io.ErrUnexpectedEOF
+						}
+						b := dAtA[iNdEx]
+						iNdEx++
+						stringLenmapkey |= uint64(b&0x7F) << shift
+						if b < 0x80 {
+							break
+						}
+					}
+					intStringLenmapkey := int(stringLenmapkey)
+					if intStringLenmapkey < 0 {
+						return ErrInvalidLengthContainers
+					}
+					postStringIndexmapkey := iNdEx + intStringLenmapkey
+					if postStringIndexmapkey < 0 {
+						return ErrInvalidLengthContainers
+					}
+					if postStringIndexmapkey > l {
+						return io.ErrUnexpectedEOF
+					}
+					mapkey = string(dAtA[iNdEx:postStringIndexmapkey])
+					iNdEx = postStringIndexmapkey
+				} else if fieldNum == 2 {
+					var stringLenmapvalue uint64
+					for shift := uint(0); ; shift += 7 {
+						if shift >= 64 {
+							return ErrIntOverflowContainers
+						}
+						if iNdEx >= l {
+							return io.ErrUnexpectedEOF
+						}
+						b := dAtA[iNdEx]
+						iNdEx++
+						stringLenmapvalue |= uint64(b&0x7F) << shift
+						if b < 0x80 {
+							break
+						}
+					}
+					intStringLenmapvalue := int(stringLenmapvalue)
+					if intStringLenmapvalue < 0 {
+						return ErrInvalidLengthContainers
+					}
+					postStringIndexmapvalue := iNdEx + intStringLenmapvalue
+					if postStringIndexmapvalue < 0 {
+						return ErrInvalidLengthContainers
+					}
+					if postStringIndexmapvalue > l {
+						return io.ErrUnexpectedEOF
+					}
+					mapvalue = string(dAtA[iNdEx:postStringIndexmapvalue])
+					iNdEx = postStringIndexmapvalue
+				} else {
+					iNdEx = entryPreIndex
+					skippy, err := skipContainers(dAtA[iNdEx:])
+					if err != nil {
+						return err
+					}
+					if (skippy < 0) || (iNdEx+skippy) < 0 {
+						return ErrInvalidLengthContainers
+					}
+					if (iNdEx + skippy) > postIndex {
+						return io.ErrUnexpectedEOF
+					}
+					iNdEx += skippy
+				}
+			}
+			m.Labels[mapkey] = mapvalue
+			iNdEx = postIndex
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Runtime", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Runtime == nil {
+				m.Runtime = &Container_Runtime{}
+			}
+			if err := m.Runtime.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 5:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Options", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Options == nil {
+				m.Options = &SpecOptions{}
+			}
+			if err := m.Options.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 6:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Snapshotter", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Snapshotter = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipContainers(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *SpecOptions) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowContainers
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: SpecOptions: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: SpecOptions: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Args", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Args = append(m.Args, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Entrypoint", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Entrypoint = append(m.Entrypoint, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EntrypointSet", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.EntrypointSet = bool(v != 0)
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Env", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Env = append(m.Env, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		case 5:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field User", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.User = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 6:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Cwd", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Cwd = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Tty", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Tty = bool(v != 0)
+		case 8:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Hostname", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Hostname = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 9:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Mounts", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Mounts = append(m.Mounts, &Mount{})
+			if err := m.Mounts[len(m.Mounts)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 10:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ReadOnly", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.ReadOnly = bool(v != 0)
+		case 11:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MemoryLimit", wireType)
+			}
+			m.MemoryLimit = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MemoryLimit |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 12:
+			if wireType != 1 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Cpus", wireType)
+			}
+			var v uint64
+			if (iNdEx + 8) > l {
+				return io.ErrUnexpectedEOF
+			}
+			v = uint64(encoding_binary.LittleEndian.Uint64(dAtA[iNdEx:]))
+			iNdEx += 8
+			m.Cpus = float64(math.Float64frombits(v))
+		case 13:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field PidsLimit", wireType)
+			}
+			m.PidsLimit = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.PidsLimit |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 14:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Network", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Network = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 15:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Privileged", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Privileged = bool(v != 0)
+		case 16:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CapAdd", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.CapAdd = append(m.CapAdd, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		case 17:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CapDrop", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.CapDrop = append(m.CapDrop, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		case 18:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Annotations", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Annotations == nil {
+				m.Annotations = make(map[string]string)
+			}
+			var mapkey string
+			var mapvalue string
+			for iNdEx < postIndex {
+				entryPreIndex := iNdEx
+				var wire uint64
+				for shift := uint(0); ; shift += 7 {
+					if shift >= 64 {
+						return ErrIntOverflowContainers
+					}
+					if iNdEx >= l {
+						return io.ErrUnexpectedEOF
+					}
+					b := dAtA[iNdEx]
+					iNdEx++
+					wire |= uint64(b&0x7F) << shift
+					if b < 0x80 {
+						break
+					}
+				}
+				fieldNum := int32(wire >> 3)
+				if fieldNum == 1 {
+					var stringLenmapkey uint64
+					for shift := uint(0); ; shift += 7 {
+						if shift >= 64 {
+							return ErrIntOverflowContainers
+						}
+						if iNdEx >= l {
+							return io.ErrUnexpectedEOF
+						}
+						b := dAtA[iNdEx]
+						iNdEx++
+						stringLenmapkey |= uint64(b&0x7F) << shift
+						if b < 0x80 {
+							break
+						}
+					}
+					intStringLenmapkey := int(stringLenmapkey)
+					if intStringLenmapkey < 0 {
+						return ErrInvalidLengthContainers
+					}
+					postStringIndexmapkey := iNdEx + intStringLenmapkey
+					if postStringIndexmapkey < 0 {
+						return ErrInvalidLengthContainers
+					}
+					if postStringIndexmapkey > l {
+						return io.ErrUnexpectedEOF
+					}
+					mapkey = string(dAtA[iNdEx:postStringIndexmapkey])
+					iNdEx = postStringIndexmapkey
+				} else if fieldNum == 2 {
+					var stringLenmapvalue uint64
+					for shift := uint(0); ; shift += 7 {
+						if shift >= 64 {
+							return ErrIntOverflowContainers
+						}
+						if iNdEx >= l {
+							return io.ErrUnexpectedEOF
+						}
+						b := dAtA[iNdEx]
+						iNdEx++
+						stringLenmapvalue |= uint64(b&0x7F) << shift
+						if b < 0x80 {
+							break
+						}
+					}
+					intStringLenmapvalue := int(stringLenmapvalue)
+					if intStringLenmapvalue < 0 {
+						return ErrInvalidLengthContainers
+					}
+					postStringIndexmapvalue := iNdEx + intStringLenmapvalue
+					if postStringIndexmapvalue < 0 {
+						return ErrInvalidLengthContainers
+					}
+					if postStringIndexmapvalue > l {
+						return io.ErrUnexpectedEOF
+					}
+					mapvalue = string(dAtA[iNdEx:postStringIndexmapvalue])
+					iNdEx = postStringIndexmapvalue
+				} else {
+					iNdEx = entryPreIndex
+					skippy, err := skipContainers(dAtA[iNdEx:])
+					if err != nil {
+						return err
+					}
+					if (skippy < 0) || (iNdEx+skippy) < 0 {
+						return ErrInvalidLengthContainers
+					}
+					if (iNdEx + skippy) > postIndex {
+						return io.ErrUnexpectedEOF
+					}
+					iNdEx += skippy
+				}
+			}
+			m.Annotations[mapkey] = mapvalue
+			iNdEx = postIndex
+		case 19:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field PortMappings", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.PortMappings = append(m.PortMappings, &PortMapping{})
+			if err := m.PortMappings[len(m.PortMappings)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 20:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MemorySwap", wireType)
+			}
+			m.MemorySwap = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MemorySwap |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 21:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CpuShares", wireType)
+			}
+			m.CpuShares = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.CpuShares |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 22:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CpusetCpus", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.CpusetCpus = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipContainers(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *Mount) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowContainers
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: Mount: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: Mount: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Type", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Type = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Source", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Source = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Destination", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Destination = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Options", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Options = append(m.Options, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipContainers(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *PortMapping) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowContainers
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: PortMapping: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: PortMapping: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field HostPort", wireType)
+			}
+			m.HostPort = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.HostPort |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ContainerPort", wireType)
+			}
+			m.ContainerPort = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.ContainerPort |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Protocol", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Protocol = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field HostIp", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowContainers
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthContainers
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.HostIp = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipContainers(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthContainers
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
 }
 func (m *Container) Unmarshal(dAtA []byte) error {
 	l := len(dAtA)

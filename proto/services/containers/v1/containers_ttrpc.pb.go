@@ -15,6 +15,7 @@ type ContainersService interface {
 	Create(context.Context, *CreateContainerRequest) (*CreateContainerResponse, error)
 	Update(context.Context, *UpdateContainerRequest) (*UpdateContainerResponse, error)
 	Delete(context.Context, *DeleteContainerRequest) (*types.Empty, error)
+	CreateFromImage(context.Context, *CreateFromImageRequest) (*CreateContainerResponse, error)
 }
 
 func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
@@ -90,6 +91,20 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				}
 				return protoadapt.MessageV2Of(resp), nil
 			},
+			"CreateFromImage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req CreateFromImageRequest
+				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+					return nil, err
+				}
+				resp, err := svc.CreateFromImage(ctx, &req)
+				if err != nil {
+					return nil, err
+				}
+				if resp == nil {
+					resp = new(CreateContainerResponse)
+				}
+				return protoadapt.MessageV2Of(resp), nil
+			},
 		},
 	})
 }
@@ -139,6 +154,14 @@ func (c *containersClient) Update(ctx context.Context, req *UpdateContainerReque
 func (c *containersClient) Delete(ctx context.Context, req *DeleteContainerRequest) (*types.Empty, error) {
 	var resp types.Empty
 	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *containersClient) CreateFromImage(ctx context.Context, req *CreateFromImageRequest) (*CreateContainerResponse, error) {
+	var resp CreateContainerResponse
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "CreateFromImage", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
