@@ -14,6 +14,34 @@ func containersCommand() *command {
 		name: "containers", aliases: []string{"container", "c"}, help: "manage containers",
 		sub: []*command{
 			{
+				name: "create", argv: true, usage: "[flags] IMAGE ID [ARGS...]   (or --rootfs DIR ID [ARGS...])", help: "create a container (start it with task start)",
+				flags: func(fs *flag.FlagSet) func(*env, []string) error {
+					var rf runFlags
+					rf.add(fs)
+					fs.BoolVar(&rf.tty, "t", false, "allocate a terminal")
+					return func(e *env, args []string) error {
+						req, err := rf.request(args)
+						if err != nil {
+							return err
+						}
+						c, err := e.connect()
+						if err != nil {
+							return err
+						}
+						defer c.Close()
+						ctr, err := c.CreateFromImage(e.ctx, req)
+						if err != nil {
+							return err
+						}
+						if e.format == "json" {
+							return writeContainersJSON(e.stdout, []*client.Container{ctr}, false)
+						}
+						fmt.Fprintln(e.stdout, ctr.Id)
+						return nil
+					}
+				},
+			},
+			{
 				name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]...", help: "list containers",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					var filters stringList

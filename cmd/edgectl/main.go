@@ -42,6 +42,9 @@ type command struct {
 	// flags adds command flags; may be nil.
 	flags func(fs *flag.FlagSet) func(e *env, args []string) error
 	sub   []*command
+	// argv: flags end at the first argument, the rest (a command line for
+	// the container) is passed as it is.
+	argv bool
 }
 
 func commands() []*command {
@@ -50,6 +53,9 @@ func commands() []*command {
 		namespacesCommand(),
 		containersCommand(),
 		eventsCommand(),
+		runCommand(),
+		taskCommand(),
+		logsCommand(),
 	}
 }
 
@@ -131,7 +137,11 @@ func dispatch(e *env, path []string, cmds []*command, args []string) int {
 		fs.SetOutput(w)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(interleave(fs, args[1:])); err != nil {
+	rest := args[1:]
+	if !c.argv {
+		rest = interleave(fs, rest)
+	}
+	if err := fs.Parse(rest); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(e.stdout)
 			return 0

@@ -101,6 +101,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer srv.Close()
+	if err := srv.Recover(ctx); err != nil {
+		log.Error("recovery failed", "error", err)
+		return 1
+	}
 	if err := srv.Run(ctx); err != nil {
 		log.Error("serve failed", "error", err)
 		return 1

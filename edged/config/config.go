@@ -24,7 +24,17 @@ type Config struct {
 	Log      Log      `toml:"log"`
 	API      API      `toml:"api"`
 	Metadata Metadata `toml:"metadata"`
+	Runtime  Runtime  `toml:"runtime"`
 	Events   Events   `toml:"events"`
+}
+
+// Runtime configures shims and container logs.
+type Runtime struct {
+	ShimBinary         string   `toml:"shim_binary"`
+	ShimCallTimeout    Duration `toml:"shim_call_timeout"`
+	ShimConnectTimeout Duration `toml:"shim_connect_timeout"`
+	LogMaxSize         int64    `toml:"log_max_size"`
+	LogMaxFiles        int      `toml:"log_max_files"`
 }
 
 // Log configures logging.
@@ -128,6 +138,15 @@ func (c *Config) Validate() error {
 	}
 	if c.API.DefaultTimeout.Duration <= 0 || c.API.MaxTimeout.Duration <= 0 || c.API.ShutdownTimeout.Duration <= 0 {
 		return errdefs.InvalidArgument("api", "timeouts must be positive")
+	}
+	if c.Runtime.ShimCallTimeout.Duration <= 0 || c.Runtime.ShimConnectTimeout.Duration <= 0 {
+		return errdefs.InvalidArgument("runtime", "shim timeouts must be positive")
+	}
+	if c.Runtime.LogMaxSize < 4096 {
+		return errdefs.InvalidArgument("runtime.log_max_size", "%d is below the minimum of 4096 bytes", c.Runtime.LogMaxSize)
+	}
+	if c.Runtime.LogMaxFiles < 1 || c.Runtime.LogMaxFiles > 100 {
+		return errdefs.InvalidArgument("runtime.log_max_files", "%d must be between 1 and 100", c.Runtime.LogMaxFiles)
 	}
 	if c.Events.SubscriberQueue <= 0 {
 		return errdefs.InvalidArgument("events.subscriber_queue", "must be positive")

@@ -22,7 +22,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if err := testutil.Binaries(dir, "edged", "edgectl"); err != nil {
+	if err := testutil.Binaries(dir, "edged", "edgectl", "edged-shim"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

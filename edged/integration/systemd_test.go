@@ -75,9 +75,7 @@ func TestSocketActivationFirstRPC(t *testing.T) {
 			t.Errorf("round %d: request during start-up failed: %v", round, err)
 		}
 		c.Close()
-		if !strings.Contains(d.Log(), "socket_activated=true") {
-			t.Fatalf("edged did not use the socket systemd passed:\n%s", d.Log())
-		}
+		waitLog(t, d, "socket_activated=true")
 		// Stopping edged leaves systemd's socket in place.
 		d.Stop(t)
 		if !isSocket(sock) {
@@ -141,9 +139,7 @@ func TestNotifyAndWatchdog(t *testing.T) {
 	if isSocket(d.Address) {
 		t.Fatal("edged left its own socket behind")
 	}
-	if !strings.Contains(d.Log(), "edged stopped") {
-		t.Fatalf("no clean stop in log:\n%s", d.Log())
-	}
+	waitLog(t, d, "edged stopped")
 }
 
 func TestSecondDaemonRefusesSocketInUse(t *testing.T) {

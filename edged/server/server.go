@@ -15,14 +15,20 @@ import (
 
 	"github.com/containerd/ttrpc"
 	"github.com/coreos/go-systemd/v22/daemon"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/edged/edged/edged/config"
 	"github.com/edged/edged/edged/events"
 	"github.com/edged/edged/edged/metadata"
+	"github.com/edged/edged/edged/namespaces"
+	"github.com/edged/edged/edged/protoconv"
+	"github.com/edged/edged/edged/runtime"
 	containerssvc "github.com/edged/edged/edged/services/containers"
 	eventssvc "github.com/edged/edged/edged/services/events"
 	namespacessvc "github.com/edged/edged/edged/services/namespaces"
+	taskssvc "github.com/edged/edged/edged/services/tasks"
 	versionsvc "github.com/edged/edged/edged/services/version"
+	eventtypes "github.com/edged/edged/proto/events"
 )
 
 // Server is a configured edged.
@@ -32,6 +38,8 @@ type Server struct {
 	db     *metadata.DB
 	ex     *events.Exchange
 	ttrpc  *ttrpc.Server
+	rt     *runtime.Manager
+	images ImageStore
 	closed bool
 }
 
@@ -69,11 +77,60 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 		return nil, fmt.Errorf("ttrpc server: %w", err)
 	}
 	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), ttrpc: ts}
+	s.rt, err = runtime.New(runtime.Config{
+		State: cfg.State, Address: cfg.Address, ShimBinary: cfg.Runtime.ShimBinary,
+		CallTimeout: cfg.Runtime.ShimCallTimeout.Duration, ConnectTimeout: cfg.Runtime.ShimConnectTimeout.Duration,
+		Log: log, OnDead: s.publishDeadTask,
+	})
+	if err != nil {
+		return nil, err
+	}
 	versionsvc.Register(ts, version)
 	namespacessvc.Register(ts, db, s.ex)
-	containerssvc.Register(ts, db, s.ex, nil)
+	containerssvc.Register(ts, db, s.ex, s.createFromImage, s.rt.Has)
 	eventssvc.Register(ts, s.ex)
+	taskssvc.Register(ts, taskssvc.Config{
+		DB: db, Runtime: s.rt, Events: s.ex, LogDir: filepath.Join(cfg.Root, "logs"),
+		LogMaxSize: cfg.Runtime.LogMaxSize, LogMaxFiles: cfg.Runtime.LogMaxFiles, Log: log,
+	})
 	return s, nil
+}
+
+// ImageStore prepares containers' root filesystems from images.
+type ImageStore interface {
+	// PrepareContainer resolves image in namespace ns, prepares a writable
+	// snapshot for container id and mounts it temporarily at Rootfs for
+	// user lookups until Done; Rollback removes the snapshot.
+	PrepareContainer(ctx context.Context, ns, id, image, snapshotter string) (*PreparedRootfs, error)
+}
+
+// PreparedRootfs is a container's snapshot, ready for spec generation.
+type PreparedRootfs struct {
+	Config      ocispec.ImageConfig
+	Rootfs      string
+	Snapshotter string
+	SnapshotKey string
+	Done        func()
+	Rollback    func(context.Context)
+}
+
+// publishDeadTask reports the exit of a task whose shim died.
+func (s *Server) publishDeadTask(ns, id string, pid uint32) {
+	ctx := namespaces.WithNamespace(context.Background(), ns)
+	now := protoconv.Timestamp(time.Now())
+	_ = s.ex.Publish(ctx, "/tasks/exit", &eventtypes.TaskExit{ContainerId: id, Id: id, Pid: pid, ExitStatus: 255, ExitedAt: now})
+	_ = s.ex.Publish(ctx, "/tasks/delete", &eventtypes.TaskDelete{ContainerId: id, Pid: pid, ExitStatus: 255, ExitedAt: now})
+}
+
+// Recover reconnects to the shims of a previous edged and cleans up after
+// dead ones; call it before Run.
+func (s *Server) Recover(ctx context.Context) error {
+	res, err := s.rt.Recover(ctx)
+	if err != nil {
+		return err
+	}
+	s.log.Info("tasks recovered", "reconnected", res.Reconnected, "dead", res.Dead, "duration", res.Duration)
+	return nil
 }
 
 // Events returns the event exchange.
@@ -129,6 +186,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.rt.Close()
 	return s.db.Close()
 }
 

@@ -30,14 +30,16 @@ type service struct {
 	db      *metadata.DB
 	ex      *events.Exchange
 	creator Creator
+	hasTask func(ns, id string) bool
 }
 
 // Creator implements CreateFromImage (the image, snapshot and spec work).
 type Creator func(ctx context.Context, r *api.CreateFromImageRequest) (*api.CreateContainerResponse, error)
 
-// Register adds the Containers service to srv. creator may be nil.
-func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange, creator Creator) {
-	api.RegisterContainersService(srv, &service{db: db, ex: ex, creator: creator})
+// Register adds the Containers service to srv. creator may be nil;
+// hasTask, when set, keeps containers with a task from being deleted.
+func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange, creator Creator, hasTask func(ns, id string) bool) {
+	api.RegisterContainersService(srv, &service{db: db, ex: ex, creator: creator, hasTask: hasTask})
 }
 
 // ToProto converts a metadata container to its API form.
@@ -283,6 +285,9 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteContainerRequest) (*p
 	}
 	if err := identifiers.Validate("id", r.Id); err != nil {
 		return nil, err
+	}
+	if s.hasTask != nil && s.hasTask(ns, r.Id) {
+		return nil, fmt.Errorf("container %q has a task; delete the task first: %w", r.Id, errdefs.ErrFailedPrecondition)
 	}
 	if err := s.db.Update(ctx, func(tx *metadata.Tx) error {
 		return tx.DeleteContainer(ctx, ns, r.Id)

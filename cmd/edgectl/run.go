@@ -1,0 +1,382 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/edged/edged/edged/client"
+	containersapi "github.com/edged/edged/proto/services/containers/v1"
+)
+
+// runFlags are the container options shared by run and containers create.
+type runFlags struct {
+	env, mounts, labels, capAdd, capDrop, publish stringList
+	memory, user, net, cwd, hostname, runtime     string
+	rootfs, group, entrypoint, memorySwap, cpuset string
+	cpus                                          float64
+	pidsLimit                                     int64
+	readOnly, tty, privileged, entrypointSet      bool
+}
+
+func (f *runFlags) add(fs *flag.FlagSet) {
+	fs.Var(&f.env, "env", "environment variable KEY=VALUE (repeatable)")
+	fs.Var(&f.env, "e", "short for --env")
+	fs.Var(&f.mounts, "mount", "mount type=bind|tmpfs,src=HOST,dst=PATH[,options=ro] (repeatable)")
+	fs.Var(&f.labels, "label", "container label KEY=VALUE (repeatable)")
+	fs.Var(&f.capAdd, "cap-add", "add a capability (repeatable)")
+	fs.Var(&f.capDrop, "cap-drop", "drop a capability (repeatable)")
+	fs.Var(&f.publish, "p", "publish HOSTPORT:CONTAINERPORT[/tcp|udp] (needs --net bridge; repeatable)")
+	fs.StringVar(&f.memory, "memory", "", "memory limit, e.g. 64m, 1g")
+	fs.StringVar(&f.memorySwap, "memory-swap", "", "memory+swap limit (-1: unlimited)")
+	fs.Float64Var(&f.cpus, "cpus", 0, "CPU limit, e.g. 0.5")
+	fs.StringVar(&f.cpuset, "cpuset-cpus", "", "CPUs the container may use, e.g. 0-1")
+	fs.Int64Var(&f.pidsLimit, "pids-limit", 0, "maximum number of processes")
+	fs.BoolVar(&f.readOnly, "read-only", false, "mount the root filesystem read-only")
+	fs.StringVar(&f.user, "user", "", "user[:group] to run as (names resolved in the image)")
+	fs.StringVar(&f.user, "u", "", "short for --user")
+	fs.StringVar(&f.net, "net", "", "network: host, none (default), bridge, ns:NAME, container:ID")
+	fs.StringVar(&f.cwd, "cwd", "", "working directory")
+	fs.StringVar(&f.hostname, "hostname", "", "hostname (default: the container ID)")
+	fs.StringVar(&f.runtime, "runtime", "", "runtime, e.g. io.containerd.runc.v2 (default: edged-shim)")
+	fs.StringVar(&f.rootfs, "rootfs", "", "run a host directory as the root filesystem instead of an image")
+	fs.StringVar(&f.group, "shim-group", "", "share one shim process with the containers of this group")
+	fs.Func("entrypoint", "replace the image's entrypoint (\"\" clears it)", func(s string) error {
+		f.entrypoint, f.entrypointSet = s, true
+		return nil
+	})
+	fs.BoolVar(&f.privileged, "privileged", false, "all capabilities and devices")
+}
+
+// parseSize parses 64m, 1g, 512k or bytes.
+func parseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if s == "-1" {
+		return -1, nil
+	}
+	mult := int64(1)
+	switch strings.ToLower(s[len(s)-1:]) {
+	case "k":
+		mult = 1 << 10
+	case "m":
+		mult = 1 << 20
+	case "g":
+		mult = 1 << 30
+	}
+	num := s
+	if mult != 1 {
+		num = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(strings.TrimSuffix(strings.ToLower(num), "b"), 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("size %q: want bytes or a number with k, m or g: %w", s, errUsage)
+	}
+	return n * mult, nil
+}
+
+func parseMount(s string) (*containersapi.Mount, error) {
+	m := &containersapi.Mount{Type: "bind"}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "type":
+			m.Type = v
+		case "src", "source":
+			m.Source = v
+		case "dst", "destination", "target":
+			m.Destination = v
+		case "options":
+			m.Options = append(m.Options, strings.Split(v, ":")...)
+		case "ro", "readonly":
+			m.Options = append(m.Options, "ro")
+		default:
+			return nil, fmt.Errorf("mount %q: unknown key %q: %w", s, k, errUsage)
+		}
+	}
+	if m.Destination == "" || (m.Type == "bind" && m.Source == "") {
+		return nil, fmt.Errorf("mount %q: needs src= and dst=: %w", s, errUsage)
+	}
+	return m, nil
+}
+
+func parsePublish(s string) (*containersapi.PortMapping, error) {
+	spec, proto, _ := strings.Cut(s, "/")
+	if proto == "" {
+		proto = "tcp"
+	}
+	if proto != "tcp" && proto != "udp" {
+		return nil, fmt.Errorf("-p %q: protocol must be tcp or udp: %w", s, errUsage)
+	}
+	parts := strings.Split(spec, ":")
+	hostIP := ""
+	if len(parts) == 3 {
+		hostIP, parts = parts[0], parts[1:]
+	}
+	if len(parts) != 2 {
+		return nil, fmt.Errorf("-p %q: want [IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]: %w", s, errUsage)
+	}
+	hp, err1 := strconv.ParseUint(parts[0], 10, 16)
+	cp, err2 := strconv.ParseUint(parts[1], 10, 16)
+	if err1 != nil || err2 != nil || hp == 0 || cp == 0 {
+		return nil, fmt.Errorf("-p %q: ports must be 1-65535: %w", s, errUsage)
+	}
+	return &containersapi.PortMapping{HostPort: uint32(hp), ContainerPort: uint32(cp), Protocol: proto, HostIp: hostIP}, nil
+}
+
+// request builds the CreateFromImage request from flags and arguments:
+// IMAGE ID [ARGS...], or ID [ARGS...] with --rootfs.
+func (f *runFlags) request(args []string) (*containersapi.CreateFromImageRequest, error) {
+	r := &containersapi.CreateFromImageRequest{Options: &containersapi.SpecOptions{}}
+	if f.rootfs != "" {
+		if len(args) < 1 {
+			return nil, fmt.Errorf("with --rootfs, give ID [ARGS...]: %w", errUsage)
+		}
+		r.RootfsPath, r.Id, args = f.rootfs, args[0], args[1:]
+	} else {
+		if len(args) < 2 {
+			return nil, fmt.Errorf("give IMAGE ID [ARGS...]: %w", errUsage)
+		}
+		r.Image, r.Id, args = args[0], args[1], args[2:]
+	}
+	o := r.Options
+	o.Args = args
+	o.Env = f.env
+	o.User, o.Cwd, o.Hostname, o.Network, o.Tty = f.user, f.cwd, f.hostname, f.net, f.tty
+	o.ReadOnly, o.Privileged, o.Cpus, o.PidsLimit = f.readOnly, f.privileged, f.cpus, f.pidsLimit
+	o.CapAdd, o.CapDrop, o.CpusetCpus = f.capAdd, f.capDrop, f.cpuset
+	if f.entrypointSet {
+		o.EntrypointSet = true
+		if f.entrypoint != "" {
+			o.Entrypoint = []string{f.entrypoint}
+		}
+	}
+	var err error
+	if o.MemoryLimit, err = parseSize(f.memory); err != nil {
+		return nil, err
+	}
+	if o.MemorySwap, err = parseSize(f.memorySwap); err != nil {
+		return nil, err
+	}
+	for _, m := range f.mounts {
+		pm, err := parseMount(m)
+		if err != nil {
+			return nil, err
+		}
+		o.Mounts = append(o.Mounts, pm)
+	}
+	for _, p := range f.publish {
+		pm, err := parsePublish(p)
+		if err != nil {
+			return nil, err
+		}
+		o.PortMappings = append(o.PortMappings, pm)
+	}
+	if r.Labels, err = parseLabels(f.labels); err != nil {
+		return nil, err
+	}
+	if f.group != "" {
+		r.Labels["edged.io/shim-group"] = f.group
+	}
+	if f.runtime != "" {
+		r.Runtime = &containersapi.Container_Runtime{Name: f.runtime}
+	}
+	return r, nil
+}
+
+func runCommand() *command {
+	return &command{
+		name: "run", argv: true, usage: "[flags] IMAGE ID [ARGS...]   (or --rootfs DIR ID [ARGS...])",
+		help: "create and start a container; in the foreground edgectl exits with the container's exit code",
+		flags: func(fs *flag.FlagSet) func(*env, []string) error {
+			var rf runFlags
+			rf.add(fs)
+			detach := fs.Bool("d", false, "detach: start in the background, output to the container's log")
+			rm := fs.Bool("rm", false, "remove the container when it exits (foreground)")
+			interactive := fs.Bool("i", false, "keep stdin open")
+			fs.BoolVar(&rf.tty, "t", false, "allocate a terminal")
+			return func(e *env, args []string) error {
+				req, err := rf.request(args)
+				if err != nil {
+					return err
+				}
+				if *detach && (*rm || *interactive) {
+					return fmt.Errorf("-d cannot be combined with --rm or -i: %w", errUsage)
+				}
+				c, err := e.connect()
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if _, err := c.CreateFromImage(e.ctx, req); err != nil {
+					return err
+				}
+				if *detach {
+					if _, err := c.CreateTask(e.ctx, req.Id, client.TaskOpts{}); err != nil {
+						c.DeleteContainer(context.WithoutCancel(e.ctx), req.Id)
+						return err
+					}
+					if _, err := c.StartTask(e.ctx, req.Id, ""); err != nil {
+						c.DeleteTask(context.WithoutCancel(e.ctx), req.Id, true)
+						c.DeleteContainer(context.WithoutCancel(e.ctx), req.Id)
+						return err
+					}
+					fmt.Fprintln(e.stdout, req.Id)
+					return nil
+				}
+				code, err := foreground(e, c, req.Id, "", rf.tty, *interactive, func(o client.TaskOpts) error {
+					_, err := c.CreateTask(e.ctx, req.Id, o)
+					return err
+				})
+				cleanup := context.WithoutCancel(e.ctx)
+				if *rm {
+					if err2 := c.DeleteContainer(cleanup, req.Id); err2 != nil && err == nil {
+						err = err2
+					}
+				}
+				if err != nil {
+					return err
+				}
+				return exitCode(code)
+			}
+		},
+	}
+}
+
+// exitCode turns a container's exit status into edgectl's.
+func exitCode(code uint32) error {
+	if code == 0 {
+		return nil
+	}
+	return exitError(int(code))
+}
+
+// foreground creates a process with fifos (create), starts it, forwards
+// signals and terminal size, waits for it and its output, deletes the
+// task (or exec) and returns the exit status.
+func foreground(e *env, c *client.Client, id, execID string, tty, interactive bool, create func(client.TaskOpts) error) (uint32, error) {
+	var stdin io.Reader
+	if interactive {
+		stdin = e.stdin
+	}
+	stderr := e.stderr
+	if tty {
+		stderr = nil // a terminal merges stderr into stdout
+	}
+	fifos, err := client.NewFIFOs(e.ctx, "", stdin, e.stdout, stderr)
+	if err != nil {
+		return 0, err
+	}
+	defer fifos.Close()
+	if err := create(client.TaskOpts{Stdin: fifos.Stdin, Stdout: fifos.Stdout, Stderr: fifos.Stderr, Terminal: tty}); err != nil {
+		return 0, err
+	}
+	cleanup := context.WithoutCancel(e.ctx)
+	deleteIt := func() {
+		if execID != "" {
+			c.DeleteExec(cleanup, id, execID)
+		} else {
+			c.DeleteTask(cleanup, id, true)
+		}
+	}
+	if tty && isTerminal(os.Stdin) {
+		if restore, err := rawTerminal(int(os.Stdin.Fd())); err == nil {
+			defer restore()
+		}
+	}
+	if _, err := c.StartTask(e.ctx, id, execID); err != nil {
+		deleteIt()
+		return 0, err
+	}
+	// Forward signals to the process; keep the terminal size in step.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+	resize := func() {
+		if w, h, ok := windowSize(int(os.Stdout.Fd())); ok {
+			c.ResizePty(cleanup, id, execID, w, h)
+		}
+	}
+	if tty {
+		resize()
+	}
+	if done := fifos.StdinDone(); done != nil {
+		go func() {
+			<-done
+			c.CloseStdin(cleanup, id, execID)
+		}()
+	}
+	waitCtx, cancelWait := context.WithCancel(context.Background())
+	defer cancelWait()
+	type result struct {
+		st  client.ExitStatus
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := c.Wait(waitCtx, id, execID)
+		done <- result{st, err}
+	}()
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGWINCH {
+				if tty {
+					resize()
+				}
+				continue
+			}
+			c.Kill(cleanup, id, execID, uint32(s.(syscall.Signal)), false)
+		case r := <-done:
+			if r.err != nil {
+				deleteIt()
+				return 0, r.err
+			}
+			waitOutput(fifos)
+			deleteIt()
+			return r.st.Code, nil
+		}
+	}
+}
+
+// waitOutput waits for the process's output to be copied, briefly: a
+// process that leaves children holding the pipes must not hang edgectl.
+func waitOutput(f *client.FIFOs) {
+	done := make(chan struct{})
+	go func() {
+		f.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	}
+}
+
+// parseSignal parses KILL, SIGKILL or 9.
+func parseSignal(s string) (uint32, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 64 {
+			return 0, fmt.Errorf("signal %d: must be 1-64: %w", n, errUsage)
+		}
+		return uint32(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if n := unix.SignalNum(name); n != 0 {
+		return uint32(n), nil
+	}
+	return 0, fmt.Errorf("unknown signal %q: %w", s, errUsage)
+}

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package platforms
+
+func hostArmVariant() string { return "v7" }

@@ -1,0 +1,133 @@
+package images
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/metadata"
+	"github.com/edged/edged/fsstore/archive"
+	"github.com/edged/edged/fsstore/snapshots"
+	"github.com/edged/edged/fsstore/snapshots/mount"
+)
+
+// ExtractPrefix starts the keys of the active snapshots layers are
+// extracted into ("extract-<random> <chain ID>"); Recover removes those
+// left by a crash.
+const ExtractPrefix = "extract-"
+
+// unpack makes the committed snapshots of pm's layers in ns, keyed by
+// chain ID, reusing those that exist.
+func (s *Service) unpack(ctx context.Context, ns string, l *lease, pm *planManifest) error {
+	diffIDs := pm.config.RootFS.DiffIDs
+	chain := chainIDs(diffIDs)
+	parent := ""
+	for i, layer := range pm.manifest.Layers {
+		key := chain[i].String()
+		// Lease first, then look: a snapshot seen here cannot be
+		// collected before the image is recorded.
+		s.gcMu.RLock()
+		err := l.add(ctx, metadata.ResourceSnapshot, key)
+		var info snapshots.Info
+		if err == nil {
+			info, err = s.sn.Stat(ctx, ns, key)
+		}
+		s.gcMu.RUnlock()
+		switch {
+		case err == nil && info.Kind == snapshots.KindCommitted:
+		case err == nil:
+			return fmt.Errorf("unpack: snapshot %q exists but is %s, not committed: %w", key, info.Kind, errdefs.ErrFailedPrecondition)
+		case errdefs.IsNotFound(err):
+			if err := s.applyLayer(ctx, ns, l, parent, key, layer, diffIDs[i]); err != nil {
+				return fmt.Errorf("unpack layer %d (%s) of manifest %s: %w", i, layer.Digest, pm.desc.Digest, err)
+			}
+		default:
+			return fmt.Errorf("unpack: %w", err)
+		}
+		parent = key
+	}
+	return nil
+}
+
+// applyLayer extracts one layer into a new active snapshot on parent and
+// commits it as chainKey. On failure the active snapshot is removed.
+func (s *Service) applyLayer(ctx context.Context, ns string, l *lease, parent, chainKey string, layer ocispec.Descriptor, diffID digest.Digest) (retErr error) {
+	key := ExtractPrefix + randomID() + " " + chainKey
+	if err := l.add(ctx, metadata.ResourceSnapshot, key); err != nil {
+		return err
+	}
+	mounts, err := s.sn.Prepare(ctx, ns, key, parent, map[string]string{"containerd.io/snapshot.ref": chainKey})
+	if err != nil {
+		return err
+	}
+	removed := false
+	defer func() {
+		if retErr != nil && !removed {
+			rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := s.sn.Remove(rctx, ns, key); err != nil {
+				s.log.Warn("images: cannot remove failed extraction; Recover will", "snapshot", key, "error", err)
+			}
+		}
+	}()
+	dir, mode, err := applyTarget(s.sn.Backend(), mounts)
+	if err != nil {
+		return err
+	}
+	ra, err := s.cs.ReaderAt(ctx, layer.Digest)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("layer blob %s is not in the content store: %w", layer.Digest, errdefs.ErrNotFound)
+		}
+		return err
+	}
+	defer ra.Close()
+	if _, err := archive.ApplyVerified(ctx, dir, io.NewSectionReader(ra, 0, ra.Size()), layer.MediaType, diffID, archive.ApplyOptions{Whiteouts: mode}); err != nil {
+		return err
+	}
+	if s.hooks.afterApply != nil {
+		s.hooks.afterApply(chainKey)
+	}
+	err = s.sn.Commit(ctx, ns, chainKey, key, nil)
+	if errdefs.IsAlreadyExists(err) {
+		// A concurrent import committed the same layer first.
+		removed = true
+		if rerr := s.sn.Remove(ctx, ns, key); rerr != nil {
+			s.log.Warn("images: cannot remove duplicate extraction; Recover will", "snapshot", key, "error", rerr)
+		}
+		return nil
+	}
+	return err
+}
+
+// applyTarget returns the directory a layer is written into, without
+// mounting: the overlay upper directory (with overlay whiteouts), or the
+// directory a bind mount would show (an empty first layer, or the native
+// backend's copy of the parent, where whiteouts remove files).
+func applyTarget(backend snapshots.Backend, mounts []mount.Mount) (string, archive.WhiteoutMode, error) {
+	if len(mounts) != 1 {
+		return "", 0, fmt.Errorf("unpack: unexpected %d mounts: %w", len(mounts), errdefs.ErrNotImplemented)
+	}
+	m := mounts[0]
+	switch m.Type {
+	case "overlay":
+		for _, o := range m.Options {
+			if d, ok := strings.CutPrefix(o, "upperdir="); ok {
+				return d, archive.WhiteoutOverlay, nil
+			}
+		}
+		return "", 0, fmt.Errorf("unpack: overlay mount without upperdir: %w", errdefs.ErrNotImplemented)
+	case "bind":
+		if backend == snapshots.BackendOverlay {
+			return m.Source, archive.WhiteoutOverlay, nil
+		}
+		return m.Source, archive.WhiteoutRemove, nil
+	}
+	return "", 0, fmt.Errorf("unpack: unexpected mount type %q: %w", m.Type, errdefs.ErrNotImplemented)
+}

@@ -1,0 +1,418 @@
+// Package metadata stores edged's metadata (namespaces, containers, images,
+// content references and leases) in one embedded SQLite database file,
+// <root>/meta.db, through the pure Go driver modernc.org/sqlite.
+//
+// All access goes through transactions: [DB.Update] runs one write
+// transaction (BEGIN IMMEDIATE on the single writer connection) and
+// [DB.View] one read transaction (on a reader connection, which in WAL mode
+// reads a consistent snapshot without blocking the writer). Every multi-row
+// change made inside one Update commits or rolls back as a whole.
+//
+// Durability: the database runs in WAL mode with synchronous=NORMAL by
+// default (see [Options.Synchronous]): a crash or power loss may lose the
+// last commits, but never leaves half of one, and the file is never
+// corrupted.
+package metadata
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/edged/edged/edged/errdefs"
+	"modernc.org/sqlite"
+)
+
+// FileName is the name of the database file under the daemon's root dir.
+const FileName = "meta.db"
+
+// PageSize is the SQLite page size used when a database file is created (it
+// cannot change afterwards without a VACUUM). A commit in WAL mode writes
+// every page it changed in full, so the page size is the unit of flash wear
+// per commit. Bytes written to disk (/proc/self/io write_bytes: WAL plus
+// checkpoints) and CPU time per container create+delete (two transactions,
+// 3.3 KiB spec), from the benchmarks in bench_linux_test.go:
+//
+//	page size                               1024     2048     4096
+//	steady (BenchmarkContainerCreateDelete) 9.6 KB   16.8 KB  16.5 KB
+//	10,000 live (BenchmarkCreateDelete10k)  15.0 KB  22.6 KB  46.9 KB
+//	CPU µs per pair, steady / 10,000        99/113   91/108   86/183
+//
+// Only 1 KiB pages stay under the budget of 16 KiB per create+delete;
+// the extra overflow pages they need for a spec cost little CPU.
+const PageSize = 1024
+
+// Default tuning. See Options.
+const (
+	defaultCacheSizeKiB = 256
+	defaultBusyTimeout  = 5 * time.Second
+	defaultReadConns    = 1
+	// walAutocheckpointPages: a checkpoint copies the WAL back into the
+	// database and, with synchronous=NORMAL, is the only moment SQLite calls
+	// fsync. A page changed by many commits between two checkpoints is
+	// written to the database file once, so a larger interval writes fewer
+	// bytes; a smaller one keeps the WAL (and the page cache holding it)
+	// small. 1000 pages of 1 KiB = 1 MiB of WAL.
+	walAutocheckpointPages = 1000
+	// journalSizeLimit caps the WAL file left behind after a checkpoint at
+	// the size one checkpoint interval needs, so it neither grows without
+	// bound nor gets truncated and re-extended (extra filesystem metadata
+	// writes) on every checkpoint.
+	journalSizeLimit = 2 << 20
+)
+
+// Options configures Open. The zero value is the recommended configuration.
+type Options struct {
+	// Synchronous is the SQLite synchronous level: "NORMAL" (default) or
+	// "FULL".
+	//
+	// NORMAL: in WAL mode a commit appends its pages to the WAL without
+	// fsync; SQLite fsyncs only when it checkpoints the WAL into the
+	// database. A crash or power cut can lose the most recent commits, but
+	// the WAL frames carry checksums, so a commit is either replayed in full
+	// or not at all and the database is never corrupted. This is what the
+	// budgets need: flash wear (no fsync, hence no forced flash program
+	// cycle, per commit) and ≥ 2,000 container create+delete per second.
+	// Losing the last container creations after a power cut is acceptable
+	// for a container runtime (the tasks died with the power as well).
+	//
+	// FULL: every commit fsyncs the WAL; a commit that returned is durable.
+	// Choose it where losing an acknowledged change is worse than the cost.
+	Synchronous string
+	// CacheSizeKiB is the page cache per connection in KiB (default 256).
+	CacheSizeKiB int
+	// ReadConns is the number of reader connections that View uses next to
+	// the single writer connection (default 1). Negative means none: View
+	// then shares the writer connection, which saves the memory of one
+	// connection but serializes reads with writes.
+	ReadConns int
+	// BusyTimeout is how long a statement waits for a lock held by another
+	// process (e.g. the sqlite3 CLI) before failing (default 5s).
+	BusyTimeout time.Duration
+	// ExtraSchema functions run at every Open, inside the migration
+	// transaction and after edged's own migrations, so that other stores
+	// sharing the file (the snapshotter's snapshots.InitSchema) create or
+	// upgrade their tables atomically with ours. They must be idempotent
+	// (CREATE TABLE IF NOT EXISTS, or their own version table).
+	ExtraSchema []func(context.Context, *sql.Tx) error
+	// CountSnapshots, when set, is called by DeleteNamespace inside its
+	// transaction to count the snapshots a namespace still holds (the
+	// snapshot tables belong to another package); a namespace with
+	// snapshots cannot be deleted.
+	CountSnapshots func(ctx context.Context, tx *sql.Tx, namespace string) (int, error)
+	// Logger receives migration messages. Default slog.Default().
+	Logger *slog.Logger
+
+	// upto stops migrations at this version (tests create old schemas).
+	upto int
+	// pageSize overrides PageSize and checkpoint walAutocheckpointPages
+	// (benchmarks compare settings).
+	pageSize   int
+	checkpoint int
+}
+
+// DB is an open metadata database. It is safe for concurrent use.
+type DB struct {
+	path   string
+	opts   Options
+	log    *slog.Logger
+	w      *sql.DB // single writer connection
+	r      *sql.DB // reader connections; == w when ReadConns < 0
+	wstmts *stmtCache
+	rstmts *stmtCache
+}
+
+// Open opens (creating if needed) the database file at path, typically
+// filepath.Join(root, FileName), and brings its schema up to date. The
+// directory is created with mode 0700 and a new file with mode 0600.
+func Open(ctx context.Context, path string, opts Options) (*DB, error) {
+	return open(ctx, path, opts)
+}
+
+func open(ctx context.Context, path string, opts Options) (*DB, error) {
+	if path == "" {
+		return nil, errdefs.InvalidArgument("path", "must not be empty")
+	}
+	sync := strings.ToUpper(opts.Synchronous)
+	switch sync {
+	case "":
+		sync = "NORMAL"
+	case "NORMAL", "FULL":
+	default:
+		return nil, errdefs.InvalidArgument("synchronous", "%q is not NORMAL or FULL", opts.Synchronous)
+	}
+	if opts.CacheSizeKiB < 0 {
+		return nil, errdefs.InvalidArgument("cache size", "%d KiB is negative", opts.CacheSizeKiB)
+	}
+	if opts.CacheSizeKiB == 0 {
+		opts.CacheSizeKiB = defaultCacheSizeKiB
+	}
+	if opts.BusyTimeout <= 0 {
+		opts.BusyTimeout = defaultBusyTimeout
+	}
+	if opts.pageSize == 0 {
+		opts.pageSize = PageSize
+	}
+	if opts.checkpoint == 0 {
+		opts.checkpoint = walAutocheckpointPages
+	}
+	if opts.ReadConns == 0 {
+		opts.ReadConns = defaultReadConns
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("metadata: create directory: %w", err)
+	}
+	// Create the file ourselves so that it gets mode 0600; SQLite gives the
+	// -wal and -shm files the mode of the database file.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: open %s: %w", path, err)
+	}
+	f.Close()
+
+	// Per-connection settings, run on every new connection.
+	common := []string{
+		fmt.Sprintf("PRAGMA busy_timeout = %d", opts.BusyTimeout.Milliseconds()),
+		"PRAGMA foreign_keys = ON",
+		"PRAGMA synchronous = " + sync,
+		fmt.Sprintf("PRAGMA cache_size = -%d", opts.CacheSizeKiB),
+		// No memory mapping: reads go through the small page cache, so the
+		// file's pages do not count towards the RSS of the daemon.
+		"PRAGMA mmap_size = 0",
+		"PRAGMA temp_store = MEMORY",
+	}
+	writer := append([]string{
+		// page_size only takes effect on a new, empty file and must come
+		// before journal_mode, which writes the first page.
+		fmt.Sprintf("PRAGMA page_size = %d", opts.pageSize),
+		"PRAGMA journal_mode = WAL",
+		fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", opts.checkpoint),
+		fmt.Sprintf("PRAGMA journal_size_limit = %d", journalSizeLimit),
+	}, common...)
+	reader := append([]string{"PRAGMA query_only = ON"}, common...)
+
+	// _txlock=immediate: every transaction on the writer begins with BEGIN
+	// IMMEDIATE, so it takes the write lock up front and never fails with
+	// SQLITE_BUSY half way through when it upgrades from read to write.
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath()
+	wconn, err := newConnector(dsn+"?_txlock=immediate", writer)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	db := &DB{path: path, opts: opts, log: log}
+	db.w = sql.OpenDB(wconn)
+	db.w.SetMaxOpenConns(1)
+	db.w.SetMaxIdleConns(1)
+	db.w.SetConnMaxLifetime(0)
+	db.w.SetConnMaxIdleTime(0)
+	db.r = db.w
+	if opts.ReadConns > 0 {
+		rconn, err := newConnector(dsn, reader)
+		if err != nil {
+			db.w.Close()
+			return nil, fmt.Errorf("metadata: %w", err)
+		}
+		db.r = sql.OpenDB(rconn)
+		db.r.SetMaxOpenConns(opts.ReadConns)
+		db.r.SetMaxIdleConns(opts.ReadConns)
+		// An idle daemon gives the readers' memory back.
+		db.r.SetConnMaxIdleTime(time.Minute)
+	}
+	if err := db.migrate(ctx, opts.upto); err != nil {
+		db.closeAll()
+		return nil, err
+	}
+	if opts.upto == 0 {
+		if db.wstmts, err = newStmtCache(ctx, db.w, queries()); err != nil {
+			db.closeAll()
+			return nil, fmt.Errorf("metadata: %w", err)
+		}
+		db.rstmts = db.wstmts
+		if db.r != db.w {
+			if db.rstmts, err = newStmtCache(ctx, db.r, queries()); err != nil {
+				db.closeAll()
+				return nil, fmt.Errorf("metadata: %w", err)
+			}
+		}
+	}
+	return db, nil
+}
+
+// Path returns the database file's path.
+func (db *DB) Path() string { return db.path }
+
+// SQL returns the writer connection pool, for other stores that keep their
+// tables in the same file (snapshots). Its transactions begin IMMEDIATE
+// and are serialized with Update's, so they never conflict. Inside an
+// Update, use Tx.SQL instead: the single writer connection is busy.
+func (db *DB) SQL() *sql.DB { return db.w }
+
+// Close closes the database. The last connection to close checkpoints the
+// WAL into the database file.
+func (db *DB) Close() error {
+	// Let SQLite refresh its query planner statistics if it thinks they are
+	// stale; cheap when nothing changed.
+	_, _ = db.w.Exec("PRAGMA optimize")
+	return db.closeAll()
+}
+
+func (db *DB) closeAll() error {
+	db.wstmts.close()
+	var errR error
+	if db.r != db.w {
+		if db.rstmts != db.wstmts {
+			db.rstmts.close()
+		}
+		errR = db.r.Close()
+	}
+	return errors.Join(errR, db.w.Close())
+}
+
+// Update runs fn in one write transaction. If fn returns an error or
+// panics, the transaction is rolled back and nothing it did is kept;
+// otherwise it is committed. fn must not call Update or View.
+func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
+	return db.run(ctx, db.w, db.wstmts, true, fn)
+}
+
+// View runs fn in one read transaction, which sees a consistent snapshot of
+// the database. Write methods called on its Tx fail with
+// ErrFailedPrecondition. fn must not call Update or View.
+func (db *DB) View(ctx context.Context, fn func(*Tx) error) error {
+	return db.run(ctx, db.r, db.rstmts, false, fn)
+}
+
+func (db *DB) run(ctx context.Context, pool *sql.DB, stmts *stmtCache, writable bool, fn func(*Tx) error) (err error) {
+	var txo *sql.TxOptions
+	if !writable {
+		txo = &sql.TxOptions{ReadOnly: true}
+	}
+	stx, err := pool.BeginTx(ctx, txo)
+	if err != nil {
+		return dbError("begin transaction", err)
+	}
+	tx := &Tx{db: db, tx: stx, stmts: stmts, writable: writable}
+	done := false
+	defer func() {
+		if !done {
+			_ = stx.Rollback()
+		}
+	}()
+	if err := fn(tx); err != nil {
+		done = true
+		_ = stx.Rollback()
+		return err
+	}
+	done = true
+	if err := stx.Commit(); err != nil {
+		return dbError("commit", err)
+	}
+	return nil
+}
+
+// dbError wraps an error from SQLite itself (not a validation error): a
+// busy database is ErrUnavailable, a corrupt one ErrDataLoss, a canceled
+// context keeps its error.
+func dbError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("metadata: %s: %w", op, err)
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case 5, 6: // SQLITE_BUSY, SQLITE_LOCKED
+			return fmt.Errorf("metadata: %s: %v: %w", op, err, errdefs.ErrUnavailable)
+		case 11, 26: // SQLITE_CORRUPT, SQLITE_NOTADB
+			return fmt.Errorf("metadata: %s: %v: %w", op, err, errdefs.ErrDataLoss)
+		case 13: // SQLITE_FULL
+			return fmt.Errorf("metadata: %s: %v: %w", op, err, errdefs.ErrResourceExhausted)
+		}
+	}
+	return fmt.Errorf("metadata: %s: %w", op, err)
+}
+
+// connector runs the setup statements on every new connection.
+type connector struct {
+	base  driver.Connector
+	setup []string
+}
+
+func newConnector(dsn string, setup []string) (*connector, error) {
+	base, err := sqlite.NewConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return &connector{base: base, setup: setup}, nil
+}
+
+func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := c.base.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ex, ok := conn.(driver.ExecerContext)
+	if !ok {
+		conn.Close()
+		return nil, errors.New("sqlite connection does not implement ExecerContext")
+	}
+	for _, q := range c.setup {
+		if _, err := ex.ExecContext(ctx, q, nil); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return conn, nil
+}
+
+func (c *connector) Driver() driver.Driver { return c.base.Driver() }
+
+// stmtCache holds every statement of the package, prepared once per pool
+// at Open (before any transaction: preparing on the pool inside a
+// transaction would wait for the busy single writer connection). database/sql
+// keeps a prepared statement per connection and Tx.StmtContext reuses it,
+// so with the long-lived writer connection every statement is compiled
+// exactly once. The map is read-only after Open.
+type stmtCache struct {
+	m map[string]*sql.Stmt
+}
+
+func newStmtCache(ctx context.Context, db *sql.DB, queries []string) (*stmtCache, error) {
+	c := &stmtCache{m: make(map[string]*sql.Stmt, len(queries))}
+	for _, q := range queries {
+		if _, ok := c.m[q]; ok {
+			continue
+		}
+		s, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			c.close()
+			return nil, fmt.Errorf("prepare %q: %w", q, err)
+		}
+		c.m[q] = s
+	}
+	return c, nil
+}
+
+func (c *stmtCache) close() {
+	if c == nil {
+		return
+	}
+	for _, s := range c.m {
+		s.Close()
+	}
+}

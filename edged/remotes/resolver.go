@@ -1,0 +1,400 @@
+package remotes
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/edged/edged/edged/errdefs"
+)
+
+// Defaults of PullOptions and PushOptions.
+const (
+	DefaultRetries      = 5
+	DefaultConcurrency  = 3
+	DefaultRetryBackoff = 250 * time.Millisecond
+	maxRetryBackoff     = 8 * time.Second
+	// maxErrorBody bounds how much of an error response is read.
+	maxErrorBody = 64 << 10
+)
+
+// Resolver talks to registries: it holds the configuration, the
+// credentials read from config.json, two small HTTP clients (verifying and
+// not verifying TLS) and the bearer tokens, cached in memory for their
+// lifetime. Keep one Resolver for the daemon's lifetime; it is safe for
+// concurrent use.
+type Resolver struct {
+	registries map[string]registryEndpoints
+	docker     *dockerConfig
+	userAgent  string
+	auth       *authState
+	client     *http.Client
+	insecure   *http.Client
+}
+
+type registryEndpoints struct {
+	mirrors   []*url.URL
+	insecure  bool
+	plainHTTP bool
+}
+
+// endpoint is one base URL serving a registry's API: a mirror or the origin.
+type endpoint struct {
+	base   *url.URL
+	host   string // base.Host: key for credentials and tokens
+	client *http.Client
+	mirror bool
+}
+
+// NewResolver validates cfg and reads the docker config file.
+func NewResolver(cfg ResolverConfig) (*Resolver, error) {
+	path := cfg.DockerConfig
+	if path == "" {
+		path = defaultDockerConfigPath()
+	}
+	dc, err := loadDockerConfig(path)
+	if err != nil {
+		return nil, err
+	}
+	r := &Resolver{
+		registries: map[string]registryEndpoints{},
+		docker:     dc,
+		userAgent:  cfg.UserAgent,
+		auth:       newAuthState(),
+		client:     newHTTPClient(false),
+		insecure:   newHTTPClient(true),
+	}
+	if r.userAgent == "" {
+		r.userAgent = "edged"
+	}
+	for host, rc := range cfg.Registries {
+		key := normalizeAuthKey(host)
+		if !validHost(key) {
+			return nil, errdefs.InvalidArgument("registry", "%q is not a registry host[:port]", host)
+		}
+		re := registryEndpoints{insecure: rc.Insecure, plainHTTP: rc.PlainHTTP}
+		for _, m := range rc.Mirrors {
+			u, err := parseMirror(m)
+			if err != nil {
+				return nil, errdefs.InvalidArgument("registry "+host+" mirror", "%v", err)
+			}
+			re.mirrors = append(re.mirrors, u)
+		}
+		r.registries[key] = re
+	}
+	return r, nil
+}
+
+func parseMirror(m string) (*url.URL, error) {
+	if !strings.Contains(m, "://") {
+		m = "https://" + m
+	}
+	u, err := url.Parse(m)
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%q: scheme must be http or https", m)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%q: want http(s)://host[:port][/path]", m)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	u.RawPath = ""
+	return u, nil
+}
+
+// newHTTPClient builds a client with a small transport: HTTP/1.1 only (Go's
+// HTTP/2 transport lets a server push up to 4 MiB per stream before the
+// reader consumes it, which alone would blow the daemon's memory budget
+// with three parallel downloads), at most two idle connections per host.
+func newHTTPClient(insecure bool) *http.Client {
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   15 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		MaxIdleConns:          4,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       30 * time.Second,
+		ForceAttemptHTTP2:     false,
+		TLSNextProto:          map[string]func(string, *tls.Conn) http.RoundTripper{},
+		TLSClientConfig:       &tls.Config{InsecureSkipVerify: insecure, MinVersion: tls.VersionTLS12}, //nolint:gosec // only when configured
+	}
+	return &http.Client{
+		Transport: tr,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 10 {
+				return errors.New("stopped after 10 redirects")
+			}
+			return nil
+		},
+	}
+}
+
+// Close drops idle connections.
+func (r *Resolver) Close() {
+	r.client.CloseIdleConnections()
+	r.insecure.CloseIdleConnections()
+}
+
+// endpoints lists the endpoints of a registry: for pulls its mirrors in
+// order, then the origin; for pushes only the origin.
+func (r *Resolver) endpoints(registry string, pull bool) []*endpoint {
+	rc := r.registries[registry]
+	client := r.client
+	if rc.insecure {
+		client = r.insecure
+	}
+	var eps []*endpoint
+	if pull {
+		for _, m := range rc.mirrors {
+			eps = append(eps, &endpoint{base: m, host: m.Host, client: client, mirror: true})
+		}
+	}
+	host := registry
+	if host == DockerHub {
+		host = DockerHubHost
+	}
+	scheme := "https"
+	if rc.plainHTTP {
+		scheme = "http"
+	}
+	return append(eps, &endpoint{base: &url.URL{Scheme: scheme, Host: host}, host: host, client: client})
+}
+
+// credentials returns the credentials for an endpoint host.
+func (r *Resolver) credentials(host string) (Credentials, error) {
+	return r.docker.credentials(host)
+}
+
+// request is one registry API call.
+type request struct {
+	method string
+	path   string   // below <base>/v2/, e.g. "library/busybox/manifests/latest"
+	url    *url.URL // absolute URL (upload locations); overrides path
+	header http.Header
+	body   func() (io.ReadCloser, error) // nil: no body
+	length int64
+	scope  string
+}
+
+func (rq *request) target(ep *endpoint) *url.URL {
+	if rq.url != nil {
+		return rq.url
+	}
+	u := *ep.base
+	u.Path = ep.base.Path + "/v2/" + rq.path
+	u.RawPath = ""
+	return &u
+}
+
+// send performs rq once against ep, authenticating as the registry demands:
+// a 401 records the challenge (Basic, or Bearer with realm/service/scope),
+// and the request is repeated once with credentials or a token. Further
+// requests to the host authenticate up front. Credentials are only sent to
+// ep's own host.
+func (r *Resolver) send(ctx context.Context, ep *endpoint, rq *request) (*http.Response, error) {
+	u := rq.target(ep)
+	sameHost := u.Host == ep.base.Host
+	for try := 0; ; try++ {
+		req, err := http.NewRequestWithContext(ctx, rq.method, u.String(), nil)
+		if err != nil {
+			return nil, fmt.Errorf("registry %s: %w", ep.host, err)
+		}
+		for k, v := range rq.header {
+			req.Header[k] = v
+		}
+		req.Header.Set("User-Agent", r.userAgent)
+		if rq.body != nil {
+			b, err := rq.body()
+			if err != nil {
+				return nil, err
+			}
+			req.Body, req.ContentLength = b, rq.length
+			if rq.length == 0 {
+				b.Close()
+				req.Body = http.NoBody
+			}
+		}
+		sentAuth := false
+		var cred Credentials
+		if c, ok := r.auth.challenge(ep.host); ok && sameHost {
+			if cred, err = r.credentials(ep.host); err != nil {
+				closeBody(req)
+				return nil, err
+			}
+			switch c.scheme {
+			case "basic":
+				if !cred.empty() {
+					req.SetBasicAuth(cred.Username, cred.Password)
+					sentAuth = true
+				}
+			case "bearer":
+				tok, err := r.token(ctx, ep, c, rq.scope, cred)
+				if err != nil {
+					closeBody(req)
+					return nil, err
+				}
+				req.Header.Set("Authorization", "Bearer "+tok)
+				sentAuth = true
+			}
+		}
+		resp, err := ep.client.Do(req)
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return nil, cerr
+			}
+			return nil, fmt.Errorf("registry %s: %s %s: %w: %w", ep.host, rq.method, u.Path, err, errdefs.ErrUnavailable)
+		}
+		if resp.StatusCode != http.StatusUnauthorized || !sameHost {
+			return resp, nil
+		}
+		c, ok := parseChallenges(resp.Header.Values("Www-Authenticate"))
+		discard(resp)
+		if !ok {
+			return nil, fmt.Errorf("registry %s: %s %s: %s without a Basic or Bearer challenge: %w",
+				ep.host, rq.method, u.Path, resp.Status, errdefs.ErrPermissionDenied)
+		}
+		r.auth.setChallenge(ep.host, c)
+		if try > 0 || (sentAuth && c.scheme == "basic") {
+			return nil, fmt.Errorf("registry %s: %s %s: %s: access denied for %s (credentials from %s): %w",
+				ep.host, rq.method, u.Path, resp.Status, r.who(cred), r.docker.path, errdefs.ErrPermissionDenied)
+		}
+		if sentAuth {
+			r.auth.invalidate(ep.host, rq.scope)
+		}
+		if cred, err = r.credentials(ep.host); err != nil {
+			return nil, err
+		}
+		if c.scheme == "basic" && cred.empty() {
+			return nil, fmt.Errorf("registry %s: %s %s: authentication required and no credentials for %s in %s: %w",
+				ep.host, rq.method, u.Path, ep.host, r.docker.path, errdefs.ErrPermissionDenied)
+		}
+	}
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// discard drains a little of resp's body, so the connection can be reused,
+// and closes it.
+func discard(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+	resp.Body.Close()
+}
+
+// retrier bounds and spaces retries.
+type retrier struct {
+	attempts int
+	backoff  time.Duration
+}
+
+func newRetrier(retries int, backoff time.Duration) retrier {
+	if retries <= 0 {
+		retries = DefaultRetries
+	}
+	if backoff <= 0 {
+		backoff = DefaultRetryBackoff
+	}
+	return retrier{attempts: retries, backoff: backoff}
+}
+
+// wait sleeps before retry number n (0-based): backoff*2^n, capped, with
+// jitter; it returns early with ctx's error.
+func (rt retrier) wait(ctx context.Context, n int) error {
+	d := rt.backoff << min(n, 10)
+	if d > maxRetryBackoff || d <= 0 {
+		d = maxRetryBackoff
+	}
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// transient reports whether a status is worth retrying.
+func transient(code int) bool {
+	return code == http.StatusTooManyRequests || code >= 500
+}
+
+// do sends rq, retrying transient failures (network errors, 5xx, 429) with
+// exponential backoff. Mirrors are not retried: the caller moves on to the
+// next endpoint. Any other response is returned for the caller to judge.
+func (r *Resolver) do(ctx context.Context, ep *endpoint, rq *request, rt retrier) (*http.Response, error) {
+	for n := 0; ; n++ {
+		resp, err := r.send(ctx, ep, rq)
+		if err == nil && !transient(resp.StatusCode) {
+			return resp, nil
+		}
+		if err == nil {
+			err = statusError(ep, rq, resp)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if !errors.Is(err, errdefs.ErrUnavailable) || ep.mirror || n+1 >= rt.attempts {
+			return nil, err
+		}
+		if werr := rt.wait(ctx, n); werr != nil {
+			return nil, werr
+		}
+	}
+}
+
+// statusError turns an unexpected response into an error of the matching
+// kind, quoting the registry's error codes, and closes the body.
+func statusError(ep *endpoint, rq *request, resp *http.Response) error {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	resp.Body.Close()
+	var detail string
+	var er struct {
+		Errors []struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"errors"`
+	}
+	if json.Unmarshal(body, &er) == nil && len(er.Errors) > 0 {
+		var parts []string
+		for i, e := range er.Errors {
+			if i == 4 {
+				break
+			}
+			parts = append(parts, e.Code+": "+e.Message)
+		}
+		detail = ": " + strings.Join(parts, "; ")
+	}
+	var kind error
+	switch code := resp.StatusCode; {
+	case code == http.StatusNotFound:
+		kind = errdefs.ErrNotFound
+	case code == http.StatusUnauthorized || code == http.StatusForbidden:
+		kind = errdefs.ErrPermissionDenied
+	case transient(code):
+		kind = errdefs.ErrUnavailable
+	case code == http.StatusRequestedRangeNotSatisfiable:
+		kind = errdefs.ErrFailedPrecondition
+	default:
+		kind = errdefs.ErrFailedPrecondition
+	}
+	path := rq.target(ep).Path
+	return fmt.Errorf("registry %s: %s %s: %s%s: %w", ep.host, rq.method, path, resp.Status, detail, kind)
+}

@@ -1,0 +1,136 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	taskapi "github.com/edged/edged/proto/runtime/task/v2"
+)
+
+// RecoverResult says what Recover found.
+type RecoverResult struct {
+	Reconnected int
+	Dead        int
+	Duration    time.Duration
+}
+
+// Recover reads the bootstrap data of the tasks of a previous edged,
+// reconnects to their shims in parallel (each with ConnectTimeout) and
+// cleans up tasks whose shim is gone: their runc containers, mounts,
+// bundles and bootstrap files. Bundles without bootstrap data (a crash
+// during Create) are removed too.
+func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
+	start := time.Now()
+	var res RecoverResult
+	var tasks []*task
+	root := filepath.Join(m.cfg.State, "tasks")
+	nsDirs, _ := os.ReadDir(root)
+	for _, nd := range nsDirs {
+		files, _ := os.ReadDir(filepath.Join(root, nd.Name()))
+		for _, f := range files {
+			p := filepath.Join(root, nd.Name(), f.Name())
+			if !strings.HasSuffix(f.Name(), ".json") {
+				os.Remove(p) // a temp file of an interrupted write
+				continue
+			}
+			b, err := os.ReadFile(p)
+			var t task
+			if err != nil || json.Unmarshal(b, &t) != nil || t.ID == "" || t.Namespace != nd.Name() {
+				m.log.Warn("removing unreadable task bootstrap", "path", p, "error", err)
+				os.Remove(p)
+				continue
+			}
+			tasks = append(tasks, &t)
+		}
+	}
+
+	// One connection attempt per shim, all shims in parallel.
+	byShim := map[string][]*task{}
+	for _, t := range tasks {
+		byShim[t.Address] = append(byShim[t.Address], t)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for address, ts := range byShim {
+		wg.Add(1)
+		go func(address string, ts []*task) {
+			defer wg.Done()
+			sc := m.reconnect(ctx, address, ts)
+			mu.Lock()
+			defer mu.Unlock()
+			if sc == nil {
+				res.Dead += len(ts)
+				return
+			}
+			res.Reconnected += len(ts)
+		}(address, ts)
+	}
+	wg.Wait()
+
+	// Bundles nobody owns.
+	known := map[string]bool{}
+	m.mu.Lock()
+	for _, t := range m.tasks {
+		known[t.Bundle] = true
+	}
+	m.mu.Unlock()
+	bdirs, _ := os.ReadDir(filepath.Join(m.cfg.State, "bundles"))
+	for _, nd := range bdirs {
+		ids, _ := os.ReadDir(filepath.Join(m.cfg.State, "bundles", nd.Name()))
+		for _, id := range ids {
+			b := filepath.Join(m.cfg.State, "bundles", nd.Name(), id.Name())
+			if known[b] {
+				continue
+			}
+			m.log.Info("removing orphaned bundle", "bundle", b)
+			m.cleanupTask(ctx, &task{Namespace: nd.Name(), ID: id.Name(), Bundle: b, Native: true})
+		}
+	}
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// reconnect connects to one shim and checks that it still serves the
+// tasks; otherwise the tasks are cleaned up and nil is returned.
+func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) *shimConn {
+	first := ts[0]
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.ConnectTimeout)
+	defer cancel()
+	c, svc, err := dialShim(cctx, first.Namespace, address, m.cfg.ConnectTimeout)
+	if err == nil {
+		_, err = svc.Connect(cctx, &taskapi.ConnectRequest{Id: first.ID})
+		if err != nil {
+			c.Close()
+		}
+	}
+	if err != nil {
+		m.log.Warn("shim of a previous edged is gone; cleaning up its tasks", "address", address, "tasks", len(ts), "error", err)
+		for _, t := range ts {
+			m.cleanupTask(ctx, t)
+		}
+		if first.Native {
+			os.Remove(address)
+			os.Remove(address + ".log")
+		}
+		return nil
+	}
+	sc := &shimConn{key: first.Namespace + "/" + first.Group, ns: first.Namespace, group: first.Group, address: address,
+		pid: first.ShimPid, native: first.Native, binary: first.Binary, client: c, task: svc, refs: map[string]bool{}}
+	if !first.Native {
+		sc.key = first.Namespace + "/" + first.ID
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.shims[sc.key] = sc
+	for _, t := range ts {
+		t.shim = sc
+		sc.refs[t.ID] = true
+		m.tasks[key(t.Namespace, t.ID)] = t
+	}
+	return sc
+}

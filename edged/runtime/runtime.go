@@ -1,0 +1,589 @@
+// Package runtime manages tasks: it starts runtime v2 shims (edged-shim
+// with an inherited socket, or any containerd v2 shim through its `start`
+// subcommand), keeps per-task bootstrap data on disk so that a restarted
+// edged reconnects to running containers, and bounds every shim call with a
+// deadline: a shim that does not answer is treated as dead and cleaned up,
+// never allowed to hang edged.
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gogo/protobuf/types"
+
+	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/identifiers"
+	"github.com/edged/edged/internal/atomicfile"
+	taskapi "github.com/edged/edged/proto/runtime/task/v2"
+	ptypes "github.com/edged/edged/proto/types"
+	"github.com/edged/edged/shimd"
+)
+
+// NativeRuntime is the runtime name of edged-shim.
+const NativeRuntime = "io.containerd.edged.v2"
+
+// GroupLabel puts containers carrying the same value into one shim process.
+const GroupLabel = "edged.io/shim-group"
+
+// Config configures the manager.
+type Config struct {
+	// State is edged's state directory: bundles, shim sockets, bootstrap.
+	State string
+	// Address is edged's API socket, where shims publish events.
+	Address string
+	// ShimBinary is edged-shim (default: next to the edged binary, else PATH).
+	ShimBinary string
+	// CallTimeout bounds every shim call but Wait (default 10 s).
+	CallTimeout time.Duration
+	// ConnectTimeout bounds reconnecting to a shim at start-up (default 1 s).
+	ConnectTimeout time.Duration
+	Log            *slog.Logger
+	// OnDead is called for each task whose shim died and was cleaned up,
+	// so the daemon can publish its exit.
+	OnDead func(ns, id string, pid uint32)
+}
+
+// Manager runs tasks through shims.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	mu    sync.Mutex
+	shims map[string]*shimConn // namespace/group
+	tasks map[string]*task     // namespace/id
+}
+
+// task is one container's init process in a shim.
+type task struct {
+	Namespace string `json:"namespace"`
+	ID        string `json:"id"`
+	Runtime   string `json:"runtime"`
+	Group     string `json:"group"`
+	Bundle    string `json:"bundle"`
+	Address   string `json:"address"`
+	ShimPid   int    `json:"shim_pid"`
+	Binary    string `json:"binary"`
+	Native    bool   `json:"native"`
+	Pid       uint32 `json:"pid"`
+	Stdout    string `json:"stdout,omitempty"`
+
+	shim *shimConn
+}
+
+// New returns a manager; call Recover before serving.
+func New(cfg Config) (*Manager, error) {
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = 10 * time.Second
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.ShimBinary == "" {
+		cfg.ShimBinary = findShim()
+	}
+	for _, d := range []string{"bundles", "tasks", "s"} {
+		if err := os.MkdirAll(filepath.Join(cfg.State, d), 0o700); err != nil {
+			return nil, fmt.Errorf("runtime: %w", err)
+		}
+	}
+	return &Manager{cfg: cfg, log: cfg.Log, shims: map[string]*shimConn{}, tasks: map[string]*task{}}, nil
+}
+
+func findShim() string {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "edged-shim")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("edged-shim"); err == nil {
+		return p
+	}
+	return "edged-shim"
+}
+
+// ShimBinaryFor maps a runtime name to its shim binary, the containerd way:
+// io.containerd.runc.v2 → containerd-shim-runc-v2 in PATH.
+func ShimBinaryFor(runtime string) (string, error) {
+	parts := strings.Split(runtime, ".")
+	if len(parts) < 2 {
+		return "", errdefs.InvalidArgument("runtime", "%q is not a runtime name like io.containerd.runc.v2", runtime)
+	}
+	name := "containerd-shim-" + parts[len(parts)-2] + "-" + parts[len(parts)-1]
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("runtime %q: shim binary %s not found in PATH: %w", runtime, name, errdefs.ErrNotFound)
+	}
+	return p, nil
+}
+
+func key(ns, id string) string { return ns + "/" + id }
+
+// BundleDir is where a task's bundle lives.
+func (m *Manager) BundleDir(ns, id string) string {
+	return filepath.Join(m.cfg.State, "bundles", ns, id)
+}
+
+func (m *Manager) bootstrapPath(ns, id string) string {
+	return filepath.Join(m.cfg.State, "tasks", ns, id+".json")
+}
+
+// CreateOpts describe a new task.
+type CreateOpts struct {
+	Runtime  string
+	Group    string
+	Spec     []byte // OCI runtime spec, JSON
+	Rootfs   []*ptypes.Mount
+	Stdin    string
+	Stdout   string
+	Stderr   string
+	Terminal bool
+	Options  *types.Any
+}
+
+// Create writes the bundle, starts (or reuses) the shim and creates the
+// task. On failure nothing is left behind.
+func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ uint32, err error) {
+	if err := identifiers.Validate("namespace", ns); err != nil {
+		return 0, err
+	}
+	if err := identifiers.Validate("container_id", id); err != nil {
+		return 0, err
+	}
+	if o.Group == "" {
+		o.Group = id
+	} else if err := identifiers.Validate("shim group", o.Group); err != nil {
+		return 0, err
+	}
+	if o.Runtime == "" {
+		o.Runtime = NativeRuntime
+	}
+	m.mu.Lock()
+	if _, ok := m.tasks[key(ns, id)]; ok {
+		m.mu.Unlock()
+		return 0, fmt.Errorf("task %q in namespace %q: %w", id, ns, errdefs.ErrAlreadyExists)
+	}
+	// Reserve the ID while the task is being created.
+	t := &task{Namespace: ns, ID: id, Runtime: o.Runtime, Group: o.Group, Bundle: m.BundleDir(ns, id), Stdout: o.Stdout}
+	m.tasks[key(ns, id)] = t
+	m.mu.Unlock()
+	defer func() {
+		if err != nil {
+			m.mu.Lock()
+			delete(m.tasks, key(ns, id))
+			m.mu.Unlock()
+		}
+	}()
+
+	if err := os.MkdirAll(filepath.Join(t.Bundle, "rootfs"), 0o711); err != nil {
+		return 0, fmt.Errorf("create bundle: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(t.Bundle)
+		}
+	}()
+	if err := atomicfile.WriteFile(filepath.Join(t.Bundle, "config.json"), o.Spec, 0o600); err != nil {
+		return 0, fmt.Errorf("write bundle spec: %w", err)
+	}
+
+	sc, err := m.shimFor(ctx, t)
+	if err != nil {
+		return 0, err
+	}
+	t.shim, t.Address, t.ShimPid, t.Binary, t.Native = sc, sc.address, sc.pid, sc.binary, sc.native
+	sc.mu.Lock()
+	sc.refs[id] = true
+	sc.mu.Unlock()
+	defer func() {
+		if err != nil {
+			m.release(context.WithoutCancel(ctx), t)
+		}
+	}()
+
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	resp, err := sc.task.Create(cctx, &taskapi.CreateTaskRequest{
+		Id: id, Bundle: t.Bundle, Rootfs: o.Rootfs, Terminal: o.Terminal,
+		Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, Options: o.Options,
+	})
+	if err != nil {
+		return 0, m.callError(ctx, sc, "create", err)
+	}
+	t.Pid = resp.Pid
+	if err := m.saveBootstrap(t); err != nil {
+		sc.task.Delete(context.WithoutCancel(ctx), &taskapi.DeleteRequest{Id: id})
+		return 0, err
+	}
+	return resp.Pid, nil
+}
+
+func (m *Manager) shimFor(ctx context.Context, t *task) (*shimConn, error) {
+	if t.Runtime != NativeRuntime {
+		binary, err := ShimBinaryFor(t.Runtime)
+		if err != nil {
+			return nil, err
+		}
+		sc, err := m.startV2Shim(ctx, t.Namespace, t.ID, t.Bundle, binary)
+		if err != nil {
+			return nil, err
+		}
+		m.mu.Lock()
+		m.shims[sc.key] = sc
+		m.mu.Unlock()
+		return sc, nil
+	}
+	k := key(t.Namespace, t.Group)
+	m.mu.Lock()
+	sc := m.shims[k]
+	m.mu.Unlock()
+	if sc != nil && !sc.isDead() {
+		return sc, nil
+	}
+	sc, err := m.startNativeShim(ctx, t.Namespace, t.Group)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.shims[k] = sc
+	m.mu.Unlock()
+	return sc, nil
+}
+
+func (s *shimConn) isDead() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dead
+}
+
+func (m *Manager) saveBootstrap(t *task) error {
+	b, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(m.bootstrapPath(t.Namespace, t.ID)), 0o700); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(m.bootstrapPath(t.Namespace, t.ID), b, 0o600)
+}
+
+// get returns a live task.
+func (m *Manager) get(ns, id string) (*task, error) {
+	if err := identifiers.Validate("container_id", id); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t, ok := m.tasks[key(ns, id)]
+	if !ok || t.shim == nil {
+		return nil, fmt.Errorf("task %q in namespace %q: %w", id, ns, errdefs.ErrNotFound)
+	}
+	return t, nil
+}
+
+// call runs fn against the task's shim with the call deadline and turns a
+// shim that does not answer into a dead one.
+func (m *Manager) call(ctx context.Context, ns, id, op string, fn func(context.Context, taskapi.TaskService) error) error {
+	t, err := m.get(ns, id)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	if err := fn(cctx, t.shim.task); err != nil {
+		return m.callError(ctx, t.shim, op, err)
+	}
+	return nil
+}
+
+// callError types a shim error; a deadline or a lost connection marks the
+// shim dead and cleans up its tasks.
+func (m *Manager) callError(ctx context.Context, sc *shimConn, op string, err error) error {
+	err = errdefs.FromGRPC(err)
+	if ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || isConnError(err)) {
+		m.log.Error("shim did not answer; treating it as dead", "shim", sc.key, "op", op, "error", err)
+		go m.shimDead(context.WithoutCancel(ctx), sc)
+		return fmt.Errorf("shim %s did not answer %s within %v (%v); it is treated as dead: %w", sc.key, op, m.cfg.CallTimeout, err, errdefs.ErrUnavailable)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+func isConnError(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "ttrpc: closed") || strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
+}
+
+// Task operations.
+
+// Start starts the init process (exec empty) or an exec.
+func (m *Manager) Start(ctx context.Context, ns, id, exec string) (uint32, error) {
+	var pid uint32
+	err := m.call(ctx, ns, id, "start", func(ctx context.Context, s taskapi.TaskService) error {
+		r, err := s.Start(ctx, &taskapi.StartRequest{Id: id, ExecId: exec})
+		if err == nil {
+			pid = r.Pid
+		}
+		return err
+	})
+	return pid, err
+}
+
+// State returns the state of a process.
+func (m *Manager) State(ctx context.Context, ns, id, exec string) (*taskapi.StateResponse, error) {
+	var st *taskapi.StateResponse
+	err := m.call(ctx, ns, id, "state", func(ctx context.Context, s taskapi.TaskService) (err error) {
+		st, err = s.State(ctx, &taskapi.StateRequest{Id: id, ExecId: exec})
+		return err
+	})
+	return st, err
+}
+
+// Kill signals a process.
+func (m *Manager) Kill(ctx context.Context, ns, id, exec string, sig uint32, all bool) error {
+	return m.call(ctx, ns, id, "kill", func(ctx context.Context, s taskapi.TaskService) error {
+		_, err := s.Kill(ctx, &taskapi.KillRequest{Id: id, ExecId: exec, Signal: sig, All: all})
+		return err
+	})
+}
+
+// Exec adds an exec process.
+func (m *Manager) Exec(ctx context.Context, ns, id string, r *taskapi.ExecProcessRequest) error {
+	r.Id = id
+	return m.call(ctx, ns, id, "exec", func(ctx context.Context, s taskapi.TaskService) error {
+		_, err := s.Exec(ctx, r)
+		return err
+	})
+}
+
+// Pause freezes the task.
+func (m *Manager) Pause(ctx context.Context, ns, id string) error {
+	return m.call(ctx, ns, id, "pause", func(ctx context.Context, s taskapi.TaskService) error {
+		_, err := s.Pause(ctx, &taskapi.PauseRequest{Id: id})
+		return err
+	})
+}
+
+// Resume thaws the task.
+func (m *Manager) Resume(ctx context.Context, ns, id string) error {
+	return m.call(ctx, ns, id, "resume", func(ctx context.Context, s taskapi.TaskService) error {
+		_, err := s.Resume(ctx, &taskapi.ResumeRequest{Id: id})
+		return err
+	})
+}
+
+// Pids lists the task's processes.
+func (m *Manager) Pids(ctx context.Context, ns, id string) (*taskapi.PidsResponse, error) {
+	var r *taskapi.PidsResponse
+	err := m.call(ctx, ns, id, "pids", func(ctx context.Context, s taskapi.TaskService) (err error) {
+		r, err = s.Pids(ctx, &taskapi.PidsRequest{Id: id})
+		return err
+	})
+	return r, err
+}
+
+// Update changes the task's resources.
+func (m *Manager) Update(ctx context.Context, ns, id string, resources *types.Any, annotations map[string]string) error {
+	return m.call(ctx, ns, id, "update", func(ctx context.Context, s taskapi.TaskService) error {
+		_, err := s.Update(ctx, &taskapi.UpdateTaskRequest{Id: id, Resources: resources, Annotations: annotations})
+		return err
+	})
+}
+
+// ResizePty resizes a process's terminal.
+func (m *Manager) ResizePty(ctx context.Context, ns, id, exec string, w, h uint32) error {
+	return m.call(ctx, ns, id, "resize pty", func(ctx context.Context, s taskapi.TaskService) error {
+		_, err := s.ResizePty(ctx, &taskapi.ResizePtyRequest{Id: id, ExecId: exec, Width: w, Height: h})
+		return err
+	})
+}
+
+// CloseIO closes a process's stdin.
+func (m *Manager) CloseIO(ctx context.Context, ns, id, exec string) error {
+	return m.call(ctx, ns, id, "close io", func(ctx context.Context, s taskapi.TaskService) error {
+		_, err := s.CloseIO(ctx, &taskapi.CloseIORequest{Id: id, ExecId: exec, Stdin: true})
+		return err
+	})
+}
+
+// Wait blocks until the process exits or ctx ends. It has no call
+// deadline of its own: waiting for an exit may take long, and ctx carries
+// the API request's deadline.
+func (m *Manager) Wait(ctx context.Context, ns, id, exec string) (*taskapi.WaitResponse, error) {
+	t, err := m.get(ns, id)
+	if err != nil {
+		return nil, err
+	}
+	r, err := t.shim.task.Wait(ctx, &taskapi.WaitRequest{Id: id, ExecId: exec})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("wait: %w", ctx.Err())
+		}
+		return nil, m.callError(ctx, t.shim, "wait", err)
+	}
+	return r, nil
+}
+
+// Delete deletes an exited task (or exec): the shim deletes the runc
+// container and unmounts the rootfs; edged removes the bundle and the
+// bootstrap, and lets the shim go when it serves nothing else.
+func (m *Manager) Delete(ctx context.Context, ns, id, exec string) (*taskapi.DeleteResponse, error) {
+	t, err := m.get(ns, id)
+	if err != nil {
+		return nil, err
+	}
+	var r *taskapi.DeleteResponse
+	err = m.call(ctx, ns, id, "delete", func(ctx context.Context, s taskapi.TaskService) (err error) {
+		r, err = s.Delete(ctx, &taskapi.DeleteRequest{Id: id, ExecId: exec})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if exec != "" {
+		return r, nil
+	}
+	m.release(ctx, t)
+	return r, nil
+}
+
+// release forgets a deleted task and shuts its shim down when idle.
+func (m *Manager) release(ctx context.Context, t *task) {
+	m.mu.Lock()
+	delete(m.tasks, key(t.Namespace, t.ID))
+	m.mu.Unlock()
+	os.Remove(m.bootstrapPath(t.Namespace, t.ID))
+	os.RemoveAll(t.Bundle)
+	sc := t.shim
+	if sc == nil {
+		return
+	}
+	sc.mu.Lock()
+	delete(sc.refs, t.ID)
+	idle := len(sc.refs) == 0
+	sc.mu.Unlock()
+	if !idle {
+		return
+	}
+	m.mu.Lock()
+	if m.shims[sc.key] == sc {
+		delete(m.shims, sc.key)
+	}
+	m.mu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	sc.task.Shutdown(cctx, &taskapi.ShutdownRequest{Id: t.ID})
+	sc.closeClient()
+	if sc.native {
+		os.Remove(sc.address)
+		os.Remove(sc.address + ".log")
+	}
+}
+
+// shimDead cleans up after a shim that is gone or hung: it kills it,
+// force-deletes its containers and removes their bundles.
+func (m *Manager) shimDead(ctx context.Context, sc *shimConn) {
+	sc.mu.Lock()
+	if sc.dead {
+		sc.mu.Unlock()
+		return
+	}
+	sc.dead = true
+	ids := make([]string, 0, len(sc.refs))
+	for id := range sc.refs {
+		ids = append(ids, id)
+	}
+	sc.mu.Unlock()
+	sc.closeClient()
+	if sc.pid > 0 {
+		syscall.Kill(sc.pid, syscall.SIGKILL)
+	}
+	m.mu.Lock()
+	if m.shims[sc.key] == sc {
+		delete(m.shims, sc.key)
+	}
+	var tasks []*task
+	for _, id := range ids {
+		if t, ok := m.tasks[key(sc.ns, id)]; ok {
+			tasks = append(tasks, t)
+			delete(m.tasks, key(sc.ns, id))
+		}
+	}
+	m.mu.Unlock()
+	for _, t := range tasks {
+		m.cleanupTask(ctx, t)
+	}
+	if sc.native {
+		os.Remove(sc.address)
+	}
+}
+
+// cleanupTask removes what a task of a dead shim left: the runc container,
+// the rootfs mounts, the bundle and the bootstrap.
+func (m *Manager) cleanupTask(ctx context.Context, t *task) {
+	if t.Native {
+		if _, err := shimd.DeleteBundle(ctx, t.Bundle, t.Namespace, t.ID, m.cfg.State); err != nil {
+			m.log.Warn("cleanup of dead task", "namespace", t.Namespace, "id", t.ID, "error", err)
+		}
+	} else if t.Binary != "" {
+		m.deleteV2(ctx, m.log, t.Namespace, t.ID, t.Bundle, t.Binary)
+	}
+	os.RemoveAll(t.Bundle)
+	os.Remove(m.bootstrapPath(t.Namespace, t.ID))
+	if m.cfg.OnDead != nil {
+		m.cfg.OnDead(t.Namespace, t.ID, t.Pid)
+	}
+}
+
+// IDs lists the IDs of the tasks in a namespace.
+func (m *Manager) IDs(ns string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var ids []string
+	for _, t := range m.tasks {
+		if t.Namespace == ns && t.shim != nil {
+			ids = append(ids, t.ID)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Has reports whether a task exists.
+func (m *Manager) Has(ns, id string) bool {
+	_, err := m.get(ns, id)
+	return err == nil
+}
+
+// ShimPid returns the pid of a task's shim process (0 if unknown).
+func (m *Manager) ShimPid(ns, id string) int {
+	t, err := m.get(ns, id)
+	if err != nil {
+		return 0
+	}
+	return t.shim.pid
+}
+
+// Close closes the connections to the shims; the shims and their
+// containers keep running.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, sc := range m.shims {
+		sc.closeClient()
+	}
+}

@@ -1,0 +1,177 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/ttrpc"
+
+	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/namespaces"
+	taskapi "github.com/edged/edged/proto/runtime/task/v2"
+	"github.com/edged/edged/shimd"
+)
+
+// shimConn is a connection to one shim process, which may host several
+// containers (a shim group).
+type shimConn struct {
+	key     string // namespace/group
+	ns      string
+	group   string
+	address string // socket path
+	pid     int
+	native  bool   // edged-shim started with an inherited socket
+	binary  string // the shim binary
+	client  *ttrpc.Client
+	task    taskapi.TaskService
+
+	mu    sync.Mutex
+	refs  map[string]bool // container IDs served
+	dead  bool
+	close sync.Once
+}
+
+func (s *shimConn) closeClient() {
+	s.close.Do(func() { s.client.Close() })
+}
+
+// dialShim connects to a shim's socket with a deadline.
+func dialShim(ctx context.Context, ns, address string, timeout time.Duration) (*ttrpc.Client, taskapi.TaskService, error) {
+	d := net.Dialer{Timeout: timeout}
+	conn, err := d.DialContext(ctx, "unix", strings.TrimPrefix(address, "unix://"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to shim at %s: %v: %w", address, err, errdefs.ErrUnavailable)
+	}
+	c := ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, inv ttrpc.Invoker) error {
+		req.Metadata = append(req.Metadata, &ttrpc.KeyValue{Key: namespaces.TTRPCHeader, Value: ns})
+		return inv(ctx, req, resp)
+	}))
+	return c, taskapi.NewTaskClient(c), nil
+}
+
+// startNativeShim starts edged-shim for a group the edged way: edged
+// creates the listening path socket (directory 0700) and hands it over as
+// fd 3 with LISTEN_FDS=1, so it can connect at once without a race.
+func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimConn, error) {
+	sockDir := filepath.Join(m.cfg.State, "s")
+	path := shimd.SocketPath(sockDir, m.cfg.Address, ns, group)
+	// A shim of this group may already run (edged restarted).
+	if c, task, err := dialShim(ctx, ns, path, 200*time.Millisecond); err == nil {
+		return &shimConn{key: ns + "/" + group, ns: ns, group: group, address: path, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}}, nil
+	}
+	os.Remove(path)
+	l, err := shimd.Listen(path)
+	if err != nil {
+		return nil, fmt.Errorf("shim socket: %w", err)
+	}
+	f, err := l.File()
+	l.Close()
+	if err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("shim socket: %w", err)
+	}
+	defer f.Close()
+	logPath := path + ".log"
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("shim log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(m.cfg.ShimBinary, "-namespace", ns, "-id", group, "-address", m.cfg.Address, "-state-dir", m.cfg.State)
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "TTRPC_ADDRESS="+m.cfg.Address)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("start shim %s: %w", m.cfg.ShimBinary, err)
+	}
+	go cmd.Wait() // reap it if it exits while edged runs
+	c, task, err := dialShim(ctx, ns, path, m.cfg.CallTimeout)
+	if err != nil {
+		cmd.Process.Kill()
+		os.Remove(path)
+		return nil, err
+	}
+	return &shimConn{key: ns + "/" + group, ns: ns, group: group, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}}, nil
+}
+
+// startV2Shim starts any containerd runtime v2 shim with its `start`
+// subcommand (bundle as working directory, address printed on stdout).
+func (m *Manager) startV2Shim(ctx context.Context, ns, id, bundle, binary string) (*shimConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	self, _ := os.Executable()
+	// containerd's shims log to a fifo named "log" in the bundle and exit
+	// when nobody reads it; edged drains it into the bundle's shim.log.
+	if err := startLogFifo(bundle); err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, binary, "-namespace", ns, "-address", m.cfg.Address, "-publish-binary", self, "-id", id, "start")
+	cmd.Dir = bundle
+	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+m.cfg.Address)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s start: %v: %s", binary, err, strings.TrimSpace(stderr.String()))
+	}
+	address := strings.TrimSpace(stdout.String())
+	address = strings.TrimPrefix(strings.TrimPrefix(address, "ttrpc+"), "unix://")
+	if address == "" || !filepath.IsAbs(address) {
+		return nil, fmt.Errorf("%s start printed %q, not a unix socket address: %w", binary, stdout.String(), errdefs.ErrFailedPrecondition)
+	}
+	c, task, err := dialShim(ctx, ns, address, m.cfg.CallTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return &shimConn{key: ns + "/" + id, ns: ns, group: id, address: address, binary: binary, client: c, task: task, refs: map[string]bool{}}, nil
+}
+
+// startLogFifo creates <bundle>/log and drains it to <bundle>/shim.log.
+func startLogFifo(bundle string) error {
+	p := filepath.Join(bundle, "log")
+	if err := syscall.Mkfifo(p, 0o600); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("shim log fifo: %w", err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0) // O_RDWR: open does not block
+	if err != nil {
+		return fmt.Errorf("shim log fifo: %w", err)
+	}
+	out, err := os.OpenFile(filepath.Join(bundle, "shim.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		f.Close()
+		return err
+	}
+	go func() {
+		io.Copy(out, f)
+		out.Close()
+		f.Close()
+	}()
+	return nil
+}
+
+// deleteV2 runs a v2 shim's `delete` subcommand for a shim that is gone.
+func (m *Manager) deleteV2(ctx context.Context, log *slog.Logger, ns, id, bundle, binary string) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "-namespace", ns, "-address", m.cfg.Address, "-id", id, "-bundle", bundle, "delete")
+	cmd.Dir = bundle
+	cmd.Env = append(os.Environ(), "TTRPC_ADDRESS="+m.cfg.Address)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		log.Warn("shim delete failed", "namespace", ns, "id", id, "binary", binary, "error", err, "output", string(out))
+	}
+}

@@ -1,0 +1,382 @@
+// Package tasks serves the Tasks API: it turns containers into running
+// tasks through the runtime manager and its shims.
+package tasks
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/containerd/ttrpc"
+	ptypes "github.com/gogo/protobuf/types"
+
+	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/events"
+	"github.com/edged/edged/edged/filters"
+	"github.com/edged/edged/edged/identifiers"
+	"github.com/edged/edged/edged/metadata"
+	"github.com/edged/edged/edged/namespaces"
+	"github.com/edged/edged/edged/runtime"
+	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
+	taskapi "github.com/edged/edged/proto/runtime/task/v2"
+	api "github.com/edged/edged/proto/services/tasks/v1"
+	ptypesapi "github.com/edged/edged/proto/types"
+)
+
+// RootfsFunc returns the rootfs mounts of a container (its snapshot).
+type RootfsFunc func(ctx context.Context, ns string, c metadata.Container) ([]*ptypesapi.Mount, error)
+
+// MetricsFunc reads the cgroup statistics of a task.
+type MetricsFunc func(ctx context.Context, ns, id string, pid uint32) (*ptypesapi.Metrics, error)
+
+// Config wires the service.
+type Config struct {
+	DB      *metadata.DB
+	Runtime *runtime.Manager
+	Events  *events.Exchange
+	// LogDir holds detached containers' logs: <LogDir>/<ns>/<id>/container.log.
+	LogDir      string
+	LogMaxSize  int64
+	LogMaxFiles int
+	Rootfs      RootfsFunc
+	Metrics     MetricsFunc
+	Log         *slog.Logger
+}
+
+type service struct{ Config }
+
+// Register adds the Tasks service to srv.
+func Register(srv *ttrpc.Server, cfg Config) {
+	if cfg.LogMaxSize <= 0 {
+		cfg.LogMaxSize = 1 << 20
+	}
+	if cfg.LogMaxFiles <= 0 {
+		cfg.LogMaxFiles = 3
+	}
+	api.RegisterTasksService(srv, &service{cfg})
+}
+
+// LogPath is the log file of a detached container.
+func LogPath(dir, ns, id string) string {
+	return filepath.Join(dir, ns, id, "container.log")
+}
+
+func (s *service) container(ctx context.Context, id string) (string, metadata.Container, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return "", metadata.Container{}, err
+	}
+	if err := identifiers.Validate("container_id", id); err != nil {
+		return "", metadata.Container{}, err
+	}
+	var c metadata.Container
+	err = s.DB.View(ctx, func(tx *metadata.Tx) (err error) {
+		c, err = tx.GetContainer(ctx, ns, id)
+		return err
+	})
+	return ns, c, err
+}
+
+func nsID(ctx context.Context, id string) (string, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return "", err
+	}
+	if err := identifiers.Validate("container_id", id); err != nil {
+		return "", err
+	}
+	return ns, nil
+}
+
+func (s *service) Create(ctx context.Context, r *api.CreateTaskRequest) (*api.CreateTaskResponse, error) {
+	ns, c, err := s.container(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if len(c.Spec) == 0 {
+		return nil, fmt.Errorf("container %q has no OCI spec: %w", c.ID, errdefs.ErrFailedPrecondition)
+	}
+	rootfs := r.Rootfs
+	if len(rootfs) == 0 && c.SnapshotKey != "" {
+		if s.Rootfs == nil {
+			return nil, fmt.Errorf("container %q has snapshot %q but no snapshotter is configured: %w", c.ID, c.SnapshotKey, errdefs.ErrFailedPrecondition)
+		}
+		if rootfs, err = s.Rootfs(ctx, ns, c); err != nil {
+			return nil, err
+		}
+	}
+	stdin, stdout, stderr := r.Stdin, r.Stdout, r.Stderr
+	if stdin == "" && stdout == "" && stderr == "" && !r.Terminal {
+		// Detached: output goes to a size-rotated log file.
+		p := LogPath(s.LogDir, ns, c.ID)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return nil, fmt.Errorf("log directory: %w", err)
+		}
+		uri := "file://" + p + "?max-size=" + strconv.FormatInt(s.LogMaxSize, 10) + "&max-files=" + strconv.Itoa(s.LogMaxFiles)
+		stdout, stderr = uri, uri
+	}
+	opts := r.Options
+	if opts == nil && len(c.Runtime.Options) > 0 {
+		a := &ptypes.Any{}
+		if err := a.Unmarshal(c.Runtime.Options); err == nil {
+			opts = a
+		}
+	}
+	pid, err := s.Runtime.Create(ctx, ns, c.ID, runtime.CreateOpts{
+		Runtime: c.Runtime.Name, Group: c.Labels[runtime.GroupLabel], Spec: c.Spec, Rootfs: rootfs,
+		Stdin: stdin, Stdout: stdout, Stderr: stderr, Terminal: r.Terminal, Options: opts,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.CreateTaskResponse{ContainerId: c.ID, Pid: pid}, nil
+}
+
+func (s *service) Start(ctx context.Context, r *api.StartRequest) (*api.StartResponse, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	pid, err := s.Runtime.Start(ctx, ns, r.ContainerId, r.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	return &api.StartResponse{Pid: pid}, nil
+}
+
+func (s *service) Delete(ctx context.Context, r *api.DeleteTaskRequest) (*api.DeleteResponse, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if r.Force {
+		st, err := s.Runtime.State(ctx, ns, r.ContainerId, "")
+		if err != nil {
+			return nil, err
+		}
+		if st.Status != 3 /* stopped */ && st.Status != 1 /* created: delete kills it */ {
+			if err := s.Runtime.Kill(ctx, ns, r.ContainerId, "", 9, true); err != nil && !errdefs.IsNotFound(err) {
+				return nil, err
+			}
+			if _, err := s.Runtime.Wait(ctx, ns, r.ContainerId, ""); err != nil {
+				return nil, err
+			}
+		}
+	}
+	d, err := s.Runtime.Delete(ctx, ns, r.ContainerId, "")
+	if err != nil {
+		return nil, err
+	}
+	return &api.DeleteResponse{Id: r.ContainerId, Pid: d.Pid, ExitStatus: d.ExitStatus, ExitedAt: d.ExitedAt}, nil
+}
+
+func (s *service) DeleteProcess(ctx context.Context, r *api.DeleteProcessRequest) (*api.DeleteResponse, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if r.ExecId == "" {
+		return nil, errdefs.InvalidArgument("exec_id", "must be set; delete the task itself with Delete")
+	}
+	d, err := s.Runtime.Delete(ctx, ns, r.ContainerId, r.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	return &api.DeleteResponse{Id: r.ExecId, Pid: d.Pid, ExitStatus: d.ExitStatus, ExitedAt: d.ExitedAt}, nil
+}
+
+func toProcess(id, exec string, st *taskapi.StateResponse) *api.Process {
+	return &api.Process{
+		ContainerId: id, Id: exec, Pid: st.Pid, Status: api.Status(st.Status),
+		Stdin: st.Stdin, Stdout: st.Stdout, Stderr: st.Stderr, Terminal: st.Terminal,
+		ExitStatus: st.ExitStatus, ExitedAt: st.ExitedAt,
+	}
+}
+
+func (s *service) Get(ctx context.Context, r *api.GetRequest) (*api.GetResponse, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.Runtime.State(ctx, ns, r.ContainerId, r.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	return &api.GetResponse{Process: toProcess(r.ContainerId, r.ExecId, st)}, nil
+}
+
+func (s *service) List(ctx context.Context, r *api.ListTasksRequest) (*api.ListTasksResponse, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	set, err := filters.Parse(r.Filters...)
+	if err != nil {
+		return nil, err
+	}
+	resp := &api.ListTasksResponse{}
+	for _, id := range s.Runtime.IDs(ns) {
+		st, err := s.Runtime.State(ctx, ns, id, "")
+		if err != nil {
+			if errdefs.IsNotFound(err) {
+				continue // deleted meanwhile
+			}
+			return nil, err
+		}
+		p := toProcess(id, "", st)
+		if set.Match(filters.AdaptorFunc(func(path []string) (string, bool) {
+			switch path[0] {
+			case "id", "container_id":
+				return id, true
+			case "status":
+				return api.Status_name[int32(p.Status)], true
+			case "pid":
+				return strconv.Itoa(int(p.Pid)), true
+			}
+			return "", false
+		})) {
+			resp.Tasks = append(resp.Tasks, p)
+		}
+	}
+	return resp, nil
+}
+
+func (s *service) Kill(ctx context.Context, r *api.KillRequest) (*ptypes.Empty, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if r.Signal == 0 || r.Signal > 64 {
+		return nil, errdefs.InvalidArgument("signal", "%d is not a signal number (1-64)", r.Signal)
+	}
+	return &ptypes.Empty{}, s.Runtime.Kill(ctx, ns, r.ContainerId, r.ExecId, r.Signal, r.All)
+}
+
+func (s *service) Exec(ctx context.Context, r *api.ExecProcessRequest) (*ptypes.Empty, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if err := identifiers.Validate("exec_id", r.ExecId); err != nil {
+		return nil, err
+	}
+	if r.Spec == nil || len(r.Spec.Value) == 0 {
+		return nil, errdefs.InvalidArgument("spec", "an OCI process spec is required")
+	}
+	return &ptypes.Empty{}, s.Runtime.Exec(ctx, ns, r.ContainerId, &taskapi.ExecProcessRequest{
+		ExecId: r.ExecId, Terminal: r.Terminal, Stdin: r.Stdin, Stdout: r.Stdout, Stderr: r.Stderr, Spec: r.Spec,
+	})
+}
+
+func (s *service) ResizePty(ctx context.Context, r *api.ResizePtyRequest) (*ptypes.Empty, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return &ptypes.Empty{}, s.Runtime.ResizePty(ctx, ns, r.ContainerId, r.ExecId, r.Width, r.Height)
+}
+
+func (s *service) CloseIO(ctx context.Context, r *api.CloseIORequest) (*ptypes.Empty, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if !r.Stdin {
+		return &ptypes.Empty{}, nil
+	}
+	return &ptypes.Empty{}, s.Runtime.CloseIO(ctx, ns, r.ContainerId, r.ExecId)
+}
+
+func (s *service) Pause(ctx context.Context, r *api.PauseTaskRequest) (*ptypes.Empty, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return &ptypes.Empty{}, s.Runtime.Pause(ctx, ns, r.ContainerId)
+}
+
+func (s *service) Resume(ctx context.Context, r *api.ResumeTaskRequest) (*ptypes.Empty, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return &ptypes.Empty{}, s.Runtime.Resume(ctx, ns, r.ContainerId)
+}
+
+func (s *service) ListPids(ctx context.Context, r *api.ListPidsRequest) (*api.ListPidsResponse, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	pr, err := s.Runtime.Pids(ctx, ns, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	resp := &api.ListPidsResponse{}
+	for _, p := range pr.Processes {
+		pi := &api.ProcessInfo{Pid: p.Pid}
+		if p.Info != nil {
+			var d runcopts.ProcessDetails
+			if d.Unmarshal(p.Info.Value) == nil {
+				pi.ExecId = d.ExecId
+			}
+		}
+		resp.Processes = append(resp.Processes, pi)
+	}
+	return resp, nil
+}
+
+func (s *service) Update(ctx context.Context, r *api.UpdateTaskRequest) (*ptypes.Empty, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	if r.Resources == nil {
+		return nil, errdefs.InvalidArgument("resources", "must be set")
+	}
+	return &ptypes.Empty{}, s.Runtime.Update(ctx, ns, r.ContainerId, r.Resources, r.Annotations)
+}
+
+func (s *service) Metrics(ctx context.Context, r *api.MetricsRequest) (*api.MetricsResponse, error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if s.Config.Metrics == nil {
+		return nil, fmt.Errorf("metrics: %w", errdefs.ErrNotImplemented)
+	}
+	list, err := s.List(ctx, &api.ListTasksRequest{Filters: r.Filters})
+	if err != nil {
+		return nil, err
+	}
+	resp := &api.MetricsResponse{}
+	for _, p := range list.Tasks {
+		if p.Status != api.Status_RUNNING && p.Status != api.Status_PAUSED {
+			continue
+		}
+		m, err := s.Config.Metrics(ctx, ns, p.ContainerId, p.Pid)
+		if err != nil {
+			if errdefs.IsNotFound(err) {
+				continue
+			}
+			return nil, err
+		}
+		resp.Metrics = append(resp.Metrics, m)
+	}
+	return resp, nil
+}
+
+func (s *service) Wait(ctx context.Context, r *api.WaitRequest) (*api.WaitResponse, error) {
+	ns, err := nsID(ctx, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	w, err := s.Runtime.Wait(ctx, ns, r.ContainerId, r.ExecId)
+	if err != nil {
+		return nil, err
+	}
+	return &api.WaitResponse{ExitStatus: w.ExitStatus, ExitedAt: w.ExitedAt}, nil
+}
