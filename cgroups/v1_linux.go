@@ -1,0 +1,568 @@
+package cgroups
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/edged/edged/edged/errdefs"
+)
+
+// v1Controllers are the v1 hierarchies a v1 Manager uses.
+const v1Controllers = "memory cpu cpuacct cpuset pids blkio hugetlb freezer"
+
+// v1files are the prebuilt paths of the files Stat reads; nil when the
+// controller is not mounted.
+type v1files struct {
+	memUsage, memMaxUsage, memLimit, memSoft, memswLimit, kmemUsage, memFailcnt, memStat, oomControl cfile
+	cpuacctUsage, cpuacctUser, cpuacctSys, cpuacctStat, cpuStat                                      cfile
+	pidsCurrent, pidsMax, blkioBytes, blkioIOs                                                       cfile
+}
+
+// v1 is a cgroup in the per-controller v1 hierarchies.
+type v1 struct {
+	path string
+	dirs map[string]string // controller -> absolute directory, mounted ones only
+	pdir string            // the directory Procs reads
+	f    v1files
+
+	mu  sync.Mutex // guards buf
+	buf []byte
+}
+
+// newV1 builds a v1 manager from controller -> cgroup path; controllers not
+// mounted under root are left out.
+func newV1(root, mainPath string, paths map[string]string) *v1 {
+	m := &v1{path: mainPath, dirs: map[string]string{}}
+	for ctrl, p := range paths {
+		base := filepath.Join(root, ctrl)
+		if magic, err := fsMagic(base); err != nil || magic != cgroupSuperMagic {
+			continue
+		}
+		m.dirs[ctrl] = filepath.Join(base, p)
+	}
+	for _, c := range strings.Fields(v1Controllers) {
+		if d := m.dirs[c]; d != "" {
+			m.pdir = d
+			break
+		}
+	}
+	c := func(ctrl, name string) cfile {
+		d := m.dirs[ctrl]
+		if d == "" {
+			return nil
+		}
+		return newCfile(d, name)
+	}
+	m.f = v1files{
+		memUsage: c("memory", "memory.usage_in_bytes"), memMaxUsage: c("memory", "memory.max_usage_in_bytes"),
+		memLimit: c("memory", "memory.limit_in_bytes"), memSoft: c("memory", "memory.soft_limit_in_bytes"),
+		memswLimit: c("memory", "memory.memsw.limit_in_bytes"), kmemUsage: c("memory", "memory.kmem.usage_in_bytes"),
+		memFailcnt: c("memory", "memory.failcnt"), memStat: c("memory", "memory.stat"), oomControl: c("memory", "memory.oom_control"),
+		cpuacctUsage: c("cpuacct", "cpuacct.usage"), cpuacctUser: c("cpuacct", "cpuacct.usage_user"),
+		cpuacctSys: c("cpuacct", "cpuacct.usage_sys"), cpuacctStat: c("cpuacct", "cpuacct.stat"), cpuStat: c("cpu", "cpu.stat"),
+		pidsCurrent: c("pids", "pids.current"), pidsMax: c("pids", "pids.max"),
+		blkioBytes: c("blkio", "blkio.throttle.io_service_bytes_recursive"), blkioIOs: c("blkio", "blkio.throttle.io_serviced_recursive"),
+	}
+	return m
+}
+
+func (m *v1) Version() int                 { return 1 }
+func (m *v1) Path() string                 { return m.path }
+func (m *v1) Dir(controller string) string { return m.dirs[controller] }
+
+// dir returns the directory of ctrl or an ErrNotImplemented error.
+func (m *v1) dir(ctrl string) (string, error) {
+	d := m.dirs[ctrl]
+	if d == "" {
+		return "", fmt.Errorf("cgroup v1 controller %s is not mounted: %w", ctrl, errdefs.ErrNotImplemented)
+	}
+	return d, nil
+}
+
+// procsDir is the hierarchy Procs reads: the first mounted one of
+// v1Controllers (memory first).
+func (m *v1) procsDir() string { return m.pdir }
+
+func (m *v1) Procs() ([]int, error) {
+	d := m.procsDir()
+	if d == "" {
+		return nil, fmt.Errorf("no cgroup v1 controller mounted: %w", errdefs.ErrNotImplemented)
+	}
+	return readPids(d)
+}
+
+func (m *v1) AddProc(pid int) error {
+	for _, c := range strings.Fields(v1Controllers) {
+		if d := m.dirs[c]; d != "" {
+			if err := write(d, "cgroup.procs", strconv.Itoa(pid)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (m *v1) Create() error {
+	for ctrl, d := range m.dirs {
+		if ctrl == "cpuset" {
+			if err := createCpuset(d); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("create cgroup: %w", err)
+		}
+	}
+	return nil
+}
+
+// createCpuset creates dir and its missing parents in the cpuset hierarchy,
+// copying cpuset.cpus and cpuset.mems from the parent into each new level:
+// an empty cpuset refuses processes.
+func createCpuset(dir string) error {
+	var missing []string
+	for d := dir; !exists(d); d = filepath.Dir(d) {
+		missing = append(missing, d)
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		d := missing[i]
+		if err := mkdir(d); err != nil {
+			return err
+		}
+		for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
+			cur, err := readString(d, f)
+			if err != nil {
+				return fmt.Errorf("create cgroup: %w", err)
+			}
+			if cur != "" {
+				continue
+			}
+			pv, err := readString(filepath.Dir(d), f)
+			if err != nil {
+				return fmt.Errorf("create cgroup: %w", err)
+			}
+			if err := write(d, f, pv); err != nil {
+				return fmt.Errorf("create cgroup: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *v1) Delete(ctx context.Context) error {
+	dirs := make([]string, 0, len(m.dirs))
+	for _, d := range m.dirs {
+		dirs = append(dirs, d)
+	}
+	return removeDirs(ctx, dirs, m.Procs)
+}
+
+func (m *v1) Freeze(ctx context.Context) error { return m.freeze(ctx, "FROZEN") }
+func (m *v1) Thaw(ctx context.Context) error   { return m.freeze(ctx, "THAWED") }
+
+func (m *v1) freeze(ctx context.Context, state string) error {
+	d, err := m.dir("freezer")
+	if err != nil {
+		return err
+	}
+	return waitFor(ctx, "freezer "+d, func() (bool, error) {
+		// Writing again while FREEZING restarts a freeze that got stuck
+		// on a task in an uninterruptible sleep.
+		if err := write(d, "freezer.state", state); err != nil {
+			return false, err
+		}
+		cur, err := readString(d, "freezer.state")
+		return cur == state, err
+	})
+}
+
+// write writes to a file of controller ctrl.
+func (m *v1) write(ctrl, name, value string) error {
+	d, err := m.dir(ctrl)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return write(d, name, value)
+}
+
+func (m *v1) Apply(r *specs.LinuxResources) error {
+	if r == nil {
+		return nil
+	}
+	if len(r.Unified) > 0 {
+		return fmt.Errorf("unified resources need cgroup v2: %w", errdefs.ErrNotImplemented)
+	}
+	for _, h := range r.HugepageLimits {
+		if err := validPageSize(h.Pagesize); err != nil {
+			return err
+		}
+	}
+	if err := m.applyMemory(r.Memory); err != nil {
+		return err
+	}
+	if c := r.CPU; c != nil {
+		if c.Shares != nil && *c.Shares != 0 {
+			if err := m.write("cpu", "cpu.shares", strconv.FormatUint(*c.Shares, 10)); err != nil {
+				return err
+			}
+		}
+		if c.Period != nil && *c.Period != 0 {
+			if err := m.write("cpu", "cpu.cfs_period_us", strconv.FormatUint(*c.Period, 10)); err != nil {
+				return err
+			}
+		}
+		if c.Quota != nil && *c.Quota != 0 {
+			q := *c.Quota
+			if q < 0 {
+				q = -1
+			}
+			if err := m.write("cpu", "cpu.cfs_quota_us", strconv.FormatInt(q, 10)); err != nil {
+				return err
+			}
+		}
+		if c.Burst != nil {
+			if err := m.write("cpu", "cpu.cfs_burst_us", strconv.FormatUint(*c.Burst, 10)); err != nil {
+				return err
+			}
+		}
+		if c.RealtimePeriod != nil && *c.RealtimePeriod != 0 {
+			if err := m.write("cpu", "cpu.rt_period_us", strconv.FormatUint(*c.RealtimePeriod, 10)); err != nil {
+				return err
+			}
+		}
+		if c.RealtimeRuntime != nil && *c.RealtimeRuntime != 0 {
+			if err := m.write("cpu", "cpu.rt_runtime_us", strconv.FormatInt(*c.RealtimeRuntime, 10)); err != nil {
+				return err
+			}
+		}
+		if c.Idle != nil {
+			if err := m.write("cpu", "cpu.idle", strconv.FormatInt(*c.Idle, 10)); err != nil {
+				return err
+			}
+		}
+		if c.Cpus != "" {
+			if err := m.write("cpuset", "cpuset.cpus", c.Cpus); err != nil {
+				return err
+			}
+		}
+		if c.Mems != "" {
+			if err := m.write("cpuset", "cpuset.mems", c.Mems); err != nil {
+				return err
+			}
+		}
+	}
+	if p := r.Pids; p != nil && p.Limit != nil {
+		v := "max"
+		if *p.Limit > 0 {
+			v = strconv.FormatInt(*p.Limit, 10)
+		}
+		if err := m.write("pids", "pids.max", v); err != nil {
+			return err
+		}
+	}
+	if err := m.applyBlkio(r.BlockIO); err != nil {
+		return err
+	}
+	for _, h := range r.HugepageLimits {
+		if err := m.write("hugetlb", "hugetlb."+h.Pagesize+".limit_in_bytes", strconv.FormatUint(h.Limit, 10)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *v1) applyMemory(mem *specs.LinuxMemory) error {
+	if mem == nil {
+		return nil
+	}
+	var limit, swap int64
+	if mem.Limit != nil {
+		limit = *mem.Limit
+	}
+	if mem.Swap != nil {
+		swap = *mem.Swap
+	}
+	if err := checkLimit("memory.limit", limit); err != nil {
+		return err
+	}
+	if err := checkLimit("memory.swap", swap); err != nil {
+		return err
+	}
+	if limit > 0 && swap > 0 && swap < limit {
+		return errdefs.InvalidArgument("memory.swap", "memory+swap limit %d is below the memory limit %d", swap, limit)
+	}
+	if swap > 0 && limit <= 0 {
+		return errdefs.InvalidArgument("memory.swap", "a swap limit (%d) needs a memory limit", swap)
+	}
+	d, err := m.dir("memory")
+	if err != nil {
+		if limit == 0 && swap == 0 && mem.Reservation == nil && mem.Swappiness == nil && mem.DisableOOMKiller == nil {
+			return nil
+		}
+		return err
+	}
+	if limit == -1 && swap == 0 {
+		swap = -1
+	}
+	if swap != 0 && !exists(filepath.Join(d, "memory.memsw.limit_in_bytes")) {
+		if swap != -1 && swap != limit {
+			return fmt.Errorf("memory.swap: swap accounting is disabled in this kernel (swapaccount=0): %w", errdefs.ErrNotImplemented)
+		}
+		swap = 0
+	}
+	if limit > 0 && mem.CheckBeforeUpdate != nil && *mem.CheckBeforeUpdate {
+		if err := checkUsage(m.f.memUsage, limit); err != nil {
+			return err
+		}
+	}
+	swapFirst := false
+	if limit != 0 && swap != 0 {
+		var buf []byte
+		cur, err := m.f.memLimit.readUint(&buf)
+		if err != nil {
+			return err
+		}
+		// The kernel keeps memsw >= limit at every step: raise memsw
+		// before the limit, lower it after.
+		swapFirst = swap == -1 || cur < uint64(swap)
+	}
+	setSwap := func() error {
+		if swap == 0 {
+			return nil
+		}
+		return write(d, "memory.memsw.limit_in_bytes", strconv.FormatInt(swap, 10))
+	}
+	if swapFirst {
+		if err := setSwap(); err != nil {
+			return err
+		}
+	}
+	if limit != 0 {
+		if err := write(d, "memory.limit_in_bytes", strconv.FormatInt(limit, 10)); err != nil {
+			return err
+		}
+	}
+	if !swapFirst {
+		if err := setSwap(); err != nil {
+			return err
+		}
+	}
+	if mem.Reservation != nil && *mem.Reservation != 0 {
+		if err := checkLimit("memory.reservation", *mem.Reservation); err != nil {
+			return err
+		}
+		if err := write(d, "memory.soft_limit_in_bytes", strconv.FormatInt(*mem.Reservation, 10)); err != nil {
+			return err
+		}
+	}
+	if mem.Swappiness != nil {
+		if *mem.Swappiness > 100 {
+			return errdefs.InvalidArgument("memory.swappiness", "%d is above 100", *mem.Swappiness)
+		}
+		if err := write(d, "memory.swappiness", strconv.FormatUint(*mem.Swappiness, 10)); err != nil {
+			return err
+		}
+	}
+	if mem.DisableOOMKiller != nil {
+		v := "0"
+		if *mem.DisableOOMKiller {
+			v = "1"
+		}
+		if err := write(d, "memory.oom_control", v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *v1) applyBlkio(b *specs.LinuxBlockIO) error {
+	if b == nil {
+		return nil
+	}
+	weightFile := ""
+	if (b.Weight != nil && *b.Weight != 0) || len(b.WeightDevice) > 0 {
+		d, err := m.dir("blkio")
+		if err != nil {
+			return fmt.Errorf("blockIO.weight: %w", err)
+		}
+		for _, f := range []string{"blkio.weight", "blkio.bfq.weight"} {
+			if exists(filepath.Join(d, f)) {
+				weightFile = f
+				break
+			}
+		}
+		if weightFile == "" {
+			return fmt.Errorf("blockIO.weight: %s has neither blkio.weight nor blkio.bfq.weight (no proportional I/O scheduler): %w", d, errdefs.ErrNotImplemented)
+		}
+	}
+	if b.Weight != nil && *b.Weight != 0 {
+		if err := m.write("blkio", weightFile, strconv.FormatUint(uint64(*b.Weight), 10)); err != nil {
+			return err
+		}
+	}
+	for _, wd := range b.WeightDevice {
+		if wd.Weight == nil {
+			continue
+		}
+		devFile := "blkio.weight_device"
+		if weightFile == "blkio.bfq.weight" {
+			devFile = weightFile
+		}
+		if err := m.write("blkio", devFile, fmt.Sprintf("%d:%d %d", wd.Major, wd.Minor, *wd.Weight)); err != nil {
+			return err
+		}
+	}
+	for _, t := range []struct {
+		file string
+		devs []specs.LinuxThrottleDevice
+	}{
+		{"blkio.throttle.read_bps_device", b.ThrottleReadBpsDevice}, {"blkio.throttle.write_bps_device", b.ThrottleWriteBpsDevice},
+		{"blkio.throttle.read_iops_device", b.ThrottleReadIOPSDevice}, {"blkio.throttle.write_iops_device", b.ThrottleWriteIOPSDevice},
+	} {
+		for _, d := range t.devs {
+			if err := m.write("blkio", t.file, fmt.Sprintf("%d:%d %d", d.Major, d.Minor, d.Rate)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// v1Unlimited normalises the v1 "no limit" value (the page counter maximum,
+// 0x7ffffffffffff000 on 4 KiB pages) to Unlimited.
+func v1Unlimited(v uint64) uint64 {
+	if v >= 1<<62 {
+		return Unlimited
+	}
+	return v
+}
+
+func (m *v1) Stat(s *Stats) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := reader{buf: &m.buf}
+	io := s.IO[:0]
+	*s = Stats{Version: 1}
+	mem := &s.Memory
+	mem.Usage = r.uint(m.f.memUsage)
+	mem.Peak = r.uint(m.f.memMaxUsage)
+	mem.Limit = v1Unlimited(r.uint(m.f.memLimit))
+	mem.High = Unlimited
+	mem.Low = v1Unlimited(r.uint(m.f.memSoft))
+	mem.Kernel = r.uint(m.f.kmemUsage)
+	mem.Events.Max = r.uint(m.f.memFailcnt)
+	mem.SwapLimit = Unlimited
+	if memsw := v1Unlimited(r.uint(m.f.memswLimit)); memsw != Unlimited && memsw != 0 && mem.Limit != Unlimited && memsw >= mem.Limit {
+		mem.SwapLimit = memsw - mem.Limit
+	}
+	if b := r.read(m.f.memStat); b != nil {
+		eachKV(b, func(k []byte, v uint64) {
+			// total_* (hierarchical) lines follow the local ones and win.
+			if len(k) > 6 && string(k[:6]) == "total_" {
+				k = k[6:]
+			}
+			switch string(k) {
+			case "rss":
+				mem.Anon = v
+			case "cache":
+				mem.File = v
+			case "shmem":
+				mem.Shmem = v
+			case "mapped_file":
+				mem.FileMapped = v
+			case "dirty":
+				mem.FileDirty = v
+			case "writeback":
+				mem.FileWriteback = v
+			case "swap":
+				mem.SwapUsage = v
+			case "active_anon":
+				mem.ActiveAnon = v
+			case "inactive_anon":
+				mem.InactiveAnon = v
+			case "active_file":
+				mem.ActiveFile = v
+			case "inactive_file":
+				mem.InactiveFile = v
+			case "unevictable":
+				mem.Unevictable = v
+			case "pgfault":
+				mem.Pgfault = v
+			case "pgmajfault":
+				mem.Pgmajfault = v
+			}
+		})
+	}
+	if mem.Usage > mem.InactiveFile {
+		mem.WorkingSet = mem.Usage - mem.InactiveFile
+	}
+	if b := r.read(m.f.oomControl); b != nil {
+		parseOOMControl(b, &mem.Events)
+	}
+	s.CPU.UsageUsec = r.uint(m.f.cpuacctUsage) / 1000
+	if u := r.read(m.f.cpuacctUser); u != nil {
+		v, _ := parseUint(trimSpace(u))
+		s.CPU.UserUsec = v / 1000
+		s.CPU.SystemUsec = r.uint(m.f.cpuacctSys) / 1000
+	} else if b := r.read(m.f.cpuacctStat); b != nil {
+		// USER_HZ ticks; USER_HZ is 100 on every Linux architecture.
+		eachKV(b, func(k []byte, v uint64) {
+			switch string(k) {
+			case "user":
+				s.CPU.UserUsec = v * 10000
+			case "system":
+				s.CPU.SystemUsec = v * 10000
+			}
+		})
+	}
+	if b := r.read(m.f.cpuStat); b != nil {
+		eachKV(b, func(k []byte, v uint64) {
+			switch string(k) {
+			case "nr_periods":
+				s.CPU.NrPeriods = v
+			case "nr_throttled":
+				s.CPU.NrThrottled = v
+			case "throttled_time":
+				s.CPU.ThrottledUsec = v / 1000
+			}
+		})
+	}
+	s.Pids.Current = r.uint(m.f.pidsCurrent)
+	s.Pids.Limit = r.uint(m.f.pidsMax)
+	if b := r.read(m.f.blkioBytes); b != nil {
+		parseBlkioV1(b, &io, false)
+	}
+	if b := r.read(m.f.blkioIOs); b != nil {
+		parseBlkioV1(b, &io, true)
+	}
+	s.IO = io
+	d := m.procsDir()
+	if d == "" {
+		return fmt.Errorf("no cgroup v1 controller mounted: %w", errdefs.ErrNotImplemented)
+	}
+	return r.done(d)
+}
+
+// parseOOMControl parses v1 memory.oom_control:
+//
+//	oom_kill_disable 0
+//	under_oom 0
+//	oom_kill 0
+func parseOOMControl(b []byte, e *MemoryEvents) {
+	eachKV(b, func(k []byte, v uint64) {
+		switch string(k) {
+		case "under_oom":
+			e.UnderOOM = v != 0
+		case "oom_kill":
+			e.OOMKill = v
+		}
+	})
+}

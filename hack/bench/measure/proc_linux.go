@@ -1,0 +1,197 @@
+package measure
+
+import (
+	"bufio"
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Memory is a process's memory from /proc/PID/smaps_rollup and
+// /proc/PID/status, in KiB.
+type Memory struct {
+	RSS, PSS, PSSAnon, PSSFile, PrivateClean, PrivateDirty int64
+	HWM                                                    int64 // VmHWM: peak RSS
+	Threads                                                int64
+}
+
+// MiB converts KiB to MiB.
+func MiB(kib int64) float64 { return float64(kib) / 1024 }
+
+// ReadMemory reads the memory of process pid.
+func ReadMemory(pid int) (Memory, error) {
+	roll, err := readKeyValues(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return Memory{}, err
+	}
+	status, err := readKeyValues(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return Memory{}, err
+	}
+	m := Memory{
+		RSS: roll["Rss"], PSS: roll["Pss"], PSSAnon: roll["Pss_Anon"], PSSFile: roll["Pss_File"],
+		PrivateClean: roll["Private_Clean"], PrivateDirty: roll["Private_Dirty"],
+		HWM: status["VmHWM"], Threads: status["Threads"],
+	}
+	if m.RSS == 0 {
+		return m, fmt.Errorf("/proc/%d/smaps_rollup: no Rss", pid)
+	}
+	return m, nil
+}
+
+// IO is a process's /proc/PID/io counters in bytes.
+type IO struct {
+	WriteBytes int64 // bytes the process caused to be sent to the storage layer (page cache pages dirtied)
+	WChar      int64 // bytes passed to write-like system calls
+	SyscW      int64 // write-like system calls
+}
+
+// Sub returns io - o.
+func (io IO) Sub(o IO) IO {
+	return IO{WriteBytes: io.WriteBytes - o.WriteBytes, WChar: io.WChar - o.WChar, SyscW: io.SyscW - o.SyscW}
+}
+
+// ReadIO reads /proc/PID/io.
+func ReadIO(pid int) (IO, error) {
+	kv, err := readKeyValues(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return IO{}, err
+	}
+	return IO{WriteBytes: kv["write_bytes"], WChar: kv["wchar"], SyscW: kv["syscw"]}, nil
+}
+
+// readKeyValues parses "Key:   123 kB" lines; values are the first number.
+func readKeyValues(path string) (map[string]int64, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	kv := map[string]int64{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		if n, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+			kv[k] = n
+		}
+	}
+	return kv, sc.Err()
+}
+
+// BinaryInfo describes an executable file.
+type BinaryInfo struct {
+	Size     int64
+	Static   bool // no program interpreter and no shared libraries
+	Stripped bool // no symbol table and no DWARF
+}
+
+// InspectBinary reads the size and linkage of the ELF file at path.
+func InspectBinary(path string) (BinaryInfo, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return BinaryInfo{}, err
+	}
+	f, err := elf.Open(path)
+	if err != nil {
+		return BinaryInfo{}, err
+	}
+	defer f.Close()
+	bi := BinaryInfo{Size: st.Size(), Static: true, Stripped: true}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			bi.Static = false
+		}
+	}
+	for _, s := range f.Sections {
+		if s.Name == ".symtab" || strings.HasPrefix(s.Name, ".debug_") || strings.HasPrefix(s.Name, ".zdebug_") {
+			bi.Stripped = false
+		}
+	}
+	return bi, nil
+}
+
+// Linkage describes bi, e.g. "static, stripped".
+func (bi BinaryInfo) Linkage() string {
+	s := "static"
+	if !bi.Static {
+		s = "DYNAMIC"
+	}
+	if bi.Stripped {
+		return s + ", stripped"
+	}
+	return s + ", NOT stripped"
+}
+
+// WorkingSet sums /proc/PID/smaps: the resident and the referenced KiB of
+// the mappings of the executable file and of anonymous memory (including
+// the executable's written data pages). Referenced pages are those
+// accessed since the last write to /proc/PID/clear_refs.
+type WorkingSet struct {
+	ExeRSS, ExeReferenced   int64
+	AnonRSS, AnonReferenced int64
+}
+
+// ReadReferenced reads the WorkingSet of process pid.
+func ReadReferenced(pid int) (WorkingSet, error) {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return WorkingSet{}, err
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return WorkingSet{}, err
+	}
+	var ws WorkingSet
+	var inExe bool
+	var rss, anon int64
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		line := sc.Text()
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(f[0], ":") { // a mapping header: addresses perms offset dev inode [path]
+			inExe = len(f) >= 6 && f[5] == exe
+			continue
+		}
+		if len(f) < 2 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "Rss:":
+			rss = n
+		case "Anonymous:":
+			anon = n
+			ws.AnonRSS += anon
+			if inExe {
+				ws.ExeRSS += rss - anon
+			}
+		case "Referenced:":
+			// Referenced pages of a mapping with anonymous (written) pages
+			// are attributed to anonymous first.
+			switch {
+			case inExe:
+				a := min(anon, n)
+				ws.AnonReferenced += a
+				ws.ExeReferenced += n - a
+			case anon > 0:
+				ws.AnonReferenced += min(anon, n)
+			}
+		}
+	}
+	return ws, sc.Err()
+}

@@ -1,0 +1,236 @@
+// Package publisher forwards the shim's events to the daemon
+// (containerd.services.events.ttrpc.v1.Events/Forward at TTRPC_ADDRESS).
+//
+// Events are queued (bounded) and delivered in order by one goroutine. When
+// the daemon is unreachable the queue keeps them and delivery resumes, in
+// order, with backoff reconnects. On overflow the oldest event that is not a
+// task exit is dropped first. The connection is closed when idle.
+package publisher
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/gogo/protobuf/proto"
+	"github.com/gogo/protobuf/types"
+
+	eventsapi "github.com/edged/edged/proto/services/events/v1"
+	"github.com/edged/edged/proto/services/ttrpcevents/v1"
+)
+
+// Tunables of a Publisher; zero values select defaults.
+type Options struct {
+	// QueueSize bounds the events kept while the daemon is away (1024).
+	QueueSize int
+	// CallTimeout is the deadline of one Forward call (5s).
+	CallTimeout time.Duration
+	// MaxBackoff caps the reconnect delay (2s).
+	MaxBackoff time.Duration
+	// IdleClose closes the connection after this long without events (10s).
+	IdleClose time.Duration
+}
+
+// ExitTopic is the topic never dropped before others.
+const ExitTopic = "/tasks/exit"
+
+// Publisher queues and forwards events.
+type Publisher struct {
+	address   string
+	namespace string
+	opts      Options
+	log       *slog.Logger
+
+	mu      sync.Mutex
+	queue   []*eventsapi.Envelope
+	wake    chan struct{}
+	idle    chan struct{} // closed and replaced when the queue drains
+	dropped int
+	done    chan struct{}
+}
+
+// New returns a Publisher forwarding to the ttrpc socket at address (a path
+// or unix://path), stamping envelopes with namespace. Call Run.
+func New(address, namespace string, opts Options, log *slog.Logger) *Publisher {
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 1024
+	}
+	if opts.CallTimeout <= 0 {
+		opts.CallTimeout = 5 * time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 2 * time.Second
+	}
+	if opts.IdleClose <= 0 {
+		opts.IdleClose = 10 * time.Second
+	}
+	return &Publisher{
+		address:   strings.TrimPrefix(address, "unix://"),
+		namespace: namespace,
+		opts:      opts,
+		log:       log,
+		wake:      make(chan struct{}, 1),
+		idle:      make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+}
+
+// Publish queues event under topic; it never blocks.
+func (p *Publisher) Publish(topic string, event proto.Message) {
+	data, err := proto.Marshal(event)
+	if err != nil {
+		p.log.Error("marshal event", "topic", topic, "error", err)
+		return
+	}
+	env := &eventsapi.Envelope{
+		Timestamp: timestampNow(),
+		Namespace: p.namespace,
+		Topic:     topic,
+		Event:     &types.Any{TypeUrl: proto.MessageName(event), Value: data},
+	}
+	p.mu.Lock()
+	if len(p.queue) >= p.opts.QueueSize {
+		i := 0
+		for i < len(p.queue)-1 && p.queue[i].Topic == ExitTopic {
+			i++
+		}
+		p.log.Warn("event queue full, dropping event", "topic", p.queue[i].Topic)
+		p.queue = append(p.queue[:i], p.queue[i+1:]...)
+		p.dropped++
+	}
+	p.queue = append(p.queue, env)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func timestampNow() *types.Timestamp {
+	t := time.Now()
+	return &types.Timestamp{Seconds: t.Unix(), Nanos: int32(t.Nanosecond())}
+}
+
+// Dropped returns how many events were dropped because the queue was full.
+func (p *Publisher) Dropped() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dropped
+}
+
+// Run delivers queued events until ctx is done.
+func (p *Publisher) Run(ctx context.Context) {
+	defer close(p.done)
+	var conn net.Conn
+	var client ttrpcevents.EventsService
+	var rpc *ttrpc.Client
+	disconnect := func() {
+		if rpc != nil {
+			rpc.Close()
+		}
+		rpc, client, conn = nil, nil, nil
+	}
+	defer disconnect()
+	backoff := 50 * time.Millisecond
+	idle := time.NewTimer(p.opts.IdleClose)
+	defer idle.Stop()
+	for {
+		p.mu.Lock()
+		var env *eventsapi.Envelope
+		if len(p.queue) > 0 {
+			env = p.queue[0]
+		} else {
+			close(p.idle)
+			p.idle = make(chan struct{})
+		}
+		p.mu.Unlock()
+		if env == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.wake:
+			case <-idle.C:
+				disconnect()
+			}
+			continue
+		}
+		if client == nil {
+			var err error
+			d := net.Dialer{Timeout: p.opts.CallTimeout}
+			if conn, err = d.DialContext(ctx, "unix", p.address); err != nil {
+				p.log.Debug("events: connect failed", "address", p.address, "error", err)
+				if !sleep(ctx, backoff) {
+					return
+				}
+				backoff = min(backoff*2, p.opts.MaxBackoff)
+				continue
+			}
+			rpc = ttrpc.NewClient(conn)
+			client = ttrpcevents.NewEventsClient(rpc)
+		}
+		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
+		_, err := client.Forward(cctx, &ttrpcevents.ForwardRequest{Envelope: env})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			p.log.Warn("events: forward failed, will retry", "topic", env.Topic, "error", err)
+			disconnect()
+			if !sleep(ctx, backoff) {
+				return
+			}
+			backoff = min(backoff*2, p.opts.MaxBackoff)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		p.mu.Lock()
+		if len(p.queue) > 0 && p.queue[0] == env {
+			p.queue[0] = nil
+			p.queue = p.queue[1:]
+		}
+		p.mu.Unlock()
+		if !idle.Stop() {
+			select {
+			case <-idle.C:
+			default:
+			}
+		}
+		idle.Reset(p.opts.IdleClose)
+	}
+}
+
+// Flush waits until every queued event was delivered or ctx is done.
+func (p *Publisher) Flush(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		n, idle := len(p.queue), p.idle
+		p.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), errors.New("events not delivered"))
+		case <-idle:
+		case <-p.done:
+			return errors.New("publisher stopped with events queued")
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

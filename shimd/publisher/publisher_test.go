@@ -1,0 +1,141 @@
+package publisher_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/gogo/protobuf/types"
+
+	eventtypes "github.com/edged/edged/proto/events"
+	eventsapi "github.com/edged/edged/proto/services/events/v1"
+	"github.com/edged/edged/proto/services/ttrpcevents/v1"
+	"github.com/edged/edged/shimd/publisher"
+)
+
+type server struct {
+	mu  sync.Mutex
+	got []*eventsapi.Envelope
+}
+
+func (s *server) Forward(ctx context.Context, req *ttrpcevents.ForwardRequest) (*types.Empty, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, req.Envelope)
+	return &types.Empty{}, nil
+}
+
+func (s *server) ids() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, e := range s.got {
+		switch e.Event.TypeUrl {
+		case "containerd.events.TaskStart":
+			var v eventtypes.TaskStart
+			v.Unmarshal(e.Event.Value)
+			out = append(out, v.ContainerId)
+		case "containerd.events.TaskExit":
+			var v eventtypes.TaskExit
+			v.Unmarshal(e.Event.Value)
+			out = append(out, "exit:"+v.ContainerId)
+		}
+	}
+	return out
+}
+
+func serve(t *testing.T, path string) *server {
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{}
+	ttrpcevents.RegisterEventsService(srv, s)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(context.Background(), l)
+	t.Cleanup(func() { srv.Close() })
+	return s
+}
+
+// While the daemon is down the queue keeps the newest events, dropping the
+// oldest non-exit ones first, and delivers them in order once it is up.
+func TestQueueOverflowKeepsExits(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ev.sock")
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	p := publisher.New("unix://"+path, "ns1", publisher.Options{QueueSize: 4, MaxBackoff: 50 * time.Millisecond}, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	p.Publish("/tasks/exit", &eventtypes.TaskExit{ContainerId: "a"})
+	p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "s1"})
+	p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "s2"})
+	p.Publish("/tasks/exit", &eventtypes.TaskExit{ContainerId: "b"})
+	p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "s3"}) // drops s1
+	p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "s4"}) // drops s2
+	if p.Dropped() != 2 {
+		t.Fatalf("dropped %d, want 2", p.Dropped())
+	}
+	fctx, fcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	if err := p.Flush(fctx); err == nil {
+		t.Fatal("flush succeeded without a daemon")
+	}
+	fcancel()
+	s := serve(t, path)
+	fctx, fcancel = context.WithTimeout(ctx, 5*time.Second)
+	defer fcancel()
+	if err := p.Flush(fctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(s.ids(), " "); got != "exit:a exit:b s3 s4" {
+		t.Fatalf("delivered %q", got)
+	}
+	s.mu.Lock()
+	env := s.got[0]
+	s.mu.Unlock()
+	if env.Namespace != "ns1" || env.Topic != "/tasks/exit" || env.Timestamp == nil {
+		t.Fatalf("envelope %+v", env)
+	}
+}
+
+// The connection is re-established after the daemon restarts.
+func TestReconnect(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ev.sock")
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	p := publisher.New(path, "ns", publisher.Options{MaxBackoff: 50 * time.Millisecond}, log)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go p.Run(ctx)
+	srv, _ := ttrpc.NewServer()
+	s1 := &server{}
+	ttrpcevents.RegisterEventsService(srv, s1)
+	l, _ := net.Listen("unix", path)
+	go srv.Serve(ctx, l)
+	p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "one"})
+	fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer fcancel()
+	if err := p.Flush(fctx); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close() // the daemon restarts
+	os.Remove(path)
+	s2 := serve(t, path)
+	p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "two"})
+	if err := p.Flush(fctx); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(s1.ids(), " ") != "one" || strings.Join(s2.ids(), " ") != "two" {
+		t.Fatalf("first %v second %v", s1.ids(), s2.ids())
+	}
+}

@@ -1,0 +1,342 @@
+// Package runc drives an OCI runtime binary with runc's command line (runc or
+// crun). Every invocation is started through a Starter so that the shim's
+// reaper, not os/exec, collects its exit status.
+package runc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/shimd/reaper"
+)
+
+// Starter starts a process and delivers its exit on the returned channel.
+// *reaper.Reaper implements it.
+type Starter interface {
+	Start(name string, argv []string, attr *os.ProcAttr) (int, <-chan reaper.Exit, error)
+}
+
+// maxOutput bounds how much of a runc invocation's output is kept.
+const maxOutput = 64 << 10
+
+// Runc is one runtime binary with one state root.
+type Runc struct {
+	// Binary is the runtime, a name looked up in PATH or a path ("runc").
+	Binary string
+	// Root is runc's --root (state of the containers).
+	Root string
+	// SystemdCgroup passes --systemd-cgroup.
+	SystemdCgroup bool
+	// Starter runs the invocations.
+	Starter Starter
+}
+
+// CreateOpts are the options of Create.
+type CreateOpts struct {
+	PidFile       string
+	ConsoleSocket string
+	// LogFile receives runc's own log (json); its last error is returned.
+	LogFile      string
+	NoPivot      bool
+	NoNewKeyring bool
+	// Stdio are the container's stdin, stdout and stderr (nil: /dev/null).
+	Stdio [3]*os.File
+}
+
+// ExecOpts are the options of Exec.
+type ExecOpts struct {
+	PidFile       string
+	ConsoleSocket string
+	LogFile       string
+	Stdio         [3]*os.File
+}
+
+// State is the output of `runc state`.
+type State struct {
+	ID     string `json:"id"`
+	Pid    int    `json:"pid"`
+	Status string `json:"status"`
+	Bundle string `json:"bundle"`
+}
+
+func (r *Runc) binary() (string, error) {
+	b := r.Binary
+	if b == "" {
+		b = "runc"
+	}
+	p, err := exec.LookPath(b)
+	if err != nil {
+		return "", fmt.Errorf("runtime binary %q: %v: %w", b, err, errdefs.ErrFailedPrecondition)
+	}
+	return p, nil
+}
+
+func (r *Runc) args(logFile string, args ...string) []string {
+	a := []string{"--root", r.Root}
+	if logFile != "" {
+		a = append(a, "--log", logFile, "--log-format", "json")
+	}
+	if r.SystemdCgroup {
+		a = append(a, "--systemd-cgroup")
+	}
+	return append(a, args...)
+}
+
+// run runs the runtime with args and returns its standard output. stdin, if
+// not nil, is fed to it. On failure the error carries its standard error.
+func (r *Runc) run(ctx context.Context, stdin []byte, args ...string) ([]byte, error) {
+	bin, err := r.binary()
+	if err != nil {
+		return nil, err
+	}
+	var closeAfterStart, closeAfterWait []*os.File
+	defer func() {
+		for _, f := range closeAfterStart {
+			f.Close()
+		}
+		for _, f := range closeAfterWait {
+			f.Close()
+		}
+	}()
+	pipe := func() (*os.File, *os.File, error) {
+		pr, pw, err := os.Pipe()
+		if err == nil {
+			closeAfterWait = append(closeAfterWait, pr)
+			closeAfterStart = append(closeAfterStart, pw)
+		}
+		return pr, pw, err
+	}
+	outR, outW, err := pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := pipe()
+	if err != nil {
+		return nil, err
+	}
+	var in, inW *os.File
+	if stdin != nil {
+		if in, inW, err = os.Pipe(); err != nil {
+			return nil, err
+		}
+		closeAfterStart = append(closeAfterStart, in)
+	} else if in, err = os.Open(os.DevNull); err != nil {
+		return nil, err
+	} else {
+		closeAfterStart = append(closeAfterStart, in)
+	}
+	argv := append([]string{bin}, r.args("", args...)...)
+	_, exitc, err := r.Starter.Start(bin, argv, &os.ProcAttr{Files: []*os.File{in, outW, errW}})
+	for _, f := range closeAfterStart {
+		f.Close()
+	}
+	closeAfterStart = nil
+	if err != nil {
+		if inW != nil {
+			inW.Close()
+		}
+		return nil, fmt.Errorf("%s %s: %w", bin, args[0], err)
+	}
+	if inW != nil {
+		go func() {
+			_, _ = inW.Write(stdin)
+			inW.Close()
+		}()
+	}
+	errc := make(chan []byte, 1)
+	go func() { errc <- readBounded(errR) }()
+	out := readBounded(outR)
+	errOut := <-errc
+	e := <-exitc
+	if e.Status != 0 {
+		msg := strings.TrimSpace(string(errOut))
+		if msg == "" {
+			msg = strings.TrimSpace(string(out))
+		}
+		return out, runError(bin, args[0], e.Status, msg)
+	}
+	return out, nil
+}
+
+// readBounded reads r to EOF, keeping at most maxOutput bytes.
+func readBounded(r io.Reader) []byte {
+	out, _ := io.ReadAll(io.LimitReader(r, maxOutput))
+	_, _ = io.Copy(io.Discard, r)
+	return out
+}
+
+// runDetached runs create/exec: its stdio belong to the container, its own
+// errors go to logFile.
+func (r *Runc) runDetached(stdio [3]*os.File, logFile string, args ...string) error {
+	bin, err := r.binary()
+	if err != nil {
+		return err
+	}
+	files := make([]*os.File, 3)
+	for i, f := range stdio {
+		if f == nil {
+			if f, err = os.OpenFile(os.DevNull, os.O_RDWR, 0); err != nil {
+				return err
+			}
+			defer f.Close()
+		}
+		files[i] = f
+	}
+	if logFile != "" {
+		_ = os.Remove(logFile)
+	}
+	argv := append([]string{bin}, r.args(logFile, args...)...)
+	_, exitc, err := r.Starter.Start(bin, argv, &os.ProcAttr{Files: files, Sys: &syscall.SysProcAttr{}})
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", bin, args[0], err)
+	}
+	e := <-exitc
+	if e.Status != 0 {
+		return runError(bin, args[0], e.Status, lastLogError(logFile))
+	}
+	return nil
+}
+
+// runError types a failed invocation by its message.
+func runError(bin, cmd string, status int, msg string) error {
+	kind := errdefs.ErrUnknown
+	low := strings.ToLower(msg)
+	switch {
+	case strings.Contains(low, "does not exist") || strings.Contains(low, "not found") && strings.Contains(low, "container"):
+		kind = errdefs.ErrNotFound
+	case strings.Contains(low, "already exists"):
+		kind = errdefs.ErrAlreadyExists
+	case strings.Contains(low, "not running") || strings.Contains(low, "not paused") ||
+		strings.Contains(low, "cannot") || strings.Contains(low, "stopped"):
+		kind = errdefs.ErrFailedPrecondition
+	}
+	if msg == "" {
+		msg = "no error message"
+	}
+	return fmt.Errorf("%s %s: exit status %d: %s: %w", bin, cmd, status, msg, kind)
+}
+
+// lastLogError returns the last error message of a runc json log.
+func lastLogError(path string) string {
+	if path == "" {
+		return ""
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	msg := ""
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		var e struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal(line, &e) == nil && (e.Level == "error" || e.Level == "fatal") {
+			msg = e.Msg
+		}
+	}
+	return msg
+}
+
+// Create runs `runc create`.
+func (r *Runc) Create(ctx context.Context, id, bundle string, o CreateOpts) error {
+	args := []string{"create", "--bundle", bundle, "--pid-file", o.PidFile}
+	if o.ConsoleSocket != "" {
+		args = append(args, "--console-socket", o.ConsoleSocket)
+	}
+	if o.NoPivot {
+		args = append(args, "--no-pivot")
+	}
+	if o.NoNewKeyring {
+		args = append(args, "--no-new-keyring")
+	}
+	return r.runDetached(o.Stdio, o.LogFile, append(args, id)...)
+}
+
+// Exec runs `runc exec --detach` with the process spec in processFile.
+func (r *Runc) Exec(ctx context.Context, id, processFile string, o ExecOpts) error {
+	args := []string{"exec", "--detach", "--process", processFile, "--pid-file", o.PidFile}
+	if o.ConsoleSocket != "" {
+		args = append(args, "--console-socket", o.ConsoleSocket)
+	}
+	return r.runDetached(o.Stdio, o.LogFile, append(args, id)...)
+}
+
+// Start runs `runc start`.
+func (r *Runc) Start(ctx context.Context, id string) error {
+	_, err := r.run(ctx, nil, "start", id)
+	return err
+}
+
+// Kill runs `runc kill [--all] id signal`.
+func (r *Runc) Kill(ctx context.Context, id string, sig int, all bool) error {
+	args := []string{"kill"}
+	if all {
+		args = append(args, "--all")
+	}
+	_, err := r.run(ctx, nil, append(args, id, strconv.Itoa(sig))...)
+	return err
+}
+
+// Delete runs `runc delete [--force]`.
+func (r *Runc) Delete(ctx context.Context, id string, force bool) error {
+	args := []string{"delete"}
+	if force {
+		args = append(args, "--force")
+	}
+	_, err := r.run(ctx, nil, append(args, id)...)
+	return err
+}
+
+// Pause runs `runc pause`.
+func (r *Runc) Pause(ctx context.Context, id string) error {
+	_, err := r.run(ctx, nil, "pause", id)
+	return err
+}
+
+// Resume runs `runc resume`.
+func (r *Runc) Resume(ctx context.Context, id string) error {
+	_, err := r.run(ctx, nil, "resume", id)
+	return err
+}
+
+// Ps returns the pids of the container.
+func (r *Runc) Ps(ctx context.Context, id string) ([]int, error) {
+	out, err := r.run(ctx, nil, "ps", "--format", "json", id)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	if err := json.Unmarshal(bytes.TrimSpace(out), &pids); err != nil {
+		return nil, fmt.Errorf("runc ps output %q: %v: %w", out, err, errdefs.ErrUnknown)
+	}
+	return pids, nil
+}
+
+// Update runs `runc update --resources -` with resources (LinuxResources JSON).
+func (r *Runc) Update(ctx context.Context, id string, resources []byte) error {
+	_, err := r.run(ctx, resources, "update", "--resources", "-", id)
+	return err
+}
+
+// State runs `runc state`.
+func (r *Runc) State(ctx context.Context, id string) (*State, error) {
+	out, err := r.run(ctx, nil, "state", id)
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(out, &s); err != nil {
+		return nil, fmt.Errorf("runc state output %q: %v: %w", out, err, errdefs.ErrUnknown)
+	}
+	return &s, nil
+}

@@ -1,0 +1,74 @@
+package stdio
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/edged/edged/edged/errdefs"
+)
+
+func TestRotatingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	l, err := OpenRotatingFile(path, 100, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Repeat("x", 29) + "\n" // 30 bytes
+	for i := 0; i < 10; i++ {
+		if _, err := l.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A line longer than a file is split across files.
+	if _, err := l.Write([]byte(strings.Repeat("y", 250))); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	for _, n := range []string{path, path + ".1"} {
+		st, err := os.Stat(n)
+		if err != nil || st.Size() > 100 || st.Size() == 0 {
+			t.Fatalf("%s: %v %v", n, st, err)
+		}
+	}
+	if _, err := os.Stat(path + ".2"); !os.IsNotExist(err) {
+		t.Fatal("max files 2 kept a third file")
+	}
+	cur, _ := os.ReadFile(path)
+	if string(cur) != strings.Repeat("y", 50) {
+		t.Fatalf("active file %q", cur)
+	}
+	// Appends to an existing log, counting its size.
+	l, _ = OpenRotatingFile(path, 100, 1)
+	l.Write([]byte(strings.Repeat("z", 60)))
+	l.Close()
+	cur, _ = os.ReadFile(path)
+	if string(cur) != strings.Repeat("z", 60) {
+		t.Fatalf("after rotation with max files 1: %q", cur)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		kind error
+		msg  string
+	}{
+		{"relative/fifo", errdefs.ErrInvalidArgument, "unsupported scheme"},
+		{"file://host/x", errdefs.ErrInvalidArgument, "absolute"},
+		{"file:///x?max-files=0", errdefs.ErrInvalidArgument, "max-files"},
+		{"binary:///bin/logger", errdefs.ErrNotImplemented, "binary://"},
+	} {
+		err := Validate("stdout", c.in)
+		if !errors.Is(err, c.kind) || !strings.Contains(err.Error(), c.msg) {
+			t.Errorf("%q: %v, want %v mentioning %q", c.in, err, c.kind, c.msg)
+		}
+	}
+	for _, ok := range []string{"", "/run/fifo", "file:///var/log/c.log?max-size=10&max-files=2", "fifo:///run/x"} {
+		if err := Validate("stdout", ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}
