@@ -11,14 +11,14 @@ SHELL      := /bin/bash
 GO         ?= $(shell command -v go || echo /usr/local/go/bin/go)
 export PATH := $(dir $(GO)):$(PATH)
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-REVISION   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+REVISION   ?= $(shell git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
 LDFLAGS    := -s -w -X github.com/edged/edged/internal/buildinfo.Version=$(VERSION) -X github.com/edged/edged/internal/buildinfo.Revision=$(REVISION)
 GOBUILD    := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
 COMMANDS   := edged edgectl edged-shim
 # Debian packages the tests and benchmarks use.
 APT_PACKAGES := runc protobuf-compiler systemd busybox-static containerd skopeo docker-registry \
 	qemu-system-x86 linux-image-amd64 cpio kmod xz-utils containernetworking-plugins iptables iproute2 \
-	util-linux procps
+	util-linux procps apache2-utils
 GOTEST_FLAGS ?= -timeout 25m
 
 .PHONY: all build cross deps proto proto-check lint test test-go test-vm bench demo clean

@@ -26,9 +26,9 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/internal/atomicfile"
+	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	ptypes "github.com/edged/edged/proto/types"
-	"github.com/edged/edged/shimd"
 )
 
 // NativeRuntime is the runtime name of edged-shim.
@@ -172,6 +172,15 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 	}
 	if o.Runtime == "" {
 		o.Runtime = NativeRuntime
+	}
+	if o.Options == nil && o.Runtime == "io.containerd.runc.v2" {
+		// Keep runc state of edged's containers apart from a containerd
+		// on the same host (its shim defaults to /run/containerd/runc).
+		b, err := (&runcopts.Options{Root: filepath.Join(m.cfg.State, "runc-v2")}).Marshal()
+		if err != nil {
+			return 0, err
+		}
+		o.Options = &types.Any{TypeUrl: "containerd.runc.v1.Options", Value: b}
 	}
 	m.mu.Lock()
 	if _, ok := m.tasks[key(ns, id)]; ok {
@@ -536,9 +545,7 @@ func (m *Manager) shimDead(ctx context.Context, sc *shimConn) {
 // the rootfs mounts, the bundle and the bootstrap.
 func (m *Manager) cleanupTask(ctx context.Context, t *task) {
 	if t.Native {
-		if _, err := shimd.DeleteBundle(ctx, t.Bundle, t.Namespace, t.ID, m.cfg.State); err != nil {
-			m.log.Warn("cleanup of dead task", "namespace", t.Namespace, "id", t.ID, "error", err)
-		}
+		m.deleteNative(ctx, m.log, t.Namespace, t.ID, t.Bundle)
 	} else if t.Binary != "" {
 		m.deleteV2(ctx, m.log, t.Namespace, t.ID, t.Bundle, t.Binary)
 	}

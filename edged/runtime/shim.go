@@ -3,6 +3,8 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +23,6 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/namespaces"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
-	"github.com/edged/edged/shimd"
 )
 
 // shimConn is a connection to one shim process, which may host several
@@ -65,17 +66,20 @@ func dialShim(ctx context.Context, ns, address string, timeout time.Duration) (*
 // creates the listening path socket (directory 0700) and hands it over as
 // fd 3 with LISTEN_FDS=1, so it can connect at once without a race.
 func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimConn, error) {
-	sockDir := filepath.Join(m.cfg.State, "s")
-	path := shimd.SocketPath(sockDir, m.cfg.Address, ns, group)
+	path := socketPath(filepath.Join(m.cfg.State, "s"), m.cfg.Address, ns, group)
 	// A shim of this group may already run (edged restarted).
 	if c, task, err := dialShim(ctx, ns, path, 200*time.Millisecond); err == nil {
 		return &shimConn{key: ns + "/" + group, ns: ns, group: group, address: path, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}}, nil
 	}
 	os.Remove(path)
-	l, err := shimd.Listen(path)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("shim socket directory: %w", err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("shim socket: %w", err)
 	}
+	l.SetUnlinkOnClose(false)
 	f, err := l.File()
 	l.Close()
 	if err != nil {
@@ -108,6 +112,25 @@ func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimC
 		return nil, err
 	}
 	return &shimConn{key: ns + "/" + group, ns: ns, group: group, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}}, nil
+}
+
+// socketPath names the socket of a shim group: a hash keeps the path short
+// (unix socket paths are limited to 107 bytes) and free of request data.
+func socketPath(dir, address, ns, group string) string {
+	d := sha256.Sum256([]byte(filepath.Join(address, ns, group)))
+	return filepath.Join(dir, hex.EncodeToString(d[:16]))
+}
+
+// deleteNative runs `edged-shim delete` for a task whose shim is gone: it
+// force-deletes the runc container and unmounts the rootfs.
+func (m *Manager) deleteNative(ctx context.Context, log *slog.Logger, ns, id, bundle string) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, m.cfg.ShimBinary, "-namespace", ns, "-id", id, "-bundle", bundle, "-state-dir", m.cfg.State, "delete")
+	cmd.Dir = "/"
+	if out, err := cmd.CombinedOutput(); err != nil {
+		log.Warn("edged-shim delete failed", "namespace", ns, "id", id, "error", err, "output", string(out))
+	}
 }
 
 // startV2Shim starts any containerd runtime v2 shim with its `start`

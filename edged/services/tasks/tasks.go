@@ -4,6 +4,7 @@ package tasks
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/events"
@@ -32,6 +34,17 @@ type RootfsFunc func(ctx context.Context, ns string, c metadata.Container) ([]*p
 // MetricsFunc reads the cgroup statistics of a task.
 type MetricsFunc func(ctx context.Context, ns, id string, pid uint32) (*ptypesapi.Metrics, error)
 
+// Network attaches tasks to networks. Setup runs before the task is
+// created: it may change the OCI spec (e.g. point the network namespace at
+// a path it prepared, add /etc/resolv.conf and /etc/hosts bind mounts) and
+// returns the addresses to show. Teardown runs after the task is deleted
+// and must be idempotent. IPs reports a running task's addresses.
+type Network interface {
+	Setup(ctx context.Context, ns string, c metadata.Container, spec *specs.Spec, bundle string) error
+	Teardown(ctx context.Context, ns, id string) error
+	IPs(ns, id string) []string
+}
+
 // Config wires the service.
 type Config struct {
 	DB      *metadata.DB
@@ -43,7 +56,9 @@ type Config struct {
 	LogMaxFiles int
 	Rootfs      RootfsFunc
 	Metrics     MetricsFunc
-	Log         *slog.Logger
+	// Network, when set, sets up and tears down task networking.
+	Network Network
+	Log     *slog.Logger
 }
 
 type service struct{ Config }
@@ -118,6 +133,22 @@ func (s *service) Create(ctx context.Context, r *api.CreateTaskRequest) (*api.Cr
 		uri := "file://" + p + "?max-size=" + strconv.FormatInt(s.LogMaxSize, 10) + "&max-files=" + strconv.Itoa(s.LogMaxFiles)
 		stdout, stderr = uri, uri
 	}
+	spec := c.Spec
+	if s.Network != nil {
+		var sp specs.Spec
+		if err := json.Unmarshal(c.Spec, &sp); err != nil {
+			return nil, fmt.Errorf("container %q: OCI spec: %v: %w", c.ID, err, errdefs.ErrInvalidArgument)
+		}
+		if err := s.Network.Setup(ctx, ns, c, &sp, s.Runtime.BundleDir(ns, c.ID)); err != nil {
+			return nil, err
+		}
+		b, err := json.Marshal(&sp)
+		if err != nil {
+			s.Network.Teardown(context.WithoutCancel(ctx), ns, c.ID)
+			return nil, err
+		}
+		spec = b
+	}
 	opts := r.Options
 	if opts == nil && len(c.Runtime.Options) > 0 {
 		a := &ptypes.Any{}
@@ -126,10 +157,13 @@ func (s *service) Create(ctx context.Context, r *api.CreateTaskRequest) (*api.Cr
 		}
 	}
 	pid, err := s.Runtime.Create(ctx, ns, c.ID, runtime.CreateOpts{
-		Runtime: c.Runtime.Name, Group: c.Labels[runtime.GroupLabel], Spec: c.Spec, Rootfs: rootfs,
+		Runtime: c.Runtime.Name, Group: c.Labels[runtime.GroupLabel], Spec: spec, Rootfs: rootfs,
 		Stdin: stdin, Stdout: stdout, Stderr: stderr, Terminal: r.Terminal, Options: opts,
 	})
 	if err != nil {
+		if s.Network != nil {
+			s.Network.Teardown(context.WithoutCancel(ctx), ns, c.ID)
+		}
 		return nil, err
 	}
 	return &api.CreateTaskResponse{ContainerId: c.ID, Pid: pid}, nil
@@ -170,6 +204,11 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteTaskRequest) (*api.De
 	if err != nil {
 		return nil, err
 	}
+	if s.Network != nil {
+		if err := s.Network.Teardown(ctx, ns, r.ContainerId); err != nil {
+			s.Log.Warn("network teardown failed", "namespace", ns, "id", r.ContainerId, "error", err)
+		}
+	}
 	return &api.DeleteResponse{Id: r.ContainerId, Pid: d.Pid, ExitStatus: d.ExitStatus, ExitedAt: d.ExitedAt}, nil
 }
 
@@ -186,6 +225,14 @@ func (s *service) DeleteProcess(ctx context.Context, r *api.DeleteProcessRequest
 		return nil, err
 	}
 	return &api.DeleteResponse{Id: r.ExecId, Pid: d.Pid, ExitStatus: d.ExitStatus, ExitedAt: d.ExitedAt}, nil
+}
+
+func (s *service) toProcess(ns, id, exec string, st *taskapi.StateResponse) *api.Process {
+	p := toProcess(id, exec, st)
+	if s.Network != nil && exec == "" {
+		p.Ips = s.Network.IPs(ns, id)
+	}
+	return p
 }
 
 func toProcess(id, exec string, st *taskapi.StateResponse) *api.Process {
@@ -205,7 +252,7 @@ func (s *service) Get(ctx context.Context, r *api.GetRequest) (*api.GetResponse,
 	if err != nil {
 		return nil, err
 	}
-	return &api.GetResponse{Process: toProcess(r.ContainerId, r.ExecId, st)}, nil
+	return &api.GetResponse{Process: s.toProcess(ns, r.ContainerId, r.ExecId, st)}, nil
 }
 
 func (s *service) List(ctx context.Context, r *api.ListTasksRequest) (*api.ListTasksResponse, error) {
@@ -226,7 +273,7 @@ func (s *service) List(ctx context.Context, r *api.ListTasksRequest) (*api.ListT
 			}
 			return nil, err
 		}
-		p := toProcess(id, "", st)
+		p := s.toProcess(ns, id, "", st)
 		if set.Match(filters.AdaptorFunc(func(path []string) (string, bool) {
 			switch path[0] {
 			case "id", "container_id":
