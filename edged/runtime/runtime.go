@@ -207,7 +207,7 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 			os.RemoveAll(t.Bundle)
 		}
 	}()
-	if err := atomicfile.WriteFile(filepath.Join(t.Bundle, "config.json"), o.Spec, 0o600); err != nil {
+	if err := atomicfile.Replace(filepath.Join(t.Bundle, "config.json"), o.Spec, 0o600); err != nil {
 		return 0, fmt.Errorf("write bundle spec: %w", err)
 	}
 
@@ -288,7 +288,7 @@ func (m *Manager) saveBootstrap(t *task) error {
 	if err := os.MkdirAll(filepath.Dir(m.bootstrapPath(t.Namespace, t.ID)), 0o700); err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(m.bootstrapPath(t.Namespace, t.ID), b, 0o600)
+	return atomicfile.Replace(m.bootstrapPath(t.Namespace, t.ID), b, 0o600)
 }
 
 // get returns a live task.

@@ -36,6 +36,7 @@ type Section struct {
 func sections() []Section {
 	return []Section{
 		{Name: "foundation", Doc: "daemon memory, CLI latency, binary sizes, container metadata throughput and disk writes", Run: foundation},
+		{Name: "runtime", Doc: "edgectl run vs bare runc run, run -d latency, disk writes per container lifecycle", Run: runtimeSection},
 	}
 }
 

@@ -53,3 +53,36 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// Replace atomically replaces path with data (temp file + rename) without
+// fsync. It is for runtime state under the state directory (tmpfs on a
+// device, gone after a reboot anyway): a crash of the writer keeps the page
+// cache, so readers see the old or the new content, and no flash write is
+// forced per container start.
+func Replace(path string, data []byte, perm os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("atomicfile: %w", err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err = f.Chmod(perm); err != nil {
+		return fmt.Errorf("atomicfile: chmod %s: %w", tmp, err)
+	}
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("atomicfile: write %s: %w", tmp, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("atomicfile: close %s: %w", tmp, err)
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("atomicfile: rename %s: %w", path, err)
+	}
+	return nil
+}
