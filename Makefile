@@ -19,9 +19,11 @@ COMMANDS   := edged edgectl edged-shim
 APT_PACKAGES := runc protobuf-compiler systemd busybox-static containerd skopeo docker-registry \
 	qemu-system-x86 linux-image-amd64 cpio kmod xz-utils containernetworking-plugins iptables iproute2 \
 	util-linux procps apache2-utils
+# What `make demo` needs at run time.
+DEMO_PACKAGES := runc busybox-static
 GOTEST_FLAGS ?= -timeout 25m
 
-.PHONY: all build cross deps proto proto-check lint test test-go test-vm bench demo clean
+.PHONY: all build cross deps install-packages proto proto-check lint test test-go test-vm bench demo clean
 
 all: build
 
@@ -35,7 +37,10 @@ cross:
 
 # deps installs the Debian packages that are missing (apt-get update first).
 deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(APT_PACKAGES)"
+
+install-packages:
+	@missing=$$(for p in $(PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -55,15 +60,28 @@ lint:
 	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
 
-test: deps lint proto-check build cross test-go
+test: deps lint proto-check build cross test-go test-vm
 
 test-go: build
 	$(GO) test $(GOTEST_FLAGS) ./...
+
+# test-vm runs the cgroup, OOM and runtime tests on cgroup v2 in a QEMU VM
+# (hack/vm), with edged's binaries prebuilt on the host (EDGED_TEST_BIN).
+VMTEST_DIR ?= /tmp/edged-vmtest
+VMTEST_RUN ?= ^Test(CgroupLimitsMetricsUpdate|OOM50|RunForegroundExitCodeAndOutput|DetachedTaskLifecycle|ShimGroup|RestartRecovery)$$
+test-vm: deps build
+	rm -rf $(VMTEST_DIR) && mkdir -p $(VMTEST_DIR)/bin
+	cp $(addprefix bin/,$(COMMANDS)) $(VMTEST_DIR)/bin/
+	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/ ./cgroups/... ./edged/integration
+	hack/vm/run.sh --timeout 900 --share $(VMTEST_DIR) --env EDGED_TEST_BIN=$(VMTEST_DIR)/bin -- sh -c 'cd /tmp && rc=0; \
+		for t in cgroups oom; do $(VMTEST_DIR)/$$t.test -test.timeout 5m || rc=1; done; \
+		$(VMTEST_DIR)/integration.test -test.v -test.timeout 10m -test.run "$(VMTEST_RUN)" || rc=1; exit $$rc'
 
 bench: deps build
 	$(GO) run ./hack/bench
 
 demo: build
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(DEMO_PACKAGES)"
 	./hack/demo.sh
 
 clean:

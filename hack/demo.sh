@@ -20,12 +20,26 @@ for _ in $(seq 100); do
 done
 
 run() { echo "\$ edgectl $*"; "$bin/edgectl" "$@"; }
+image=docker.io/library/busybox:edged-demo
+tar=$(mktemp /tmp/edged-demo-image.XXXXXX.tar)
+echo "== building a busybox image from Debian's busybox-static ($tar)"
+go run ./hack/mkimage -o "$tar" -name "$image"
+
 run version
 run namespaces create demo --label owner=readme
 run namespaces ls
-run namespaces label demo owner=ops
-run -n demo containers ls
+run -n demo images import "$tar"
+run -n demo images ls
+run -n demo run --rm "$image" hello sh -c 'echo "hello from a container on $(hostname), running as $(id -u)"; uname -a'
+run -n demo run -d "$image" ticker sh -c 'for i in 1 2 3; do echo tick $i; sleep 0.2; done; sleep 30'
+sleep 1
+run -n demo task ls
+run -n demo logs ticker
+run -n demo task rm -f ticker
+run -n demo containers rm ticker
+run -n demo images rm "$image"
 run namespaces rm demo
+rm -f "$tar"
 
 echo "== stopping edged"
 kill -TERM $pid

@@ -23,10 +23,10 @@ import (
 // one OOMWatcher documents.
 type pendingOOM struct {
 	mu    sync.Mutex
-	onOOM map[string]func()
+	onOOM map[string]func(uint64)
 }
 
-func (w *pendingOOM) Add(id string, pid int, onOOM func()) error {
+func (w *pendingOOM) Add(id string, pid int, onOOM func(uint64)) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.onOOM[id] = onOOM
@@ -40,7 +40,7 @@ func (w *pendingOOM) Remove(id string) {
 	w.mu.Unlock()
 	if f != nil {
 		time.Sleep(50 * time.Millisecond) // a slow monitor
-		f()
+		f(1)
 	}
 }
 
@@ -60,7 +60,7 @@ func oomHelper() int {
 	state, _ := os.MkdirTemp("", "es-oom")
 	defer os.RemoveAll(state)
 	svc := shimd.New(shimd.Config{Namespace: "test", StateDir: state, Publisher: pub, Log: log,
-		OOM: &pendingOOM{onOOM: map[string]func(){}}})
+		OOM: &pendingOOM{onOOM: map[string]func(uint64){}}})
 	go svc.Reaper().Run(ctx)
 	id, bundle := os.Getenv("OOM_ID"), os.Getenv("OOM_BUNDLE")
 	steps := []func() error{

@@ -54,8 +54,9 @@ const (
 // OOMWatcher watches a container's memory cgroup for OOM kills.
 type OOMWatcher interface {
 	// Add starts watching the cgroup of pid (the container's init) and
-	// calls onOOM for every OOM kill in it.
-	Add(id string, pid int, onOOM func()) error
+	// calls onOOM once for every OOM kill in it, with the cgroup's
+	// oom_kill counter after that kill.
+	Add(id string, pid int, onOOM func(oomKills uint64)) error
 	// Remove stops watching id. Before returning it must call onOOM for
 	// every OOM already signalled for id: the shim calls Remove when the
 	// container's init has exited and publishes TaskExit after it returns,
@@ -466,8 +467,8 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 	pid := p.pid
 	s.mu.Unlock()
 	if s.cfg.OOM != nil {
-		if err := s.cfg.OOM.Add(c.id, pid, func() {
-			s.publish(TopicOOM, &eventtypes.TaskOOM{ContainerId: c.id})
+		if err := s.cfg.OOM.Add(c.id, pid, func(oomKills uint64) {
+			s.publish(TopicOOM, &eventtypes.TaskOOM{ContainerId: c.id, OomKills: oomKills})
 		}); err != nil {
 			s.cfg.Log.Warn("oom watcher", "id", c.id, "error", err)
 		}

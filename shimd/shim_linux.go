@@ -111,7 +111,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		pubCancel()
 		return err
 	}
-	taskapi.RegisterTaskService(srv, svc)
+	RegisterTaskService(srv, svc)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx, opts.Listener) }()
 	log.Info("shim serving", "namespace", opts.Namespace, "id", opts.ID, "socket", sockPath, "state", stateDir)

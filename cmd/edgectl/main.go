@@ -56,6 +56,11 @@ func commands() []*command {
 		runCommand(),
 		taskCommand(),
 		logsCommand(),
+		imagesCommand(),
+		gcCommand(),
+		netnsCommand(),
+		statsCommand(),
+		updateCommand(),
 	}
 }
 

@@ -43,6 +43,7 @@ func taskCommand() *command {
 	return &command{
 		name: "task", aliases: []string{"tasks", "t"}, help: "manage running containers (tasks)",
 		sub: []*command{
+			taskMetricsCommand(),
 			{
 				name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]...", help: "list tasks",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {

@@ -125,6 +125,12 @@ func run() int {
 	}
 	opts.Namespace, opts.ID, opts.StateDir, opts.Log = *namespace, *id, *stateDir, log
 	opts.TTRPCAddress = os.Getenv("TTRPC_ADDRESS")
+	if mon, err := shimd.NewOOMMonitor("", log); err != nil {
+		log.Warn("OOM kills will not be reported", "error", err)
+	} else {
+		defer mon.Close()
+		opts.OOM = mon
+	}
 	if err := shimd.Serve(ctx, opts); err != nil {
 		log.Error("serve", "error", err)
 		return 1

@@ -26,6 +26,37 @@ type Config struct {
 	Metadata Metadata `toml:"metadata"`
 	Runtime  Runtime  `toml:"runtime"`
 	Events   Events   `toml:"events"`
+	Network  Network  `toml:"network"`
+	Images   Images   `toml:"images"`
+	// Registries holds per-registry settings keyed by registry host
+	// ("docker.io", "registry.local:5000").
+	Registries map[string]Registry `toml:"registries"`
+}
+
+// Images configures the image store and registry pulls.
+type Images struct {
+	// Snapshotter is the snapshot backend: "overlayfs", "native" or ""
+	// (overlayfs when it works under the root, else native).
+	Snapshotter string `toml:"snapshotter"`
+	// Platform is the default platform ("os/arch[/variant]"); "" is the
+	// host's.
+	Platform string `toml:"platform"`
+	// ImportDir holds archives imported at start-up; "" is <root>/import.
+	ImportDir string `toml:"import_dir"`
+	// ImportNamespace is the namespace ImportDir's images go to.
+	ImportNamespace string `toml:"import_namespace"`
+	// DiscardLayers deletes compressed layer blobs once unpacked.
+	DiscardLayers bool `toml:"discard_layers"`
+	// DockerConfig is a docker-style config.json with registry
+	// credentials; "" is $DOCKER_CONFIG/config.json or ~/.docker/config.json.
+	DockerConfig string `toml:"docker_config"`
+}
+
+// Registry is the configuration of one registry host.
+type Registry struct {
+	Mirrors   []string `toml:"mirrors"`
+	Insecure  bool     `toml:"insecure"`
+	PlainHTTP bool     `toml:"plain_http"`
 }
 
 // Runtime configures shims and container logs.
@@ -150,6 +181,29 @@ func (c *Config) Validate() error {
 	}
 	if c.Events.SubscriberQueue <= 0 {
 		return errdefs.InvalidArgument("events.subscriber_queue", "must be positive")
+	}
+	if err := c.Network.validate(); err != nil {
+		return err
+	}
+	if err := c.Images.validate(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (im *Images) validate() error {
+	switch im.Snapshotter {
+	case "", "overlayfs", "native":
+	default:
+		return errdefs.InvalidArgument("images.snapshotter", "%q must be \"overlayfs\", \"native\" or empty", im.Snapshotter)
+	}
+	for field, p := range map[string]string{"images.import_dir": im.ImportDir, "images.docker_config": im.DockerConfig} {
+		if p != "" && !filepath.IsAbs(p) {
+			return errdefs.InvalidArgument(field, "%q must be an absolute path", p)
+		}
+	}
+	if im.ImportNamespace == "" {
+		return errdefs.InvalidArgument("images.import_namespace", "must not be empty")
 	}
 	return nil
 }

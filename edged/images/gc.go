@@ -431,7 +431,22 @@ func (s *Service) DeleteImage(ctx context.Context, ns, name string, sync, force 
 		if err != nil {
 			return err
 		}
-		users, err := tx.ListContainers(ctx, ns, metadata.ContainerFilter{Image: im.Name})
+		// Containers record the name they were created with ("busybox"),
+		// so compare normalized names.
+		var users []metadata.Container
+		err = tx.WalkContainers(ctx, ns, func(c metadata.Container) error {
+			if c.Image == "" {
+				return nil
+			}
+			n := c.Image
+			if nn, err := NormalizeName(c.Image); err == nil {
+				n = nn
+			}
+			if c.Image == im.Name || n == im.Name {
+				users = append(users, c)
+			}
+			return nil
+		})
 		if err != nil {
 			return err
 		}

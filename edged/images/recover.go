@@ -5,10 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/metadata"
+	"github.com/edged/edged/fsstore/snapshots"
 )
+
+// staleIngestAge: Recover removes resumable ingests not written for this
+// long.
+const staleIngestAge = 24 * time.Hour
 
 // RecoverResult reports what Recover repaired.
 type RecoverResult struct {
@@ -21,12 +27,25 @@ type RecoverResult struct {
 // snapshotter is opened and before any import. It removes stale content
 // ingests, lets the snapshotter clean up (stale mounts, orphan
 // directories), deletes the leases of imports (none survives a restart),
-// removes active extract-* snapshots, and garbage collects what they held.
+// removes active "extract-* ..." snapshots, and garbage collects what they held.
 func (s *Service) Recover(ctx context.Context) (RecoverResult, error) {
 	var res RecoverResult
 	var errs []error
-	if err := s.cs.Cleanup(ctx, 0); err != nil {
+	// Ingests of imports are never resumed; those of pulls ("pull-<digest>")
+	// and of Content.Write clients are, until they are a day old.
+	if err := s.cs.Cleanup(ctx, staleIngestAge); err != nil {
 		errs = append(errs, fmt.Errorf("recover: content: %w", err))
+	}
+	if sts, err := s.cs.ListStatuses(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("recover: content: %w", err))
+	} else {
+		for _, st := range sts {
+			if strings.HasPrefix(st.Ref, "import-") {
+				if err := s.cs.Abort(ctx, st.Ref); err != nil && !errdefs.IsNotFound(err) {
+					errs = append(errs, fmt.Errorf("recover: content: %w", err))
+				}
+			}
+		}
 	}
 	if err := s.sn.Cleanup(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("recover: snapshots: %w", err))
@@ -65,7 +84,7 @@ func (s *Service) Recover(ctx context.Context) (RecoverResult, error) {
 			continue
 		}
 		for _, i := range infos {
-			if !strings.HasPrefix(i.Name, ExtractPrefix) {
+			if !strings.HasPrefix(i.Name, ExtractPrefix) || !strings.Contains(i.Name, " ") || i.Kind != snapshots.KindActive {
 				continue
 			}
 			if err := s.sn.Remove(ctx, ns, i.Name); err != nil && !errdefs.IsNotFound(err) {

@@ -101,6 +101,11 @@ type PullOptions struct {
 	// IdleTimeout: a blob download that receives nothing for this long is
 	// dropped and resumed (default DefaultIdleTimeout).
 	IdleTimeout time.Duration
+	// BeforeBlob, when set, is called with every blob (manifests, config,
+	// layers) before Pull looks for it in the store or writes it; an error
+	// stops the pull. Callers use it to protect the blob from garbage
+	// collection (a lease) before relying on it.
+	BeforeBlob func(ctx context.Context, d ocispec.Descriptor) error
 }
 
 // DefaultIdleTimeout is the default PullOptions.IdleTimeout.
@@ -125,6 +130,7 @@ func Pull(ctx context.Context, ref string, store *content.Store, opts PullOption
 	}
 	defer s.close()
 	s.store = store
+	s.before = opts.BeforeBlob
 	s.idle = opts.IdleTimeout
 	if s.idle <= 0 {
 		s.idle = DefaultIdleTimeout
@@ -267,6 +273,7 @@ type session struct {
 	idle   time.Duration // pulls: stall limit of a blob download
 	report func(ProgressEvent)
 	pmu    sync.Mutex
+	before func(context.Context, ocispec.Descriptor) error // pulls: PullOptions.BeforeBlob
 
 	dmu  sync.Mutex
 	down map[*endpoint]bool // mirrors that failed: not tried again
@@ -409,6 +416,9 @@ func (s *session) notFound(err error) error {
 // there, else from the registry (then stored). desc's media type and size
 // are filled in from what was found.
 func (s *session) manifest(ctx context.Context, desc *ocispec.Descriptor) ([]byte, error) {
+	if err := s.beforeBlob(ctx, *desc); err != nil {
+		return nil, err
+	}
 	if s.store != nil {
 		if data, err := s.readStored(ctx, desc.Digest); err == nil {
 			mt, err := detectMediaType(s.ref.String()+" manifest "+desc.Digest.String(), desc.MediaType, data)
@@ -503,6 +513,9 @@ func (s *session) getManifest(ctx context.Context, ep *endpoint, object string, 
 
 // storeBytes writes a small verified document into the store.
 func (s *session) storeBytes(ctx context.Context, desc ocispec.Descriptor, data []byte) error {
+	if err := s.beforeBlob(ctx, desc); err != nil {
+		return err
+	}
 	w, err := s.store.Writer(ctx, "pull-"+desc.Digest.String(), content.WriterOpts{Expected: desc.Digest, Total: int64(len(data))})
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
 		return nil
@@ -525,8 +538,19 @@ func (s *session) storeBytes(ctx context.Context, desc ocispec.Descriptor, data 
 	return nil
 }
 
+// beforeBlob calls PullOptions.BeforeBlob, if any.
+func (s *session) beforeBlob(ctx context.Context, d ocispec.Descriptor) error {
+	if s.before == nil || d.Digest == "" {
+		return nil
+	}
+	return s.before(ctx, d)
+}
+
 // fetchBlob downloads one blob into the store, resuming its ingest.
 func (s *session) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error {
+	if err := s.beforeBlob(ctx, desc); err != nil {
+		return err
+	}
 	if _, err := s.store.Info(ctx, desc.Digest); err == nil {
 		s.emit(desc, desc.Size, ProgressExists)
 		return nil

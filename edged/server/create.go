@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -15,6 +14,7 @@ import (
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/metadata"
 	"github.com/edged/edged/edged/namespaces"
+	"github.com/edged/edged/edged/network"
 	"github.com/edged/edged/edged/oci"
 	"github.com/edged/edged/edged/runtime"
 	containerssvc "github.com/edged/edged/edged/services/containers"
@@ -87,11 +87,15 @@ func (s *Server) createFromImage(ctx context.Context, r *api.CreateFromImageRequ
 	if r.RootfsPath != "" {
 		spec.Root.Path = rootfs
 	}
-	if r.Options != nil && r.Options.Network != "" {
-		if spec.Annotations == nil {
-			spec.Annotations = map[string]string{}
-		}
-		spec.Annotations[NetworkAnnotation] = r.Options.Network
+	netAnn, err := networkAnnotations(r.Options)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
+	}
+	for k, v := range netAnn {
+		spec.Annotations[k] = v
 	}
 	b, err := json.Marshal(spec)
 	if err != nil {
@@ -120,7 +124,7 @@ func (s *Server) createFromImage(ctx context.Context, r *api.CreateFromImageRequ
 }
 
 // NetworkAnnotation records the network mode asked for at creation.
-const NetworkAnnotation = "io.edged.network"
+const NetworkAnnotation = network.ModeAnnotation
 
 // specOpts turns the API's options into spec options.
 func specOpts(o *api.SpecOptions) ([]oci.SpecOpt, error) {
@@ -200,10 +204,12 @@ func specOpts(o *api.SpecOptions) ([]oci.SpecOpt, error) {
 		// A private network namespace with loopback only.
 	case net == "host":
 		opts = append(opts, oci.WithHostNetwork())
-	case strings.HasPrefix(net, "ns:"), strings.HasPrefix(net, "container:"), net == "bridge":
-		return nil, fmt.Errorf("network %q: %w", net, errdefs.ErrNotImplemented)
 	default:
-		return nil, errdefs.InvalidArgument("options.network", "%q must be host, none, bridge, ns:NAME or container:ID", net)
+		// bridge, ns:NAME, container:ID: the task's network hook
+		// (edged/network) points the namespace at the right place.
+		if err := checkNetworkMode(net); err != nil {
+			return nil, err
+		}
 	}
 	if len(o.PortMappings) > 0 && o.Network != "bridge" {
 		return nil, errdefs.InvalidArgument("options.port_mappings", "publishing ports needs --net bridge")

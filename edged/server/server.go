@@ -21,6 +21,7 @@ import (
 	"github.com/edged/edged/edged/events"
 	"github.com/edged/edged/edged/metadata"
 	"github.com/edged/edged/edged/namespaces"
+	"github.com/edged/edged/edged/network"
 	"github.com/edged/edged/edged/protoconv"
 	"github.com/edged/edged/edged/runtime"
 	containerssvc "github.com/edged/edged/edged/services/containers"
@@ -40,7 +41,9 @@ type Server struct {
 	ttrpc  *ttrpc.Server
 	rt     *runtime.Manager
 	images ImageStore
-	closed bool
+	// network is the task network hook (edged/network).
+	network *network.Network
+	closed  bool
 }
 
 // New opens the stores under cfg.Root and cfg.State and registers the
@@ -58,11 +61,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	if cfg.Metadata.Synchronous == "full" {
 		sync = "FULL"
 	}
-	db, err := metadata.Open(ctx, filepath.Join(cfg.Root, "meta.db"), metadata.Options{
+	db, err := metadata.Open(ctx, filepath.Join(cfg.Root, "meta.db"), withImageSchema(metadata.Options{
 		Synchronous:  sync,
 		CacheSizeKiB: cfg.Metadata.CacheSizeKiB,
 		Logger:       log,
-	})
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("open metadata: %w", err)
 	}
@@ -85,13 +88,21 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	if err != nil {
 		return nil, err
 	}
+	imgs, err := s.setupImages(ctx)
+	if err != nil {
+		return nil, err
+	}
 	versionsvc.Register(ts, version)
 	namespacessvc.Register(ts, db, s.ex)
-	containerssvc.Register(ts, db, s.ex, s.createFromImage, s.rt.Has)
+	containerssvc.Register(ts, db, s.ex, s.createFromImage, s.rt.Has, s.containerDeleted)
 	eventssvc.Register(ts, s.ex)
+	if s.network, err = s.setupNetwork(ctx, ts); err != nil {
+		return nil, err
+	}
 	taskssvc.Register(ts, taskssvc.Config{
 		DB: db, Runtime: s.rt, Events: s.ex, LogDir: filepath.Join(cfg.Root, "logs"),
 		LogMaxSize: cfg.Runtime.LogMaxSize, LogMaxFiles: cfg.Runtime.LogMaxFiles, Log: log,
+		Metrics: metricsFunc(log), Network: s.network, Rootfs: imgs.rootfs,
 	})
 	return s, nil
 }
@@ -130,6 +141,8 @@ func (s *Server) Recover(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("tasks recovered", "reconnected", res.Reconnected, "dead", res.Dead, "duration", res.Duration)
+	s.cleanupNetworks(ctx)
+	s.recoverImages(ctx)
 	return nil
 }
 
@@ -186,6 +199,8 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.closeImages()
+	s.closeNetwork()
 	s.rt.Close()
 	return s.db.Close()
 }

@@ -37,6 +37,7 @@ func sections() []Section {
 	return []Section{
 		{Name: "foundation", Doc: "daemon memory, CLI latency, binary sizes, container metadata throughput and disk writes", Run: foundation},
 		{Name: "runtime", Doc: "edgectl run vs bare runc run, run -d latency, disk writes per container lifecycle", Run: runtimeSection},
+		{Name: "network", Doc: "edgectl run --rm --net bridge vs --net host", Run: networkSection},
 	}
 }
 

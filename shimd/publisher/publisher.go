@@ -22,6 +22,7 @@ import (
 
 	eventsapi "github.com/edged/edged/proto/services/events/v1"
 	"github.com/edged/edged/proto/services/ttrpcevents/v1"
+	"github.com/edged/edged/shimd/wire"
 )
 
 // Tunables of a Publisher; zero values select defaults.
@@ -35,6 +36,9 @@ type Options struct {
 	// IdleClose closes the connection after this long without events (10s).
 	IdleClose time.Duration
 }
+
+// forwardService is the daemon's ttrpc events service.
+const forwardService = "containerd.services.events.ttrpc.v1.Events"
 
 // ExitTopic is the topic never dropped before others.
 const ExitTopic = "/tasks/exit"
@@ -127,13 +131,12 @@ func (p *Publisher) Dropped() int {
 func (p *Publisher) Run(ctx context.Context) {
 	defer close(p.done)
 	var conn net.Conn
-	var client ttrpcevents.EventsService
 	var rpc *ttrpc.Client
 	disconnect := func() {
 		if rpc != nil {
 			rpc.Close()
 		}
-		rpc, client, conn = nil, nil, nil
+		rpc, conn = nil, nil
 	}
 	defer disconnect()
 	backoff := 50 * time.Millisecond
@@ -159,7 +162,7 @@ func (p *Publisher) Run(ctx context.Context) {
 			}
 			continue
 		}
-		if client == nil {
+		if rpc == nil {
 			var err error
 			d := net.Dialer{Timeout: p.opts.CallTimeout}
 			if conn, err = d.DialContext(ctx, "unix", p.address); err != nil {
@@ -171,10 +174,11 @@ func (p *Publisher) Run(ctx context.Context) {
 				continue
 			}
 			rpc = ttrpc.NewClient(conn)
-			client = ttrpcevents.NewEventsClient(rpc)
 		}
 		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
-		_, err := client.Forward(cctx, &ttrpcevents.ForwardRequest{Envelope: env})
+		// The generated client's protoadapt wrappers cost the shim heap;
+		// wire encodes with the gogo code (see shimd/wire).
+		err := rpc.Call(cctx, forwardService, "Forward", wire.Of(&ttrpcevents.ForwardRequest{Envelope: env}), wire.Of(&types.Empty{}))
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {

@@ -31,15 +31,21 @@ type service struct {
 	ex      *events.Exchange
 	creator Creator
 	hasTask func(ns, id string) bool
+	deleted []DeleteHook
 }
+
+// DeleteHook runs after a container was deleted (its snapshot is removed
+// this way). Errors are the hook's to log.
+type DeleteHook func(ctx context.Context, ns string, c metadata.Container)
 
 // Creator implements CreateFromImage (the image, snapshot and spec work).
 type Creator func(ctx context.Context, r *api.CreateFromImageRequest) (*api.CreateContainerResponse, error)
 
 // Register adds the Containers service to srv. creator may be nil;
-// hasTask, when set, keeps containers with a task from being deleted.
-func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange, creator Creator, hasTask func(ns, id string) bool) {
-	api.RegisterContainersService(srv, &service{db: db, ex: ex, creator: creator, hasTask: hasTask})
+// hasTask, when set, keeps containers with a task from being deleted;
+// onDelete hooks run after a deletion.
+func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange, creator Creator, hasTask func(ns, id string) bool, onDelete ...DeleteHook) {
+	api.RegisterContainersService(srv, &service{db: db, ex: ex, creator: creator, hasTask: hasTask, deleted: onDelete})
 }
 
 // ToProto converts a metadata container to its API form.
@@ -289,10 +295,17 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteContainerRequest) (*p
 	if s.hasTask != nil && s.hasTask(ns, r.Id) {
 		return nil, fmt.Errorf("container %q has a task; delete the task first: %w", r.Id, errdefs.ErrFailedPrecondition)
 	}
-	if err := s.db.Update(ctx, func(tx *metadata.Tx) error {
+	var c metadata.Container
+	if err := s.db.Update(ctx, func(tx *metadata.Tx) (err error) {
+		if c, err = tx.GetContainer(ctx, ns, r.Id); err != nil {
+			return err
+		}
 		return tx.DeleteContainer(ctx, ns, r.Id)
 	}); err != nil {
 		return nil, err
+	}
+	for _, h := range s.deleted {
+		h(ctx, ns, c)
 	}
 	_ = s.ex.Publish(ctx, "/containers/delete", &eventtypes.ContainerDelete{Id: r.Id})
 	return &ptypes.Empty{}, nil

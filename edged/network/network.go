@@ -1,0 +1,813 @@
+// Package network gives tasks their network: it implements the tasks
+// service's Network hook for the modes of `edgectl run --net`:
+//
+//   - none (the default): the private network namespace runc creates, with
+//     loopback only, and an /etc/hosts naming localhost only;
+//   - host: the host's namespace, with the host's /etc/resolv.conf and
+//     /etc/hosts bind mounted read-only;
+//   - bridge: a namespace of its own (bind mounted under the state
+//     directory) attached to the CNI network (netns/cni), with published
+//     ports (portmap), a generated /etc/resolv.conf and /etc/hosts;
+//   - ns:NAME: a named namespace of the netns service;
+//   - container:ID: the namespace of another container's running task
+//     (pod-like). When that container is bridged its namespace and address
+//     are kept until the last container that joined it is torn down.
+//
+// What was set up for a container is recorded in
+// <state>/network/containers/<ns>/<id>/state.json before anything is
+// created, so that Teardown, and Cleanup after a crash of edged, can undo it.
+package network
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/identifiers"
+	"github.com/edged/edged/edged/metadata"
+	"github.com/edged/edged/internal/atomicfile"
+	"github.com/edged/edged/netns"
+	"github.com/edged/edged/netns/cni"
+)
+
+// ModeAnnotation is the spec annotation holding the network mode a
+// container was created with: none, host, bridge, ns:NAME or container:ID.
+// Containers without it (created with a raw spec) are left alone.
+const ModeAnnotation = "io.edged.network"
+
+// PortsAnnotation is the spec annotation holding the container's published
+// ports as a JSON array of cni.PortMapping (bridge mode only).
+const PortsAnnotation = "io.edged.network.ports"
+
+// Network modes.
+const (
+	ModeNone   = "none"
+	ModeHost   = "host"
+	ModeBridge = "bridge"
+	// ModeNSPrefix prefixes the name of a named namespace: "ns:NAME".
+	ModeNSPrefix = "ns:"
+	// ModeContainerPrefix prefixes a container ID: "container:ID".
+	ModeContainerPrefix = "container:"
+)
+
+// Files bind mounted into containers.
+const (
+	resolvConfPath = "/etc/resolv.conf"
+	hostsPath      = "/etc/hosts"
+)
+
+// TaskInfo reports the pid of a container's task and whether it runs.
+// It returns an error wrapping ErrNotFound when the container has no task.
+type TaskInfo func(ctx context.Context, ns, id string) (pid uint32, running bool, err error)
+
+// Config configures a Network.
+type Config struct {
+	// StateDir is <state>/network: per-container records and namespaces
+	// (containers/), CNI cache and address allocations (cni/). Required.
+	StateDir string
+	// NamedDir holds the named namespaces joined with ns:NAME
+	// (<state>/netns). Required.
+	NamedDir string
+	// Named returns the manager of NamedDir, creating it on first use.
+	// Required.
+	Named func() (*netns.Manager, error)
+	// CNI configures the bridge network; its StateDir is set by New.
+	CNI cni.Config
+	// Task looks up the task of a container joined with container:ID.
+	// Required.
+	Task TaskInfo
+	// Spares is how many bridge attachments are kept ready ahead of time
+	// (see attach.go); 0 attaches every container on demand.
+	Spares int
+	// Log receives warnings; nil means slog.Default().
+	Log *slog.Logger
+}
+
+// Network implements the tasks service's Network hook. It is safe for
+// concurrent use.
+type Network struct {
+	cfg        Config
+	containers string // <StateDir>/containers: per-container records
+	netnsDir   string // <StateDir>/netns: attachments' namespaces, a shared mount point
+	sparesDir  string // <StateDir>/spares: spare attachments' records
+
+	spareMu sync.Mutex // spare records
+	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	locks map[string]*keyLock
+	cni   *cni.Network // created on first use of bridge
+	// mountReady: netnsDir is a shared mount point.
+	mountReady bool
+	refilling  bool
+	closed     bool
+}
+
+type keyLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// state is what was set up for one container, as recorded on disk.
+type state struct {
+	Namespace string `json:"namespace"`
+	ID        string `json:"id"`
+	Mode      string `json:"mode"`
+	// CNIID is the container ID given to the CNI plugins (bridge).
+	CNIID string `json:"cni_id,omitempty"`
+	// Netns is the namespace file edged created (bridge).
+	Netns string            `json:"netns,omitempty"`
+	Ports []cni.PortMapping `json:"ports,omitempty"`
+	IPs   []string          `json:"ips,omitempty"`
+	// Result is what the CNI plugins attached (bridge).
+	Result *cni.Result `json:"result,omitempty"`
+	// Target is the bridged container whose namespace this one joined.
+	Target string `json:"target,omitempty"`
+	// Joiners are the containers ("ns/id") that joined this one's namespace.
+	Joiners []string `json:"joiners,omitempty"`
+	// Released is set when this container's task was deleted while
+	// joiners still use its namespace; the last joiner's Teardown finishes it.
+	Released bool `json:"released,omitempty"`
+}
+
+// New prepares the state directory. The CNI network is loaded on the first
+// bridged container, so that edged runs without the CNI plugins installed as
+// long as bridge mode is not used.
+func New(ctx context.Context, cfg Config) (*Network, error) {
+	if cfg.StateDir == "" || !filepath.IsAbs(cfg.StateDir) {
+		return nil, errdefs.InvalidArgument("network state dir", "%q must be an absolute path", cfg.StateDir)
+	}
+	if cfg.Named == nil || cfg.Task == nil || cfg.NamedDir == "" {
+		return nil, errdefs.InvalidArgument("network config", "NamedDir, Named and Task are required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Spares < 0 {
+		return nil, errdefs.InvalidArgument("network spares", "%d must not be negative", cfg.Spares)
+	}
+	cfg.CNI.StateDir = filepath.Join(cfg.StateDir, "cni")
+	return &Network{cfg: cfg, containers: filepath.Join(cfg.StateDir, "containers"),
+		netnsDir: filepath.Join(cfg.StateDir, "netns"), sparesDir: filepath.Join(cfg.StateDir, "spares"),
+		locks: map[string]*keyLock{}}, nil
+}
+
+// NetnsDir is where the bridge attachments' namespace files are bind
+// mounted. It becomes a shared mount point (see package netns) when the
+// first bridged container is set up, and stays one.
+func (n *Network) NetnsDir() string { return n.netnsDir }
+
+// prepareMountDir makes the netns directory a shared mount point, as
+// the namespace files bind mounted in it need, on first use: edged only
+// adds a mount to the host when bridge mode is used.
+func (n *Network) prepareMountDir() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.mountReady {
+		return nil
+	}
+	if _, err := netns.New(n.netnsDir); err != nil {
+		return err
+	}
+	n.mountReady = true
+	return nil
+}
+
+// cniNetwork returns the CNI network, loading it on first use.
+func (n *Network) cniNetwork(ctx context.Context) (*cni.Network, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cni != nil {
+		return n.cni, nil
+	}
+	c, err := cni.New(ctx, n.cfg.CNI)
+	if err != nil {
+		return nil, fmt.Errorf("bridge network: %w", err)
+	}
+	n.cni = c
+	return c, nil
+}
+
+// lock serialises work on one container's network.
+func (n *Network) lock(ns, id string) func() {
+	k := ns + "/" + id
+	n.mu.Lock()
+	l := n.locks[k]
+	if l == nil {
+		l = &keyLock{}
+		n.locks[k] = l
+	}
+	l.refs++
+	n.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		n.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(n.locks, k)
+		}
+		n.mu.Unlock()
+	}
+}
+
+func (n *Network) dir(ns, id string) string { return filepath.Join(n.containers, ns, id) }
+
+func (n *Network) readState(ns, id string) (*state, error) {
+	b, err := os.ReadFile(filepath.Join(n.dir(ns, id), "state.json"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("network of %s/%s: %w", ns, id, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("network state: %w", err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("network state of %s/%s: %v: %w", ns, id, err, errdefs.ErrDataLoss)
+	}
+	return &st, nil
+}
+
+func (n *Network) writeState(st *state) error {
+	d := n.dir(st.Namespace, st.ID)
+	if err := os.MkdirAll(d, 0o711); err != nil {
+		return fmt.Errorf("network state: %w", err)
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("network state: %w", err)
+	}
+	if err := atomicfile.WriteFile(filepath.Join(d, "state.json"), b, 0o600); err != nil {
+		return fmt.Errorf("network state: %w", err)
+	}
+	return nil
+}
+
+// Setup prepares the network of container c for its task according to its
+// ModeAnnotation and changes spec accordingly. On failure nothing is left.
+func (n *Network) Setup(ctx context.Context, ns string, c metadata.Container, spec *specs.Spec, bundle string) (err error) {
+	mode, ok := spec.Annotations[ModeAnnotation]
+	if !ok {
+		return nil
+	}
+	if err := identifiers.Validate("container id", c.ID); err != nil {
+		return err
+	}
+	if spec.Linux == nil {
+		return errdefs.InvalidArgument("spec", "container %q: networking needs a Linux spec", c.ID)
+	}
+	ports, err := parsePorts(spec.Annotations[PortsAnnotation])
+	if err != nil {
+		return err
+	}
+	if len(ports) > 0 && mode != ModeBridge {
+		return errdefs.InvalidArgument("ports", "container %q: publishing ports needs the bridge network, not %q", c.ID, mode)
+	}
+	start := time.Now()
+	unlock := n.lock(ns, c.ID)
+	defer unlock()
+	// A record left by a task whose shim died (no Delete, so no Teardown)
+	// is undone first.
+	if _, err := n.readState(ns, c.ID); err == nil {
+		n.cfg.Log.WarnContext(ctx, "network: removing the stale network of a previous task", "namespace", ns, "id", c.ID)
+		if err := n.teardownLocked(ctx, ns, c.ID); err != nil {
+			return err
+		}
+		if st, err := n.readState(ns, c.ID); err == nil {
+			return fmt.Errorf("container %q: its previous network is still used by %s: %w", c.ID, strings.Join(st.Joiners, ", "), errdefs.ErrFailedPrecondition)
+		}
+	}
+	st := &state{Namespace: ns, ID: c.ID, Mode: mode}
+	defer func() {
+		if err != nil {
+			if terr := n.teardownState(context.WithoutCancel(ctx), st); terr != nil {
+				err = errors.Join(err, terr)
+			}
+		}
+	}()
+	switch {
+	case mode == ModeNone:
+		err = n.setupNone(st, spec)
+	case mode == ModeHost:
+		err = setupHost(spec)
+		st = nil // nothing to undo
+	case mode == ModeBridge:
+		st.Ports = ports
+		err = n.setupBridge(ctx, st, spec)
+	case strings.HasPrefix(mode, ModeNSPrefix):
+		err = n.setupNamed(ctx, st, strings.TrimPrefix(mode, ModeNSPrefix), spec)
+	case strings.HasPrefix(mode, ModeContainerPrefix):
+		err = n.setupJoin(ctx, st, strings.TrimPrefix(mode, ModeContainerPrefix), spec)
+	default:
+		err = errdefs.InvalidArgument("network", "%q must be host, none, bridge, ns:NAME or container:ID", mode)
+	}
+	if err != nil {
+		return fmt.Errorf("network %q of container %q: %w", mode, c.ID, err)
+	}
+	n.cfg.Log.DebugContext(ctx, "network set up", "namespace", ns, "id", c.ID, "mode", mode, "duration", time.Since(start))
+	return nil
+}
+
+func (n *Network) setupNone(st *state, spec *specs.Spec) error {
+	if err := n.writeState(st); err != nil {
+		return err
+	}
+	if err := setNetNS(spec, ""); err != nil {
+		return err
+	}
+	hosts, err := cni.Hosts(spec.Hostname, nil)
+	if err != nil {
+		return err
+	}
+	return n.bindFiles(st, spec, nil, hosts)
+}
+
+func setupHost(spec *specs.Spec) error {
+	removeNetNS(spec)
+	for _, p := range []string{resolvConfPath, hostsPath} {
+		if _, err := os.Stat(p); err == nil {
+			addBind(spec, p, p)
+		}
+	}
+	return nil
+}
+
+func (n *Network) setupBridge(ctx context.Context, st *state, spec *specs.Spec) error {
+	res, ok := (*cni.Result)(nil), false
+	if len(st.Ports) == 0 {
+		// portmap needs the mappings when attaching: only containers
+		// without published ports take a spare.
+		res, ok = n.claimSpare(st)
+	}
+	if !ok {
+		st.CNIID = newCNIID()
+		st.Netns = filepath.Join(n.netnsDir, st.CNIID)
+		// Record before creating anything, so a crash in between is undone.
+		if err := n.writeState(st); err != nil {
+			return err
+		}
+		var err error
+		if res, err = n.attach(ctx, st.CNIID, st.Netns, st.Ports); err != nil {
+			return err
+		}
+		st.Result = res
+	}
+	n.refill()
+	for _, ip := range res.IPs {
+		st.IPs = append(st.IPs, ip.Address.Addr().String())
+	}
+	if err := n.writeState(st); err != nil {
+		return err
+	}
+	if err := setNetNS(spec, st.Netns); err != nil {
+		return err
+	}
+	host, err := cni.HostResolvConf()
+	if err != nil {
+		return err
+	}
+	hosts, err := cni.Hosts(spec.Hostname, res)
+	if err != nil {
+		return err
+	}
+	return n.bindFiles(st, spec, cni.ResolvConf(host, res, nil), hosts)
+}
+
+func (n *Network) setupNamed(ctx context.Context, st *state, name string, spec *specs.Spec) error {
+	if err := identifiers.Validate("netns name", name); err != nil {
+		return err
+	}
+	notFound := func() error {
+		return fmt.Errorf("netns %q does not exist (create it with `edgectl netns create %s`): %w", name, name, errdefs.ErrNotFound)
+	}
+	if _, err := os.Lstat(filepath.Join(n.cfg.NamedDir, name)); errors.Is(err, os.ErrNotExist) {
+		return notFound() // without creating the directory's mount
+	}
+	m, err := n.cfg.Named()
+	if err != nil {
+		return err
+	}
+	ns, err := m.Get(ctx, name)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return notFound()
+		}
+		return err
+	}
+	if err := n.writeState(st); err != nil {
+		return err
+	}
+	if err := setNetNS(spec, ns.Path); err != nil {
+		return err
+	}
+	host, err := cni.HostResolvConf()
+	if err != nil {
+		return err
+	}
+	hosts, err := cni.Hosts(spec.Hostname, nil)
+	if err != nil {
+		return err
+	}
+	return n.bindFiles(st, spec, cni.ResolvConf(host, nil, nil), hosts)
+}
+
+// setupJoin joins the namespace of container target's running task.
+func (n *Network) setupJoin(ctx context.Context, st *state, target string, spec *specs.Spec) error {
+	if err := identifiers.Validate("container id", target); err != nil {
+		return err
+	}
+	if target == st.ID {
+		return errdefs.InvalidArgument("network", "container %q cannot join its own network", target)
+	}
+	pid, running, err := n.cfg.Task(ctx, st.Namespace, target)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return fmt.Errorf("container %q has no running task to share its network: %w", target, errdefs.ErrFailedPrecondition)
+		}
+		return err
+	}
+	if !running {
+		return fmt.Errorf("container %q is not running; its network can only be joined while its task runs: %w", target, errdefs.ErrFailedPrecondition)
+	}
+	// The joined container's record, if any: its mode decides how to join.
+	// Lock order: joiner, then target (a target never locks its joiners).
+	unlock := n.lock(st.Namespace, target)
+	defer unlock()
+	tst, err := n.readState(st.Namespace, target)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	if tst == nil {
+		// Not set up by edged (raw spec) or host mode.
+		path, err := netns.PidPath(int(pid))
+		if err != nil {
+			return fmt.Errorf("container %q: %w", target, err)
+		}
+		if isHostNetns(path) {
+			if err := setupHost(spec); err != nil {
+				return err
+			}
+		} else if err := setNetNS(spec, path); err != nil {
+			return err
+		}
+		if err := n.writeState(st); err != nil {
+			return err
+		}
+		return nil
+	}
+	if tst.Target != "" {
+		// Joining a joiner means joining what it joined.
+		return fmt.Errorf("container %q itself shares the network of %q; join that one: %w", target, strings.TrimPrefix(tst.Target, st.Namespace+"/"), errdefs.ErrFailedPrecondition)
+	}
+	if tst.Released {
+		return fmt.Errorf("container %q is being torn down: %w", target, errdefs.ErrFailedPrecondition)
+	}
+	path := tst.Netns
+	if path == "" {
+		if path, err = netns.PidPath(int(pid)); err != nil {
+			return fmt.Errorf("container %q: %w", target, err)
+		}
+	}
+	if tst.Netns != "" {
+		// A bridged namespace edged owns: keep it (and its address) until
+		// the last joiner is gone.
+		st.Target = st.Namespace + "/" + target
+		st.IPs = tst.IPs
+		if err := n.writeState(st); err != nil {
+			return err
+		}
+		tst.Joiners = appendUnique(tst.Joiners, st.Namespace+"/"+st.ID)
+		if err := n.writeState(tst); err != nil {
+			return err
+		}
+	} else if err := n.writeState(st); err != nil {
+		return err
+	}
+	if err := setNetNS(spec, path); err != nil {
+		return err
+	}
+	// Share the joined container's resolv.conf and hosts.
+	td := n.dir(st.Namespace, target)
+	for _, f := range []struct{ name, dst string }{{"resolv.conf", resolvConfPath}, {"hosts", hostsPath}} {
+		if _, err := os.Stat(filepath.Join(td, f.name)); err == nil {
+			addBind(spec, filepath.Join(td, f.name), f.dst)
+		}
+	}
+	return nil
+}
+
+// bindFiles writes resolv.conf and hosts (when not nil) into the
+// container's directory and bind mounts them read-only, unless the spec
+// mounts something there already.
+func (n *Network) bindFiles(st *state, spec *specs.Spec, resolv, hosts []byte) error {
+	d := n.dir(st.Namespace, st.ID)
+	for _, f := range []struct {
+		name, dst string
+		data      []byte
+	}{{"resolv.conf", resolvConfPath, resolv}, {"hosts", hostsPath, hosts}} {
+		if f.data == nil || hasMount(spec, f.dst) {
+			continue
+		}
+		p := filepath.Join(d, f.name)
+		if err := atomicfile.WriteFile(p, f.data, 0o644); err != nil {
+			return fmt.Errorf("network: write %s: %w", f.name, err)
+		}
+		addBind(spec, p, f.dst)
+	}
+	return nil
+}
+
+// Teardown undoes Setup for container id. It is idempotent.
+func (n *Network) Teardown(ctx context.Context, ns, id string) error {
+	if err := identifiers.Validate("container id", id); err != nil {
+		return err
+	}
+	unlock := n.lock(ns, id)
+	defer unlock()
+	return n.teardownLocked(ctx, ns, id)
+}
+
+func (n *Network) teardownLocked(ctx context.Context, ns, id string) error {
+	st, err := n.readState(ns, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		if errors.Is(err, errdefs.ErrDataLoss) {
+			// A torn record cannot name anything to undo beyond the
+			// directory; remove it rather than fail forever.
+			n.cfg.Log.WarnContext(ctx, "network: removing unreadable state", "namespace", ns, "id", id, "error", err)
+			return n.removeDir(ns, id)
+		}
+		return err
+	}
+	if st.Netns != "" {
+		// Joiners whose records are gone no longer count.
+		live := st.Joiners[:0]
+		for _, j := range st.Joiners {
+			jns, jid, _ := strings.Cut(j, "/")
+			if _, err := os.Stat(filepath.Join(n.dir(jns, jid), "state.json")); err == nil {
+				live = append(live, j)
+			}
+		}
+		st.Joiners = live
+		if len(live) > 0 {
+			st.Released = true
+			n.cfg.Log.InfoContext(ctx, "network: keeping the namespace for the containers that joined it", "namespace", ns, "id", id, "joiners", live)
+			return n.writeState(st)
+		}
+	}
+	return n.teardownState(ctx, st)
+}
+
+// teardownState removes st's record and releases its attachment in the
+// background; st may be partial (a failed Setup) or nil.
+func (n *Network) teardownState(ctx context.Context, st *state) error {
+	if st == nil {
+		return nil
+	}
+	if err := n.removeDir(st.Namespace, st.ID); err != nil {
+		return err
+	}
+	if st.Netns != "" {
+		n.releaseAsync(st.CNIID, st.Netns, st.Ports)
+	}
+	if st.Target != "" {
+		tns, tid, _ := strings.Cut(st.Target, "/")
+		return n.leave(ctx, tns, tid, st.Namespace+"/"+st.ID)
+	}
+	return nil
+}
+
+// leave removes joiner from target's joiners and finishes the target's
+// teardown if it was released and joiner was the last one.
+func (n *Network) leave(ctx context.Context, ns, id, joiner string) error {
+	unlock := n.lock(ns, id)
+	defer unlock()
+	st, err := n.readState(ns, id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	kept := st.Joiners[:0]
+	for _, j := range st.Joiners {
+		if j != joiner {
+			kept = append(kept, j)
+		}
+	}
+	st.Joiners = kept
+	if st.Released && len(kept) == 0 {
+		return n.teardownState(ctx, st)
+	}
+	return n.writeState(st)
+}
+
+func (n *Network) removeDir(ns, id string) error {
+	d := n.dir(ns, id)
+	if err := os.RemoveAll(d); err != nil {
+		return fmt.Errorf("network: remove %s: %w", d, err)
+	}
+	_ = os.Remove(filepath.Dir(d)) // the namespace's dir, when empty
+	return nil
+}
+
+// IPs returns the addresses of container id's network (bridge, or
+// container:ID of a bridged container); nil otherwise.
+func (n *Network) IPs(ns, id string) []string {
+	if identifiers.Validate("container id", id) != nil || identifiers.Validate("namespace", ns) != nil {
+		return nil
+	}
+	st, err := n.readState(ns, id)
+	if err != nil {
+		return nil
+	}
+	return st.IPs
+}
+
+// Cleanup tears down the networks of containers whose task is not alive
+// any more (after a crash of edged, tasks that died meanwhile were never
+// deleted through the API), releases the spares and every attachment no
+// record names. Call it after the runtime recovered its tasks, before
+// serving.
+func (n *Network) Cleanup(ctx context.Context, alive func(ns, id string) bool) error {
+	var errs []error
+	nss, err := os.ReadDir(n.containers)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("network cleanup: %w", err)
+	}
+	for _, nsEnt := range nss {
+		ns := nsEnt.Name()
+		if !nsEnt.IsDir() || identifiers.Validate("namespace", ns) != nil {
+			continue
+		}
+		ids, err := os.ReadDir(filepath.Join(n.containers, ns))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, idEnt := range ids {
+			id := idEnt.Name()
+			if !idEnt.IsDir() || identifiers.Validate("container id", id) != nil || alive(ns, id) {
+				continue
+			}
+			n.cfg.Log.InfoContext(ctx, "network: cleaning up after a task that is gone", "namespace", ns, "id", id)
+			if err := n.Teardown(ctx, ns, id); err != nil {
+				errs = append(errs, fmt.Errorf("%s/%s: %w", ns, id, err))
+			}
+		}
+		_ = os.Remove(filepath.Join(n.containers, ns))
+	}
+	n.wg.Wait()
+	if _, err := os.Stat(n.netnsDir); err == nil {
+		// Bridge mode was used: the CNI network is needed to release.
+		ref := n.referenced()
+		if err := n.releaseSpares(ctx, ref); err != nil {
+			errs = append(errs, err)
+		}
+		if err := n.sweep(ctx, ref); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// FormatPorts encodes port mappings for PortsAnnotation, checking them:
+// ports 1 to 65535, protocol tcp, udp or sctp (empty: tcp), host IP an
+// address, and no host port published twice for one protocol and address.
+func FormatPorts(ports []cni.PortMapping) (string, error) {
+	seen := map[string]bool{}
+	for i := range ports {
+		p := &ports[i]
+		field := fmt.Sprintf("port_mappings[%d]", i)
+		if p.HostPort == 0 || p.HostPort > 65535 || p.ContainerPort == 0 || p.ContainerPort > 65535 {
+			return "", errdefs.InvalidArgument(field, "ports %d:%d must be 1 to 65535", p.HostPort, p.ContainerPort)
+		}
+		p.Protocol = strings.ToLower(p.Protocol)
+		switch p.Protocol {
+		case "":
+			p.Protocol = "tcp"
+		case "tcp", "udp", "sctp":
+		default:
+			return "", errdefs.InvalidArgument(field, "protocol %q must be tcp, udp or sctp", p.Protocol)
+		}
+		if p.HostIP != "" {
+			a, err := netip.ParseAddr(p.HostIP)
+			if err != nil || a.Zone() != "" {
+				return "", errdefs.InvalidArgument(field, "host IP %q is not an IP address", p.HostIP)
+			}
+			p.HostIP = a.String()
+		}
+		k := fmt.Sprintf("%s/%d/%s", p.HostIP, p.HostPort, p.Protocol)
+		if seen[k] {
+			return "", errdefs.InvalidArgument(field, "host port %d/%s is published twice", p.HostPort, p.Protocol)
+		}
+		seen[k] = true
+	}
+	b, err := json.Marshal(ports)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+func parsePorts(s string) ([]cni.PortMapping, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var ports []cni.PortMapping
+	if err := json.Unmarshal([]byte(s), &ports); err != nil {
+		return nil, errdefs.InvalidArgument(PortsAnnotation, "%v", err)
+	}
+	if _, err := FormatPorts(ports); err != nil {
+		return nil, err
+	}
+	return ports, nil
+}
+
+// setNetNS makes the spec's network namespace the one at path, or a new
+// one when path is empty.
+func setNetNS(spec *specs.Spec, path string) error {
+	for i := range spec.Linux.Namespaces {
+		if spec.Linux.Namespaces[i].Type == specs.NetworkNamespace {
+			spec.Linux.Namespaces[i].Path = path
+			return nil
+		}
+	}
+	spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: path})
+	return nil
+}
+
+// removeNetNS makes the container use the host's network namespace.
+func removeNetNS(spec *specs.Spec) {
+	kept := spec.Linux.Namespaces[:0]
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type != specs.NetworkNamespace {
+			kept = append(kept, ns)
+		}
+	}
+	spec.Linux.Namespaces = kept
+}
+
+func hasMount(spec *specs.Spec, dst string) bool {
+	for _, m := range spec.Mounts {
+		if filepath.Clean(m.Destination) == dst {
+			return true
+		}
+	}
+	return false
+}
+
+// addBind bind mounts the file src read-only at dst unless dst is mounted.
+func addBind(spec *specs.Spec, src, dst string) {
+	if hasMount(spec, dst) {
+		return
+	}
+	spec.Mounts = append(spec.Mounts, specs.Mount{Type: "bind", Source: src, Destination: dst,
+		Options: []string{"rbind", "ro", "nosuid", "nodev", "noexec"}})
+}
+
+// isHostNetns reports whether path is the host's network namespace (the
+// one edged runs in).
+func isHostNetns(path string) bool {
+	a, err1 := os.Stat(path)
+	b, err2 := os.Stat("/proc/self/ns/net")
+	return err1 == nil && err2 == nil && os.SameFile(a, b)
+}
+
+func appendUnique(list []string, s string) []string {
+	for _, v := range list {
+		if v == s {
+			return list
+		}
+	}
+	return append(list, s)
+}
+
+// NamedUsers returns the containers ("ns/id") whose tasks joined the named
+// namespace name with ns:NAME and were not torn down yet.
+func (n *Network) NamedUsers(name string) []string {
+	var users []string
+	nss, _ := os.ReadDir(n.containers)
+	for _, nsEnt := range nss {
+		ids, _ := os.ReadDir(filepath.Join(n.containers, nsEnt.Name()))
+		for _, idEnt := range ids {
+			st, err := n.readState(nsEnt.Name(), idEnt.Name())
+			if err == nil && st.Mode == ModeNSPrefix+name {
+				users = append(users, st.Namespace+"/"+st.ID)
+			}
+		}
+	}
+	return users
+}
