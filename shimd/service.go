@@ -107,6 +107,10 @@ type container struct {
 	init       *process
 	execs      map[string]*process
 	deleting   bool
+	// paused is set while this shim has the container frozen (guarded by
+	// Service.mu); State answers from it instead of running `runc state`,
+	// which costs a runc process per call.
+	paused bool
 }
 
 type process struct {
@@ -685,7 +689,7 @@ func (s *Service) State(ctx context.Context, req *taskapi.StateRequest) (*taskap
 		Id: c.id, ExecId: p.execID, Bundle: c.bundle, Pid: uint32(p.pid),
 		Stdin: p.stdin, Stdout: p.stdout, Stderr: p.stderr, Terminal: p.terminal,
 	}
-	exited, started := p.hasExited(), p.started
+	exited, started, paused := p.hasExited(), p.started, c.paused
 	if exited {
 		resp.ExitStatus, resp.ExitedAt = uint32(p.exitStatus), timestamp(p.exitedAt)
 	}
@@ -695,22 +699,10 @@ func (s *Service) State(ctx context.Context, req *taskapi.StateRequest) (*taskap
 		resp.Status = tasktypes.Status_STOPPED
 	case !started:
 		resp.Status = tasktypes.Status_CREATED
-	case p.execID != "":
-		resp.Status = tasktypes.Status_RUNNING
+	case paused:
+		resp.Status = tasktypes.Status_PAUSED
 	default:
 		resp.Status = tasktypes.Status_RUNNING
-		st, err := c.runc.State(ctx, c.id)
-		if err != nil {
-			break
-		}
-		switch st.Status {
-		case "paused":
-			resp.Status = tasktypes.Status_PAUSED
-		case "pausing":
-			resp.Status = tasktypes.Status_PAUSING
-		case "created":
-			resp.Status = tasktypes.Status_CREATED
-		}
 	}
 	return resp, nil
 }
@@ -755,6 +747,9 @@ func (s *Service) Pause(ctx context.Context, req *taskapi.PauseRequest) (*types.
 	if err := c.runc.Pause(ctx, c.id); err != nil {
 		return nil, toGRPC(err)
 	}
+	s.mu.Lock()
+	c.paused = true
+	s.mu.Unlock()
 	s.publish(TopicPaused, &eventtypes.TaskPaused{ContainerId: c.id})
 	return &types.Empty{}, nil
 }
@@ -768,6 +763,9 @@ func (s *Service) Resume(ctx context.Context, req *taskapi.ResumeRequest) (*type
 	if err := c.runc.Resume(ctx, c.id); err != nil {
 		return nil, toGRPC(err)
 	}
+	s.mu.Lock()
+	c.paused = false
+	s.mu.Unlock()
 	s.publish(TopicResumed, &eventtypes.TaskResumed{ContainerId: c.id})
 	return &types.Empty{}, nil
 }

@@ -44,6 +44,13 @@ func (r *Reader) Metrics(ctx context.Context, ns, id string, pid uint32) (*types
 	if err != nil {
 		return nil, fmt.Errorf("task %q: %w", id, err)
 	}
+	// The pid was recorded when the task was created; if the task exited
+	// and the pid was reused, the process is in another cgroup. edged's
+	// cgroups end in the container ID (/edged/<ns>/<id> or
+	// edged-<id>.scope).
+	if p := cg.Path(); !strings.HasSuffix(p, "/"+id) && !strings.HasSuffix(p, "-"+id+".scope") {
+		return nil, fmt.Errorf("task %q: pid %d is in cgroup %q, not the task's: %w", id, pid, p, errdefs.ErrNotFound)
+	}
 	var st cgroups.Stats
 	if err := cg.Stat(&st); err != nil {
 		return nil, fmt.Errorf("task %q: %w", id, err)

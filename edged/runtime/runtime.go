@@ -497,6 +497,7 @@ func (m *Manager) release(ctx context.Context, t *task) {
 	defer cancel()
 	sc.task.Shutdown(cctx, &taskapi.ShutdownRequest{Id: t.ID})
 	sc.closeClient()
+	sc.reap()
 	if sc.native {
 		os.Remove(sc.address)
 		os.Remove(sc.address + ".log")
@@ -521,6 +522,7 @@ func (m *Manager) shimDead(ctx context.Context, sc *shimConn) {
 	if sc.pid > 0 {
 		syscall.Kill(sc.pid, syscall.SIGKILL)
 	}
+	sc.reap()
 	m.mu.Lock()
 	if m.shims[sc.key] == sc {
 		delete(m.shims, sc.key)
@@ -574,6 +576,16 @@ func (m *Manager) IDs(ns string) []string {
 func (m *Manager) Has(ns, id string) bool {
 	_, err := m.get(ns, id)
 	return err == nil
+}
+
+// Pid returns the init pid recorded at create (0 if there is no task). It
+// needs no call to the shim.
+func (m *Manager) Pid(ns, id string) uint32 {
+	t, err := m.get(ns, id)
+	if err != nil {
+		return 0
+	}
+	return t.Pid
 }
 
 // ShimPid returns the pid of a task's shim process (0 if unknown).

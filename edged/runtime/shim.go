@@ -42,6 +42,18 @@ type shimConn struct {
 	refs  map[string]bool // container IDs served
 	dead  bool
 	close sync.Once
+	// cmd is the shim process when this edged started it. It is reaped
+	// when the shim is let go or found dead, not by a goroutine blocked in
+	// wait4 for the shim's whole life (each such goroutine pins an OS
+	// thread: 50 containers cost 50 threads).
+	cmd *exec.Cmd
+}
+
+// reap collects the shim process's exit once it is gone.
+func (s *shimConn) reap() {
+	if s.cmd != nil {
+		go s.cmd.Wait()
+	}
 }
 
 func (s *shimConn) closeClient() {
@@ -104,14 +116,14 @@ func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimC
 		os.Remove(path)
 		return nil, fmt.Errorf("start shim %s: %w", m.cfg.ShimBinary, err)
 	}
-	go cmd.Wait() // reap it if it exits while edged runs
 	c, task, err := dialShim(ctx, ns, path, m.cfg.CallTimeout)
 	if err != nil {
 		cmd.Process.Kill()
+		cmd.Wait()
 		os.Remove(path)
 		return nil, err
 	}
-	return &shimConn{key: ns + "/" + group, ns: ns, group: group, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}}, nil
+	return &shimConn{key: ns + "/" + group, ns: ns, group: group, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}, cmd: cmd}, nil
 }
 
 // socketPath names the socket of a shim group: a hash keeps the path short

@@ -36,6 +36,7 @@ type Section struct {
 func sections() []Section {
 	return []Section{
 		{Name: "foundation", Doc: "daemon memory, CLI latency, binary sizes, container metadata throughput and disk writes", Run: foundation},
+		{Name: "shim", Doc: "edged-shim memory with 50 running containers (one shim each, grouped) and edged RSS with them", Run: shimSection},
 		{Name: "runtime", Doc: "edgectl run vs bare runc run, run -d latency, disk writes per container lifecycle", Run: runtimeSection},
 		{Name: "network", Doc: "edgectl run --rm --net bridge vs --net host", Run: networkSection},
 	}

@@ -395,16 +395,28 @@ func (s *service) Metrics(ctx context.Context, r *api.MetricsRequest) (*api.Metr
 	if s.Config.Metrics == nil {
 		return nil, fmt.Errorf("metrics: %w", errdefs.ErrNotImplemented)
 	}
-	list, err := s.List(ctx, &api.ListTasksRequest{Filters: r.Filters})
+	set, err := filters.Parse(r.Filters...)
 	if err != nil {
 		return nil, err
 	}
+	// Metrics come from the cgroups of the tasks' init pids recorded at
+	// create: no call to any shim, so a refresh of many tasks stays cheap.
+	// A task that exited has no cgroup left and is skipped.
 	resp := &api.MetricsResponse{}
-	for _, p := range list.Tasks {
-		if p.Status != api.Status_RUNNING && p.Status != api.Status_PAUSED {
+	for _, id := range s.Runtime.IDs(ns) {
+		if !set.Match(filters.AdaptorFunc(func(path []string) (string, bool) {
+			if path[0] == "id" || path[0] == "container_id" {
+				return id, true
+			}
+			return "", false
+		})) {
 			continue
 		}
-		m, err := s.Config.Metrics(ctx, ns, p.ContainerId, p.Pid)
+		pid := s.Runtime.Pid(ns, id)
+		if pid == 0 {
+			continue
+		}
+		m, err := s.Config.Metrics(ctx, ns, id, pid)
 		if err != nil {
 			if errdefs.IsNotFound(err) {
 				continue

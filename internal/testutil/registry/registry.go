@@ -261,4 +261,3 @@ func Htpasswd(t testing.TB, user, pass string) string {
 	}
 	return strings.TrimSpace(string(out)) + "\n"
 }
-
