@@ -97,7 +97,14 @@ func containersCommand() *command {
 						if err != nil {
 							return err
 						}
-						return writeContainersJSON(e.stdout, []*client.Container{ctr}, false)
+						cj := toContainerJSON(ctr)
+						// With a task: its status, pid and addresses.
+						if p, err := c.GetTask(e.ctx, args[0], ""); err == nil {
+							cj.Task = &taskJSON{Status: p.Status.String(), Pid: p.Pid, IPs: p.Ips}
+						}
+						enc := json.NewEncoder(e.stdout)
+						enc.SetIndent("", "  ")
+						return enc.Encode(cj)
 					}
 				},
 			},
@@ -172,6 +179,13 @@ type containerJSON struct {
 	Extensions  map[string]string `json:"extensions,omitempty"`
 	CreatedAt   string            `json:"created_at,omitempty"`
 	UpdatedAt   string            `json:"updated_at,omitempty"`
+	Task        *taskJSON         `json:"task,omitempty"`
+}
+
+type taskJSON struct {
+	Status string   `json:"status"`
+	Pid    uint32   `json:"pid"`
+	IPs    []string `json:"ips,omitempty"`
 }
 
 type runtimeJSON struct {

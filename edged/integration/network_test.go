@@ -207,6 +207,9 @@ func TestNetworkBridge(t *testing.T) {
 	if out := e.cli.ok("task", "ls"); !strings.Contains(out, ips[0]) {
 		t.Fatalf("task ls does not show %s:\n%s", ips[0], out)
 	}
+	if out := e.cli.ok("containers", "info", "web"); !strings.Contains(out, `"ips": [`) || !strings.Contains(out, ips[0]) || !strings.Contains(out, `"status": "RUNNING"`) {
+		t.Fatalf("containers info does not show the task and its address %s:\n%s", ips[0], out)
+	}
 	eventually(t, "GET on the container's address", func() error {
 		body, err := httpGet("http://" + ips[0] + ":80/index.html")
 		if err == nil && body != "hello from edged\n" {
