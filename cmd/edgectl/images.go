@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edged/edged/edged/client"
+	imagesapi "github.com/edged/edged/proto/services/images/v1"
 )
 
 func imagesCommand() *command {
@@ -168,9 +169,14 @@ func imagesPullCommand() *command {
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			platform := fs.String("platform", "", "platform to pull (default: the daemon's)")
 			skip := fs.Bool("skip-unpack", false, "only fetch the content")
+			user := fs.String("user", "", "USER:PASSWORD for the registry (default: the daemon's config.json)")
 			return func(e *env, args []string) error {
 				if len(args) != 1 {
 					return fmt.Errorf("give one image reference: %w", errUsage)
+				}
+				creds, err := parseUser(*user)
+				if err != nil {
+					return err
 				}
 				c, err := e.connect()
 				if err != nil {
@@ -178,7 +184,7 @@ func imagesPullCommand() *command {
 				}
 				defer c.Close()
 				pr := newProgressPrinter(e.stdout)
-				im, err := c.Pull(e.ctx, args[0], client.PullOpts{Platform: *platform, SkipUnpack: *skip, Progress: pr.update})
+				im, err := c.Pull(e.ctx, args[0], client.PullOpts{Platform: *platform, SkipUnpack: *skip, Progress: pr.update, Credentials: creds})
 				pr.finish()
 				if err != nil {
 					return err
@@ -192,11 +198,16 @@ func imagesPullCommand() *command {
 
 func imagesPushCommand() *command {
 	return &command{
-		name: "push", usage: "NAME [REMOTE-REF]", help: "push an image to a registry",
+		name: "push", usage: "[--user USER:PASSWORD] NAME [REMOTE-REF]", help: "push an image to a registry",
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
+			user := fs.String("user", "", "USER:PASSWORD for the registry (default: the daemon's config.json)")
 			return func(e *env, args []string) error {
 				if len(args) < 1 || len(args) > 2 {
 					return fmt.Errorf("give an image name and optionally the remote reference: %w", errUsage)
+				}
+				creds, err := parseUser(*user)
+				if err != nil {
+					return err
 				}
 				remote := ""
 				if len(args) == 2 {
@@ -208,7 +219,7 @@ func imagesPushCommand() *command {
 				}
 				defer c.Close()
 				pr := newProgressPrinter(e.stdout)
-				im, err := c.Push(e.ctx, args[0], client.PushOpts{RemoteRef: remote, Progress: pr.update})
+				im, err := c.Push(e.ctx, args[0], client.PushOpts{RemoteRef: remote, Progress: pr.update, Credentials: creds})
 				pr.finish()
 				if err != nil {
 					return err
@@ -464,4 +475,20 @@ func (p *progressPrinter) bar(d string) string {
 		rate = fmt.Sprintf(" %.1f MiB/s", st.rate/(1<<20))
 	}
 	return fmt.Sprintf("%s [%s] %s/%s MiB%s %s", shortDigest(d), b, mib(st.offset), mib(st.total), rate, st.status)
+}
+
+// parseUser parses --user USER:PASSWORD; PASSWORD may come from
+// $EDGED_REGISTRY_PASSWORD so it stays out of the process list.
+func parseUser(s string) (*imagesapi.Credentials, error) {
+	if s == "" {
+		return nil, nil
+	}
+	u, p, ok := strings.Cut(s, ":")
+	if !ok {
+		p = os.Getenv("EDGED_REGISTRY_PASSWORD")
+	}
+	if u == "" || p == "" {
+		return nil, fmt.Errorf("--user %q: want USER:PASSWORD (or USER with $EDGED_REGISTRY_PASSWORD): %w", u, errUsage)
+	}
+	return client.Credentials(u, p), nil
 }

@@ -116,6 +116,8 @@ type PullOpts struct {
 	SkipUnpack bool
 	// Progress receives the progress messages (not the final one).
 	Progress func(*Progress)
+	// Credentials for the registry, instead of the daemon's config.json.
+	Credentials *api.Credentials
 }
 
 type progressStream interface {
@@ -140,10 +142,15 @@ func recvProgress(s progressStream, fn func(*Progress)) (*Image, error) {
 	}
 }
 
-// Pull pulls ref from its registry, with the credentials and registry
-// settings of the daemon's configuration.
+// Credentials returns registry credentials for PullOpts and PushOpts.
+func Credentials(username, secret string) *api.Credentials {
+	return &api.Credentials{Username: username, Secret: secret}
+}
+
+// Pull pulls ref from its registry, with the registry settings of the
+// daemon's configuration and its credentials unless o.Credentials is set.
 func (c *Client) Pull(ctx context.Context, ref string, o PullOpts) (*Image, error) {
-	s, err := c.imagesClient().Pull(ctx, &api.PullRequest{Ref: ref, Platform: o.Platform, SkipUnpack: o.SkipUnpack, Namespace: c.streamNamespace(ctx)})
+	s, err := c.imagesClient().Pull(ctx, &api.PullRequest{Ref: ref, Platform: o.Platform, SkipUnpack: o.SkipUnpack, Namespace: c.streamNamespace(ctx), Credentials: o.Credentials})
 	if err != nil {
 		return nil, convertError(err)
 	}
@@ -155,11 +162,13 @@ type PushOpts struct {
 	// RemoteRef is the destination; empty means the image's name.
 	RemoteRef string
 	Progress  func(*Progress)
+	// Credentials for the registry, instead of the daemon's config.json.
+	Credentials *api.Credentials
 }
 
 // Push uploads image ref to a registry.
 func (c *Client) Push(ctx context.Context, ref string, o PushOpts) (*Image, error) {
-	s, err := c.imagesClient().Push(ctx, &api.PushRequest{Ref: ref, RemoteRef: o.RemoteRef, Namespace: c.streamNamespace(ctx)})
+	s, err := c.imagesClient().Push(ctx, &api.PushRequest{Ref: ref, RemoteRef: o.RemoteRef, Namespace: c.streamNamespace(ctx), Credentials: o.Credentials})
 	if err != nil {
 		return nil, convertError(err)
 	}

@@ -121,6 +121,13 @@ func TestImagesPullPushWithAuth(t *testing.T) {
 	d3 := registryDaemon(t, "", filepath.Join(tmp, "missing.json"), reg.Addr)
 	c3 := cli{t: t, env: []string{"EDGED_ADDRESS=" + d3.Address}}
 	c3.fails(1, "authentication required and no credentials for "+reg.Addr, "images", "pull", ref)
+	// Credentials sent with the request work where the daemon has none;
+	// wrong ones are refused by the registry.
+	c3.fails(1, "permission denied", "images", "pull", "--user", "edge:wrong", ref)
+	c3.fails(2, "want USER:PASSWORD", "images", "pull", "--user", "edge", ref)
+	c3.ok("images", "pull", "--user", "edge:s3cret", ref)
+	c3.ok("images", "rm", ref)
+	c3.ok("gc")
 	c3.fails(1, "not found", "images", "push", "nothere:1", dst)
 	c.fails(1, "not found", "images", "pull", reg.Addr+"/lib/nothere:1")
 	c.fails(1, `no manifest for platform linux/s390x`, "images", "pull", "--platform", "linux/s390x", ref)

@@ -39,6 +39,25 @@ type Resolver struct {
 	auth       *authState
 	client     *http.Client
 	insecure   *http.Client
+	// override holds credentials given with one request, by origin host.
+	override map[string]Credentials
+}
+
+// WithCredentials returns a resolver that authenticates to registry's
+// origin (not its mirrors, which may be operated by someone else) with c
+// instead of the docker config, for one pull or push. It shares the HTTP
+// clients and keeps its own token cache, so tokens of different
+// identities never mix.
+func (r *Resolver) WithCredentials(registry string, c Credentials) *Resolver {
+	cp := *r
+	cp.auth = newAuthState()
+	cp.override = map[string]Credentials{}
+	key := normalizeAuthKey(registry)
+	cp.override[key] = c
+	if key == DockerHub {
+		cp.override[DockerHubHost] = c
+	}
+	return &cp
 }
 
 type registryEndpoints struct {
@@ -175,6 +194,9 @@ func (r *Resolver) endpoints(registry string, pull bool) []*endpoint {
 
 // credentials returns the credentials for an endpoint host.
 func (r *Resolver) credentials(host string) (Credentials, error) {
+	if c, ok := r.override[host]; ok {
+		return c, nil
+	}
 	return r.docker.credentials(host)
 }
 

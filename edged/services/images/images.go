@@ -344,14 +344,15 @@ func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Image
 	if err != nil {
 		return errdefs.ToGRPC(err)
 	}
-	if r.Credentials != nil && (r.Credentials.Username != "" || r.Credentials.Secret != "" || r.Credentials.IdentityToken != "") {
-		return errdefs.ToGRPC(fmt.Errorf("credentials in the request: %w (edged uses its configured docker config.json)", errdefs.ErrNotImplemented))
+	res, err := s.resolverFor(r.Ref, r.Credentials)
+	if err != nil {
+		return errdefs.ToGRPC(err)
 	}
 	p := newProgress()
 	return p.run(ctx, stream.Send, func() (*api.Image, error) {
 		start := time.Now()
 		im, err := s.Images.Pull(ctx, ns, r.Ref, images.PullOptions{
-			Platform: r.Platform, SkipUnpack: r.SkipUnpack, Resolver: s.Resolver, Progress: p.event,
+			Platform: r.Platform, SkipUnpack: r.SkipUnpack, Resolver: res, Progress: p.event,
 		})
 		if err != nil {
 			s.Log.Info("pull failed", "namespace", ns, "ref", r.Ref, "error", err)
@@ -367,15 +368,20 @@ func (s *service) Push(ctx context.Context, r *api.PushRequest, stream api.Image
 	if err != nil {
 		return errdefs.ToGRPC(err)
 	}
-	if r.Credentials != nil && (r.Credentials.Username != "" || r.Credentials.Secret != "" || r.Credentials.IdentityToken != "") {
-		return errdefs.ToGRPC(fmt.Errorf("credentials in the request: %w (edged uses its configured docker config.json)", errdefs.ErrNotImplemented))
-	}
 	if r.Ref == "" {
 		return errdefs.ToGRPC(errdefs.InvalidArgument("ref", "must not be empty"))
 	}
+	remote := r.RemoteRef
+	if remote == "" {
+		remote = r.Ref
+	}
+	res, err := s.resolverFor(remote, r.Credentials)
+	if err != nil {
+		return errdefs.ToGRPC(err)
+	}
 	p := newProgress()
 	return p.run(ctx, stream.Send, func() (*api.Image, error) {
-		if err := s.Images.Push(ctx, ns, r.Ref, r.RemoteRef, images.PushOptions{Resolver: s.Resolver, Progress: p.event}); err != nil {
+		if err := s.Images.Push(ctx, ns, r.Ref, r.RemoteRef, images.PushOptions{Resolver: res, Progress: p.event}); err != nil {
 			return nil, err
 		}
 		var im metadata.Image
@@ -519,4 +525,20 @@ func (s *service) GarbageCollect(ctx context.Context, r *api.GarbageCollectReque
 	}
 	s.Log.Info("garbage collected", "blobs", res.RemovedBlobs, "snapshots", res.RemovedSnapshots, "freed", res.FreedBytes, "duration", res.Duration)
 	return &api.GarbageCollectResponse{RemovedBlobs: int64(res.RemovedBlobs), RemovedSnapshots: int64(res.RemovedSnapshots), FreedBytes: res.FreedBytes}, nil
+}
+
+// resolverFor returns the daemon's resolver, or one that uses the
+// credentials sent with the request for ref's registry.
+func (s *service) resolverFor(ref string, c *api.Credentials) (*remotes.Resolver, error) {
+	if c == nil || (c.Username == "" && c.Secret == "" && c.IdentityToken == "") {
+		return s.Resolver, nil
+	}
+	if (c.Username == "") != (c.Secret == "") && c.IdentityToken == "" {
+		return nil, errdefs.InvalidArgument("credentials", "give a username with its secret, or an identity token")
+	}
+	parsed, err := remotes.ParseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	return s.Resolver.WithCredentials(parsed.Registry, remotes.Credentials{Username: c.Username, Password: c.Secret, IdentityToken: c.IdentityToken}), nil
 }
