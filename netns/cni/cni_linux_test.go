@@ -3,6 +3,7 @@ package cni
 import (
 	"bufio"
 	"context"
+	"crypto/sha512"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -160,10 +161,25 @@ func chains(save string) []string {
 	return out
 }
 
+// containerChains returns the iptables chains the plugins create for one
+// container: the bridge plugin's masquerade chain and portmap's DNAT chain,
+// named (like containernetworking/plugins' utils.FormatChainName) after a
+// hash of network name and container ID.
+func containerChains(netName, id string) []string {
+	sum := sha512.Sum512([]byte(netName + id))
+	var out []string
+	for _, prefix := range []string{"", "DN-"} {
+		out = append(out, fmt.Sprintf("CNI-%s%x", prefix, sum)[:28])
+	}
+	return out
+}
+
 // assertNoLeftovers checks that nothing of container id remains on the
 // host: the host-side veth, allocation files of host-local, libcni cache
-// entries, iptables rules or chains.
-func (e *env) assertNoLeftovers(id string, ip netip.Addr, hostIfs []string, chainsBefore []string) {
+// entries, iptables rules or the per-container chains of chainIDs. Only
+// this test's own chains are checked: other packages' tests create and
+// remove chains on the same host at the same time.
+func (e *env) assertNoLeftovers(id string, ip netip.Addr, hostIfs []string, chainIDs []string) {
 	t := e.t
 	t.Helper()
 	for _, ifname := range hostIfs {
@@ -207,9 +223,15 @@ func (e *env) assertNoLeftovers(id string, ip netip.Addr, hostIfs []string, chai
 			}
 		}
 	}
-	if chainsBefore != nil {
-		if after := chains(save); strings.Join(after, ",") != strings.Join(chainsBefore, ",") {
-			t.Errorf("iptables chains changed:\nbefore %v\nafter  %v", chainsBefore, after)
+	present := map[string]bool{}
+	for _, c := range chains(save) {
+		present[c] = true
+	}
+	for _, cid := range chainIDs {
+		for _, c := range containerChains(e.net.Name(), cid) {
+			if present[c] {
+				t.Errorf("iptables chain %s of container %s left after teardown", c, cid)
+			}
 		}
 	}
 }
@@ -329,7 +351,7 @@ func TestDefaultConfList(t *testing.T) {
 
 func TestSetupPortMappingTeardown(t *testing.T) {
 	e := newEnv(t, testBridge, testSubnet)
-	before := e.warmUp()
+	e.warmUp()
 	ctx := context.Background()
 	id := "portmap-" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
 	ns, err := e.ns.Create(ctx, id)
@@ -406,12 +428,19 @@ func TestSetupPortMappingTeardown(t *testing.T) {
 	}
 	if save := iptablesSave(t); !strings.Contains(save, id) {
 		t.Fatal("no iptables rule mentions the container while set up: the leftover check below would prove nothing")
+	} else {
+		present := strings.Join(chains(save), ",")
+		for _, c := range containerChains(e.net.Name(), id) {
+			if !strings.Contains(present, c) {
+				t.Fatalf("chain %s of the container is missing while set up: the chain check below would prove nothing", c)
+			}
+		}
 	}
 
 	if err := e.net.Teardown(ctx, id, ns.Path, opts); err != nil {
 		t.Fatalf("Teardown: %v", err)
 	}
-	e.assertNoLeftovers(id, ip, veths, before)
+	e.assertNoLeftovers(id, ip, veths, []string{id})
 	if _, err := dialRead(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(hostPort)))); err == nil {
 		t.Fatal("port mapping still answers after Teardown")
 	}
@@ -430,7 +459,7 @@ func TestSetupPortMappingTeardown(t *testing.T) {
 	if err := e.net.Teardown(ctx, id, ns.Path, Options{}); err != nil {
 		t.Fatal(err)
 	}
-	e.assertNoLeftovers(id, res2.IPv4(), hostIfaces(res2), before)
+	e.assertNoLeftovers(id, res2.IPv4(), hostIfaces(res2), []string{id})
 	if err := e.ns.Delete(ctx, id); err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +467,7 @@ func TestSetupPortMappingTeardown(t *testing.T) {
 
 func TestTeardownWithoutNetns(t *testing.T) {
 	e := newEnv(t, testBridge, testSubnet)
-	before := e.warmUp()
+	e.warmUp()
 	ctx := context.Background()
 
 	// Never set up, namespace never existed.
@@ -475,7 +504,7 @@ func TestTeardownWithoutNetns(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	e.assertNoLeftovers("gone", res.IPv4(), hostIfaces(res), before)
+	e.assertNoLeftovers("gone", res.IPv4(), hostIfaces(res), []string{"gone"})
 	if err := e.net.Teardown(ctx, "gone", ns.Path, Options{}); err != nil {
 		t.Fatalf("second Teardown: %v", err)
 	}
@@ -623,7 +652,7 @@ func TestAddressExhaustionRollsBack(t *testing.T) {
 
 func TestHundredCycles(t *testing.T) {
 	e := newEnv(t, testBridge, testSubnet)
-	before := e.warmUp()
+	e.warmUp()
 	ctx := context.Background()
 	start := time.Now()
 	// 4 workers x 25 cycles: also exercises concurrent Setup/Teardown
@@ -688,7 +717,13 @@ func TestHundredCycles(t *testing.T) {
 	if len(veths) != workers*perWorker {
 		t.Errorf("saw %d host veths, want %d", len(veths), workers*perWorker)
 	}
-	e.assertNoLeftovers("cycle", netip.Addr{}, veths, before)
+	var ids []string
+	for w := 0; w < workers; w++ {
+		for i := 0; i < perWorker; i++ {
+			ids = append(ids, fmt.Sprintf("cycle%d-%d", w, i))
+		}
+	}
+	e.assertNoLeftovers("cycle", netip.Addr{}, veths, ids)
 	if l, err := e.ns.List(ctx); err != nil || len(l) != 0 {
 		t.Fatalf("namespaces left: %+v, %v", l, err)
 	}
