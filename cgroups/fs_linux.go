@@ -48,6 +48,12 @@ func (f cfile) open() (int, error) {
 
 // readInto reads the whole of f into *buf (grown when too small) and returns
 // the bytes read, which stay valid until the next use of buf.
+//
+// Only for cgroup files shown as one seq_file record (every statistics and
+// limit file; not cgroup.procs or tasks): the kernel produces such a file
+// whole, so a read that leaves room in buf has read all of it, and the
+// read that would return 0 is skipped — a third of the system calls of a
+// Stat.
 func (f cfile) readInto(buf *[]byte) ([]byte, error) {
 	fd, err := f.open()
 	if err != nil {
@@ -77,6 +83,9 @@ func (f cfile) readInto(buf *[]byte) ([]byte, error) {
 			return b[:n], nil
 		}
 		n += m
+		if n < len(b) {
+			return b[:n], nil
+		}
 	}
 }
 

@@ -441,9 +441,14 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 	if err := os.MkdirAll(root, 0o711); err != nil {
 		return 0, fmt.Errorf("runc root: %w", err)
 	}
-	rec, _ := json.Marshal(runtimeRecord{Binary: c.runc.Binary, Root: root, ID: c.id})
-	if err := atomicfile.WriteFile(filepath.Join(c.bundle, runtimeRecordFile), rec, 0o600); err != nil {
-		return 0, fmt.Errorf("bundle: %w", err)
+	// The delete subcommand derives the runc root and binary the same way
+	// when no record is found: a record is written only for a runtime it
+	// could not derive (a file and two fsyncs less per container).
+	if c.runc.Binary != "" || opts.runc.Root != "" {
+		rec, _ := json.Marshal(runtimeRecord{Binary: c.runc.Binary, Root: root, ID: c.id})
+		if err := atomicfile.WriteFile(filepath.Join(c.bundle, runtimeRecordFile), rec, 0o600); err != nil {
+			return 0, fmt.Errorf("bundle: %w", err)
+		}
 	}
 	if len(req.Rootfs) > 0 {
 		if err := mountRootfs(req.Rootfs, filepath.Join(c.bundle, "rootfs")); err != nil {

@@ -114,7 +114,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	RegisterTaskService(srv, svc)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx, opts.Listener) }()
-	log.Info("shim serving", "namespace", opts.Namespace, "id", opts.ID, "socket", sockPath, "state", stateDir)
+	log.Debug("shim serving", "namespace", opts.Namespace, "id", opts.ID, "socket", sockPath, "state", stateDir)
 	select {
 	case <-stop:
 		err = nil
@@ -138,7 +138,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	fcancel()
 	pubCancel()
 	<-pubDone
-	log.Info("shim exiting", "containers", svc.Count())
+	log.Debug("shim exiting", "containers", svc.Count())
 	return err
 }
 

@@ -19,6 +19,50 @@ import (
 // cpuSampleGap is how far apart --no-stream takes its two samples for CPU %.
 const cpuSampleGap = 250 * time.Millisecond
 
+// statsTimingEnv, when set to 1, makes `edgectl stats` print the duration of
+// each refresh (one Tasks.Metrics call plus rendering and writing the table)
+// to stderr. It is for benchmarks (hack/bench, section cgroups) and is not
+// in the help.
+const statsTimingEnv = "EDGECTL_STATS_TIMING"
+
+// refreshTimer reports refresh durations to stderr when statsTimingEnv is
+// set; otherwise it does nothing.
+type refreshTimer struct {
+	w     io.Writer
+	start time.Time
+	fetch time.Duration
+}
+
+func newRefreshTimer(e *env) *refreshTimer {
+	if os.Getenv(statsTimingEnv) != "1" {
+		return nil
+	}
+	return &refreshTimer{w: e.stderr}
+}
+
+// begin marks the start of a refresh.
+func (t *refreshTimer) begin() {
+	if t != nil {
+		t.start = time.Now()
+	}
+}
+
+// fetched marks the end of the Metrics call.
+func (t *refreshTimer) fetched() {
+	if t != nil {
+		t.fetch = time.Since(t.start)
+	}
+}
+
+// end prints the refresh's timing line.
+func (t *refreshTimer) end(n int) {
+	if t != nil {
+		total := time.Since(t.start)
+		fmt.Fprintf(t.w, "edgectl: stats refresh: %d containers, metrics %dus, render+write %dus, total %dus\n",
+			n, t.fetch.Microseconds(), (total - t.fetch).Microseconds(), total.Microseconds())
+	}
+}
+
 func idFilters(ids []string) []string {
 	f := make([]string, len(ids))
 	for i, id := range ids {
@@ -46,7 +90,12 @@ func statsCommand() *command {
 				}
 				defer c.Close()
 				filters := idFilters(args)
-				sample := func() ([]*ptypesapi.Metrics, error) { return c.Metrics(e.ctx, filters...) }
+				timer := newRefreshTimer(e)
+				sample := func() ([]*ptypesapi.Metrics, error) {
+					timer.begin()
+					defer timer.fetched()
+					return c.Metrics(e.ctx, filters...)
+				}
 				if e.format == "json" {
 					// Raw counters: fleet agents compute rates themselves.
 					for {
@@ -57,6 +106,7 @@ func statsCommand() *command {
 						if err := writeJSON(e.stdout, ms, true); err != nil {
 							return err
 						}
+						timer.end(len(ms))
 						if *noStream || !sleepCtx(e, *interval) {
 							return nil
 						}
@@ -95,6 +145,7 @@ func statsCommand() *command {
 					if _, err := e.stdout.Write(buf.Bytes()); err != nil {
 						return err
 					}
+					timer.end(len(cur))
 					if !sleepCtx(e, *interval) {
 						return nil
 					}

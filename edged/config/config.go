@@ -64,6 +64,7 @@ type Runtime struct {
 	ShimBinary         string   `toml:"shim_binary"`
 	ShimCallTimeout    Duration `toml:"shim_call_timeout"`
 	ShimConnectTimeout Duration `toml:"shim_connect_timeout"`
+	SpareShim          bool     `toml:"spare_shim"`
 	LogMaxSize         int64    `toml:"log_max_size"`
 	LogMaxFiles        int      `toml:"log_max_files"`
 }

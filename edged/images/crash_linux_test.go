@@ -25,10 +25,11 @@ import (
 // "test"), which stops at the point named by EDGED_IMAGES_KILL_AT, says
 // "K" on fd 3 and waits to be SIGKILLed by the parent.
 const (
-	envHelper = "EDGED_IMAGES_CRASH_HELPER"
-	envRoot   = "EDGED_IMAGES_ROOT"
-	envArch   = "EDGED_IMAGES_ARCHIVE"
-	envKillAt = "EDGED_IMAGES_KILL_AT"
+	envHelper  = "EDGED_IMAGES_CRASH_HELPER"
+	envRoot    = "EDGED_IMAGES_ROOT"
+	envArch    = "EDGED_IMAGES_ARCHIVE"
+	envKillAt  = "EDGED_IMAGES_KILL_AT"
+	envDiscard = "EDGED_IMAGES_DISCARD" // "1": Options.DiscardLayers
 )
 
 func TestCrashHelperProcess(t *testing.T) {
@@ -41,7 +42,7 @@ func TestCrashHelperProcess(t *testing.T) {
 		time.Sleep(time.Hour)
 	}
 	killAt := os.Getenv(envKillAt)
-	e, err := openEnv(context.Background(), os.Getenv(envRoot), envOpts{sync: true})
+	e, err := openEnv(context.Background(), os.Getenv(envRoot), envOpts{sync: true, opts: Options{DiscardLayers: os.Getenv(envDiscard) == "1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +198,7 @@ func TestImportCrash(t *testing.T) {
 
 // crashImport runs the helper and SIGKILLs it when it reports it reached
 // the point at.
-func crashImport(t *testing.T, root, archive, at string) {
+func crashImport(t *testing.T, root, archive, at string, env ...string) {
 	t.Helper()
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -206,6 +207,7 @@ func crashImport(t *testing.T, root, archive, at string) {
 	defer pr.Close()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelperProcess$", "-test.v")
 	cmd.Env = append(os.Environ(), envHelper+"=1", envRoot+"="+root, envArch+"="+archive, envKillAt+"="+at)
+	cmd.Env = append(cmd.Env, env...)
 	cmd.ExtraFiles = []*os.File{pw}
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out

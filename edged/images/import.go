@@ -65,8 +65,11 @@ type importer struct {
 	manifest  []byte
 	nref      int
 
+	// staged are the layer blobs extracted from the stream (streamLayers).
+	staged map[digest.Digest]*stagedLayer
+
 	// Counters for tests and benchmarks.
-	written, skipped int64
+	written, skipped, streamed int64
 }
 
 // planImage is one image record to create.
@@ -103,8 +106,9 @@ func (s *Service) Import(ctx context.Context, ns string, r io.Reader, opts Impor
 	return imgs, err
 }
 
-// importStats reports the bytes an import wrote and skipped.
-type importStats struct{ written, skipped int64 }
+// importStats reports the bytes an import wrote, skipped, and extracted
+// without storing them (streamed layers).
+type importStats struct{ written, skipped, streamed int64 }
 
 func (s *Service) importArchive(ctx context.Context, ns string, r io.Reader, opts ImportOptions) (_ []metadata.Image, _ importStats, retErr error) {
 	if err := checkNamespace(ns); err != nil {
@@ -139,11 +143,17 @@ func (s *Service) importArchive(ctx context.Context, ns string, r io.Reader, opt
 		s: s, ns: ns, lease: l, opts: opts, match: match, buf: make([]byte, 128<<10),
 		blobs: map[digest.Digest]int64{}, paths: map[string]digest.Digest{},
 		links: map[string]string{}, gzipBlobs: map[digest.Digest]bool{},
+		staged: map[digest.Digest]*stagedLayer{},
 	}
+	defer func() {
+		for _, st := range im.staged {
+			s.removeStaged(ns, st)
+		}
+	}()
 	if err := im.read(ctx, r); err != nil {
 		return nil, importStats{}, err
 	}
-	stats := importStats{written: im.written, skipped: im.skipped}
+	stats := importStats{written: im.written, skipped: im.skipped, streamed: im.streamed}
 	var plan []*planImage
 	switch {
 	case im.indexJSON != nil:
@@ -163,7 +173,7 @@ func (s *Service) importArchive(ctx context.Context, ns string, r io.Reader, opt
 			if pi.best == nil || unpacked[pi.best.desc.Digest] {
 				continue
 			}
-			if err := s.unpack(ctx, ns, l, pi.best); err != nil {
+			if err := s.unpackStaged(ctx, ns, l, pi.best, im.staged); err != nil {
 				return nil, stats, err
 			}
 			unpacked[pi.best.desc.Digest] = true
@@ -171,6 +181,15 @@ func (s *Service) importArchive(ctx context.Context, ns string, r io.Reader, opt
 				for _, ld := range pi.best.manifest.Layers {
 					discard[ld.Digest] = true
 				}
+			}
+		}
+	}
+	// Every streamed layer an image keeps must have been unpacked: its
+	// blob was never stored.
+	for _, pi := range plan {
+		for d := range pi.content {
+			if im.staged[d] != nil && !discard[d] {
+				return nil, stats, fmt.Errorf("layer %s was extracted from the archive without being stored (discard_layers), but image %q keeps it without unpacking it: %w", d, pi.name, errdefs.ErrFailedPrecondition)
 			}
 		}
 	}
@@ -418,6 +437,17 @@ func (im *importer) entry(ctx context.Context, hdr *tar.Header, r io.Reader) err
 			return fmt.Errorf("archive entry %.100q: blob names must be blobs/sha256/<64 lowercase hex digits>: %w", hdr.Name, errdefs.ErrInvalidArgument)
 		}
 		dgst := digest.NewDigestFromEncoded(digest.SHA256, path.Base(name))
+		if im.streamLayers() {
+			handled, rest, err := im.stageLayer(ctx, name, dgst, hdr.Size, r)
+			if err != nil {
+				return err
+			}
+			if handled {
+				im.paths[name] = dgst
+				return nil
+			}
+			r = rest
+		}
 		if err := im.writeKnown(ctx, name, dgst, hdr.Size, r); err != nil {
 			return err
 		}

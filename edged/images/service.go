@@ -91,6 +91,9 @@ type Options struct {
 	// DiscardLayers deletes the compressed layer blobs of an image once
 	// they are unpacked, keeping its index, manifests and config. Saves
 	// flash space; Export of such an image then fails (re-pull it).
+	// Imports of one platform onto overlayfs then never store the layer
+	// blobs at all: each is extracted as it streams by, its digest and
+	// diffID checked (see stageLayer), so a layer is written to disk once.
 	DiscardLayers bool
 	// Platform is the default platform ("os/arch[/variant]") for import
 	// and unpack; empty means the host's (platforms.Default).

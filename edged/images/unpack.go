@@ -25,6 +25,12 @@ const ExtractPrefix = "extract-"
 // unpack makes the committed snapshots of pm's layers in ns, keyed by
 // chain ID, reusing those that exist.
 func (s *Service) unpack(ctx context.Context, ns string, l *lease, pm *planManifest) error {
+	return s.unpackStaged(ctx, ns, l, pm, nil)
+}
+
+// unpackStaged is unpack taking the layers in staged (extracted from an
+// archive without storing their blobs) from there.
+func (s *Service) unpackStaged(ctx context.Context, ns string, l *lease, pm *planManifest, staged map[digest.Digest]*stagedLayer) error {
 	diffIDs := pm.config.RootFS.DiffIDs
 	chain := chainIDs(diffIDs)
 	parent := ""
@@ -44,7 +50,13 @@ func (s *Service) unpack(ctx context.Context, ns string, l *lease, pm *planManif
 		case err == nil:
 			return fmt.Errorf("unpack: snapshot %q exists but is %s, not committed: %w", key, info.Kind, errdefs.ErrFailedPrecondition)
 		case errdefs.IsNotFound(err):
-			if err := s.applyLayer(ctx, ns, l, parent, key, layer, diffIDs[i]); err != nil {
+			apply := s.applyLayer
+			if st := staged[layer.Digest]; st != nil {
+				apply = func(ctx context.Context, ns string, l *lease, parent, key string, _ ocispec.Descriptor, diffID digest.Digest) error {
+					return s.useStaged(ctx, ns, l, parent, key, st, diffID)
+				}
+			}
+			if err := apply(ctx, ns, l, parent, key, layer, diffIDs[i]); err != nil {
 				return fmt.Errorf("unpack layer %d (%s) of manifest %s: %w", i, layer.Digest, pm.desc.Digest, err)
 			}
 		default:

@@ -2,9 +2,13 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,13 +22,13 @@ import (
 
 // oomRecord is what the test saw of one container.
 type oomRecord struct {
-	ooms     []time.Time // TaskOOM receipts
-	kills    []uint64    // their oom_kills counters
-	exitAt   time.Time   // TaskExit receipt
+	pid      uint32          // the init's host pid
+	ooms     []time.Duration // TaskOOM receipts (CLOCK_MONOTONIC)
+	kills    []uint64        // their oom_kills counters
+	exitAt   time.Duration   // TaskExit receipt (CLOCK_MONOTONIC)
 	status   uint32
-	diedAt   time.Time // the init's pidfd became readable
-	exitBad  bool      // a TaskOOM arrived after the TaskExit
-	extraExt int       // TaskExits beyond the first
+	exitBad  bool // a TaskOOM arrived after the TaskExit
+	extraExt int  // TaskExits beyond the first
 }
 
 // oomLog collects the /tasks/oom and /tasks/exit events of a subscription.
@@ -48,7 +52,7 @@ func (l *oomLog) rec(id string) *oomRecord {
 
 func (l *oomLog) collect(t *testing.T, evs <-chan *client.Envelope) {
 	for env := range evs {
-		now := time.Now()
+		now := monotonic()
 		l.mu.Lock()
 		switch env.Topic {
 		case "/tasks/oom":
@@ -60,7 +64,7 @@ func (l *oomLog) collect(t *testing.T, evs <-chan *client.Envelope) {
 			r := l.rec(e.ContainerId)
 			r.ooms = append(r.ooms, now)
 			r.kills = append(r.kills, e.OomKills)
-			if !r.exitAt.IsZero() {
+			if r.exitAt != 0 {
 				r.exitBad = true
 			}
 			l.total++
@@ -71,7 +75,7 @@ func (l *oomLog) collect(t *testing.T, evs <-chan *client.Envelope) {
 				break
 			}
 			r := l.rec(e.ContainerId)
-			if !r.exitAt.IsZero() {
+			if r.exitAt != 0 {
 				r.extraExt++
 			} else {
 				r.exitAt, r.status = now, e.ExitStatus
@@ -86,38 +90,15 @@ func (l *oomLog) collect(t *testing.T, evs <-chan *client.Envelope) {
 	}
 }
 
-// watchDeath records when process pid has exited, through a pidfd (the
-// test is not its parent). The pidfd is opened before the task starts.
-func (l *oomLog) watchDeath(t *testing.T, id string, pid uint32) {
-	t.Helper()
-	fd, err := unix.PidfdOpen(int(pid), 0)
-	if err != nil {
-		t.Fatalf("pidfd_open %d: %v", pid, err)
-	}
-	go func() {
-		defer unix.Close(fd)
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		for {
-			_, err := unix.Poll(fds, 60_000)
-			if err == unix.EINTR {
-				continue
-			}
-			break
-		}
-		now := time.Now()
-		l.mu.Lock()
-		l.rec(id).diedAt = now
-		l.mu.Unlock()
-	}()
-}
-
 // TestOOM50 runs 50 containers that exceed their memory limit — 10 one
 // after another in their own shims, then 4 batches of 10 started at once,
 // each batch in one shim (one epoll loop for 10 containers) — and checks
 // that exactly 50 TaskOOM events arrive, one per container, each before the
-// container's TaskExit. It logs the OOM event latency (process death →
-// TaskOOM received) and, in the VM (make test-vm), enforces the 50 ms
-// median budget.
+// container's TaskExit, and that the kernel logged the OOM kill of each
+// container's init. It logs the OOM event latency — from the timestamp of
+// the kernel's "Killed process <pid>" record in /dev/kmsg to the receipt of
+// TaskOOM by this subscriber, on one clock — and, in the VM (make test-vm,
+// cgroup v2), enforces the 50 ms median budget.
 func TestOOM50(t *testing.T) {
 	requireRunc(t)
 	hostCgroups(t)
@@ -126,6 +107,9 @@ func TestOOM50(t *testing.T) {
 	cl := newClient(t, d)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
+
+	kmsg := followKmsg(t)
+	offset := kmsg.calibrate(t)
 
 	subCtx, stopSub := context.WithCancel(ctx)
 	evs, errc := cl.Subscribe(subCtx, "topic==/tasks/oom", "topic==/tasks/exit", "topic==/test/oom-sync")
@@ -161,7 +145,9 @@ func TestOOM50(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		log.watchDeath(t, id, pid)
+		log.mu.Lock()
+		log.rec(id).pid = pid
+		log.mu.Unlock()
 	}
 	finish := func(id string) {
 		t.Helper()
@@ -237,22 +223,25 @@ func TestOOM50(t *testing.T) {
 	for _, id := range ids {
 		r := log.recs[id]
 		switch {
-		case r == nil || r.exitAt.IsZero():
+		case r == nil || r.exitAt == 0:
 			t.Errorf("%s: no TaskExit", id)
 		case len(r.ooms) != 1:
 			t.Errorf("%s: %d TaskOOM events, want 1", id, len(r.ooms))
-		case r.exitBad || r.ooms[0].After(r.exitAt):
+		case r.exitBad || r.ooms[0] > r.exitAt:
 			t.Errorf("%s: TaskOOM after TaskExit", id)
 		case r.kills[0] != 1:
 			t.Errorf("%s: oom_kills %d, want 1", id, r.kills[0])
 		case r.status != 137 || r.extraExt != 0:
 			t.Errorf("%s: exit status %d, %d extra exits", id, r.status, r.extraExt)
-		case r.diedAt.IsZero():
-			t.Errorf("%s: death not observed", id)
 		default:
-			// Death is observed right after the kill; a TaskOOM
-			// received before it counts as 0.
-			lat = append(lat, max(0, r.ooms[0].Sub(r.diedAt)))
+			killed, ok := kmsg.killedAt(r.pid)
+			if !ok {
+				t.Errorf("%s: no \"Killed process %d\" record in the kernel log", id, r.pid)
+				break
+			}
+			// Negative when the OOM notification (fired before the
+			// kill) was delivered before the kernel logged the kill.
+			lat = append(lat, r.ooms[0]+offset-killed)
 		}
 	}
 	if len(lat) == 0 {
@@ -260,11 +249,155 @@ func TestOOM50(t *testing.T) {
 	}
 	slices.Sort(lat)
 	median := lat[len(lat)/2]
-	msg := fmt.Sprintf("OOM event latency (kill -> TaskOOM received) over %d containers: median %v, p90 %v, max %v; run took %v",
-		len(lat), median.Round(10*time.Microsecond), lat[len(lat)*9/10].Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond), took.Round(time.Millisecond))
+	msg := fmt.Sprintf("OOM event latency (kernel log \"Killed process\" -> TaskOOM received by a subscriber) over %d containers: median %v, p90 %v, min %v, max %v; run took %v",
+		len(lat), median.Round(10*time.Microsecond), lat[len(lat)*9/10].Round(10*time.Microsecond), lat[0].Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond), took.Round(time.Millisecond))
 	t.Log(msg)
 	fmt.Fprintln(os.Stderr, "BUDGET", msg)
 	if os.Getenv("EDGED_IN_VM") == "1" && median > 50*time.Millisecond {
 		t.Errorf("median OOM event latency %v exceeds the 50 ms budget", median)
 	}
+}
+
+// monotonic is CLOCK_MONOTONIC, the clock the kernel log is compared with.
+func monotonic() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic(err) // cannot fail for CLOCK_MONOTONIC
+	}
+	return time.Duration(ts.Nano())
+}
+
+// kmsgKills follows the kernel log (/dev/kmsg) from its end and records when
+// the OOM killer killed each process: the timestamp of its "Killed process
+// <pid>" record. Kernel log timestamps are the kernel's local clock
+// (sched_clock), which runs close to, but not exactly on, CLOCK_MONOTONIC
+// (1.4 ms apart after 76 minutes on the dev host); calibrate measures the
+// offset by writing records and reading their timestamps back.
+type kmsgKills struct {
+	f    *os.File
+	done chan struct{}
+
+	mu     sync.Mutex
+	kills  map[uint32]time.Duration // pid → kernel timestamp
+	probes map[string]time.Duration // calibration record → kernel timestamp
+	err    error                    // the reader's error
+}
+
+// followKmsg opens /dev/kmsg positioned at its end (needs root).
+func followKmsg(t *testing.T) *kmsgKills {
+	t.Helper()
+	f, err := os.OpenFile("/dev/kmsg", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatalf("kernel log: %v", err)
+	}
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
+		f.Close()
+		t.Fatalf("kernel log: seek to end: %v", err)
+	}
+	k := &kmsgKills{f: f, done: make(chan struct{}), kills: map[uint32]time.Duration{}, probes: map[string]time.Duration{}}
+	go k.read()
+	t.Cleanup(func() { f.Close(); <-k.done })
+	return k
+}
+
+// read parses records until the file is closed. Every read returns one
+// record: "PRI,SEQ,USEC,FLAGS;MESSAGE\n" and continuation lines.
+func (k *kmsgKills) read() {
+	defer close(k.done)
+	buf := make([]byte, 8192)
+	for {
+		n, err := k.f.Read(buf)
+		if errors.Is(err, unix.EPIPE) {
+			continue // records were overwritten before we read them
+		}
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				k.mu.Lock()
+				k.err = err
+				k.mu.Unlock()
+			}
+			return
+		}
+		ts, msg, ok := parseKmsg(string(buf[:n]))
+		if !ok {
+			continue
+		}
+		k.mu.Lock()
+		if rest, ok := strings.CutPrefix(msg, kmsgProbe); ok {
+			k.probes[rest] = ts
+		} else if _, rest, ok := strings.Cut(msg, "Killed process "); ok && strings.Contains(msg, "out of memory") {
+			digits, _, _ := strings.Cut(rest, " ")
+			if pid, err := strconv.ParseUint(digits, 10, 32); err == nil {
+				k.kills[uint32(pid)] = ts
+			}
+		}
+		k.mu.Unlock()
+	}
+}
+
+// parseKmsg returns the timestamp and message of one /dev/kmsg record.
+func parseKmsg(rec string) (time.Duration, string, bool) {
+	prefix, msg, ok := strings.Cut(rec, ";")
+	if !ok {
+		return 0, "", false
+	}
+	f := strings.Split(prefix, ",")
+	if len(f) < 4 {
+		return 0, "", false
+	}
+	usec, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		return 0, "", false
+	}
+	msg, _, _ = strings.Cut(msg, "\n")
+	return time.Duration(usec) * time.Microsecond, msg, true
+}
+
+const kmsgProbe = "edged-integration: clock probe "
+
+// calibrate returns the kernel log clock minus CLOCK_MONOTONIC: it writes
+// probe records and takes the offset of the one whose write was the
+// quickest (the kernel stamps a record during the write). Writes to
+// /dev/kmsg are rate limited to 10 per 5 s: it uses 5.
+func (k *kmsgKills) calibrate(t *testing.T) time.Duration {
+	t.Helper()
+	best, bestSpan := time.Duration(0), time.Duration(-1)
+	for i := range 5 {
+		name := fmt.Sprintf("%d-%d", os.Getpid(), i)
+		before := monotonic()
+		if _, err := k.f.WriteString("<6>" + kmsgProbe + name + "\n"); err != nil {
+			t.Fatalf("kernel log: write: %v", err)
+		}
+		after := monotonic()
+		var ts time.Duration
+		waitFor(t, func() bool {
+			k.mu.Lock()
+			defer k.mu.Unlock()
+			var ok bool
+			ts, ok = k.probes[name]
+			return ok || k.err != nil
+		})
+		if ts == 0 {
+			t.Fatalf("kernel log: %v", k.err)
+		}
+		if span := after - before; bestSpan < 0 || span < bestSpan {
+			best, bestSpan = ts-(before+span/2), span
+		}
+	}
+	var boot unix.Timespec
+	mono := monotonic()
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel log clock - CLOCK_MONOTONIC = %v (±%v); CLOCK_BOOTTIME - CLOCK_MONOTONIC = %v",
+		best, bestSpan/2, (time.Duration(boot.Nano()) - mono).Round(time.Microsecond))
+	return best
+}
+
+// killedAt returns the kernel log timestamp of the OOM kill of pid.
+func (k *kmsgKills) killedAt(pid uint32) (time.Duration, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ts, ok := k.kills[pid]
+	return ts, ok
 }

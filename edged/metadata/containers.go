@@ -55,12 +55,12 @@ func (f *ContainerFilter) match(c *Container) bool {
 }
 
 const (
-	containerCols     = `id, image, runtime, runtime_options, spec, spec_type, labels, snapshotter, snapshot_key, extensions, created, updated`
-	qContainerInsert  = `INSERT INTO containers (namespace, ` + containerCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, id) DO NOTHING`
+	containerCols     = `id, image, runtime, runtime_options, spec, spec_encoding, spec_type, labels, snapshotter, snapshot_key, extensions, created, updated`
+	qContainerInsert  = `INSERT INTO containers (namespace, ` + containerCols + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, id) DO NOTHING`
 	qContainerGet     = `SELECT ` + containerCols + ` FROM containers WHERE namespace = ? AND id = ?`
 	qContainerList    = `SELECT ` + containerCols + ` FROM containers WHERE namespace = ? ORDER BY id`
 	qContainerListPre = `SELECT ` + containerCols + ` FROM containers WHERE namespace = ?`
-	qContainerUpdate  = `UPDATE containers SET image = ?, runtime = ?, runtime_options = ?, spec = ?, spec_type = ?, labels = ?, snapshot_key = ?, extensions = ?, updated = ? WHERE namespace = ? AND id = ?`
+	qContainerUpdate  = `UPDATE containers SET image = ?, runtime = ?, runtime_options = ?, spec = ?, spec_encoding = ?, spec_type = ?, labels = ?, snapshot_key = ?, extensions = ?, updated = ? WHERE namespace = ? AND id = ?`
 	qContainerDelete  = `DELETE FROM containers WHERE namespace = ? AND id = ?`
 )
 
@@ -125,8 +125,9 @@ func (t *Tx) CreateContainer(ctx context.Context, ns string, c Container) (Conta
 	if err := t.ensureNamespace(ctx, ns, nanos); err != nil {
 		return Container{}, err
 	}
+	enc, spec := t.db.encodeSpec(c.Spec)
 	n, err := t.execN(ctx, "create container", qContainerInsert, ns, c.ID, c.Image, c.Runtime.Name, nilIfEmptyBytes(c.Runtime.Options),
-		c.Spec, c.SpecType, encodeMap(c.Labels), c.Snapshotter, c.SnapshotKey, encodeMap(c.Extensions), nanos, nanos)
+		spec, enc, c.SpecType, encodeMap(c.Labels), c.Snapshotter, c.SnapshotKey, encodeMap(c.Extensions), nanos, nanos)
 	if err != nil {
 		return Container{}, err
 	}
@@ -142,12 +143,16 @@ func scanContainer(sc interface{ Scan(...any) error }) (Container, error) {
 		c                  Container
 		labels, extensions []byte
 		created, updated   int64
+		specEncoding       int
 	)
-	if err := sc.Scan(&c.ID, &c.Image, &c.Runtime.Name, &c.Runtime.Options, &c.Spec, &c.SpecType, &labels,
+	if err := sc.Scan(&c.ID, &c.Image, &c.Runtime.Name, &c.Runtime.Options, &c.Spec, &specEncoding, &c.SpecType, &labels,
 		&c.Snapshotter, &c.SnapshotKey, &extensions, &created, &updated); err != nil {
 		return Container{}, err
 	}
 	var err error
+	if c.Spec, err = decodeSpec(specEncoding, c.Spec); err != nil {
+		return Container{}, err
+	}
 	if c.Labels, err = decodeLabels("containers.labels", labels); err != nil {
 		return Container{}, err
 	}
@@ -300,8 +305,9 @@ func (t *Tx) UpdateContainer(ctx context.Context, ns string, c Container, fieldp
 		return Container{}, err
 	}
 	ts := now()
+	enc, spec := t.db.encodeSpec(upd.Spec)
 	if _, err := t.exec(ctx, "update container", qContainerUpdate, upd.Image, upd.Runtime.Name, nilIfEmptyBytes(upd.Runtime.Options),
-		upd.Spec, upd.SpecType, encodeMap(upd.Labels), upd.SnapshotKey, encodeMap(upd.Extensions), ts.UnixNano(), ns, c.ID); err != nil {
+		spec, enc, upd.SpecType, encodeMap(upd.Labels), upd.SnapshotKey, encodeMap(upd.Extensions), ts.UnixNano(), ns, c.ID); err != nil {
 		return Container{}, err
 	}
 	upd.Labels = nilIfEmpty(upd.Labels)

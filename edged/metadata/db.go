@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edged/edged/edged/errdefs"
@@ -128,6 +129,9 @@ type DB struct {
 	r      *sql.DB // reader connections; == w when ReadConns < 0
 	wstmts *stmtCache
 	rstmts *stmtCache
+	// specWriters are reusable deflate writers of encodeSpec (a writer
+	// allocates about 200 KB of tables).
+	specWriters sync.Pool
 }
 
 // Open opens (creating if needed) the database file at path, typically

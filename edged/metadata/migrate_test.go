@@ -56,7 +56,12 @@ func TestMigrateFromVersion1(t *testing.T) {
 		if _, err := tx.CreateNamespace(ctx, "prod", map[string]string{"owner": "ops"}); err != nil {
 			return err
 		}
-		if _, err := tx.CreateContainer(ctx, "prod", c); err != nil {
+		// A container row as version 1 code wrote it: no spec_encoding
+		// column, the spec as given.
+		if _, err := tx.SQL().ExecContext(ctx, `INSERT INTO containers (namespace, id, image, runtime, runtime_options, spec, spec_type,
+			labels, snapshotter, snapshot_key, extensions, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			"prod", c.ID, c.Image, c.Runtime.Name, nilIfEmptyBytes(c.Runtime.Options), c.Spec, c.SpecType, encodeMap(c.Labels),
+			c.Snapshotter, c.SnapshotKey, encodeMap(c.Extensions), int64(1), int64(1)); err != nil {
 			return err
 		}
 		if _, err := tx.CreateImage(ctx, "prod", im); err != nil {
@@ -93,8 +98,8 @@ func TestMigrateFromVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if v, _ := db.version(ctx); v != 2 {
-		t.Fatalf("after upgrade at version %d, want 2", v)
+	if v, _ := db.version(ctx); v != SchemaVersion() {
+		t.Fatalf("after upgrade at version %d, want %d", v, SchemaVersion())
 	}
 	if got, want := indexNames(t, db.SQL()), []string{"content_digest", "images_target", "leases_expires"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("indexes %v, want %v", got, want)

@@ -26,6 +26,7 @@ type RecoverResult struct {
 // during Create) are removed too.
 func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
 	start := time.Now()
+	m.removeStaleSpares(ctx)
 	var res RecoverResult
 	var tasks []*task
 	root := filepath.Join(m.cfg.State, "tasks")

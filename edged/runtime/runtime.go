@@ -49,7 +49,11 @@ type Config struct {
 	CallTimeout time.Duration
 	// ConnectTimeout bounds reconnecting to a shim at start-up (default 1 s).
 	ConnectTimeout time.Duration
-	Log            *slog.Logger
+	// SpareShim keeps one idle edged-shim per namespace in use, started
+	// ahead, so that a task needing a new shim does not wait for one to
+	// start. It costs one idle shim's memory per namespace.
+	SpareShim bool
+	Log       *slog.Logger
 	// OnDead is called for each task whose shim died and was cleaned up,
 	// so the daemon can publish its exit.
 	OnDead func(ns, id string, pid uint32)
@@ -60,9 +64,13 @@ type Manager struct {
 	cfg Config
 	log *slog.Logger
 
-	mu    sync.Mutex
-	shims map[string]*shimConn // namespace/group
-	tasks map[string]*task     // namespace/id
+	mu      sync.Mutex
+	shims   map[string]*shimConn // namespace/group
+	tasks   map[string]*task     // namespace/id
+	spares  map[string]*spare    // namespace
+	filling map[string]bool      // namespace: a spare is being started
+	closed  bool
+	fills   sync.WaitGroup // spares being started
 }
 
 // task is one container's init process in a shim.
@@ -101,7 +109,8 @@ func New(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("runtime: %w", err)
 		}
 	}
-	return &Manager{cfg: cfg, log: cfg.Log, shims: map[string]*shimConn{}, tasks: map[string]*task{}}, nil
+	return &Manager{cfg: cfg, log: cfg.Log, shims: map[string]*shimConn{}, tasks: map[string]*task{},
+		spares: map[string]*spare{}, filling: map[string]bool{}}, nil
 }
 
 func findShim() string {
@@ -225,6 +234,10 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		}
 	}()
 
+	if t.Runtime == NativeRuntime {
+		// Started after the task's runc create: it would compete with it.
+		defer m.fillSpare(ns)
+	}
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
 	defer cancel()
 	resp, err := sc.task.Create(cctx, &taskapi.CreateTaskRequest{
@@ -598,11 +611,22 @@ func (m *Manager) ShimPid(ns, id string) int {
 }
 
 // Close closes the connections to the shims; the shims and their
-// containers keep running.
+// containers keep running. Spare shims are shut down.
 func (m *Manager) Close() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.closed = true
+	spares := m.spares
+	m.spares = map[string]*spare{}
+	shims := make([]*shimConn, 0, len(m.shims))
 	for _, sc := range m.shims {
+		shims = append(shims, sc)
+	}
+	m.mu.Unlock()
+	m.fills.Wait() // a spare started meanwhile stops itself
+	for _, sp := range spares {
+		m.stopSpare(sp.sc)
+	}
+	for _, sc := range shims {
 		sc.closeClient()
 	}
 }

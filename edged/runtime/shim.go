@@ -61,28 +61,46 @@ func (s *shimConn) closeClient() {
 }
 
 // dialShim connects to a shim's socket with a deadline.
-func dialShim(ctx context.Context, ns, address string, timeout time.Duration) (*ttrpc.Client, taskapi.TaskService, error) {
+func dialShim(ctx context.Context, ns, address string, timeout time.Duration, opts ...ttrpc.ClientOpts) (*ttrpc.Client, taskapi.TaskService, error) {
 	d := net.Dialer{Timeout: timeout}
 	conn, err := d.DialContext(ctx, "unix", strings.TrimPrefix(address, "unix://"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to shim at %s: %v: %w", address, err, errdefs.ErrUnavailable)
 	}
-	c := ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, inv ttrpc.Invoker) error {
+	opts = append(opts, ttrpc.WithUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, inv ttrpc.Invoker) error {
 		req.Metadata = append(req.Metadata, &ttrpc.KeyValue{Key: namespaces.TTRPCHeader, Value: ns})
 		return inv(ctx, req, resp)
 	}))
+	c := ttrpc.NewClient(conn, opts...)
 	return c, taskapi.NewTaskClient(c), nil
 }
 
 // startNativeShim starts edged-shim for a group the edged way: edged
 // creates the listening path socket (directory 0700) and hands it over as
-// fd 3 with LISTEN_FDS=1, so it can connect at once without a race.
+// fd 3 with LISTEN_FDS=1, so it can connect at once without a race. With
+// SpareShim set it adopts the namespace's idle spare shim instead of
+// starting one, when there is a live one.
 func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimConn, error) {
 	path := socketPath(filepath.Join(m.cfg.State, "s"), m.cfg.Address, ns, group)
 	// A shim of this group may already run (edged restarted).
 	if c, task, err := dialShim(ctx, ns, path, 200*time.Millisecond); err == nil {
 		return &shimConn{key: ns + "/" + group, ns: ns, group: group, address: path, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}}, nil
 	}
+	if sc := m.adoptSpare(ns, group, path); sc != nil {
+		return sc, nil
+	}
+	sc, err := m.spawnNativeShim(ctx, ns, group, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	sc.key, sc.group = ns+"/"+group, group
+	return sc, nil
+}
+
+// spawnNativeShim starts an edged-shim named name serving the socket path,
+// logging to path.log. onClose, if set, is called when the connection to
+// it is lost.
+func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string, onClose func()) (*shimConn, error) {
 	os.Remove(path)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("shim socket directory: %w", err)
@@ -106,7 +124,7 @@ func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimC
 		return nil, fmt.Errorf("shim log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(m.cfg.ShimBinary, "-namespace", ns, "-id", group, "-address", m.cfg.Address, "-state-dir", m.cfg.State)
+	cmd := exec.Command(m.cfg.ShimBinary, "-namespace", ns, "-id", name, "-address", m.cfg.Address, "-state-dir", m.cfg.State)
 	cmd.ExtraFiles = []*os.File{f}
 	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "TTRPC_ADDRESS="+m.cfg.Address)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -114,16 +132,22 @@ func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimC
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		os.Remove(path)
+		os.Remove(logPath)
 		return nil, fmt.Errorf("start shim %s: %w", m.cfg.ShimBinary, err)
 	}
-	c, task, err := dialShim(ctx, ns, path, m.cfg.CallTimeout)
+	c, task, err := dialShim(ctx, ns, path, m.cfg.CallTimeout, ttrpc.WithOnClose(func() {
+		if onClose != nil {
+			onClose()
+		}
+	}))
 	if err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
 		os.Remove(path)
+		os.Remove(logPath)
 		return nil, err
 	}
-	return &shimConn{key: ns + "/" + group, ns: ns, group: group, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}, cmd: cmd}, nil
+	return &shimConn{ns: ns, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}, cmd: cmd}, nil
 }
 
 // socketPath names the socket of a shim group: a hash keeps the path short

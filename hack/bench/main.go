@@ -37,8 +37,11 @@ func sections() []Section {
 	return []Section{
 		{Name: "foundation", Doc: "daemon memory, CLI latency, binary sizes, container metadata throughput and disk writes", Run: foundation},
 		{Name: "shim", Doc: "edged-shim memory with 50 running containers (one shim each, grouped) and edged RSS with them", Run: shimSection},
+		{Name: "recovery", Doc: "start-up with task recovery: 50 running containers, 50 dead shims", Run: recoverySection},
 		{Name: "runtime", Doc: "edgectl run vs bare runc run, run -d latency, disk writes per container lifecycle", Run: runtimeSection},
 		{Name: "network", Doc: "edgectl run --rm --net bridge vs --net host", Run: networkSection},
+		{Name: "cgroups", Doc: "idle shim CPU (20 containers, 60 s), edgectl stats refresh of 50 containers, OOM event latency", Run: cgroupsSection},
+		{Name: "images", Doc: "image import vs containerd (small, 100 MiB layer), peak RSS of import and pull, disk bytes per imported byte", Run: imagesSection},
 	}
 }
 
@@ -55,6 +58,7 @@ type Config struct {
 	Window     int           // operations per throughput window
 	Containerd bool          // measure containerd for comparison
 	Keep       bool          // keep the temp directory
+	IdleShim   time.Duration // idle time of the cgroups section's shim CPU measurement
 }
 
 // Env is what a section runs with.
@@ -112,6 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Clients, "clients", 4, "concurrent clients in the concurrent throughput phase (0: skip it)")
 	fs.IntVar(&cfg.Window, "window", 1000, "operations per window of the sustained-rate measurement")
 	fs.BoolVar(&cfg.Containerd, "containerd", true, "measure containerd (if installed) for the comparison column")
+	fs.DurationVar(&cfg.IdleShim, "idle-shim", time.Minute, "idle time of the shim CPU measurement (section cgroups; the budget is per 60s)")
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory (daemon logs, databases)")
 	jsonOut := fs.Bool("json", false, "print JSON instead of the table")
 	strict := fs.Bool("strict", false, "exit 1 when a budget fails")
@@ -133,6 +138,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%-12s %s\n", s.Name, s.Doc)
 		}
 		return 0
+	}
+	if cfg.IdleShim < time.Second {
+		fmt.Fprintln(stderr, "bench: -idle-shim must be at least 1s")
+		return 2
 	}
 	if cfg.Calls < 10 || cfg.Runs < 0 || cfg.Containers < 0 || cfg.Window < 1 || cfg.Clients < 0 {
 		fmt.Fprintln(stderr, "bench: -calls must be ≥ 10; -runs, -containers and -clients ≥ 0 (0 skips); -window ≥ 1")
