@@ -13,7 +13,11 @@ export PATH := $(dir $(GO)):$(PATH)
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION   ?= $(shell git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
 LDFLAGS    := -s -w -X github.com/edged/edged/internal/buildinfo.Version=$(VERSION) -X github.com/edged/edged/internal/buildinfo.Revision=$(REVISION)
-GOBUILD    := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)"
+# nethttpomithttp2: the registry client speaks HTTP/1.1 only (HTTP/2's
+# per-stream windows cost megabytes of buffers on parallel layer
+# downloads), so the HTTP/2 code is left out of the binaries.
+GOTAGS     := nethttpomithttp2
+GOBUILD    := CGO_ENABLED=0 $(GO) build -trimpath -tags $(GOTAGS) -ldflags "$(LDFLAGS)"
 COMMANDS   := edged edgectl edged-shim
 # Debian packages the tests and benchmarks use.
 APT_PACKAGES := runc protobuf-compiler systemd busybox-static containerd skopeo docker-registry \

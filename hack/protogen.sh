@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 bin=$PWD/bin/tools
 mkdir -p "$bin"
 go build -o "$bin/protoc-gen-gogofaster" github.com/gogo/protobuf/protoc-gen-gogofaster
-go build -o "$bin/protoc-gen-gogoslim" ./proto/tools/protoc-gen-gogoslim
 go build -o "$bin/protoc-gen-go-ttrpc" ./proto/tools/protoc-gen-go-ttrpc
 gogo=$(go list -m -f '{{.Dir}}' github.com/gogo/protobuf)
 M=""
@@ -20,19 +19,10 @@ if [ ${#dirs[@]} -eq 0 ]; then
 	mapfile -t dirs < <(find proto -name '*.proto' -not -path 'proto/tools/*' -printf '%h\n' | sort -u)
 fi
 # One protoc call per directory: the generators want one Go package per call.
-# The daemon's service APIs get no generated Marshal/Unmarshal/Size methods
-# (protoc-gen-gogoslim: smaller edged and edgectl, same wire format). What the
-# shim links keeps them (shimd/wire encodes with them): events, types,
-# runtime/*, services/events and services/ttrpcevents.
 for dir in "${dirs[@]}"; do
-	gen=gogofaster
-	case "$dir" in
-	proto/services/events/* | proto/services/ttrpcevents/*) ;;
-	proto/services/*) gen=gogoslim ;;
-	esac
 	rm -f "$dir"/*.pb.go
 	protoc -I proto -I "$gogo/protobuf" \
-		--plugin=protoc-gen-gogofaster="$bin/protoc-gen-$gen" \
+		--plugin=protoc-gen-gogofaster="$bin/protoc-gen-gogofaster" \
 		--plugin=protoc-gen-go-ttrpc="$bin/protoc-gen-go-ttrpc" \
 		--gogofaster_out="${M}paths=source_relative:proto" \
 		--go-ttrpc_out="${M}paths=source_relative:proto" \

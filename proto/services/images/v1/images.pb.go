@@ -13,7 +13,9 @@ import (
 	types "github.com/edged/edged/proto/types"
 	proto "github.com/gogo/protobuf/proto"
 	types1 "github.com/gogo/protobuf/types"
+	io "io"
 	math "math"
+	math_bits "math/bits"
 )
 
 // Reference imports to suppress errors if they are not otherwise used.
@@ -42,16 +44,25 @@ func (*Image) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{0}
 }
 func (m *Image) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_Image.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *Image) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_Image.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_Image.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *Image) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_Image.Merge(m, src)
 }
 func (m *Image) XXX_Size() int {
-	return xxx_messageInfo_Image.Size(m)
+	return m.Size()
 }
 func (m *Image) XXX_DiscardUnknown() {
 	xxx_messageInfo_Image.DiscardUnknown(m)
@@ -105,16 +116,25 @@ func (*GetImageRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{1}
 }
 func (m *GetImageRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_GetImageRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *GetImageRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_GetImageRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_GetImageRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *GetImageRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_GetImageRequest.Merge(m, src)
 }
 func (m *GetImageRequest) XXX_Size() int {
-	return xxx_messageInfo_GetImageRequest.Size(m)
+	return m.Size()
 }
 func (m *GetImageRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_GetImageRequest.DiscardUnknown(m)
@@ -140,16 +160,25 @@ func (*GetImageResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{2}
 }
 func (m *GetImageResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_GetImageResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *GetImageResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_GetImageResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_GetImageResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *GetImageResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_GetImageResponse.Merge(m, src)
 }
 func (m *GetImageResponse) XXX_Size() int {
-	return xxx_messageInfo_GetImageResponse.Size(m)
+	return m.Size()
 }
 func (m *GetImageResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_GetImageResponse.DiscardUnknown(m)
@@ -176,16 +205,25 @@ func (*ListImagesRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{3}
 }
 func (m *ListImagesRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ListImagesRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ListImagesRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ListImagesRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ListImagesRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ListImagesRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ListImagesRequest.Merge(m, src)
 }
 func (m *ListImagesRequest) XXX_Size() int {
-	return xxx_messageInfo_ListImagesRequest.Size(m)
+	return m.Size()
 }
 func (m *ListImagesRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_ListImagesRequest.DiscardUnknown(m)
@@ -211,16 +249,25 @@ func (*ListImagesResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{4}
 }
 func (m *ListImagesResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ListImagesResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ListImagesResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ListImagesResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ListImagesResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ListImagesResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ListImagesResponse.Merge(m, src)
 }
 func (m *ListImagesResponse) XXX_Size() int {
-	return xxx_messageInfo_ListImagesResponse.Size(m)
+	return m.Size()
 }
 func (m *ListImagesResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_ListImagesResponse.DiscardUnknown(m)
@@ -246,16 +293,25 @@ func (*CreateImageRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{5}
 }
 func (m *CreateImageRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_CreateImageRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *CreateImageRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_CreateImageRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_CreateImageRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *CreateImageRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_CreateImageRequest.Merge(m, src)
 }
 func (m *CreateImageRequest) XXX_Size() int {
-	return xxx_messageInfo_CreateImageRequest.Size(m)
+	return m.Size()
 }
 func (m *CreateImageRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_CreateImageRequest.DiscardUnknown(m)
@@ -281,16 +337,25 @@ func (*CreateImageResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{6}
 }
 func (m *CreateImageResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_CreateImageResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *CreateImageResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_CreateImageResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_CreateImageResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *CreateImageResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_CreateImageResponse.Merge(m, src)
 }
 func (m *CreateImageResponse) XXX_Size() int {
-	return xxx_messageInfo_CreateImageResponse.Size(m)
+	return m.Size()
 }
 func (m *CreateImageResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_CreateImageResponse.DiscardUnknown(m)
@@ -317,16 +382,25 @@ func (*UpdateImageRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{7}
 }
 func (m *UpdateImageRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_UpdateImageRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *UpdateImageRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_UpdateImageRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_UpdateImageRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *UpdateImageRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_UpdateImageRequest.Merge(m, src)
 }
 func (m *UpdateImageRequest) XXX_Size() int {
-	return xxx_messageInfo_UpdateImageRequest.Size(m)
+	return m.Size()
 }
 func (m *UpdateImageRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_UpdateImageRequest.DiscardUnknown(m)
@@ -359,16 +433,25 @@ func (*UpdateImageResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{8}
 }
 func (m *UpdateImageResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_UpdateImageResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *UpdateImageResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_UpdateImageResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_UpdateImageResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *UpdateImageResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_UpdateImageResponse.Merge(m, src)
 }
 func (m *UpdateImageResponse) XXX_Size() int {
-	return xxx_messageInfo_UpdateImageResponse.Size(m)
+	return m.Size()
 }
 func (m *UpdateImageResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_UpdateImageResponse.DiscardUnknown(m)
@@ -398,16 +481,25 @@ func (*DeleteImageRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{9}
 }
 func (m *DeleteImageRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_DeleteImageRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *DeleteImageRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_DeleteImageRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_DeleteImageRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *DeleteImageRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_DeleteImageRequest.Merge(m, src)
 }
 func (m *DeleteImageRequest) XXX_Size() int {
-	return xxx_messageInfo_DeleteImageRequest.Size(m)
+	return m.Size()
 }
 func (m *DeleteImageRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_DeleteImageRequest.DiscardUnknown(m)
@@ -452,16 +544,25 @@ func (*Credentials) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{10}
 }
 func (m *Credentials) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_Credentials.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *Credentials) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_Credentials.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_Credentials.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *Credentials) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_Credentials.Merge(m, src)
 }
 func (m *Credentials) XXX_Size() int {
-	return xxx_messageInfo_Credentials.Size(m)
+	return m.Size()
 }
 func (m *Credentials) XXX_DiscardUnknown() {
 	xxx_messageInfo_Credentials.DiscardUnknown(m)
@@ -509,16 +610,25 @@ func (*PullRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{11}
 }
 func (m *PullRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_PullRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *PullRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_PullRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_PullRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *PullRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_PullRequest.Merge(m, src)
 }
 func (m *PullRequest) XXX_Size() int {
-	return xxx_messageInfo_PullRequest.Size(m)
+	return m.Size()
 }
 func (m *PullRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_PullRequest.DiscardUnknown(m)
@@ -586,16 +696,25 @@ func (*PushRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{12}
 }
 func (m *PushRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_PushRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *PushRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_PushRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_PushRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *PushRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_PushRequest.Merge(m, src)
 }
 func (m *PushRequest) XXX_Size() int {
-	return xxx_messageInfo_PushRequest.Size(m)
+	return m.Size()
 }
 func (m *PushRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_PushRequest.DiscardUnknown(m)
@@ -653,16 +772,25 @@ func (*Progress) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{13}
 }
 func (m *Progress) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_Progress.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *Progress) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_Progress.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_Progress.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *Progress) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_Progress.Merge(m, src)
 }
 func (m *Progress) XXX_Size() int {
-	return xxx_messageInfo_Progress.Size(m)
+	return m.Size()
 }
 func (m *Progress) XXX_DiscardUnknown() {
 	xxx_messageInfo_Progress.DiscardUnknown(m)
@@ -715,16 +843,25 @@ func (*Progress_Layer) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{13, 0}
 }
 func (m *Progress_Layer) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_Progress_Layer.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *Progress_Layer) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_Progress_Layer.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_Progress_Layer.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *Progress_Layer) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_Progress_Layer.Merge(m, src)
 }
 func (m *Progress_Layer) XXX_Size() int {
-	return xxx_messageInfo_Progress_Layer.Size(m)
+	return m.Size()
 }
 func (m *Progress_Layer) XXX_DiscardUnknown() {
 	xxx_messageInfo_Progress_Layer.DiscardUnknown(m)
@@ -781,16 +918,25 @@ func (*ImportRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{14}
 }
 func (m *ImportRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ImportRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ImportRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ImportRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ImportRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ImportRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ImportRequest.Merge(m, src)
 }
 func (m *ImportRequest) XXX_Size() int {
-	return xxx_messageInfo_ImportRequest.Size(m)
+	return m.Size()
 }
 func (m *ImportRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_ImportRequest.DiscardUnknown(m)
@@ -833,16 +979,25 @@ func (*ImportOptions) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{15}
 }
 func (m *ImportOptions) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ImportOptions.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ImportOptions) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ImportOptions.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ImportOptions.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ImportOptions) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ImportOptions.Merge(m, src)
 }
 func (m *ImportOptions) XXX_Size() int {
-	return xxx_messageInfo_ImportOptions.Size(m)
+	return m.Size()
 }
 func (m *ImportOptions) XXX_DiscardUnknown() {
 	xxx_messageInfo_ImportOptions.DiscardUnknown(m)
@@ -903,16 +1058,25 @@ func (*ImportResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{16}
 }
 func (m *ImportResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ImportResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ImportResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ImportResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ImportResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ImportResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ImportResponse.Merge(m, src)
 }
 func (m *ImportResponse) XXX_Size() int {
-	return xxx_messageInfo_ImportResponse.Size(m)
+	return m.Size()
 }
 func (m *ImportResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_ImportResponse.DiscardUnknown(m)
@@ -942,16 +1106,25 @@ func (*ExportRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{17}
 }
 func (m *ExportRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ExportRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ExportRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ExportRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ExportRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ExportRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ExportRequest.Merge(m, src)
 }
 func (m *ExportRequest) XXX_Size() int {
-	return xxx_messageInfo_ExportRequest.Size(m)
+	return m.Size()
 }
 func (m *ExportRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_ExportRequest.DiscardUnknown(m)
@@ -998,16 +1171,25 @@ func (*ExportChunk) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{18}
 }
 func (m *ExportChunk) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ExportChunk.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ExportChunk) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ExportChunk.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ExportChunk.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ExportChunk) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ExportChunk.Merge(m, src)
 }
 func (m *ExportChunk) XXX_Size() int {
-	return xxx_messageInfo_ExportChunk.Size(m)
+	return m.Size()
 }
 func (m *ExportChunk) XXX_DiscardUnknown() {
 	xxx_messageInfo_ExportChunk.DiscardUnknown(m)
@@ -1033,16 +1215,25 @@ func (*UsageRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{19}
 }
 func (m *UsageRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_UsageRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *UsageRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_UsageRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_UsageRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *UsageRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_UsageRequest.Merge(m, src)
 }
 func (m *UsageRequest) XXX_Size() int {
-	return xxx_messageInfo_UsageRequest.Size(m)
+	return m.Size()
 }
 func (m *UsageRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_UsageRequest.DiscardUnknown(m)
@@ -1070,16 +1261,25 @@ func (*UsageResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{20}
 }
 func (m *UsageResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_UsageResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *UsageResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_UsageResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_UsageResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *UsageResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_UsageResponse.Merge(m, src)
 }
 func (m *UsageResponse) XXX_Size() int {
-	return xxx_messageInfo_UsageResponse.Size(m)
+	return m.Size()
 }
 func (m *UsageResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_UsageResponse.DiscardUnknown(m)
@@ -1118,16 +1318,25 @@ func (*GarbageCollectRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{21}
 }
 func (m *GarbageCollectRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_GarbageCollectRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *GarbageCollectRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_GarbageCollectRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_GarbageCollectRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *GarbageCollectRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_GarbageCollectRequest.Merge(m, src)
 }
 func (m *GarbageCollectRequest) XXX_Size() int {
-	return xxx_messageInfo_GarbageCollectRequest.Size(m)
+	return m.Size()
 }
 func (m *GarbageCollectRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_GarbageCollectRequest.DiscardUnknown(m)
@@ -1148,16 +1357,25 @@ func (*GarbageCollectResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_b8989d9a08be15ee, []int{22}
 }
 func (m *GarbageCollectResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_GarbageCollectResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *GarbageCollectResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_GarbageCollectResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_GarbageCollectResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *GarbageCollectResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_GarbageCollectResponse.Merge(m, src)
 }
 func (m *GarbageCollectResponse) XXX_Size() int {
-	return xxx_messageInfo_GarbageCollectResponse.Size(m)
+	return m.Size()
 }
 func (m *GarbageCollectResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_GarbageCollectResponse.DiscardUnknown(m)
@@ -1217,87 +1435,4856 @@ func init() {
 func init() { proto.RegisterFile("services/images/v1/images.proto", fileDescriptor_b8989d9a08be15ee) }
 
 var fileDescriptor_b8989d9a08be15ee = []byte{
-	// 1307 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xb4, 0x57, 0x4f, 0x6f, 0x5b, 0x45,
-	0x10, 0xef, 0x8b, 0xff, 0x24, 0x1e, 0xc7, 0x6d, 0xba, 0x40, 0x6b, 0x3d, 0xa0, 0x09, 0xaf, 0x0a,
-	0x35, 0xb4, 0xb5, 0xdb, 0x20, 0xfe, 0x94, 0x5e, 0x68, 0xd3, 0x12, 0x45, 0xa4, 0xa5, 0x7a, 0x6d,
-	0x25, 0x54, 0x81, 0xac, 0xb5, 0x3d, 0x76, 0x9e, 0xfc, 0xfe, 0xf1, 0x76, 0x1d, 0xd5, 0x57, 0xd4,
-	0x03, 0x12, 0x17, 0xee, 0x7c, 0x11, 0xae, 0xf0, 0x09, 0x7a, 0xe4, 0x5e, 0xf1, 0x3d, 0xd0, 0xce,
-	0xee, 0x3a, 0xb6, 0x93, 0x3c, 0x87, 0x16, 0x2e, 0xd6, 0xee, 0xbc, 0xdf, 0xec, 0xcc, 0xfc, 0x76,
-	0x66, 0x76, 0x0c, 0xeb, 0x02, 0xb3, 0x83, 0xa0, 0x8b, 0xa2, 0x15, 0x44, 0x7c, 0x80, 0xa2, 0x75,
-	0x70, 0xd3, 0xac, 0x9a, 0x69, 0x96, 0xc8, 0x84, 0xd5, 0xb1, 0x37, 0xc0, 0x5e, 0xd3, 0xc2, 0x9a,
-	0xe6, 0xe3, 0xc1, 0x4d, 0xf7, 0xdd, 0x41, 0x92, 0x0c, 0x42, 0x6c, 0x11, 0xae, 0x33, 0xea, 0xb7,
-	0x30, 0x4a, 0xe5, 0x58, 0xab, 0xb9, 0x1b, 0xf3, 0x1f, 0xfb, 0x01, 0x86, 0xbd, 0x76, 0xc4, 0xc5,
-	0xd0, 0x20, 0xd6, 0xe7, 0x11, 0x32, 0x88, 0x50, 0x48, 0x1e, 0xa5, 0x06, 0x70, 0x5e, 0x8e, 0x53,
-	0x14, 0x2d, 0xfa, 0xd5, 0x22, 0xef, 0xcf, 0x25, 0x28, 0xed, 0x2a, 0x07, 0x18, 0x83, 0x62, 0xcc,
-	0x23, 0xac, 0x3b, 0x1b, 0x4e, 0xa3, 0xe2, 0xd3, 0x9a, 0x6d, 0x43, 0x39, 0xe4, 0x1d, 0x0c, 0x45,
-	0x7d, 0x69, 0xa3, 0xd0, 0xa8, 0x6e, 0x5d, 0x6d, 0x9e, 0xe4, 0x7b, 0x93, 0x0e, 0x69, 0xee, 0x11,
-	0xfa, 0x7e, 0x2c, 0xb3, 0xb1, 0x6f, 0x54, 0x59, 0x0b, 0xca, 0x92, 0x67, 0x03, 0x94, 0xf5, 0xc2,
-	0x86, 0xd3, 0xa8, 0x6e, 0x5d, 0x34, 0x87, 0x68, 0x37, 0xee, 0xa1, 0xe8, 0x66, 0x41, 0x2a, 0x93,
-	0xcc, 0x37, 0x30, 0x76, 0x0b, 0xa0, 0x9b, 0x21, 0x97, 0xd8, 0x6b, 0x73, 0x59, 0x5f, 0x26, 0x25,
-	0xb7, 0xa9, 0x83, 0x6b, 0xda, 0xe0, 0x9a, 0x4f, 0x6c, 0x70, 0x7e, 0xc5, 0xa0, 0xef, 0x90, 0xea,
-	0x28, 0xed, 0x59, 0xd5, 0x95, 0xc5, 0xaa, 0x06, 0x7d, 0x47, 0xba, 0xb7, 0xa0, 0x3a, 0xe5, 0x3d,
-	0x5b, 0x83, 0xc2, 0x10, 0xc7, 0x86, 0x0d, 0xb5, 0x64, 0x6f, 0x43, 0xe9, 0x80, 0x87, 0x23, 0xac,
-	0x2f, 0x91, 0x4c, 0x6f, 0xbe, 0x5c, 0xfa, 0xc2, 0xf1, 0x36, 0xe1, 0xdc, 0x0e, 0x4a, 0x62, 0xc0,
-	0xc7, 0x1f, 0x47, 0x28, 0xe4, 0x71, 0x6c, 0x7a, 0xbb, 0xb0, 0x76, 0x08, 0x13, 0x69, 0x12, 0x0b,
-	0x64, 0x9f, 0x42, 0x89, 0x38, 0x24, 0x60, 0x75, 0x6b, 0x7d, 0x01, 0xc1, 0xbe, 0x46, 0x7b, 0xd7,
-	0xe1, 0xfc, 0x5e, 0x20, 0xf4, 0x59, 0xc2, 0xda, 0xac, 0xc3, 0x72, 0x3f, 0x08, 0x25, 0x66, 0xa2,
-	0xee, 0x6c, 0x14, 0x1a, 0x15, 0xdf, 0x6e, 0xbd, 0x07, 0xc0, 0xa6, 0xe1, 0xc6, 0xf6, 0xe7, 0x50,
-	0xd6, 0xc7, 0x13, 0xfc, 0x14, 0xc6, 0x0d, 0xdc, 0xfb, 0x06, 0xd8, 0x36, 0x51, 0x3e, 0x13, 0xf2,
-	0x6b, 0x86, 0xb2, 0x07, 0x6f, 0xcd, 0x1c, 0xf6, 0x66, 0xc4, 0xfc, 0xec, 0x00, 0x7b, 0x4a, 0x77,
-	0xfa, 0x1f, 0xf8, 0xc6, 0x6e, 0x43, 0x55, 0x27, 0x08, 0x95, 0x19, 0x5d, 0xfc, 0x71, 0xf9, 0xf4,
-	0xb5, 0xaa, 0xc4, 0x07, 0x5c, 0x0c, 0x7d, 0x93, 0x7d, 0x6a, 0xad, 0x02, 0x9b, 0xf1, 0xe4, 0xcd,
-	0x02, 0xf3, 0x81, 0xdd, 0xc3, 0x10, 0xe7, 0xe2, 0x3a, 0xae, 0x68, 0x19, 0x14, 0xc5, 0x38, 0xee,
-	0x92, 0xb7, 0x2b, 0x3e, 0xad, 0x55, 0xee, 0xf6, 0x93, 0xac, 0x8b, 0x54, 0x82, 0x2b, 0xbe, 0xde,
-	0x78, 0xfb, 0x50, 0xdd, 0xce, 0xb0, 0x87, 0xb1, 0x0c, 0x78, 0x28, 0x98, 0x0b, 0x2b, 0x23, 0x81,
-	0xd9, 0xd4, 0x81, 0x93, 0x3d, 0xbb, 0x00, 0x65, 0x81, 0xdd, 0x0c, 0xa5, 0xc9, 0x7e, 0xb3, 0x63,
-	0x9b, 0x70, 0x36, 0xa0, 0x03, 0xe4, 0xb8, 0x2d, 0x93, 0x21, 0xc6, 0x64, 0xa1, 0xe2, 0xd7, 0xac,
-	0xf4, 0x89, 0x12, 0x7a, 0x7f, 0x3b, 0x50, 0x7d, 0x34, 0x0a, 0x43, 0xeb, 0xf7, 0x1a, 0x14, 0x32,
-	0xec, 0xdb, 0xea, 0xca, 0xb0, 0xaf, 0x8c, 0xa7, 0x21, 0x97, 0xfd, 0x24, 0x8b, 0x8c, 0x89, 0xc9,
-	0x9e, 0xed, 0x40, 0xb5, 0x7b, 0xe8, 0xa7, 0x69, 0x23, 0x9b, 0x27, 0x13, 0x37, 0x15, 0x94, 0x3f,
-	0xad, 0xc9, 0xd6, 0xa1, 0x2a, 0x86, 0x41, 0xda, 0x1e, 0xc5, 0x29, 0xef, 0x0e, 0xeb, 0x45, 0x22,
-	0x03, 0x94, 0xe8, 0x29, 0x49, 0xd8, 0x06, 0x54, 0x45, 0xcc, 0x53, 0xb1, 0x9f, 0x48, 0x89, 0x59,
-	0xbd, 0x44, 0x8e, 0x4c, 0x8b, 0xd8, 0x7b, 0x50, 0x51, 0x84, 0x88, 0x94, 0x77, 0xb1, 0x5e, 0xa6,
-	0xef, 0x87, 0x02, 0xef, 0x0f, 0x8a, 0x53, 0xec, 0x9f, 0x1c, 0xe7, 0xfb, 0x00, 0x19, 0x46, 0x89,
-	0xc4, 0xb6, 0xfa, 0xa0, 0x23, 0xad, 0x68, 0x89, 0x3f, 0x47, 0x43, 0x21, 0x9f, 0x86, 0xe2, 0x6b,
-	0xd3, 0x30, 0x13, 0x43, 0x69, 0x3e, 0x86, 0xdf, 0x97, 0x60, 0xe5, 0x51, 0x96, 0x0c, 0x32, 0x14,
-	0x82, 0x7d, 0xa5, 0x5e, 0x80, 0xb1, 0x6d, 0x29, 0xd5, 0xad, 0xc6, 0xc9, 0xe6, 0xac, 0x4e, 0x73,
-	0x4f, 0x29, 0xf8, 0x46, 0x4f, 0xa5, 0x63, 0x2f, 0x89, 0xd1, 0xa6, 0xa3, 0x5a, 0x1f, 0xd6, 0x40,
-	0xe1, 0x5f, 0x95, 0x63, 0x1d, 0x96, 0x23, 0x14, 0x42, 0x29, 0x16, 0xc9, 0x6b, 0xbb, 0x75, 0x5f,
-	0x38, 0x50, 0x22, 0xb3, 0x2a, 0x51, 0x7b, 0xc1, 0x00, 0x85, 0x34, 0xa4, 0x9b, 0x9d, 0xe2, 0x3d,
-	0xc2, 0x5e, 0xc0, 0xdb, 0xea, 0xd9, 0xb1, 0xbc, 0x93, 0xe4, 0xc9, 0x38, 0xa5, 0xfc, 0x4e, 0xfa,
-	0x7d, 0x61, 0x1e, 0xa9, 0x82, 0x6f, 0x76, 0xaa, 0x70, 0x64, 0x22, 0x79, 0x48, 0x06, 0x0b, 0xbe,
-	0xde, 0x50, 0x35, 0x48, 0x2e, 0x47, 0xc2, 0xb0, 0x67, 0x76, 0x5e, 0x1f, 0x6a, 0xbb, 0x51, 0x9a,
-	0x64, 0xd2, 0xde, 0xff, 0x1d, 0x58, 0x4e, 0x52, 0x19, 0x24, 0xb1, 0x30, 0xe5, 0x7e, 0x25, 0x2f,
-	0x54, 0xa5, 0xf9, 0xad, 0x86, 0xfb, 0x56, 0x8f, 0xf8, 0xe3, 0x92, 0x93, 0xcb, 0xab, 0x3e, 0xad,
-	0xbd, 0x97, 0x8e, 0x35, 0x64, 0xe0, 0x33, 0x79, 0xe3, 0xcc, 0xe5, 0xcd, 0x65, 0xa8, 0xf1, 0x30,
-	0x6c, 0xdb, 0xbd, 0x30, 0x57, 0xb1, 0xca, 0xc3, 0xf0, 0x91, 0x95, 0x29, 0x7e, 0x82, 0xb8, 0x87,
-	0xcf, 0xdb, 0x54, 0xfe, 0x3a, 0xf5, 0x2a, 0x24, 0x79, 0xa8, 0xea, 0xff, 0x7f, 0xaf, 0x9c, 0x5d,
-	0x38, 0x6b, 0xa9, 0x7b, 0xd3, 0xe7, 0xe9, 0x27, 0x07, 0x6a, 0xf7, 0x9f, 0x4f, 0x5f, 0x03, 0x83,
-	0x62, 0x86, 0x7d, 0xfb, 0x2c, 0xd2, 0x3a, 0xb7, 0xe1, 0x1c, 0x61, 0xac, 0x70, 0x0c, 0x63, 0x33,
-	0xf1, 0x14, 0xe7, 0xe3, 0xf9, 0x00, 0xaa, 0xda, 0x87, 0xed, 0xfd, 0x51, 0x3c, 0x9c, 0xdc, 0xa2,
-	0x33, 0x75, 0x8b, 0x1e, 0xac, 0x3e, 0x15, 0x0b, 0x66, 0x86, 0x17, 0x0e, 0xd4, 0x0c, 0xc8, 0xd0,
-	0x72, 0x19, 0x6a, 0xdd, 0x24, 0x96, 0x18, 0xcb, 0x76, 0x67, 0x2c, 0x51, 0x27, 0x56, 0xc1, 0x5f,
-	0x35, 0xc2, 0xbb, 0x4a, 0xa6, 0xda, 0xb2, 0xa5, 0xde, 0xa0, 0x96, 0x08, 0x55, 0xb3, 0x52, 0x0d,
-	0xbb, 0x02, 0xe7, 0x26, 0xb0, 0x20, 0x4e, 0x7a, 0x28, 0x4c, 0xfa, 0x4f, 0xb4, 0x77, 0x49, 0xea,
-	0x5d, 0x84, 0x77, 0x76, 0x78, 0xd6, 0xe1, 0x03, 0xdc, 0x4e, 0xc2, 0x10, 0xbb, 0x96, 0x59, 0xef,
-	0x17, 0x07, 0x2e, 0xcc, 0x7f, 0x39, 0x74, 0x54, 0xf5, 0xb5, 0x03, 0xec, 0xb5, 0x3b, 0x61, 0xd2,
-	0x99, 0x38, 0x6a, 0x84, 0x77, 0x95, 0x8c, 0x5d, 0x85, 0xf3, 0x16, 0x64, 0x4d, 0x5a, 0x5f, 0xd7,
-	0xcc, 0x87, 0xc7, 0x56, 0xae, 0x92, 0xb0, 0x9f, 0xa1, 0x3a, 0x8f, 0x42, 0xd2, 0xae, 0x02, 0x89,
-	0x28, 0x9e, 0xad, 0xdf, 0x56, 0xa0, 0xac, 0x87, 0x1c, 0xf6, 0x3d, 0x14, 0x76, 0x50, 0xb2, 0x8f,
-	0x4e, 0x4e, 0x9a, 0xb9, 0x91, 0xcd, 0xfd, 0xf8, 0x34, 0x50, 0x13, 0x1b, 0x87, 0xa2, 0x1a, 0xa8,
-	0x58, 0xce, 0x40, 0x7c, 0x64, 0x3e, 0x73, 0xaf, 0x9d, 0x0e, 0x6c, 0x4c, 0x20, 0x94, 0xf5, 0x5c,
-	0xc4, 0xae, 0xe5, 0xb6, 0xf8, 0xb9, 0x51, 0xc7, 0xbd, 0x7e, 0x4a, 0xf4, 0xa1, 0x19, 0x3d, 0xa5,
-	0xe4, 0x99, 0x39, 0x3a, 0x51, 0xe5, 0x99, 0x39, 0x6e, 0xea, 0x79, 0x08, 0x65, 0x3d, 0xbe, 0xe4,
-	0x99, 0x39, 0x3a, 0xe0, 0xb8, 0x17, 0x8e, 0x0c, 0x5b, 0xf7, 0xd5, 0x7f, 0x22, 0xf6, 0x18, 0x8a,
-	0x6a, 0x9e, 0x60, 0x39, 0xcf, 0xdf, 0xd4, 0xbc, 0xe1, 0x7a, 0x8b, 0x9f, 0xad, 0x1b, 0x8e, 0x3e,
-	0x54, 0xec, 0xe7, 0x1f, 0x3a, 0x79, 0xdc, 0x4f, 0x79, 0xe8, 0x0f, 0x2a, 0x25, 0x55, 0x23, 0x60,
-	0x0b, 0x7b, 0xbf, 0x3d, 0xb8, 0xb1, 0x18, 0xa8, 0x69, 0x6d, 0x38, 0xec, 0x19, 0x94, 0x75, 0x9f,
-	0xc9, 0x3b, 0x7e, 0xa6, 0x1b, 0xba, 0x9b, 0x8b, 0x80, 0xd4, 0xb2, 0x6e, 0x38, 0xec, 0x3b, 0x28,
-	0x51, 0xef, 0x61, 0x1f, 0xe6, 0x5c, 0xf6, 0x54, 0x07, 0x73, 0xaf, 0x2c, 0xc4, 0x99, 0x74, 0x10,
-	0x70, 0x76, 0xb6, 0x6b, 0xb0, 0x56, 0x4e, 0xf5, 0x1d, 0xd7, 0x79, 0xdc, 0x1b, 0xa7, 0x57, 0xd0,
-	0x46, 0xef, 0xde, 0xfb, 0xf5, 0xd5, 0xa5, 0x33, 0x2f, 0x5f, 0x5d, 0x3a, 0xf3, 0xd7, 0xab, 0x4b,
-	0x67, 0x9e, 0x7d, 0x36, 0x08, 0xe4, 0xfe, 0xa8, 0xd3, 0xec, 0x26, 0x51, 0x8b, 0x4e, 0x32, 0xbf,
-	0x94, 0x68, 0xad, 0xa3, 0x7f, 0xe2, 0x6f, 0xeb, 0x55, 0xa7, 0x4c, 0x80, 0x4f, 0xfe, 0x09, 0x00,
-	0x00, 0xff, 0xff, 0xa1, 0x3c, 0xff, 0xb1, 0xe8, 0x0f, 0x00, 0x00,
+	// 1322 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xb4, 0x57, 0x5f, 0x6f, 0x1b, 0x45,
+	0x10, 0xef, 0xc5, 0x7f, 0x12, 0x8f, 0xe3, 0x36, 0x5d, 0xa0, 0xb5, 0x0e, 0x48, 0xc2, 0x55, 0xa1,
+	0x86, 0xb6, 0x76, 0x1b, 0xc4, 0x9f, 0xd2, 0x17, 0xda, 0xb4, 0x44, 0x11, 0x69, 0x89, 0xae, 0xad,
+	0x84, 0x2a, 0x90, 0xb5, 0xb6, 0xc7, 0xce, 0xc9, 0xe7, 0xbb, 0xe3, 0x76, 0x1d, 0xd5, 0xaf, 0xa8,
+	0x0f, 0x48, 0xbc, 0xf0, 0xce, 0x17, 0xe1, 0x15, 0x9e, 0x78, 0xec, 0x23, 0x8f, 0xa8, 0x15, 0xdf,
+	0x03, 0xed, 0xec, 0xae, 0x63, 0x3b, 0xc9, 0x39, 0xb4, 0xf0, 0x62, 0xed, 0xce, 0xfd, 0x66, 0x67,
+	0xe6, 0xb7, 0x33, 0xb3, 0x63, 0x58, 0x13, 0x98, 0x1e, 0x04, 0x6d, 0x14, 0x8d, 0x60, 0xc0, 0x7b,
+	0x28, 0x1a, 0x07, 0x37, 0xcc, 0xaa, 0x9e, 0xa4, 0xb1, 0x8c, 0x59, 0x15, 0x3b, 0x3d, 0xec, 0xd4,
+	0x2d, 0xac, 0x6e, 0x3e, 0x1e, 0xdc, 0x70, 0xdf, 0xee, 0xc5, 0x71, 0x2f, 0xc4, 0x06, 0xe1, 0x5a,
+	0xc3, 0x6e, 0x03, 0x07, 0x89, 0x1c, 0x69, 0x35, 0x77, 0x7d, 0xf6, 0x63, 0x37, 0xc0, 0xb0, 0xd3,
+	0x1c, 0x70, 0xd1, 0x37, 0x88, 0xb5, 0x59, 0x84, 0x0c, 0x06, 0x28, 0x24, 0x1f, 0x24, 0x06, 0x70,
+	0x5e, 0x8e, 0x12, 0x14, 0x0d, 0xfa, 0xd5, 0x22, 0xef, 0xf7, 0x05, 0x28, 0xec, 0x28, 0x07, 0x18,
+	0x83, 0x7c, 0xc4, 0x07, 0x58, 0x75, 0xd6, 0x9d, 0x5a, 0xc9, 0xa7, 0x35, 0xdb, 0x82, 0x62, 0xc8,
+	0x5b, 0x18, 0x8a, 0xea, 0xc2, 0x7a, 0xae, 0x56, 0xde, 0xbc, 0x52, 0x3f, 0xc9, 0xf7, 0x3a, 0x1d,
+	0x52, 0xdf, 0x25, 0xf4, 0xbd, 0x48, 0xa6, 0x23, 0xdf, 0xa8, 0xb2, 0x06, 0x14, 0x25, 0x4f, 0x7b,
+	0x28, 0xab, 0xb9, 0x75, 0xa7, 0x56, 0xde, 0xbc, 0x68, 0x0e, 0xd1, 0x6e, 0xdc, 0x45, 0xd1, 0x4e,
+	0x83, 0x44, 0xc6, 0xa9, 0x6f, 0x60, 0xec, 0x26, 0x40, 0x3b, 0x45, 0x2e, 0xb1, 0xd3, 0xe4, 0xb2,
+	0xba, 0x48, 0x4a, 0x6e, 0x5d, 0x07, 0x57, 0xb7, 0xc1, 0xd5, 0x1f, 0xd9, 0xe0, 0xfc, 0x92, 0x41,
+	0xdf, 0x26, 0xd5, 0x61, 0xd2, 0xb1, 0xaa, 0x4b, 0xf3, 0x55, 0x0d, 0xfa, 0xb6, 0x74, 0x6f, 0x42,
+	0x79, 0xc2, 0x7b, 0xb6, 0x02, 0xb9, 0x3e, 0x8e, 0x0c, 0x1b, 0x6a, 0xc9, 0xde, 0x84, 0xc2, 0x01,
+	0x0f, 0x87, 0x58, 0x5d, 0x20, 0x99, 0xde, 0x7c, 0xbe, 0xf0, 0x99, 0xe3, 0x6d, 0xc0, 0xb9, 0x6d,
+	0x94, 0xc4, 0x80, 0x8f, 0xdf, 0x0f, 0x51, 0xc8, 0xe3, 0xd8, 0xf4, 0x76, 0x60, 0xe5, 0x10, 0x26,
+	0x92, 0x38, 0x12, 0xc8, 0x3e, 0x86, 0x02, 0x71, 0x48, 0xc0, 0xf2, 0xe6, 0xda, 0x1c, 0x82, 0x7d,
+	0x8d, 0xf6, 0xae, 0xc1, 0xf9, 0xdd, 0x40, 0xe8, 0xb3, 0x84, 0xb5, 0x59, 0x85, 0xc5, 0x6e, 0x10,
+	0x4a, 0x4c, 0x45, 0xd5, 0x59, 0xcf, 0xd5, 0x4a, 0xbe, 0xdd, 0x7a, 0xf7, 0x81, 0x4d, 0xc2, 0x8d,
+	0xed, 0x4f, 0xa1, 0xa8, 0x8f, 0x27, 0xf8, 0x29, 0x8c, 0x1b, 0xb8, 0xf7, 0x15, 0xb0, 0x2d, 0xa2,
+	0x7c, 0x2a, 0xe4, 0x57, 0x0c, 0x65, 0x17, 0xde, 0x98, 0x3a, 0xec, 0xf5, 0x88, 0xf9, 0xd1, 0x01,
+	0xf6, 0x98, 0xee, 0xf4, 0x3f, 0xf0, 0x8d, 0xdd, 0x82, 0xb2, 0x4e, 0x10, 0x2a, 0x33, 0xba, 0xf8,
+	0xe3, 0xf2, 0xe9, 0x4b, 0x55, 0x89, 0xf7, 0xb9, 0xe8, 0xfb, 0x26, 0xfb, 0xd4, 0x5a, 0x05, 0x36,
+	0xe5, 0xc9, 0xeb, 0x05, 0xe6, 0x03, 0xbb, 0x8b, 0x21, 0xce, 0xc4, 0x75, 0x5c, 0xd1, 0x32, 0xc8,
+	0x8b, 0x51, 0xd4, 0x26, 0x6f, 0x97, 0x7c, 0x5a, 0xab, 0xdc, 0xed, 0xc6, 0x69, 0x1b, 0xa9, 0x04,
+	0x97, 0x7c, 0xbd, 0xf1, 0xf6, 0xa1, 0xbc, 0x95, 0x62, 0x07, 0x23, 0x19, 0xf0, 0x50, 0x30, 0x17,
+	0x96, 0x86, 0x02, 0xd3, 0x89, 0x03, 0xc7, 0x7b, 0x76, 0x01, 0x8a, 0x02, 0xdb, 0x29, 0x4a, 0x93,
+	0xfd, 0x66, 0xc7, 0x36, 0xe0, 0x6c, 0x40, 0x07, 0xc8, 0x51, 0x53, 0xc6, 0x7d, 0x8c, 0xc8, 0x42,
+	0xc9, 0xaf, 0x58, 0xe9, 0x23, 0x25, 0xf4, 0xfe, 0x76, 0xa0, 0xbc, 0x37, 0x0c, 0x43, 0xeb, 0xf7,
+	0x0a, 0xe4, 0x52, 0xec, 0xda, 0xea, 0x4a, 0xb1, 0xab, 0x8c, 0x27, 0x21, 0x97, 0xdd, 0x38, 0x1d,
+	0x18, 0x13, 0xe3, 0x3d, 0xdb, 0x86, 0x72, 0xfb, 0xd0, 0x4f, 0xd3, 0x46, 0x36, 0x4e, 0x26, 0x6e,
+	0x22, 0x28, 0x7f, 0x52, 0x93, 0xad, 0x41, 0x59, 0xf4, 0x83, 0xa4, 0x39, 0x8c, 0x12, 0xde, 0xee,
+	0x57, 0xf3, 0x44, 0x06, 0x28, 0xd1, 0x63, 0x92, 0xb0, 0x75, 0x28, 0x8b, 0x88, 0x27, 0x62, 0x3f,
+	0x96, 0x12, 0xd3, 0x6a, 0x81, 0x1c, 0x99, 0x14, 0xb1, 0x77, 0xa0, 0xa4, 0x08, 0x11, 0x09, 0x6f,
+	0x63, 0xb5, 0x48, 0xdf, 0x0f, 0x05, 0xde, 0x6f, 0x14, 0xa7, 0xd8, 0x3f, 0x39, 0xce, 0x77, 0x01,
+	0x52, 0x1c, 0xc4, 0x12, 0x9b, 0xea, 0x83, 0x8e, 0xb4, 0xa4, 0x25, 0xfe, 0x0c, 0x0d, 0xb9, 0x6c,
+	0x1a, 0xf2, 0xaf, 0x4c, 0xc3, 0x54, 0x0c, 0x85, 0xd9, 0x18, 0x7e, 0x5d, 0x80, 0xa5, 0xbd, 0x34,
+	0xee, 0xa5, 0x28, 0x04, 0xfb, 0x42, 0xbd, 0x00, 0x23, 0xdb, 0x52, 0xca, 0x9b, 0xb5, 0x93, 0xcd,
+	0x59, 0x9d, 0xfa, 0xae, 0x52, 0xf0, 0x8d, 0x9e, 0x4a, 0xc7, 0x4e, 0x1c, 0xa1, 0x4d, 0x47, 0xb5,
+	0x3e, 0xac, 0x81, 0xdc, 0xbf, 0x2a, 0xc7, 0x2a, 0x2c, 0x0e, 0x50, 0x08, 0xa5, 0x98, 0x27, 0xaf,
+	0xed, 0xd6, 0x7d, 0xe6, 0x40, 0x81, 0xcc, 0xaa, 0x44, 0xed, 0x04, 0x3d, 0x14, 0xd2, 0x90, 0x6e,
+	0x76, 0x8a, 0xf7, 0x01, 0x76, 0x02, 0xde, 0x54, 0xcf, 0x8e, 0xe5, 0x9d, 0x24, 0x8f, 0x46, 0x09,
+	0xe5, 0x77, 0xdc, 0xed, 0x0a, 0xf3, 0x48, 0xe5, 0x7c, 0xb3, 0x53, 0x85, 0x23, 0x63, 0xc9, 0x43,
+	0x32, 0x98, 0xf3, 0xf5, 0x86, 0xaa, 0x41, 0x72, 0x39, 0x14, 0x86, 0x3d, 0xb3, 0xf3, 0xba, 0x50,
+	0xd9, 0x19, 0x24, 0x71, 0x2a, 0xed, 0xfd, 0xdf, 0x86, 0xc5, 0x38, 0x91, 0x41, 0x1c, 0x09, 0x53,
+	0xee, 0x97, 0xb3, 0x42, 0x55, 0x9a, 0x5f, 0x6b, 0xb8, 0x6f, 0xf5, 0x88, 0x3f, 0x2e, 0x39, 0xb9,
+	0xbc, 0xec, 0xd3, 0xda, 0x7b, 0xee, 0x58, 0x43, 0x06, 0x3e, 0x95, 0x37, 0xce, 0x4c, 0xde, 0x5c,
+	0x82, 0x0a, 0x0f, 0xc3, 0xa6, 0xdd, 0x0b, 0x73, 0x15, 0xcb, 0x3c, 0x0c, 0xf7, 0xac, 0x4c, 0xf1,
+	0x13, 0x44, 0x1d, 0x7c, 0xda, 0xa4, 0xf2, 0xd7, 0xa9, 0x57, 0x22, 0xc9, 0x03, 0x55, 0xff, 0xff,
+	0x7b, 0xe5, 0xec, 0xc0, 0x59, 0x4b, 0xdd, 0xeb, 0x3e, 0x4f, 0x3f, 0x38, 0x50, 0xb9, 0xf7, 0x74,
+	0xf2, 0x1a, 0x18, 0xe4, 0x53, 0xec, 0xda, 0x67, 0x91, 0xd6, 0x99, 0x0d, 0xe7, 0x08, 0x63, 0xb9,
+	0x63, 0x18, 0x9b, 0x8a, 0x27, 0x3f, 0x1b, 0xcf, 0x7b, 0x50, 0xd6, 0x3e, 0x6c, 0xed, 0x0f, 0xa3,
+	0xfe, 0xf8, 0x16, 0x9d, 0x89, 0x5b, 0xf4, 0x60, 0xf9, 0xb1, 0x98, 0x33, 0x33, 0x3c, 0x73, 0xa0,
+	0x62, 0x40, 0x86, 0x96, 0x4b, 0x50, 0x69, 0xc7, 0x91, 0xc4, 0x48, 0x36, 0x5b, 0x23, 0x89, 0x3a,
+	0xb1, 0x72, 0xfe, 0xb2, 0x11, 0xde, 0x51, 0x32, 0xd5, 0x96, 0x2d, 0xf5, 0x06, 0xb5, 0x40, 0xa8,
+	0x8a, 0x95, 0x6a, 0xd8, 0x65, 0x38, 0x37, 0x86, 0x05, 0x51, 0xdc, 0x41, 0x61, 0xd2, 0x7f, 0xac,
+	0xbd, 0x43, 0x52, 0xef, 0x22, 0xbc, 0xb5, 0xcd, 0xd3, 0x16, 0xef, 0xe1, 0x56, 0x1c, 0x86, 0xd8,
+	0xb6, 0xcc, 0x7a, 0x3f, 0x39, 0x70, 0x61, 0xf6, 0xcb, 0xa1, 0xa3, 0xaa, 0xaf, 0x1d, 0x60, 0xa7,
+	0xd9, 0x0a, 0xe3, 0xd6, 0xd8, 0x51, 0x23, 0xbc, 0xa3, 0x64, 0xec, 0x0a, 0x9c, 0xb7, 0x20, 0x6b,
+	0xd2, 0xfa, 0xba, 0x62, 0x3e, 0x3c, 0xb4, 0x72, 0x95, 0x84, 0xdd, 0x14, 0xd5, 0x79, 0x14, 0x92,
+	0x76, 0x15, 0x48, 0x44, 0xf1, 0x6c, 0xfe, 0xb2, 0x04, 0x45, 0x3d, 0xe4, 0xb0, 0x6f, 0x21, 0xb7,
+	0x8d, 0x92, 0x7d, 0x70, 0x72, 0xd2, 0xcc, 0x8c, 0x6c, 0xee, 0x87, 0xa7, 0x81, 0x9a, 0xd8, 0x38,
+	0xe4, 0xd5, 0x40, 0xc5, 0x32, 0x06, 0xe2, 0x23, 0xf3, 0x99, 0x7b, 0xf5, 0x74, 0x60, 0x63, 0x02,
+	0xa1, 0xa8, 0xe7, 0x22, 0x76, 0x35, 0xb3, 0xc5, 0xcf, 0x8c, 0x3a, 0xee, 0xb5, 0x53, 0xa2, 0x0f,
+	0xcd, 0xe8, 0x29, 0x25, 0xcb, 0xcc, 0xd1, 0x89, 0x2a, 0xcb, 0xcc, 0x71, 0x53, 0xcf, 0x03, 0x28,
+	0xea, 0xf1, 0x25, 0xcb, 0xcc, 0xd1, 0x01, 0xc7, 0xbd, 0x70, 0x64, 0xd8, 0xba, 0xa7, 0xfe, 0x13,
+	0xb1, 0x87, 0x90, 0x57, 0xf3, 0x04, 0xcb, 0x78, 0xfe, 0x26, 0xe6, 0x0d, 0xd7, 0x9b, 0xff, 0x6c,
+	0x5d, 0x77, 0xf4, 0xa1, 0x62, 0x3f, 0xfb, 0xd0, 0xf1, 0xe3, 0x7e, 0xca, 0x43, 0xbf, 0x53, 0x29,
+	0xa9, 0x1a, 0x01, 0x9b, 0xdb, 0xfb, 0xed, 0xc1, 0xb5, 0xf9, 0x40, 0x4d, 0x6b, 0xcd, 0x61, 0x4f,
+	0xa0, 0xa8, 0xfb, 0x4c, 0xd6, 0xf1, 0x53, 0xdd, 0xd0, 0xdd, 0x98, 0x07, 0xa4, 0x96, 0x75, 0xdd,
+	0x61, 0xdf, 0x40, 0x81, 0x7a, 0x0f, 0x7b, 0x3f, 0xe3, 0xb2, 0x27, 0x3a, 0x98, 0x7b, 0x79, 0x2e,
+	0xce, 0xa4, 0x83, 0x80, 0xb3, 0xd3, 0x5d, 0x83, 0x35, 0x32, 0xaa, 0xef, 0xb8, 0xce, 0xe3, 0x5e,
+	0x3f, 0xbd, 0x82, 0x36, 0x7a, 0x67, 0xef, 0x8f, 0x17, 0xab, 0xce, 0xf3, 0x17, 0xab, 0xce, 0x5f,
+	0x2f, 0x56, 0x9d, 0x9f, 0x5f, 0xae, 0x9e, 0x79, 0xfe, 0x72, 0xf5, 0xcc, 0x9f, 0x2f, 0x57, 0xcf,
+	0x3c, 0xf9, 0xa4, 0x17, 0xc8, 0xfd, 0x61, 0xab, 0xde, 0x8e, 0x07, 0x0d, 0x3a, 0xd5, 0xfc, 0x52,
+	0xd2, 0x35, 0x8e, 0xfe, 0xa1, 0xbf, 0xa5, 0x57, 0xad, 0x22, 0x01, 0x3e, 0xfa, 0x27, 0x00, 0x00,
+	0xff, 0xff, 0x6c, 0x4f, 0x96, 0x97, 0xf4, 0x0f, 0x00, 0x00,
 }
+
+func (m *Image) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *Image) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Image) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.UpdatedAt != nil {
+		{
+			size, err := m.UpdatedAt.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x42
+	}
+	if m.CreatedAt != nil {
+		{
+			size, err := m.CreatedAt.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x3a
+	}
+	if m.Target != nil {
+		{
+			size, err := m.Target.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x1a
+	}
+	if len(m.Labels) > 0 {
+		for k := range m.Labels {
+			v := m.Labels[k]
+			baseI := i
+			i -= len(v)
+			copy(dAtA[i:], v)
+			i = encodeVarintImages(dAtA, i, uint64(len(v)))
+			i--
+			dAtA[i] = 0x12
+			i -= len(k)
+			copy(dAtA[i:], k)
+			i = encodeVarintImages(dAtA, i, uint64(len(k)))
+			i--
+			dAtA[i] = 0xa
+			i = encodeVarintImages(dAtA, i, uint64(baseI-i))
+			i--
+			dAtA[i] = 0x12
+		}
+	}
+	if len(m.Name) > 0 {
+		i -= len(m.Name)
+		copy(dAtA[i:], m.Name)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Name)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *GetImageRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *GetImageRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *GetImageRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Name) > 0 {
+		i -= len(m.Name)
+		copy(dAtA[i:], m.Name)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Name)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *GetImageResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *GetImageResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *GetImageResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Image != nil {
+		{
+			size, err := m.Image.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *ListImagesRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ListImagesRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ListImagesRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Filters) > 0 {
+		for iNdEx := len(m.Filters) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.Filters[iNdEx])
+			copy(dAtA[i:], m.Filters[iNdEx])
+			i = encodeVarintImages(dAtA, i, uint64(len(m.Filters[iNdEx])))
+			i--
+			dAtA[i] = 0xa
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *ListImagesResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ListImagesResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ListImagesResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Images) > 0 {
+		for iNdEx := len(m.Images) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Images[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintImages(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0xa
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *CreateImageRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *CreateImageRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *CreateImageRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Image != nil {
+		{
+			size, err := m.Image.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *CreateImageResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *CreateImageResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *CreateImageResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Image != nil {
+		{
+			size, err := m.Image.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *UpdateImageRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *UpdateImageRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *UpdateImageRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.UpdateMask != nil {
+		{
+			size, err := m.UpdateMask.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x12
+	}
+	if m.Image != nil {
+		{
+			size, err := m.Image.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *UpdateImageResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *UpdateImageResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *UpdateImageResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Image != nil {
+		{
+			size, err := m.Image.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *DeleteImageRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *DeleteImageRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *DeleteImageRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Force {
+		i--
+		if m.Force {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x18
+	}
+	if m.Sync {
+		i--
+		if m.Sync {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x10
+	}
+	if len(m.Name) > 0 {
+		i -= len(m.Name)
+		copy(dAtA[i:], m.Name)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Name)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *Credentials) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *Credentials) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Credentials) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.IdentityToken) > 0 {
+		i -= len(m.IdentityToken)
+		copy(dAtA[i:], m.IdentityToken)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.IdentityToken)))
+		i--
+		dAtA[i] = 0x1a
+	}
+	if len(m.Secret) > 0 {
+		i -= len(m.Secret)
+		copy(dAtA[i:], m.Secret)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Secret)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Username) > 0 {
+		i -= len(m.Username)
+		copy(dAtA[i:], m.Username)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Username)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *PullRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *PullRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *PullRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Namespace) > 0 {
+		i -= len(m.Namespace)
+		copy(dAtA[i:], m.Namespace)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Namespace)))
+		i--
+		dAtA[i] = 0x32
+	}
+	if len(m.Snapshotter) > 0 {
+		i -= len(m.Snapshotter)
+		copy(dAtA[i:], m.Snapshotter)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Snapshotter)))
+		i--
+		dAtA[i] = 0x2a
+	}
+	if m.SkipUnpack {
+		i--
+		if m.SkipUnpack {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x20
+	}
+	if m.Credentials != nil {
+		{
+			size, err := m.Credentials.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x1a
+	}
+	if len(m.Platform) > 0 {
+		i -= len(m.Platform)
+		copy(dAtA[i:], m.Platform)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Platform)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Ref) > 0 {
+		i -= len(m.Ref)
+		copy(dAtA[i:], m.Ref)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Ref)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *PushRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *PushRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *PushRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Namespace) > 0 {
+		i -= len(m.Namespace)
+		copy(dAtA[i:], m.Namespace)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Namespace)))
+		i--
+		dAtA[i] = 0x2a
+	}
+	if m.Credentials != nil {
+		{
+			size, err := m.Credentials.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x22
+	}
+	if len(m.Platform) > 0 {
+		i -= len(m.Platform)
+		copy(dAtA[i:], m.Platform)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Platform)))
+		i--
+		dAtA[i] = 0x1a
+	}
+	if len(m.RemoteRef) > 0 {
+		i -= len(m.RemoteRef)
+		copy(dAtA[i:], m.RemoteRef)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.RemoteRef)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Ref) > 0 {
+		i -= len(m.Ref)
+		copy(dAtA[i:], m.Ref)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Ref)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *Progress) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *Progress) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Progress) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Message) > 0 {
+		i -= len(m.Message)
+		copy(dAtA[i:], m.Message)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Message)))
+		i--
+		dAtA[i] = 0x22
+	}
+	if m.Image != nil {
+		{
+			size, err := m.Image.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x1a
+	}
+	if m.Done {
+		i--
+		if m.Done {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x10
+	}
+	if len(m.Layers) > 0 {
+		for iNdEx := len(m.Layers) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Layers[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintImages(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0xa
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *Progress_Layer) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *Progress_Layer) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Progress_Layer) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Status) > 0 {
+		i -= len(m.Status)
+		copy(dAtA[i:], m.Status)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Status)))
+		i--
+		dAtA[i] = 0x2a
+	}
+	if m.Total != 0 {
+		i = encodeVarintImages(dAtA, i, uint64(m.Total))
+		i--
+		dAtA[i] = 0x20
+	}
+	if m.Offset != 0 {
+		i = encodeVarintImages(dAtA, i, uint64(m.Offset))
+		i--
+		dAtA[i] = 0x18
+	}
+	if len(m.MediaType) > 0 {
+		i -= len(m.MediaType)
+		copy(dAtA[i:], m.MediaType)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.MediaType)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Digest) > 0 {
+		i -= len(m.Digest)
+		copy(dAtA[i:], m.Digest)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Digest)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *ImportRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ImportRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ImportRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Data) > 0 {
+		i -= len(m.Data)
+		copy(dAtA[i:], m.Data)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Data)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if m.Options != nil {
+		{
+			size, err := m.Options.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintImages(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *ImportOptions) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ImportOptions) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ImportOptions) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Namespace) > 0 {
+		i -= len(m.Namespace)
+		copy(dAtA[i:], m.Namespace)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Namespace)))
+		i--
+		dAtA[i] = 0x32
+	}
+	if len(m.Snapshotter) > 0 {
+		i -= len(m.Snapshotter)
+		copy(dAtA[i:], m.Snapshotter)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Snapshotter)))
+		i--
+		dAtA[i] = 0x2a
+	}
+	if m.SkipUnpack {
+		i--
+		if m.SkipUnpack {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x20
+	}
+	if len(m.IndexName) > 0 {
+		i -= len(m.IndexName)
+		copy(dAtA[i:], m.IndexName)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.IndexName)))
+		i--
+		dAtA[i] = 0x1a
+	}
+	if m.AllPlatforms {
+		i--
+		if m.AllPlatforms {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x10
+	}
+	if len(m.Platform) > 0 {
+		i -= len(m.Platform)
+		copy(dAtA[i:], m.Platform)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Platform)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *ImportResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ImportResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ImportResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Images) > 0 {
+		for iNdEx := len(m.Images) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Images[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintImages(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0xa
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *ExportRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ExportRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ExportRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Namespace) > 0 {
+		i -= len(m.Namespace)
+		copy(dAtA[i:], m.Namespace)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Namespace)))
+		i--
+		dAtA[i] = 0x22
+	}
+	if m.AllPlatforms {
+		i--
+		if m.AllPlatforms {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x18
+	}
+	if len(m.Platform) > 0 {
+		i -= len(m.Platform)
+		copy(dAtA[i:], m.Platform)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Platform)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Refs) > 0 {
+		for iNdEx := len(m.Refs) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.Refs[iNdEx])
+			copy(dAtA[i:], m.Refs[iNdEx])
+			i = encodeVarintImages(dAtA, i, uint64(len(m.Refs[iNdEx])))
+			i--
+			dAtA[i] = 0xa
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *ExportChunk) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ExportChunk) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ExportChunk) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Data) > 0 {
+		i -= len(m.Data)
+		copy(dAtA[i:], m.Data)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Data)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *UsageRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *UsageRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *UsageRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Name) > 0 {
+		i -= len(m.Name)
+		copy(dAtA[i:], m.Name)
+		i = encodeVarintImages(dAtA, i, uint64(len(m.Name)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *UsageResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *UsageResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *UsageResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.SnapshotInodes != 0 {
+		i = encodeVarintImages(dAtA, i, uint64(m.SnapshotInodes))
+		i--
+		dAtA[i] = 0x18
+	}
+	if m.SnapshotBytes != 0 {
+		i = encodeVarintImages(dAtA, i, uint64(m.SnapshotBytes))
+		i--
+		dAtA[i] = 0x10
+	}
+	if m.ContentBytes != 0 {
+		i = encodeVarintImages(dAtA, i, uint64(m.ContentBytes))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *GarbageCollectRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *GarbageCollectRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *GarbageCollectRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	return len(dAtA) - i, nil
+}
+
+func (m *GarbageCollectResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *GarbageCollectResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *GarbageCollectResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.FreedBytes != 0 {
+		i = encodeVarintImages(dAtA, i, uint64(m.FreedBytes))
+		i--
+		dAtA[i] = 0x18
+	}
+	if m.RemovedSnapshots != 0 {
+		i = encodeVarintImages(dAtA, i, uint64(m.RemovedSnapshots))
+		i--
+		dAtA[i] = 0x10
+	}
+	if m.RemovedBlobs != 0 {
+		i = encodeVarintImages(dAtA, i, uint64(m.RemovedBlobs))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func encodeVarintImages(dAtA []byte, offset int, v uint64) int {
+	offset -= sovImages(v)
+	base := offset
+	for v >= 1<<7 {
+		dAtA[offset] = uint8(v&0x7f | 0x80)
+		v >>= 7
+		offset++
+	}
+	dAtA[offset] = uint8(v)
+	return base
+}
+func (m *Image) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Name)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if len(m.Labels) > 0 {
+		for k, v := range m.Labels {
+			_ = k
+			_ = v
+			mapEntrySize := 1 + len(k) + sovImages(uint64(len(k))) + 1 + len(v) + sovImages(uint64(len(v)))
+			n += mapEntrySize + 1 + sovImages(uint64(mapEntrySize))
+		}
+	}
+	if m.Target != nil {
+		l = m.Target.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.CreatedAt != nil {
+		l = m.CreatedAt.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.UpdatedAt != nil {
+		l = m.UpdatedAt.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *GetImageRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Name)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *GetImageResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Image != nil {
+		l = m.Image.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *ListImagesRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if len(m.Filters) > 0 {
+		for _, s := range m.Filters {
+			l = len(s)
+			n += 1 + l + sovImages(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *ListImagesResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if len(m.Images) > 0 {
+		for _, e := range m.Images {
+			l = e.Size()
+			n += 1 + l + sovImages(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *CreateImageRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Image != nil {
+		l = m.Image.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *CreateImageResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Image != nil {
+		l = m.Image.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *UpdateImageRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Image != nil {
+		l = m.Image.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.UpdateMask != nil {
+		l = m.UpdateMask.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *UpdateImageResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Image != nil {
+		l = m.Image.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *DeleteImageRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Name)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.Sync {
+		n += 2
+	}
+	if m.Force {
+		n += 2
+	}
+	return n
+}
+
+func (m *Credentials) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Username)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.Secret)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.IdentityToken)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *PullRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Ref)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.Platform)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.Credentials != nil {
+		l = m.Credentials.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.SkipUnpack {
+		n += 2
+	}
+	l = len(m.Snapshotter)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.Namespace)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *PushRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Ref)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.RemoteRef)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.Platform)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.Credentials != nil {
+		l = m.Credentials.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.Namespace)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *Progress) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if len(m.Layers) > 0 {
+		for _, e := range m.Layers {
+			l = e.Size()
+			n += 1 + l + sovImages(uint64(l))
+		}
+	}
+	if m.Done {
+		n += 2
+	}
+	if m.Image != nil {
+		l = m.Image.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.Message)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *Progress_Layer) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Digest)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.MediaType)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.Offset != 0 {
+		n += 1 + sovImages(uint64(m.Offset))
+	}
+	if m.Total != 0 {
+		n += 1 + sovImages(uint64(m.Total))
+	}
+	l = len(m.Status)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *ImportRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Options != nil {
+		l = m.Options.Size()
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.Data)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *ImportOptions) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Platform)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.AllPlatforms {
+		n += 2
+	}
+	l = len(m.IndexName)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.SkipUnpack {
+		n += 2
+	}
+	l = len(m.Snapshotter)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	l = len(m.Namespace)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *ImportResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if len(m.Images) > 0 {
+		for _, e := range m.Images {
+			l = e.Size()
+			n += 1 + l + sovImages(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *ExportRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if len(m.Refs) > 0 {
+		for _, s := range m.Refs {
+			l = len(s)
+			n += 1 + l + sovImages(uint64(l))
+		}
+	}
+	l = len(m.Platform)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	if m.AllPlatforms {
+		n += 2
+	}
+	l = len(m.Namespace)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *ExportChunk) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Data)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *UsageRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Name)
+	if l > 0 {
+		n += 1 + l + sovImages(uint64(l))
+	}
+	return n
+}
+
+func (m *UsageResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.ContentBytes != 0 {
+		n += 1 + sovImages(uint64(m.ContentBytes))
+	}
+	if m.SnapshotBytes != 0 {
+		n += 1 + sovImages(uint64(m.SnapshotBytes))
+	}
+	if m.SnapshotInodes != 0 {
+		n += 1 + sovImages(uint64(m.SnapshotInodes))
+	}
+	return n
+}
+
+func (m *GarbageCollectRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	return n
+}
+
+func (m *GarbageCollectResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.RemovedBlobs != 0 {
+		n += 1 + sovImages(uint64(m.RemovedBlobs))
+	}
+	if m.RemovedSnapshots != 0 {
+		n += 1 + sovImages(uint64(m.RemovedSnapshots))
+	}
+	if m.FreedBytes != 0 {
+		n += 1 + sovImages(uint64(m.FreedBytes))
+	}
+	return n
+}
+
+func sovImages(x uint64) (n int) {
+	return (math_bits.Len64(x|1) + 6) / 7
+}
+func sozImages(x uint64) (n int) {
+	return sovImages(uint64((x << 1) ^ uint64((int64(x) >> 63))))
+}
+func (m *Image) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: Image: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: Image: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Name", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Name = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Labels", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Labels == nil {
+				m.Labels = make(map[string]string)
+			}
+			var mapkey string
+			var mapvalue string
+			for iNdEx < postIndex {
+				entryPreIndex := iNdEx
+				var wire uint64
+				for shift := uint(0); ; shift += 7 {
+					if shift >= 64 {
+						return ErrIntOverflowImages
+					}
+					if iNdEx >= l {
+						return io.ErrUnexpectedEOF
+					}
+					b := dAtA[iNdEx]
+					iNdEx++
+					wire |= uint64(b&0x7F) << shift
+					if b < 0x80 {
+						break
+					}
+				}
+				fieldNum := int32(wire >> 3)
+				if fieldNum == 1 {
+					var stringLenmapkey uint64
+					for shift := uint(0); ; shift += 7 {
+						if shift >= 64 {
+							return ErrIntOverflowImages
+						}
+						if iNdEx >= l {
+							return io.ErrUnexpectedEOF
+						}
+						b := dAtA[iNdEx]
+						iNdEx++
+						stringLenmapkey |= uint64(b&0x7F) << shift
+						if b < 0x80 {
+							break
+						}
+					}
+					intStringLenmapkey := int(stringLenmapkey)
+					if intStringLenmapkey < 0 {
+						return ErrInvalidLengthImages
+					}
+					postStringIndexmapkey := iNdEx + intStringLenmapkey
+					if postStringIndexmapkey < 0 {
+						return ErrInvalidLengthImages
+					}
+					if postStringIndexmapkey > l {
+						return io.ErrUnexpectedEOF
+					}
+					mapkey = string(dAtA[iNdEx:postStringIndexmapkey])
+					iNdEx = postStringIndexmapkey
+				} else if fieldNum == 2 {
+					var stringLenmapvalue uint64
+					for shift := uint(0); ; shift += 7 {
+						if shift >= 64 {
+							return ErrIntOverflowImages
+						}
+						if iNdEx >= l {
+							return io.ErrUnexpectedEOF
+						}
+						b := dAtA[iNdEx]
+						iNdEx++
+						stringLenmapvalue |= uint64(b&0x7F) << shift
+						if b < 0x80 {
+							break
+						}
+					}
+					intStringLenmapvalue := int(stringLenmapvalue)
+					if intStringLenmapvalue < 0 {
+						return ErrInvalidLengthImages
+					}
+					postStringIndexmapvalue := iNdEx + intStringLenmapvalue
+					if postStringIndexmapvalue < 0 {
+						return ErrInvalidLengthImages
+					}
+					if postStringIndexmapvalue > l {
+						return io.ErrUnexpectedEOF
+					}
+					mapvalue = string(dAtA[iNdEx:postStringIndexmapvalue])
+					iNdEx = postStringIndexmapvalue
+				} else {
+					iNdEx = entryPreIndex
+					skippy, err := skipImages(dAtA[iNdEx:])
+					if err != nil {
+						return err
+					}
+					if (skippy < 0) || (iNdEx+skippy) < 0 {
+						return ErrInvalidLengthImages
+					}
+					if (iNdEx + skippy) > postIndex {
+						return io.ErrUnexpectedEOF
+					}
+					iNdEx += skippy
+				}
+			}
+			m.Labels[mapkey] = mapvalue
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Target", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Target == nil {
+				m.Target = &types.Descriptor{}
+			}
+			if err := m.Target.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 7:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CreatedAt", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.CreatedAt == nil {
+				m.CreatedAt = &types1.Timestamp{}
+			}
+			if err := m.CreatedAt.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 8:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field UpdatedAt", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.UpdatedAt == nil {
+				m.UpdatedAt = &types1.Timestamp{}
+			}
+			if err := m.UpdatedAt.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *GetImageRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: GetImageRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: GetImageRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Name", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Name = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *GetImageResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: GetImageResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: GetImageResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Image", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Image == nil {
+				m.Image = &Image{}
+			}
+			if err := m.Image.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ListImagesRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ListImagesRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ListImagesRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Filters", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Filters = append(m.Filters, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ListImagesResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ListImagesResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ListImagesResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Images", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Images = append(m.Images, &Image{})
+			if err := m.Images[len(m.Images)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *CreateImageRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: CreateImageRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: CreateImageRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Image", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Image == nil {
+				m.Image = &Image{}
+			}
+			if err := m.Image.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *CreateImageResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: CreateImageResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: CreateImageResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Image", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Image == nil {
+				m.Image = &Image{}
+			}
+			if err := m.Image.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *UpdateImageRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: UpdateImageRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: UpdateImageRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Image", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Image == nil {
+				m.Image = &Image{}
+			}
+			if err := m.Image.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field UpdateMask", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.UpdateMask == nil {
+				m.UpdateMask = &types1.FieldMask{}
+			}
+			if err := m.UpdateMask.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *UpdateImageResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: UpdateImageResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: UpdateImageResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Image", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Image == nil {
+				m.Image = &Image{}
+			}
+			if err := m.Image.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *DeleteImageRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: DeleteImageRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: DeleteImageRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Name", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Name = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Sync", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Sync = bool(v != 0)
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Force", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Force = bool(v != 0)
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *Credentials) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: Credentials: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: Credentials: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Username", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Username = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Secret", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Secret = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field IdentityToken", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.IdentityToken = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *PullRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: PullRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: PullRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Ref", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Ref = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Platform", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Platform = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Credentials", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Credentials == nil {
+				m.Credentials = &Credentials{}
+			}
+			if err := m.Credentials.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 4:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SkipUnpack", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.SkipUnpack = bool(v != 0)
+		case 5:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Snapshotter", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Snapshotter = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 6:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Namespace", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Namespace = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *PushRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: PushRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: PushRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Ref", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Ref = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field RemoteRef", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.RemoteRef = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Platform", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Platform = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Credentials", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Credentials == nil {
+				m.Credentials = &Credentials{}
+			}
+			if err := m.Credentials.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 5:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Namespace", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Namespace = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *Progress) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: Progress: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: Progress: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Layers", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Layers = append(m.Layers, &Progress_Layer{})
+			if err := m.Layers[len(m.Layers)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Done", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Done = bool(v != 0)
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Image", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Image == nil {
+				m.Image = &Image{}
+			}
+			if err := m.Image.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Message", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Message = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *Progress_Layer) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: Layer: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: Layer: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Digest", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Digest = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MediaType", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.MediaType = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Offset", wireType)
+			}
+			m.Offset = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Offset |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 4:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Total", wireType)
+			}
+			m.Total = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Total |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 5:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Status", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Status = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ImportRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ImportRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ImportRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Options", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Options == nil {
+				m.Options = &ImportOptions{}
+			}
+			if err := m.Options.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Data", wireType)
+			}
+			var byteLen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				byteLen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if byteLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + byteLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Data = append(m.Data[:0], dAtA[iNdEx:postIndex]...)
+			if m.Data == nil {
+				m.Data = []byte{}
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ImportOptions) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ImportOptions: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ImportOptions: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Platform", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Platform = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AllPlatforms", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.AllPlatforms = bool(v != 0)
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field IndexName", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.IndexName = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 4:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SkipUnpack", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.SkipUnpack = bool(v != 0)
+		case 5:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Snapshotter", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Snapshotter = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 6:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Namespace", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Namespace = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ImportResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ImportResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ImportResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Images", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Images = append(m.Images, &Image{})
+			if err := m.Images[len(m.Images)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ExportRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ExportRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ExportRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Refs", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Refs = append(m.Refs, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Platform", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Platform = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AllPlatforms", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.AllPlatforms = bool(v != 0)
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Namespace", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Namespace = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ExportChunk) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ExportChunk: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ExportChunk: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Data", wireType)
+			}
+			var byteLen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				byteLen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if byteLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + byteLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Data = append(m.Data[:0], dAtA[iNdEx:postIndex]...)
+			if m.Data == nil {
+				m.Data = []byte{}
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *UsageRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: UsageRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: UsageRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Name", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthImages
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthImages
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Name = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *UsageResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: UsageResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: UsageResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ContentBytes", wireType)
+			}
+			m.ContentBytes = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.ContentBytes |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SnapshotBytes", wireType)
+			}
+			m.SnapshotBytes = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.SnapshotBytes |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SnapshotInodes", wireType)
+			}
+			m.SnapshotInodes = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.SnapshotInodes |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *GarbageCollectRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: GarbageCollectRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: GarbageCollectRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *GarbageCollectResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: GarbageCollectResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: GarbageCollectResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field RemovedBlobs", wireType)
+			}
+			m.RemovedBlobs = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.RemovedBlobs |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field RemovedSnapshots", wireType)
+			}
+			m.RemovedSnapshots = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.RemovedSnapshots |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field FreedBytes", wireType)
+			}
+			m.FreedBytes = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.FreedBytes |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipImages(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthImages
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func skipImages(dAtA []byte) (n int, err error) {
+	l := len(dAtA)
+	iNdEx := 0
+	depth := 0
+	for iNdEx < l {
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return 0, ErrIntOverflowImages
+			}
+			if iNdEx >= l {
+				return 0, io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= (uint64(b) & 0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		wireType := int(wire & 0x7)
+		switch wireType {
+		case 0:
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return 0, ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return 0, io.ErrUnexpectedEOF
+				}
+				iNdEx++
+				if dAtA[iNdEx-1] < 0x80 {
+					break
+				}
+			}
+		case 1:
+			iNdEx += 8
+		case 2:
+			var length int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return 0, ErrIntOverflowImages
+				}
+				if iNdEx >= l {
+					return 0, io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				length |= (int(b) & 0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if length < 0 {
+				return 0, ErrInvalidLengthImages
+			}
+			iNdEx += length
+		case 3:
+			depth++
+		case 4:
+			if depth == 0 {
+				return 0, ErrUnexpectedEndOfGroupImages
+			}
+			depth--
+		case 5:
+			iNdEx += 4
+		default:
+			return 0, fmt.Errorf("proto: illegal wireType %d", wireType)
+		}
+		if iNdEx < 0 {
+			return 0, ErrInvalidLengthImages
+		}
+		if depth == 0 {
+			return iNdEx, nil
+		}
+	}
+	return 0, io.ErrUnexpectedEOF
+}
+
+var (
+	ErrInvalidLengthImages        = fmt.Errorf("proto: negative length found during unmarshaling")
+	ErrIntOverflowImages          = fmt.Errorf("proto: integer overflow")
+	ErrUnexpectedEndOfGroupImages = fmt.Errorf("proto: unexpected end of group")
+)

@@ -10,7 +10,9 @@ import (
 	fmt "fmt"
 	proto "github.com/gogo/protobuf/proto"
 	_ "github.com/gogo/protobuf/types"
+	io "io"
 	math "math"
+	math_bits "math/bits"
 )
 
 // Reference imports to suppress errors if they are not otherwise used.
@@ -36,16 +38,25 @@ func (*Namespace) Descriptor() ([]byte, []int) {
 	return fileDescriptor_46e9469eaf9ac3c1, []int{0}
 }
 func (m *Namespace) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_Namespace.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *Namespace) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_Namespace.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_Namespace.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *Namespace) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_Namespace.Merge(m, src)
 }
 func (m *Namespace) XXX_Size() int {
-	return xxx_messageInfo_Namespace.Size(m)
+	return m.Size()
 }
 func (m *Namespace) XXX_DiscardUnknown() {
 	xxx_messageInfo_Namespace.DiscardUnknown(m)
@@ -78,16 +89,25 @@ func (*CreateNetnsRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_46e9469eaf9ac3c1, []int{1}
 }
 func (m *CreateNetnsRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_CreateNetnsRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *CreateNetnsRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_CreateNetnsRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_CreateNetnsRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *CreateNetnsRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_CreateNetnsRequest.Merge(m, src)
 }
 func (m *CreateNetnsRequest) XXX_Size() int {
-	return xxx_messageInfo_CreateNetnsRequest.Size(m)
+	return m.Size()
 }
 func (m *CreateNetnsRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_CreateNetnsRequest.DiscardUnknown(m)
@@ -113,16 +133,25 @@ func (*CreateNetnsResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_46e9469eaf9ac3c1, []int{2}
 }
 func (m *CreateNetnsResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_CreateNetnsResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *CreateNetnsResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_CreateNetnsResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_CreateNetnsResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *CreateNetnsResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_CreateNetnsResponse.Merge(m, src)
 }
 func (m *CreateNetnsResponse) XXX_Size() int {
-	return xxx_messageInfo_CreateNetnsResponse.Size(m)
+	return m.Size()
 }
 func (m *CreateNetnsResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_CreateNetnsResponse.DiscardUnknown(m)
@@ -147,16 +176,25 @@ func (*ListNetnsRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_46e9469eaf9ac3c1, []int{3}
 }
 func (m *ListNetnsRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ListNetnsRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ListNetnsRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ListNetnsRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ListNetnsRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ListNetnsRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ListNetnsRequest.Merge(m, src)
 }
 func (m *ListNetnsRequest) XXX_Size() int {
-	return xxx_messageInfo_ListNetnsRequest.Size(m)
+	return m.Size()
 }
 func (m *ListNetnsRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_ListNetnsRequest.DiscardUnknown(m)
@@ -175,16 +213,25 @@ func (*ListNetnsResponse) Descriptor() ([]byte, []int) {
 	return fileDescriptor_46e9469eaf9ac3c1, []int{4}
 }
 func (m *ListNetnsResponse) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_ListNetnsResponse.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *ListNetnsResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_ListNetnsResponse.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_ListNetnsResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *ListNetnsResponse) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_ListNetnsResponse.Merge(m, src)
 }
 func (m *ListNetnsResponse) XXX_Size() int {
-	return xxx_messageInfo_ListNetnsResponse.Size(m)
+	return m.Size()
 }
 func (m *ListNetnsResponse) XXX_DiscardUnknown() {
 	xxx_messageInfo_ListNetnsResponse.DiscardUnknown(m)
@@ -210,16 +257,25 @@ func (*DeleteNetnsRequest) Descriptor() ([]byte, []int) {
 	return fileDescriptor_46e9469eaf9ac3c1, []int{5}
 }
 func (m *DeleteNetnsRequest) XXX_Unmarshal(b []byte) error {
-	return xxx_messageInfo_DeleteNetnsRequest.Unmarshal(m, b)
+	return m.Unmarshal(b)
 }
 func (m *DeleteNetnsRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
-	return xxx_messageInfo_DeleteNetnsRequest.Marshal(b, m, deterministic)
+	if deterministic {
+		return xxx_messageInfo_DeleteNetnsRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
 }
 func (m *DeleteNetnsRequest) XXX_Merge(src proto.Message) {
 	xxx_messageInfo_DeleteNetnsRequest.Merge(m, src)
 }
 func (m *DeleteNetnsRequest) XXX_Size() int {
-	return xxx_messageInfo_DeleteNetnsRequest.Size(m)
+	return m.Size()
 }
 func (m *DeleteNetnsRequest) XXX_DiscardUnknown() {
 	xxx_messageInfo_DeleteNetnsRequest.DiscardUnknown(m)
@@ -246,26 +302,899 @@ func init() {
 func init() { proto.RegisterFile("services/netns/v1/netns.proto", fileDescriptor_46e9469eaf9ac3c1) }
 
 var fileDescriptor_46e9469eaf9ac3c1 = []byte{
-	// 336 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0x8c, 0x52, 0x4d, 0x4b, 0xc3, 0x40,
-	0x10, 0x6d, 0x6b, 0x5b, 0xe8, 0x78, 0xd1, 0x15, 0xb4, 0x44, 0x2c, 0xb2, 0xa7, 0xfa, 0xc1, 0x2e,
-	0x6d, 0x3d, 0x08, 0xde, 0xaa, 0xde, 0xb4, 0x42, 0x2f, 0x82, 0xe0, 0x21, 0x4d, 0xc7, 0xb4, 0xd0,
-	0x64, 0x63, 0x77, 0x5b, 0xf0, 0x5f, 0x78, 0xf6, 0x57, 0x79, 0xf4, 0x9e, 0x3f, 0x22, 0xbb, 0x9b,
-	0x48, 0x34, 0x46, 0x73, 0x59, 0x86, 0xd9, 0xf7, 0xe6, 0xcd, 0x1b, 0x1e, 0x1c, 0x48, 0x5c, 0xae,
-	0xe7, 0x1e, 0x4a, 0x1e, 0xa2, 0x0a, 0x25, 0x5f, 0xf7, 0x6c, 0xc1, 0xa2, 0xa5, 0x50, 0x82, 0xec,
-	0xe1, 0xd4, 0xc7, 0x29, 0x4b, 0x41, 0xcc, 0xfe, 0xad, 0x7b, 0xce, 0xbe, 0x2f, 0x84, 0xbf, 0x40,
-	0x6e, 0x60, 0x93, 0xd5, 0x13, 0xc7, 0x20, 0x52, 0x2f, 0x96, 0x45, 0x07, 0xd0, 0x1a, 0xb9, 0x01,
-	0xca, 0xc8, 0xf5, 0x90, 0x10, 0xa8, 0x87, 0x6e, 0x80, 0xed, 0xea, 0x61, 0xb5, 0xdb, 0x1a, 0x9b,
-	0x5a, 0xf7, 0x22, 0x57, 0xcd, 0xda, 0x35, 0xdb, 0xd3, 0x35, 0xed, 0x02, 0xb9, 0x5c, 0xa2, 0xab,
-	0x70, 0xa4, 0x35, 0xc6, 0xf8, 0xbc, 0x42, 0xa9, 0x7e, 0x63, 0xd3, 0x3b, 0xd8, 0xf9, 0x86, 0x94,
-	0x91, 0x08, 0x25, 0x92, 0x73, 0x68, 0x98, 0xf5, 0x0c, 0x76, 0xb3, 0x4f, 0x59, 0xc1, 0xee, 0xec,
-	0x6b, 0xb7, 0xb1, 0x25, 0x50, 0x02, 0x5b, 0x37, 0x73, 0xa9, 0xb2, 0xc2, 0xf4, 0x1e, 0xb6, 0x33,
-	0xbd, 0x44, 0x62, 0x08, 0x10, 0xa6, 0x64, 0xad, 0xb3, 0x51, 0x52, 0x27, 0xc3, 0xd2, 0x3e, 0xaf,
-	0x70, 0x81, 0xff, 0xfb, 0xec, 0xbf, 0xd5, 0xa0, 0x61, 0x40, 0xc4, 0x83, 0xa6, 0x75, 0x4c, 0x4e,
-	0x0a, 0xd5, 0xf2, 0xc7, 0x73, 0x4e, 0xcb, 0x81, 0x13, 0x73, 0x8f, 0x50, 0xd7, 0x8e, 0xc9, 0x51,
-	0x21, 0xeb, 0xe7, 0x91, 0x9c, 0xe3, 0x32, 0xd0, 0x64, 0xfc, 0x2d, 0x34, 0xad, 0xef, 0x3f, 0x3c,
-	0xe4, 0x0f, 0xe3, 0xec, 0x32, 0x9b, 0x34, 0x96, 0x26, 0x8d, 0x5d, 0xeb, 0xa4, 0x0d, 0x87, 0xaf,
-	0x71, 0xa7, 0xf2, 0x1e, 0x77, 0x2a, 0x1f, 0x71, 0xa7, 0xf2, 0x70, 0xe6, 0xcf, 0xd5, 0x6c, 0x35,
-	0x61, 0x9e, 0x08, 0xb8, 0x19, 0x9e, 0xbc, 0x86, 0xc4, 0x73, 0x19, 0xbf, 0x30, 0xc5, 0xa4, 0x69,
-	0xbe, 0x07, 0x9f, 0x01, 0x00, 0x00, 0xff, 0xff, 0x1c, 0x00, 0xad, 0xc1, 0x05, 0x03, 0x00, 0x00,
+	// 350 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0x8c, 0x52, 0x4f, 0x4f, 0x3a, 0x31,
+	0x10, 0x65, 0xf9, 0x01, 0x09, 0xf3, 0xbb, 0x68, 0x4d, 0x94, 0xac, 0xb1, 0x31, 0x3d, 0xe1, 0x9f,
+	0xb4, 0x01, 0x3c, 0x98, 0x78, 0x43, 0xbd, 0x29, 0x26, 0x5c, 0x4c, 0x4c, 0x3c, 0x2c, 0xcb, 0xb8,
+	0x90, 0xb0, 0xdb, 0x95, 0x16, 0x12, 0xbf, 0x85, 0x67, 0x3f, 0x91, 0x47, 0x8e, 0x1e, 0x0d, 0x7c,
+	0x11, 0xd3, 0x76, 0x31, 0x28, 0xa2, 0x5c, 0x9a, 0xc9, 0xf4, 0xbd, 0x79, 0xf3, 0x26, 0x0f, 0xf6,
+	0x14, 0x0e, 0xc7, 0xfd, 0x10, 0x95, 0x48, 0x50, 0x27, 0x4a, 0x8c, 0x6b, 0xae, 0xe0, 0xe9, 0x50,
+	0x6a, 0x49, 0x76, 0xb0, 0x1b, 0x61, 0x97, 0xcf, 0x41, 0xdc, 0xfd, 0x8d, 0x6b, 0xfe, 0x6e, 0x24,
+	0x65, 0x34, 0x40, 0x61, 0x61, 0x9d, 0xd1, 0x83, 0xc0, 0x38, 0xd5, 0x4f, 0x8e, 0xc5, 0x1a, 0x50,
+	0x6e, 0x05, 0x31, 0xaa, 0x34, 0x08, 0x91, 0x10, 0x28, 0x24, 0x41, 0x8c, 0x15, 0x6f, 0xdf, 0xab,
+	0x96, 0xdb, 0xb6, 0x36, 0xbd, 0x34, 0xd0, 0xbd, 0x4a, 0xde, 0xf5, 0x4c, 0xcd, 0xaa, 0x40, 0xce,
+	0x87, 0x18, 0x68, 0x6c, 0x19, 0x8d, 0x36, 0x3e, 0x8e, 0x50, 0xe9, 0x9f, 0xd8, 0xec, 0x06, 0xb6,
+	0xbe, 0x20, 0x55, 0x2a, 0x13, 0x85, 0xe4, 0x14, 0x8a, 0x76, 0x3d, 0x8b, 0xfd, 0x5f, 0x67, 0x7c,
+	0xc5, 0xee, 0xfc, 0x73, 0xb7, 0xb6, 0x23, 0x30, 0x02, 0x1b, 0x57, 0x7d, 0xa5, 0x17, 0x85, 0xd9,
+	0x2d, 0x6c, 0x2e, 0xf4, 0x32, 0x89, 0x26, 0x40, 0x32, 0x27, 0x1b, 0x9d, 0x7f, 0x6b, 0xea, 0x2c,
+	0xb0, 0x8c, 0xcf, 0x0b, 0x1c, 0xe0, 0xdf, 0x3e, 0xeb, 0x2f, 0x79, 0x28, 0x5a, 0x10, 0x09, 0xa1,
+	0xe4, 0x1c, 0x93, 0xa3, 0x95, 0x6a, 0xcb, 0xc7, 0xf3, 0x8f, 0xd7, 0x03, 0x67, 0xe6, 0xee, 0xa1,
+	0x60, 0x1c, 0x93, 0x83, 0x95, 0xac, 0xef, 0x47, 0xf2, 0x0f, 0xd7, 0x81, 0x66, 0xe3, 0xaf, 0xa1,
+	0xe4, 0x7c, 0xff, 0xe2, 0x61, 0xf9, 0x30, 0xfe, 0x36, 0x77, 0x49, 0xe3, 0xf3, 0xa4, 0xf1, 0x4b,
+	0x93, 0xb4, 0x66, 0xeb, 0x75, 0x4a, 0xbd, 0xc9, 0x94, 0x7a, 0xef, 0x53, 0xea, 0x3d, 0xcf, 0x68,
+	0x6e, 0x32, 0xa3, 0xb9, 0xb7, 0x19, 0xcd, 0xdd, 0x9d, 0x44, 0x7d, 0xdd, 0x1b, 0x75, 0x78, 0x28,
+	0x63, 0x61, 0x85, 0xb2, 0xd7, 0x0e, 0x10, 0x4b, 0x79, 0x3f, 0xb3, 0x45, 0xa7, 0x64, 0xbf, 0x1b,
+	0x1f, 0x01, 0x00, 0x00, 0xff, 0xff, 0xf0, 0x29, 0x20, 0x00, 0x11, 0x03, 0x00, 0x00,
 }
+
+func (m *Namespace) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *Namespace) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Namespace) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Path) > 0 {
+		i -= len(m.Path)
+		copy(dAtA[i:], m.Path)
+		i = encodeVarintNetns(dAtA, i, uint64(len(m.Path)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Name) > 0 {
+		i -= len(m.Name)
+		copy(dAtA[i:], m.Name)
+		i = encodeVarintNetns(dAtA, i, uint64(len(m.Name)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *CreateNetnsRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *CreateNetnsRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *CreateNetnsRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Name) > 0 {
+		i -= len(m.Name)
+		copy(dAtA[i:], m.Name)
+		i = encodeVarintNetns(dAtA, i, uint64(len(m.Name)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *CreateNetnsResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *CreateNetnsResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *CreateNetnsResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Netns != nil {
+		{
+			size, err := m.Netns.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintNetns(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *ListNetnsRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ListNetnsRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ListNetnsRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	return len(dAtA) - i, nil
+}
+
+func (m *ListNetnsResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ListNetnsResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ListNetnsResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Namespaces) > 0 {
+		for iNdEx := len(m.Namespaces) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Namespaces[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintNetns(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0xa
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *DeleteNetnsRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *DeleteNetnsRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *DeleteNetnsRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Name) > 0 {
+		i -= len(m.Name)
+		copy(dAtA[i:], m.Name)
+		i = encodeVarintNetns(dAtA, i, uint64(len(m.Name)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func encodeVarintNetns(dAtA []byte, offset int, v uint64) int {
+	offset -= sovNetns(v)
+	base := offset
+	for v >= 1<<7 {
+		dAtA[offset] = uint8(v&0x7f | 0x80)
+		v >>= 7
+		offset++
+	}
+	dAtA[offset] = uint8(v)
+	return base
+}
+func (m *Namespace) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Name)
+	if l > 0 {
+		n += 1 + l + sovNetns(uint64(l))
+	}
+	l = len(m.Path)
+	if l > 0 {
+		n += 1 + l + sovNetns(uint64(l))
+	}
+	return n
+}
+
+func (m *CreateNetnsRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Name)
+	if l > 0 {
+		n += 1 + l + sovNetns(uint64(l))
+	}
+	return n
+}
+
+func (m *CreateNetnsResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Netns != nil {
+		l = m.Netns.Size()
+		n += 1 + l + sovNetns(uint64(l))
+	}
+	return n
+}
+
+func (m *ListNetnsRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	return n
+}
+
+func (m *ListNetnsResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if len(m.Namespaces) > 0 {
+		for _, e := range m.Namespaces {
+			l = e.Size()
+			n += 1 + l + sovNetns(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *DeleteNetnsRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Name)
+	if l > 0 {
+		n += 1 + l + sovNetns(uint64(l))
+	}
+	return n
+}
+
+func sovNetns(x uint64) (n int) {
+	return (math_bits.Len64(x|1) + 6) / 7
+}
+func sozNetns(x uint64) (n int) {
+	return sovNetns(uint64((x << 1) ^ uint64((int64(x) >> 63))))
+}
+func (m *Namespace) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowNetns
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: Namespace: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: Namespace: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Name", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowNetns
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthNetns
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Name = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Path", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowNetns
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthNetns
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Path = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipNetns(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *CreateNetnsRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowNetns
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: CreateNetnsRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: CreateNetnsRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Name", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowNetns
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthNetns
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Name = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipNetns(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *CreateNetnsResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowNetns
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: CreateNetnsResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: CreateNetnsResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Netns", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowNetns
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthNetns
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Netns == nil {
+				m.Netns = &Namespace{}
+			}
+			if err := m.Netns.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipNetns(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ListNetnsRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowNetns
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ListNetnsRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ListNetnsRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		default:
+			iNdEx = preIndex
+			skippy, err := skipNetns(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ListNetnsResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowNetns
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ListNetnsResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ListNetnsResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Namespaces", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowNetns
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthNetns
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Namespaces = append(m.Namespaces, &Namespace{})
+			if err := m.Namespaces[len(m.Namespaces)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipNetns(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *DeleteNetnsRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowNetns
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: DeleteNetnsRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: DeleteNetnsRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Name", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowNetns
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthNetns
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Name = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipNetns(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthNetns
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func skipNetns(dAtA []byte) (n int, err error) {
+	l := len(dAtA)
+	iNdEx := 0
+	depth := 0
+	for iNdEx < l {
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return 0, ErrIntOverflowNetns
+			}
+			if iNdEx >= l {
+				return 0, io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= (uint64(b) & 0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		wireType := int(wire & 0x7)
+		switch wireType {
+		case 0:
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return 0, ErrIntOverflowNetns
+				}
+				if iNdEx >= l {
+					return 0, io.ErrUnexpectedEOF
+				}
+				iNdEx++
+				if dAtA[iNdEx-1] < 0x80 {
+					break
+				}
+			}
+		case 1:
+			iNdEx += 8
+		case 2:
+			var length int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return 0, ErrIntOverflowNetns
+				}
+				if iNdEx >= l {
+					return 0, io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				length |= (int(b) & 0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if length < 0 {
+				return 0, ErrInvalidLengthNetns
+			}
+			iNdEx += length
+		case 3:
+			depth++
+		case 4:
+			if depth == 0 {
+				return 0, ErrUnexpectedEndOfGroupNetns
+			}
+			depth--
+		case 5:
+			iNdEx += 4
+		default:
+			return 0, fmt.Errorf("proto: illegal wireType %d", wireType)
+		}
+		if iNdEx < 0 {
+			return 0, ErrInvalidLengthNetns
+		}
+		if depth == 0 {
+			return iNdEx, nil
+		}
+	}
+	return 0, io.ErrUnexpectedEOF
+}
+
+var (
+	ErrInvalidLengthNetns        = fmt.Errorf("proto: negative length found during unmarshaling")
+	ErrIntOverflowNetns          = fmt.Errorf("proto: integer overflow")
+	ErrUnexpectedEndOfGroupNetns = fmt.Errorf("proto: unexpected end of group")
+)
