@@ -60,8 +60,10 @@ func (f cfile) readInto(buf *[]byte) ([]byte, error) {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	if cap(*buf) < 4096 {
-		*buf = make([]byte, 8192)
+	if cap(*buf) < 1024 {
+		// Enough for every statistics file (memory.stat is the largest:
+		// about 1 KiB on v1, 2-3 KiB on v2); it grows when not.
+		*buf = make([]byte, 4096)
 	}
 	b := (*buf)[:cap(*buf)]
 	n := 0

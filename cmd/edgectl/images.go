@@ -243,6 +243,7 @@ func imagesImportCommand() *command {
 			fs.BoolVar(&o.AllPlatforms, "all-platforms", false, "keep every platform's content")
 			fs.StringVar(&o.IndexName, "index-name", "", "name for an archive whose images carry no name")
 			fs.BoolVar(&o.SkipUnpack, "skip-unpack", false, "only store the content")
+			stream := fs.Bool("stream", false, "send the file through the socket even when edged could read it itself")
 			return func(e *env, args []string) error {
 				if len(args) != 1 {
 					return fmt.Errorf("give one archive file, or - for stdin: %w", errUsage)
@@ -255,6 +256,13 @@ func imagesImportCommand() *command {
 					}
 					defer f.Close()
 					r = f
+					// A regular local file: edged reads it itself, without
+					// copying it through the socket.
+					if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && !*stream {
+						if abs, err := filepath.Abs(args[0]); err == nil {
+							o.Path = abs
+						}
+					}
 				}
 				c, err := e.connect()
 				if err != nil {

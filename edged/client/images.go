@@ -21,8 +21,9 @@ type Image = api.Image
 type Progress = api.Progress
 
 // ImportChunk is the size of the data messages Import sends (the daemon
-// accepts up to 1 MiB).
-const ImportChunk = 1 << 20
+// accepts up to 1 MiB). ttrpc queues up to 64 messages of a stream in the
+// daemon, so the chunk size bounds what an import holds in memory.
+const ImportChunk = 64 << 10
 
 func (c *Client) imagesClient() api.ImagesClient { return api.NewImagesClient(c.tc) }
 
@@ -182,18 +183,26 @@ type ImportOpts struct {
 	// IndexName names the image of an archive whose entries carry no name.
 	IndexName  string
 	SkipUnpack bool
+	// Path, when set, is the archive's absolute path on edged's host:
+	// edged reads the file itself and r is not read. Use it for local
+	// files: nothing is copied through the socket.
+	Path string
 }
 
 // Import sends an OCI image-layout or docker-save tar (gzip allowed) read
-// from r, in 1 MiB messages, and returns the images created.
+// from r, in ImportChunk messages (or asks edged to read o.Path), and
+// returns the images created.
 func (c *Client) Import(ctx context.Context, r io.Reader, o ImportOpts) ([]*Image, error) {
 	s, err := c.imagesClient().Import(ctx)
 	if err != nil {
 		return nil, convertError(err)
 	}
-	opts := &api.ImportOptions{Platform: o.Platform, AllPlatforms: o.AllPlatforms, IndexName: o.IndexName, SkipUnpack: o.SkipUnpack, Namespace: c.streamNamespace(ctx)}
+	opts := &api.ImportOptions{Platform: o.Platform, AllPlatforms: o.AllPlatforms, IndexName: o.IndexName, SkipUnpack: o.SkipUnpack, Namespace: c.streamNamespace(ctx), Path: o.Path}
 	if err := s.Send(&api.ImportRequest{Options: opts}); err != nil {
 		return nil, convertError(err)
+	}
+	if o.Path != "" {
+		r = eofReader{}
 	}
 	buf := make([]byte, ImportChunk)
 	for {
@@ -266,3 +275,7 @@ func (c *Client) GarbageCollect(ctx context.Context) (*GCResult, error) {
 	r, err := c.imagesClient().GarbageCollect(c.nsctx(ctx), &api.GarbageCollectRequest{})
 	return r, convertError(err)
 }
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }

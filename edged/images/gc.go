@@ -145,7 +145,14 @@ func ignoreGone(err error) error {
 func (s *Service) GarbageCollect(ctx context.Context) (GCResult, error) {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
-	return s.collect(ctx)
+	res, err := s.collect(ctx)
+	if err == nil {
+		// Give the metadata file's free pages back too.
+		if verr := s.db.Vacuum(ctx); verr != nil {
+			s.log.Warn("metadata vacuum after garbage collection", "error", verr)
+		}
+	}
+	return res, err
 }
 
 func (s *Service) collect(ctx context.Context) (GCResult, error) {

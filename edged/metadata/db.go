@@ -202,6 +202,11 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		// page_size only takes effect on a new, empty file and must come
 		// before journal_mode, which writes the first page.
 		fmt.Sprintf("PRAGMA page_size = %d", opts.pageSize),
+		// Free pages go back to the filesystem at Vacuum (after garbage
+		// collection), so deleted containers and images do not leave the
+		// file at its high-water mark on a small flash card. Like
+		// page_size it takes effect on a new file.
+		"PRAGMA auto_vacuum = INCREMENTAL",
 		"PRAGMA journal_mode = WAL",
 		fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", opts.checkpoint),
 		fmt.Sprintf("PRAGMA journal_size_limit = %d", journalSizeLimit),
@@ -263,6 +268,19 @@ func (db *DB) Path() string { return db.path }
 // and are serialized with Update's, so they never conflict. Inside an
 // Update, use Tx.SQL instead: the single writer connection is busy.
 func (db *DB) SQL() *sql.DB { return db.w }
+
+// Vacuum returns the database file's free pages to the filesystem (and
+// checkpoints the WAL, so the space is released now). It is cheap when
+// there is nothing to free; call it after deleting many objects.
+func (db *DB) Vacuum(ctx context.Context) error {
+	if _, err := db.w.ExecContext(ctx, "PRAGMA incremental_vacuum"); err != nil {
+		return dbError("vacuum", err)
+	}
+	if _, err := db.w.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)"); err != nil {
+		return dbError("checkpoint", err)
+	}
+	return nil
+}
 
 // Close closes the database. The last connection to close checkpoints the
 // WAL into the database file.

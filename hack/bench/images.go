@@ -103,47 +103,73 @@ func imagesSection(ctx context.Context, e *Env) ([]Row, error) {
 		}
 	}
 
-	// Each phase on a fresh edged, so that a peak is not inflated by the
-	// heap an earlier phase left behind.
-	e.Progress("images: edged import small x%d, big x%d (fresh edged each)", smallReps, bigReps)
-	edSmall, err := edgedPhase(ctx, e, filepath.Join(dir, "edged-small"), "", smallReps, "images", "import", small)
-	if err != nil {
-		return nil, err
-	}
-	edBig, err := edgedPhase(ctx, e, filepath.Join(dir, "edged-big"), "", bigReps, "images", "import", big)
-	if err != nil {
-		return nil, err
-	}
-	e.Progress("images: edged (discard_layers) import big x%d", bigReps)
-	ddBig, err := edgedPhase(ctx, e, filepath.Join(dir, "edged-discard"), "[images]\ndiscard_layers = true\n", bigReps, "images", "import", big)
-	if err != nil {
-		return nil, err
-	}
-	var edPull importStats
-	pullErr := regErr
-	if reg != nil && regErr == nil {
-		e.Progress("images: edged pull x%d", pullReps)
-		conf := fmt.Sprintf("[registries.%q]\nplain_http = true\n", reg.addr)
-		runs, err := edgedPhase(ctx, e, filepath.Join(dir, "edged-pull"), conf, pullReps, "images", "pull", reg.addr+"/bench/big:1")
-		if err != nil {
-			pullErr = err
-		} else {
-			edPull = summarizeImports(runs)
-		}
-	}
-
-	// containerd with the same archives.
-	var ctrSmall, ctrBig, ctrPull importStats
-	ctrErr := error(nil)
-	ctrPullErr := regErr
+	// containerd, for the comparison column, measured in pairs with edged
+	// (one edged run, then one ctr run) so that both see the same load.
+	var ctrd *containerdImporter
+	var ctrErr error
 	if !e.Containerd {
 		ctrErr = fmt.Errorf("disabled by -containerd=false")
 	} else if _, err := exec.LookPath("containerd"); err != nil {
 		ctrErr = fmt.Errorf("containerd is not installed")
 	} else if _, err := exec.LookPath("ctr"); err != nil {
 		ctrErr = fmt.Errorf("ctr is not installed")
-	} else {
-		ctrSmall, ctrBig, ctrPull, ctrErr, ctrPullErr = containerdImports(ctx, e, filepath.Join(dir, "containerd"), small, big, reg, regErr)
+	} else if ctrd, ctrErr = startContainerdImporter(ctx, filepath.Join(dir, "containerd")); ctrErr == nil {
+		defer ctrd.d.Stop()
+	}
+	paired := func(op func() (importRun, error)) func() (importRun, error) {
+		if ctrd == nil {
+			return nil
+		}
+		return op
+	}
+
+	// Each edged phase on a fresh edged, so that a peak is not inflated by
+	// the heap an earlier phase left behind.
+	e.Progress("images: import small x%d, big x%d (edged and containerd in pairs)", smallReps, bigReps)
+	edSmall, ctrSmallRuns, err := edgedPhase(ctx, e, filepath.Join(dir, "edged-small"), "", smallReps,
+		paired(func() (importRun, error) {
+			return ctrd.run(ctx, "images", "import", "--index-name", ctrd.next(), small)
+		}),
+		"images", "import", small)
+	if err != nil {
+		return nil, err
+	}
+	edBig, ctrBigRuns, err := edgedPhase(ctx, e, filepath.Join(dir, "edged-big"), "", bigReps,
+		paired(func() (importRun, error) { return ctrd.run(ctx, "images", "import", "--index-name", ctrd.next(), big) }),
+		"images", "import", big)
+	if err != nil {
+		return nil, err
+	}
+	e.Progress("images: edged (discard_layers) import big x%d", bigReps)
+	ddBig, _, err := edgedPhase(ctx, e, filepath.Join(dir, "edged-discard"), "[images]\ndiscard_layers = true\n", bigReps, nil, "images", "import", big)
+	if err != nil {
+		return nil, err
+	}
+	var edPull, ctrPull importStats
+	pullErr := regErr
+	if reg != nil && regErr == nil {
+		e.Progress("images: pull x%d", pullReps)
+		conf := fmt.Sprintf("[registries.%q]\nplain_http = true\n", reg.addr)
+		ref := reg.addr + "/bench/big:1"
+		runs, ctrRuns, err := edgedPhase(ctx, e, filepath.Join(dir, "edged-pull"), conf, pullReps,
+			paired(func() (importRun, error) { return ctrd.run(ctx, "images", "pull", "--plain-http", ref) }),
+			"images", "pull", ref)
+		if err != nil {
+			pullErr = err
+		} else {
+			edPull, ctrPull = summarizeImports(runs), summarizeImports(ctrRuns)
+		}
+	}
+	var ctrSmall, ctrBig importStats
+	if ctrd != nil {
+		if err := ctrd.d.Alive(); err != nil {
+			return nil, err
+		}
+		ctrSmall, ctrBig = summarizeImports(ctrSmallRuns), summarizeImports(ctrBigRuns)
+	}
+	ctrPullErr := pullErr
+	if ctrErr != nil {
+		ctrPullErr = ctrErr
 	}
 
 	s, b, d := summarizeImports(edSmall), summarizeImports(edBig), summarizeImports(ddBig)
@@ -155,11 +181,11 @@ func imagesSection(ctx context.Context, e *Env) ([]Row, error) {
 		rows = append(rows, skipped("containerd comparison", ctrErr.Error()))
 	} else {
 		rows = append(rows,
-			budget("images import, small image: edged ÷ containerd", float64(s.median)/float64(ctrSmall.median), "×", "<=", budgetImportSmallRatio).
+			budget("images import, small image: edged ÷ containerd", pairRatio(edSmall, ctrSmallRuns), "×", "<=", budgetImportSmallRatio).
 				with(fmt.Sprintf("edged %.0f ms, ctr %.0f ms", measure.Ms(s.median), measure.Ms(ctrSmall.median)),
-					fmt.Sprintf("%.3f; medians of the same archive in the same run (containerd: ctr images import --index-name, unpacked to overlayfs)", float64(s.median)/float64(ctrSmall.median))),
-			budget("images import, 100 MiB layer: edged ÷ containerd", float64(b.median)/float64(ctrBig.median), "×", "<=", budgetImportBigRatio).
-				with(fmt.Sprintf("edged %.0f ms, ctr %.0f ms", measure.Ms(b.median), measure.Ms(ctrBig.median)), fmt.Sprintf("%.3f", float64(b.median)/float64(ctrBig.median))),
+					fmt.Sprintf("%.3f; median of the ratios of %d pairs (edged run, then ctr run) of the same archive (containerd: ctr images import --index-name, unpacked to overlayfs)", pairRatio(edSmall, ctrSmallRuns), len(edSmall))),
+			budget("images import, 100 MiB layer: edged ÷ containerd", pairRatio(edBig, ctrBigRuns), "×", "<=", budgetImportBigRatio).
+				with(fmt.Sprintf("edged %.0f ms, ctr %.0f ms", measure.Ms(b.median), measure.Ms(ctrBig.median)), fmt.Sprintf("%.3f; median of %d pair ratios", pairRatio(edBig, ctrBigRuns), len(edBig))),
 		)
 	}
 	rows = append(rows,
@@ -236,21 +262,6 @@ func buildArchives(dir string) (small, big string, err error) {
 	return small, big, f.Close()
 }
 
-// repeat runs f once as a warm-up, then n times.
-func repeat(n int, f func() (importRun, error)) ([]importRun, error) {
-	var runs []importRun
-	for i := -1; i < n; i++ {
-		r, err := f()
-		if err != nil {
-			return nil, err
-		}
-		if i >= 0 {
-			runs = append(runs, r)
-		}
-	}
-	return runs, nil
-}
-
 // measureRun resets pid's VmHWM, times op, reads the peak and the disk
 // bytes written, then runs clean (not measured).
 func measureRun(pid int, op, clean func() error) (importRun, error) {
@@ -302,22 +313,44 @@ func resetHWM(pid int) error {
 
 // edgedPhase starts edged with config conf in dir and measures reps runs
 // (after a warm-up) of `edgectl args...`, removing the images and
-// collecting after each.
-func edgedPhase(ctx context.Context, e *Env, dir, conf string, reps int, args ...string) ([]importRun, error) {
+// collecting after each. When other is not nil it runs right after each
+// edged run (containerd's counterpart) and its runs are returned too.
+func edgedPhase(ctx context.Context, e *Env, dir, conf string, reps int, other func() (importRun, error), args ...string) (ours, theirs []importRun, _ error) {
 	d, err := startEdgedWithConfig(ctx, e, dir, conf)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer d.Stop()
-	runs, err := repeat(reps, func() (importRun, error) {
-		return measureRun(d.PID(), func() error {
+	for i := -1; i < reps; i++ {
+		r, err := measureRun(d.PID(), func() error {
 			return edgectlRun(ctx, e, d.Socket, args...)
 		}, func() error { return edgectlClean(ctx, e, d.Socket) })
-	})
-	if err != nil {
-		return nil, err
+		if err != nil {
+			return nil, nil, err
+		}
+		if i >= 0 {
+			ours = append(ours, r)
+		}
+		if other == nil {
+			continue
+		}
+		if r, err = other(); err != nil {
+			return nil, nil, err
+		}
+		if i >= 0 {
+			theirs = append(theirs, r)
+		}
 	}
-	return runs, d.Alive()
+	return ours, theirs, d.Alive()
+}
+
+// pairRatio is the median of ours[i] ÷ theirs[i].
+func pairRatio(ours, theirs []importRun) float64 {
+	rs := make([]time.Duration, len(ours))
+	for i := range ours {
+		rs[i] = time.Duration(float64(ours[i].elapsed) / float64(theirs[i].elapsed) * 1e6)
+	}
+	return float64(measure.Percentile(rs, 50)) / 1e6
 }
 
 func startEdgedWithConfig(ctx context.Context, e *Env, dir, conf string) (*measure.Daemon, error) {
@@ -354,12 +387,18 @@ func edgectlClean(ctx context.Context, e *Env, sock string) error {
 	return edgectlRun(ctx, e, sock, "gc")
 }
 
-// containerdImports imports small and big into a private containerd with
-// ctr, and pulls the big image from reg, measuring containerd.
-func containerdImports(ctx context.Context, e *Env, dir, small, big string, reg *registryProc, regErr error) (s, b, p importStats, err, pullErr error) {
-	e.Progress("images: containerd import small x%d, big x%d", smallReps, bigReps)
+// containerdImporter is a private containerd measured with ctr.
+type containerdImporter struct {
+	d    *measure.Daemon
+	sock string
+	n    int
+}
+
+// startContainerdImporter starts the installed containerd with its
+// packaged configuration and everything it writes under dir.
+func startContainerdImporter(ctx context.Context, dir string) (*containerdImporter, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return s, b, p, err, err
+		return nil, err
 	}
 	root, state := filepath.Join(dir, "root"), filepath.Join(dir, "state")
 	sock := filepath.Join(state, "containerd.sock")
@@ -369,61 +408,42 @@ func containerdImports(ctx context.Context, e *Env, dir, small, big string, reg 
 		"  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = %q\n",
 		root, state, sock, sock+".ttrpc", filepath.Join(dir, "cni"), filepath.Join(dir, "opt"))
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		return s, b, p, err, err
+		return nil, err
 	}
 	d, err := measure.StartDaemon(ctx, "containerd", dir, sock, nil, "containerd", "--config", cfg)
 	if err != nil {
-		return s, b, p, err, err
+		return nil, err
 	}
-	defer d.Stop()
-	ctr := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", sock, "-n", "bench"}, args...)...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("ctr %v: %v: %s", args, err, out)
-		}
-		return nil
+	return &containerdImporter{d: d, sock: sock}, nil
+}
+
+// next returns a new image name for ctr import --index-name.
+func (c *containerdImporter) next() string {
+	c.n++
+	return "bench/import:" + strconv.Itoa(c.n)
+}
+
+func (c *containerdImporter) ctr(ctx context.Context, args ...string) error {
+	cmd := exec.CommandContext(ctx, "ctr", append([]string{"-a", c.sock, "-n", "bench"}, args...)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ctr %v: %v: %s", args, err, out)
 	}
-	clean := func() error {
-		out, err := exec.CommandContext(ctx, "ctr", "-a", sock, "-n", "bench", "images", "ls", "-q").Output()
+	return nil
+}
+
+// run measures `ctr args...` on containerd, then removes every image of
+// the namespace (rm --sync collects content and snapshots).
+func (c *containerdImporter) run(ctx context.Context, args ...string) (importRun, error) {
+	return measureRun(c.d.PID(), func() error { return c.ctr(ctx, args...) }, func() error {
+		out, err := exec.CommandContext(ctx, "ctr", "-a", c.sock, "-n", "bench", "images", "ls", "-q").Output()
 		if err != nil {
 			return fmt.Errorf("ctr images ls: %v", err)
 		}
 		if names := strings.Fields(string(out)); len(names) > 0 {
-			return ctr(append([]string{"images", "rm", "--sync"}, names...)...)
+			return c.ctr(ctx, append([]string{"images", "rm", "--sync"}, names...)...)
 		}
 		return nil
-	}
-	i := 0
-	imp := func(file string) func() (importRun, error) {
-		return func() (importRun, error) {
-			i++
-			return measureRun(d.PID(), func() error {
-				return ctr("images", "import", "--index-name", "bench/import:"+strconv.Itoa(i), file)
-			}, clean)
-		}
-	}
-	runs, err := repeat(smallReps, imp(small))
-	if err != nil {
-		return s, b, p, err, err
-	}
-	s = summarizeImports(runs)
-	if runs, err = repeat(bigReps, imp(big)); err != nil {
-		return s, b, p, err, err
-	}
-	b = summarizeImports(runs)
-	if reg == nil || regErr != nil {
-		return s, b, p, nil, regErr
-	}
-	e.Progress("images: containerd pull x%d", pullReps)
-	runs, err = repeat(pullReps, func() (importRun, error) {
-		return measureRun(d.PID(), func() error {
-			return ctr("images", "pull", "--plain-http", reg.addr+"/bench/big:1")
-		}, clean)
 	})
-	if err != nil {
-		return s, b, p, nil, err
-	}
-	return s, b, summarizeImports(runs), nil, nil
 }
 
 // registryProc is a docker-registry started for the pull rows.

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -458,7 +460,15 @@ func (s *service) importStream(ctx context.Context, stream api.Images_ImportServ
 	if len(first.Data) > MaxImportChunk {
 		return nil, fmt.Errorf("import: a data message of %d bytes is larger than the limit of %d: %w", len(first.Data), MaxImportChunk, errdefs.ErrResourceExhausted)
 	}
-	r := &importReader{stream: stream, buf: first.Data}
+	var r io.Reader = &importReader{stream: stream, buf: first.Data}
+	if o.Path != "" {
+		f, err := openArchive(o.Path, len(first.Data))
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
 	imgs, err := s.Images.Import(ctx, ns, r, images.ImportOptions{
 		Platform: o.Platform, AllPlatforms: o.AllPlatforms, IndexName: o.IndexName, SkipUnpack: o.SkipUnpack,
 	})
@@ -541,4 +551,28 @@ func (s *service) resolverFor(ref string, c *api.Credentials) (*remotes.Resolver
 		return nil, err
 	}
 	return s.Resolver.WithCredentials(parsed.Registry, remotes.Credentials{Username: c.Username, Password: c.Secret, IdentityToken: c.IdentityToken}), nil
+}
+
+// openArchive opens an archive named by path for Import: an absolute path
+// to a regular file on edged's host.
+func openArchive(path string, data int) (*os.File, error) {
+	if data > 0 {
+		return nil, errdefs.InvalidArgument("options.path", "an import from a path takes no data messages")
+	}
+	if !filepath.IsAbs(path) {
+		return nil, errdefs.InvalidArgument("options.path", "%q must be an absolute path", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("archive %q: %w", path, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("archive %q: %v: %w", path, err, errdefs.ErrInvalidArgument)
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, errdefs.InvalidArgument("options.path", "%q is not a regular file", path)
+	}
+	return f, nil
 }
