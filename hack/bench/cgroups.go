@@ -116,7 +116,7 @@ func cgroupsSection(ctx context.Context, e *Env) ([]Row, error) {
 			with("", fmt.Sprintf("one Tasks.Metrics call + table, timed inside a running `edgectl stats` (%d refreshes); p90 %.1f ms, Metrics call %.1f ms",
 				statsRefreshes, loop["p90-ms/refresh"], loop["ms/metrics-call"])),
 		info("  Tasks.Metrics call alone, 50 containers (mean)", rpc["ms/refresh"], "ms").
-			with("", "Go client in the benchmark process"),
+			with("", fmt.Sprintf("Go client in the benchmark process; edged on-CPU %.1f ms per call", rpc["edged-cpu-ms/refresh"])),
 		info("  whole edgectl stats --no-stream --format json process (mean)", cli["ms/refresh"], "ms").
 			with("", "process start, connect, one Metrics call, JSON"),
 	)
