@@ -175,22 +175,14 @@ func (s *Service) useStaged(ctx context.Context, ns string, l *lease, parent, ch
 	if st.gone {
 		return fmt.Errorf("staged layer %s was used by a concurrent import and is gone; import again: %w", st.diffID, errdefs.ErrAborted)
 	}
-	key := ExtractPrefix + randomID() + " " + chainKey
-	if err := l.add(ctx, metadata.ResourceSnapshot, key); err != nil {
-		return err
-	}
-	mounts, err := s.sn.Prepare(ctx, ns, key, parent, map[string]string{"containerd.io/snapshot.ref": chainKey})
+	key, mounts, abort, err := s.prepareExtraction(ctx, ns, l, parent, chainKey)
 	if err != nil {
 		return err
 	}
 	removed := false
 	defer func() {
 		if retErr != nil && !removed {
-			rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if err := s.sn.Remove(rctx, ns, key); err != nil {
-				s.log.Warn("images: cannot remove failed extraction; Recover will", "snapshot", key, "error", err)
-			}
+			abort()
 		}
 	}()
 	upper, _, err := applyTarget(s.sn.Backend(), mounts)

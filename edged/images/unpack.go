@@ -70,22 +70,14 @@ func (s *Service) unpackStaged(ctx context.Context, ns string, l *lease, pm *pla
 // applyLayer extracts one layer into a new active snapshot on parent and
 // commits it as chainKey. On failure the active snapshot is removed.
 func (s *Service) applyLayer(ctx context.Context, ns string, l *lease, parent, chainKey string, layer ocispec.Descriptor, diffID digest.Digest) (retErr error) {
-	key := ExtractPrefix + randomID() + " " + chainKey
-	if err := l.add(ctx, metadata.ResourceSnapshot, key); err != nil {
-		return err
-	}
-	mounts, err := s.sn.Prepare(ctx, ns, key, parent, map[string]string{"containerd.io/snapshot.ref": chainKey})
+	key, mounts, abort, err := s.prepareExtraction(ctx, ns, l, parent, chainKey)
 	if err != nil {
 		return err
 	}
 	removed := false
 	defer func() {
 		if retErr != nil && !removed {
-			rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if err := s.sn.Remove(rctx, ns, key); err != nil {
-				s.log.Warn("images: cannot remove failed extraction; Recover will", "snapshot", key, "error", err)
-			}
+			abort()
 		}
 	}()
 	dir, mode, err := applyTarget(s.sn.Backend(), mounts)
@@ -122,6 +114,32 @@ func (s *Service) applyLayer(ctx context.Context, ns string, l *lease, parent, c
 // mounting: the overlay upper directory (with overlay whiteouts), or the
 // directory a bind mount would show (an empty first layer, or the native
 // backend's copy of the parent, where whiteouts remove files).
+// prepareExtraction leases and prepares the active snapshot a layer is
+// extracted into, on parent, to be committed as chainKey. abort removes it
+// after a failed extraction (Recover removes it if even that fails).
+func (s *Service) prepareExtraction(ctx context.Context, ns string, l *lease, parent, chainKey string) (key string, mounts []mount.Mount, abort func(), err error) {
+	key = ExtractPrefix + randomID() + " " + chainKey
+	// Lease and prepare under the GC lock: a collection that marked its
+	// roots before the lease must not sweep the new snapshot after.
+	s.gcMu.RLock()
+	err = l.add(ctx, metadata.ResourceSnapshot, key)
+	if err == nil {
+		mounts, err = s.sn.Prepare(ctx, ns, key, parent, map[string]string{"containerd.io/snapshot.ref": chainKey})
+	}
+	s.gcMu.RUnlock()
+	if err != nil {
+		return "", nil, nil, err
+	}
+	abort = func() {
+		rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.sn.Remove(rctx, ns, key); err != nil {
+			s.log.Warn("images: cannot remove failed extraction; Recover will", "snapshot", key, "error", err)
+		}
+	}
+	return key, mounts, abort, nil
+}
+
 func applyTarget(backend snapshots.Backend, mounts []mount.Mount) (string, archive.WhiteoutMode, error) {
 	if len(mounts) != 1 {
 		return "", 0, fmt.Errorf("unpack: unexpected %d mounts: %w", len(mounts), errdefs.ErrNotImplemented)

@@ -597,17 +597,31 @@ func (s *snapshotter) Remove(ctx context.Context, ns, key string) error {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM snapshots WHERE id = ?`, r.id); err != nil {
 		return fmt.Errorf("snapshot %q: %w", short(key), err)
 	}
+	// Move the data out of the ID's place before the row is gone: SQLite
+	// reuses the highest rowid once it is deleted, so a snapshot prepared
+	// right after the commit may get this ID and its directory. A crash
+	// between the rename and the commit leaves a row without data, which
+	// Cleanup removes.
+	trash, moved := s.trashDir(ctx, s.snapDir(r.id))
 	if err := tx.Commit(); err != nil {
+		if moved {
+			if rerr := os.Rename(trash, s.snapDir(r.id)); rerr != nil {
+				slog.WarnContext(ctx, "snapshots: cannot restore snapshot data after a failed remove", "path", trash, "error", rerr)
+			}
+		}
 		return fmt.Errorf("snapshot %q: %w", short(key), err)
 	}
-	// Data after metadata: a crash here leaves an orphan directory that
-	// Cleanup removes. Rename first so a half-deleted tree never carries a
-	// snapshot ID.
-	s.removeDir(ctx, s.snapDir(r.id))
+	if moved {
+		if err := os.RemoveAll(trash); err != nil {
+			slog.WarnContext(ctx, "snapshots: cannot remove snapshot data; Cleanup will retry", "path", trash, "error", err)
+		}
+	}
 	return nil
 }
 
-func (s *snapshotter) removeDir(ctx context.Context, dir string) {
+// trashDir renames dir to a tmp-rm-* name that Cleanup removes, so that a
+// half-deleted tree never carries a snapshot ID.
+func (s *snapshotter) trashDir(ctx context.Context, dir string) (string, bool) {
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	trash := filepath.Join(s.dir, "tmp-rm-"+hex.EncodeToString(rnd[:]))
@@ -615,6 +629,14 @@ func (s *snapshotter) removeDir(ctx context.Context, dir string) {
 		if !errors.Is(err, fs.ErrNotExist) {
 			slog.WarnContext(ctx, "snapshots: cannot remove snapshot data; Cleanup will retry", "path", dir, "error", err)
 		}
+		return "", false
+	}
+	return trash, true
+}
+
+func (s *snapshotter) removeDir(ctx context.Context, dir string) {
+	trash, ok := s.trashDir(ctx, dir)
+	if !ok {
 		return
 	}
 	if err := os.RemoveAll(trash); err != nil {
