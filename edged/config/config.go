@@ -84,8 +84,9 @@ type API struct {
 
 // Metadata configures the SQLite database.
 type Metadata struct {
-	Synchronous  string `toml:"synchronous"`
-	CacheSizeKiB int    `toml:"cache_size_kib"`
+	Synchronous   string `toml:"synchronous"`
+	CacheSizeKiB  int    `toml:"cache_size_kib"`
+	CompressSpecs bool   `toml:"compress_specs"`
 }
 
 // Events configures the event exchange.

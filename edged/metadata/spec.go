@@ -12,10 +12,13 @@ const (
 	specDeflate = 1 // raw deflate (RFC 1951) of the spec
 )
 
-// encodeSpec deflates a spec when that makes it smaller, which a JSON spec
+// encodeSpec (with Options.CompressSpecs) deflates a spec when that makes it smaller, which a JSON spec
 // always is (3 KB → 1 KB): fewer database pages per container create and
 // delete, so fewer bytes written to flash.
 func (db *DB) encodeSpec(spec []byte) (int, []byte) {
+	if !db.compressSpecs {
+		return specRaw, spec
+	}
 	var buf bytes.Buffer
 	buf.Grow(len(spec) / 2)
 	w, _ := db.specWriters.Get().(*flate.Writer)

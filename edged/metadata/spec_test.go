@@ -24,7 +24,7 @@ func storedSpec(t *testing.T, db *DB, id string) (int, []byte) {
 
 func TestSpecStoredDeflated(t *testing.T) {
 	ctx := context.Background()
-	db, _ := openTest(t, Options{})
+	db, _ := openTest(t, Options{CompressSpecs: true})
 	c := testContainer(t, "c1")
 	if err := db.Update(ctx, func(tx *Tx) error {
 		_, err := tx.CreateContainer(ctx, "default", c)
@@ -68,7 +68,7 @@ func TestSpecStoredDeflated(t *testing.T) {
 // A spec deflate cannot shrink (random bytes) is stored as given.
 func TestSpecIncompressibleStoredRaw(t *testing.T) {
 	ctx := context.Background()
-	db, _ := openTest(t, Options{})
+	db, _ := openTest(t, Options{CompressSpecs: true})
 	c := testContainer(t, "rnd")
 	c.Spec = make([]byte, 2000)
 	rand.Read(c.Spec)
@@ -104,7 +104,7 @@ func TestSpecCorruptIsDataLoss(t *testing.T) {
 		{"not deflate", `UPDATE containers SET spec = ?`, []any{[]byte{0xff, 0xfe, 0xfd, 0xfc}}, "inflate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			db, _ := openTest(t, Options{})
+			db, _ := openTest(t, Options{CompressSpecs: true})
 			if err := db.Update(ctx, func(tx *Tx) error {
 				_, err := tx.CreateContainer(ctx, "default", testContainer(t, "c"))
 				return err
@@ -127,7 +127,7 @@ func TestSpecCorruptIsDataLoss(t *testing.T) {
 
 func TestSpecInflateBounded(t *testing.T) {
 	var buf bytes.Buffer
-	db := &DB{}
+	db := &DB{compressSpecs: true}
 	big := bytes.Repeat([]byte("a"), MaxSpecSize+1)
 	enc, z := db.encodeSpec(big)
 	buf.Write(z)

@@ -62,9 +62,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 		sync = "FULL"
 	}
 	db, err := metadata.Open(ctx, filepath.Join(cfg.Root, "meta.db"), withImageSchema(metadata.Options{
-		Synchronous:  sync,
-		CacheSizeKiB: cfg.Metadata.CacheSizeKiB,
-		Logger:       log,
+		Synchronous:   sync,
+		CacheSizeKiB:  cfg.Metadata.CacheSizeKiB,
+		CompressSpecs: cfg.Metadata.CompressSpecs,
+		Logger:        log,
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("open metadata: %w", err)
