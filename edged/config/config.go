@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 
@@ -25,6 +26,7 @@ type Config struct {
 	API      API      `toml:"api"`
 	Metadata Metadata `toml:"metadata"`
 	Runtime  Runtime  `toml:"runtime"`
+	Cgroups  Cgroups  `toml:"cgroups"`
 	Events   Events   `toml:"events"`
 	Network  Network  `toml:"network"`
 	Images   Images   `toml:"images"`
@@ -87,6 +89,12 @@ type Metadata struct {
 	Synchronous   string `toml:"synchronous"`
 	CacheSizeKiB  int    `toml:"cache_size_kib"`
 	CompressSpecs bool   `toml:"compress_specs"`
+}
+
+// Cgroups configures where containers' cgroups go.
+type Cgroups struct {
+	Parent        string `toml:"parent"`
+	SystemdSlices bool   `toml:"systemd_slices"`
 }
 
 // Events configures the event exchange.
@@ -180,6 +188,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Runtime.LogMaxFiles < 1 || c.Runtime.LogMaxFiles > 100 {
 		return errdefs.InvalidArgument("runtime.log_max_files", "%d must be between 1 and 100", c.Runtime.LogMaxFiles)
+	}
+	if p := c.Cgroups.Parent; p == "" || p[0] != '/' || path.Clean(p) != p || p == "/" {
+		return errdefs.InvalidArgument("cgroups.parent", "%q must be a clean absolute cgroup path other than /", p)
 	}
 	if c.Events.SubscriberQueue <= 0 {
 		return errdefs.InvalidArgument("events.subscriber_queue", "must be positive")

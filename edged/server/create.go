@@ -10,6 +10,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/edged/edged/cgroups"
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/metadata"
@@ -80,6 +81,11 @@ func (s *Server) createFromImage(ctx context.Context, r *api.CreateFromImageRequ
 	if err != nil {
 		return nil, err
 	}
+	cgPath, err := cgroups.PathConfig{Parent: s.cfg.Cgroups.Parent, Systemd: s.cfg.Cgroups.SystemdSlices}.ContainerPath(ns, r.Id)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, oci.WithCgroupsPath(cgPath))
 	spec, err := oci.Generate(ctx, ns, r.Id, rootfs, &imgCfg, opts...)
 	if err != nil {
 		return nil, err
