@@ -129,6 +129,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	// Sections run binaries from other working directories.
+	if abs, err := filepath.Abs(cfg.BinDir); err == nil {
+		cfg.BinDir = abs
+	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "bench: unexpected arguments %q\n", fs.Args())
 		return 2
