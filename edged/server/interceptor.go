@@ -14,10 +14,11 @@ import (
 
 // unaryInterceptor bounds every request's deadline, recovers panics and
 // turns typed errors into status codes that survive the round trip.
-func unaryInterceptor(log *slog.Logger, defTimeout, maxTimeout time.Duration) ttrpc.UnaryServerInterceptor {
+func unaryInterceptor(log *slog.Logger, defTimeout, maxTimeout time.Duration, trim *idleTrimmer) ttrpc.UnaryServerInterceptor {
 	return func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (resp any, err error) {
 		ctx, cancel := boundDeadline(ctx, defTimeout, maxTimeout)
 		defer cancel()
+		defer trim.touch()
 		defer func() {
 			if r := recover(); r != nil {
 				log.Error("panic in request", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))

@@ -75,8 +75,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 			db.Close()
 		}
 	}()
+	// A second of idleness after requests returns the heap they grew.
+	trim := newIdleTrimmer(time.Second, nil)
 	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(
-		unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration)))
+		unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim)))
 	if err != nil {
 		return nil, fmt.Errorf("ttrpc server: %w", err)
 	}
