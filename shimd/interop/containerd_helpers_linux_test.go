@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/edged/edged/internal/testutil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -685,28 +686,7 @@ func (c *containerd) runTTY(t *testing.T, timeout time.Duration, args ...string)
 }
 
 // openPty opens a new pseudo-terminal pair.
-func openPty() (master, slave *os.File, err error) {
-	master, err = os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	fd := int(master.Fd())
-	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
-		master.Close()
-		return nil, nil, fmt.Errorf("unlock pty: %w", err)
-	}
-	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
-	if err != nil {
-		master.Close()
-		return nil, nil, fmt.Errorf("pty number: %w", err)
-	}
-	slave, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
-	if err != nil {
-		master.Close()
-		return nil, nil, err
-	}
-	return master, slave, nil
-}
+func openPty() (master, slave *os.File, err error) { return testutil.OpenPty() }
 
 // syncEvents returns once ev's `ctr events` is subscribed: ctr subscribes
 // asynchronously, so a namespace label is updated until it prints the event.
