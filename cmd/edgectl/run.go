@@ -294,6 +294,15 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive bo
 			defer restore()
 		}
 	}
+	resize := func() {
+		if w, h, ok := windowSize(int(os.Stdout.Fd())); ok {
+			c.ResizePty(cleanup, id, execID, w, h)
+		}
+	}
+	// The terminal has its size before the process starts and reads it.
+	if tty {
+		resize()
+	}
 	if _, err := c.StartTask(e.ctx, id, execID); err != nil {
 		deleteIt()
 		return 0, err
@@ -302,14 +311,7 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive bo
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGWINCH)
 	defer signal.Stop(sigs)
-	resize := func() {
-		if w, h, ok := windowSize(int(os.Stdout.Fd())); ok {
-			c.ResizePty(cleanup, id, execID, w, h)
-		}
-	}
-	if tty {
-		resize()
-	}
+
 	if done := fifos.StdinDone(); done != nil {
 		go func() {
 			<-done

@@ -16,8 +16,8 @@ import (
 )
 
 // TestRunWithTerminal runs `edgectl run -t -i` on a real pseudo-terminal:
-// the container gets a terminal of its own, input typed on the terminal
-// reaches it, and edgectl exits with its code.
+// the container gets a terminal of its own with edgectl's window size,
+// input typed on the terminal reaches it, and edgectl exits with its code.
 func TestRunWithTerminal(t *testing.T) {
 	requireRunc(t)
 	d := startDaemon(t)
@@ -33,7 +33,7 @@ func TestRunWithTerminal(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "edgectl"), "--address", d.Address, "run", "--rm", "-t", "-i", "--rootfs", rootfs, "tty1",
-		"sh", "-c", `tty; read line; echo "got:$line"; exit 5`)
+		"sh", "-c", `tty; stty -a | head -1; read line; echo "got:$line"; exit 5`)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 	if err := cmd.Start(); err != nil {
@@ -55,7 +55,7 @@ func TestRunWithTerminal(t *testing.T) {
 	}()
 	// Type a line once the container asks for it.
 	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(out.String(), "/dev/pts/") && time.Now().Before(deadline) {
+	for !strings.Contains(out.String(), "rows 33; columns 101") && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	master.Write([]byte("hello tty\r"))
@@ -69,7 +69,7 @@ func TestRunWithTerminal(t *testing.T) {
 	case <-time.After(2 * time.Second):
 	}
 	o := out.String()
-	for _, want := range []string{"/dev/pts/", "got:hello tty"} {
+	for _, want := range []string{"/dev/pts/", "rows 33; columns 101", "got:hello tty"} {
 		if !strings.Contains(o, want) {
 			t.Fatalf("terminal output %q lacks %q", o, want)
 		}

@@ -9,7 +9,7 @@ import (
 
 // BusyboxApplets are linked in rootfs made by BusyboxRootfs.
 var BusyboxApplets = []string{"sh", "echo", "cat", "ls", "sleep", "id", "hostname", "env", "true", "false",
-	"yes", "head", "tail", "dd", "mkdir", "rm", "ps", "wc", "seq", "touch", "kill", "nc", "httpd", "ip", "ifconfig", "wget", "grep", "uname"}
+	"yes", "head", "tail", "dd", "mkdir", "rm", "ps", "wc", "seq", "touch", "kill", "nc", "httpd", "ip", "ifconfig", "wget", "grep", "uname", "stty", "tty"}
 
 // BusyboxRootfs builds a minimal root filesystem at dir from Debian's
 // busybox-static: /bin/busybox, applet links, /etc/passwd and /etc/group.
