@@ -112,24 +112,13 @@ func containersCommand() *command {
 				name: "rm", aliases: []string{"remove", "delete"}, usage: "ID...", help: "remove containers",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					return func(e *env, args []string) error {
-						if len(args) == 0 {
-							return fmt.Errorf("rm needs at least one ID: %w", errUsage)
-						}
-						c, err := e.connect()
-						if err != nil {
-							return err
-						}
-						defer c.Close()
-						var failed error
-						for _, id := range args {
+						return e.eachArg(args, "rm needs at least one ID", func(c *client.Client, id string) error {
 							if err := c.DeleteContainer(e.ctx, id); err != nil {
-								fmt.Fprintf(e.stderr, "edgectl: %s\n", oneLine(err.Error()))
-								failed = exitError(1)
-								continue
+								return err
 							}
 							fmt.Fprintln(e.stdout, id)
-						}
-						return failed
+							return nil
+						})
 					}
 				},
 			},

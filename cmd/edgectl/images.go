@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edged/edged/edged/client"
+	"github.com/edged/edged/internal/atomicfile"
 	imagesapi "github.com/edged/edged/proto/services/images/v1"
 )
 
@@ -304,25 +305,11 @@ func imagesExportCommand() *command {
 				if args[0] == "-" {
 					return c.Export(e.ctx, e.stdout, args[1:], o)
 				}
-				// Write a temporary file renamed into place: a failed
-				// export leaves no partial archive.
-				f, err := os.CreateTemp(filepath.Dir(args[0]), "."+filepath.Base(args[0])+".tmp-")
-				if err != nil {
-					return err
-				}
-				tmp := f.Name()
-				err = c.Export(e.ctx, f, args[1:], o)
-				if err == nil {
-					err = f.Sync()
-				}
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-				if err == nil {
-					err = os.Rename(tmp, args[0])
-				}
-				if err != nil {
-					os.Remove(tmp)
+				// A temporary file renamed into place: a failed export
+				// leaves no partial archive.
+				if err := atomicfile.WriteStream(args[0], 0o644, func(w io.Writer) error {
+					return c.Export(e.ctx, w, args[1:], o)
+				}); err != nil {
 					return err
 				}
 				return nil

@@ -233,6 +233,28 @@ func printUsage(w io.Writer, path []string, cmds []*command) {
 	fmt.Fprintf(w, "\nglobal flags: --address PATH, -n/--namespace NS, --format table|json, --timeout DURATION\n")
 }
 
+// eachArg connects and calls fn for every argument. A failure is printed
+// as one line and the remaining arguments still run; the command then
+// exits 1. Without arguments it is a usage error saying need.
+func (e *env) eachArg(args []string, need string, fn func(c *client.Client, arg string) error) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%s: %w", need, errUsage)
+	}
+	c, err := e.connect()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var failed error
+	for _, a := range args {
+		if err := fn(c, a); err != nil {
+			fmt.Fprintf(e.stderr, "edgectl: %s\n", oneLine(err.Error()))
+			failed = exitError(1)
+		}
+	}
+	return failed
+}
+
 // connect dials edged with the global flags.
 func (e *env) connect() (*client.Client, error) {
 	return client.New(e.ctx, e.address, client.WithNamespace(e.namespace), client.WithTimeout(e.timeout))

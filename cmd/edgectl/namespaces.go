@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 
+	"github.com/edged/edged/edged/client"
 	api "github.com/edged/edged/proto/services/namespaces/v1"
 )
 
@@ -81,24 +82,13 @@ func namespacesCommand() *command {
 				name: "rm", aliases: []string{"remove", "delete"}, usage: "NAME...", help: "remove empty namespaces",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					return func(e *env, args []string) error {
-						if len(args) == 0 {
-							return fmt.Errorf("rm needs at least one NAME: %w", errUsage)
-						}
-						c, err := e.connect()
-						if err != nil {
-							return err
-						}
-						defer c.Close()
-						var failed error
-						for _, name := range args {
+						return e.eachArg(args, "rm needs at least one NAME", func(c *client.Client, name string) error {
 							if err := c.DeleteNamespace(e.ctx, name); err != nil {
-								fmt.Fprintf(e.stderr, "edgectl: %s\n", oneLine(err.Error()))
-								failed = exitError(1)
-								continue
+								return err
 							}
 							fmt.Fprintln(e.stdout, name)
-						}
-						return failed
+							return nil
+						})
 					}
 				},
 			},

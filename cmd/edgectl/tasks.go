@@ -17,25 +17,9 @@ func taskCommand() *command {
 			name: name, usage: "ID...", help: help,
 			flags: func(fs *flag.FlagSet) func(*env, []string) error {
 				return func(e *env, args []string) error {
-					if len(args) == 0 {
-						return fmt.Errorf("%s needs at least one ID: %w", name, errUsage)
-					}
-					c, err := e.connect()
-					if err != nil {
-						return err
-					}
-					defer c.Close()
-					var failed error
-					for _, id := range args {
-						if err := fn(e, c, id); err != nil {
-							if len(args) == 1 {
-								return err
-							}
-							fmt.Fprintf(e.stderr, "edgectl: %s\n", oneLine(err.Error()))
-							failed = exitError(1)
-						}
-					}
-					return failed
+					return e.eachArg(args, name+" needs at least one ID", func(c *client.Client, id string) error {
+						return fn(e, c, id)
+					})
 				}
 			},
 		}
@@ -206,25 +190,14 @@ func taskCommand() *command {
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					force := fs.Bool("f", false, "kill running tasks first")
 					return func(e *env, args []string) error {
-						if len(args) == 0 {
-							return fmt.Errorf("rm needs at least one ID: %w", errUsage)
-						}
-						c, err := e.connect()
-						if err != nil {
-							return err
-						}
-						defer c.Close()
-						var failed error
-						for _, id := range args {
+						return e.eachArg(args, "rm needs at least one ID", func(c *client.Client, id string) error {
 							st, err := c.DeleteTask(e.ctx, id, *force)
 							if err != nil {
-								fmt.Fprintf(e.stderr, "edgectl: %s\n", oneLine(err.Error()))
-								failed = exitError(1)
-								continue
+								return err
 							}
 							fmt.Fprintf(e.stdout, "%s\t%d\n", id, st.Code)
-						}
-						return failed
+							return nil
+						})
 					}
 				},
 			},

@@ -1,6 +1,8 @@
 package atomicfile
 
 import (
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,5 +35,27 @@ func TestWriteAndReplace(t *testing.T) {
 		if err := write(filepath.Join(dir, "missing", "x"), nil, 0o600); err == nil || !strings.Contains(err.Error(), "atomicfile") {
 			t.Fatalf("%s into a missing dir: %v", name, err)
 		}
+	}
+}
+
+func TestWriteStreamKeepsOldContentOnError(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "archive.tar")
+	if err := WriteFile(p, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("stream broke")
+	err := WriteStream(p, 0o644, func(w io.Writer) error {
+		w.Write([]byte("partial"))
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("WriteStream error %v, want the stream's own", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "old" {
+		t.Fatalf("failed stream replaced the file: %q", b)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(p))
+	if len(entries) != 1 {
+		t.Fatalf("temp file left: %v", entries)
 	}
 }
