@@ -220,6 +220,17 @@ func TestImagesErrors(t *testing.T) {
 	ctx := ctxT(t)
 	_, err := cl.Import(ctx, bytes.NewReader(nil), client.ImportOpts{})
 	wantErr(t, err, errdefs.ErrInvalidArgument, "archive is empty or not a tar stream")
+	// Archives edged reads itself (ImportOpts.Path), and the same file
+	// streamed through the socket (edgectl --stream).
+	_, err = cl.Import(ctx, nil, client.ImportOpts{Path: "relative.tar"})
+	wantErr(t, err, errdefs.ErrInvalidArgument, `options.path: "relative.tar" must be an absolute path`)
+	_, err = cl.Import(ctx, nil, client.ImportOpts{Path: tmp})
+	wantErr(t, err, errdefs.ErrInvalidArgument, "is not a regular file")
+	_, err = cl.Import(ctx, nil, client.ImportOpts{Path: filepath.Join(tmp, "missing.tar")})
+	wantErr(t, err, errdefs.ErrNotFound, "missing.tar")
+	if out := c.ok("images", "import", "--stream", tarPath); !strings.Contains(out, "busybox:edged-demo") {
+		t.Fatalf("streamed import: %q", out)
+	}
 	_, err = cl.GetImage(ctx, "nothere")
 	wantErr(t, err, errdefs.ErrNotFound, `image "nothere" in namespace "default": not found`)
 	_, err = cl.CreateImage(ctx, &client.Image{Name: "x:1"})
