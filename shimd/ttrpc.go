@@ -7,7 +7,7 @@ import (
 	"github.com/gogo/protobuf/types"
 
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
-	"github.com/edged/edged/shimd/wire"
+	"github.com/edged/edged/proto/wire"
 )
 
 // TaskServiceName is the ttrpc service of the task API.

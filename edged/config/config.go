@@ -28,6 +28,7 @@ type Config struct {
 	Runtime  Runtime  `toml:"runtime"`
 	Cgroups  Cgroups  `toml:"cgroups"`
 	Events   Events   `toml:"events"`
+	Memory   Memory   `toml:"memory"`
 	Network  Network  `toml:"network"`
 	Images   Images   `toml:"images"`
 	// Registries holds per-registry settings keyed by registry host
@@ -100,6 +101,17 @@ type Cgroups struct {
 // Events configures the event exchange.
 type Events struct {
 	SubscriberQueue int `toml:"subscriber_queue"`
+}
+
+// Memory configures what edged gives back to the system when idle.
+type Memory struct {
+	// IdleRelease is the idle time (no API calls) after which edged returns
+	// the Go heap a burst of calls grew, and with PageOutCode its code
+	// pages; 0 never does.
+	IdleRelease Duration `toml:"idle_release"`
+	// PageOutCode pages edged's executable out when idle (see
+	// internal/pageout).
+	PageOutCode bool `toml:"page_out_code"`
 }
 
 // Duration is a time.Duration written as "30s" in TOML.
@@ -191,6 +203,9 @@ func (c *Config) Validate() error {
 	}
 	if p := c.Cgroups.Parent; p == "" || p[0] != '/' || path.Clean(p) != p || p == "/" {
 		return errdefs.InvalidArgument("cgroups.parent", "%q must be a clean absolute cgroup path other than /", p)
+	}
+	if c.Memory.IdleRelease.Duration < 0 {
+		return errdefs.InvalidArgument("memory.idle_release", "must not be negative")
 	}
 	if c.Events.SubscriberQueue <= 0 {
 		return errdefs.InvalidArgument("events.subscriber_queue", "must be positive")

@@ -39,6 +39,7 @@ type Server struct {
 	db     *metadata.DB
 	ex     *events.Exchange
 	ttrpc  *ttrpc.Server
+	trim   *idleTrimmer
 	rt     *runtime.Manager
 	images ImageStore
 	// network is the task network hook (edged/network).
@@ -75,14 +76,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 			db.Close()
 		}
 	}()
-	// A second of idleness after requests returns the heap they grew.
-	trim := newIdleTrimmer(time.Second, nil)
+	// Idleness after requests returns the heap they grew and the code
+	// pages they mapped.
+	trim := newIdleTrimmer(cfg.Memory.IdleRelease.Duration, idleRelease(log, cfg.Memory.PageOutCode))
 	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(
 		unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim)))
 	if err != nil {
 		return nil, fmt.Errorf("ttrpc server: %w", err)
 	}
-	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), ttrpc: ts}
+	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), ttrpc: ts, trim: trim}
 	s.rt, err = runtime.New(runtime.Config{
 		State: cfg.State, Address: cfg.Address, ShimBinary: cfg.Runtime.ShimBinary,
 		CallTimeout: cfg.Runtime.ShimCallTimeout.Duration, ConnectTimeout: cfg.Runtime.ShimConnectTimeout.Duration,
@@ -169,6 +171,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) erro
 	go func() { errc <- s.ttrpc.Serve(ctx, l) }()
 
 	notify(s.log, daemon.SdNotifyReady)
+	// Start-up code (configuration, migrations, recovery, the import
+	// directory) does not run again: give its memory back now rather than
+	// after the first idle period.
+	s.trim.releaseNow()
 	stopWatchdog := s.watchdog()
 	defer stopWatchdog()
 
@@ -202,6 +208,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.trim.stop()
 	s.closeImages()
 	s.closeNetwork()
 	s.rt.Close()

@@ -1,40 +1,140 @@
 package server
 
 import (
+	"errors"
+	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/edged/edged/internal/pageout"
 )
 
-// idleTrimmer returns the memory a burst of requests left in the Go heap
-// to the system once edged has been idle for a moment: on a device with
-// 256 MB, the few MiB the runtime keeps for the next burst matter more than
-// the next burst's first milliseconds. It wakes up once per burst, never
-// while idle.
+// idleTrimmer gives memory back to the system once edged has been idle for
+// a moment: on a device with 256 MB, the few MiB the runtime keeps for the
+// next burst and the code pages the kernel keeps mapped matter more than the
+// next burst's first milliseconds.
+//
+// Idle means no unary request for the whole period and less than 1% CPU
+// used over it, so that long streams (an import, a pull, a content write)
+// postpone the release while waiting ones (an event subscription, a Wait, a
+// followed log) do not. The trimmer wakes up once per burst, never while
+// idle.
 type idleTrimmer struct {
-	after time.Duration
-	mu    sync.Mutex
-	timer *time.Timer
+	after   time.Duration
+	release func()
+	cpu     func() time.Duration
+
+	mu       sync.Mutex
+	timer    *time.Timer
+	armedCPU time.Duration
+	stopped  bool
 }
 
-func newIdleTrimmer(after time.Duration, trim func()) *idleTrimmer {
-	if trim == nil {
-		trim = debug.FreeOSMemory
+// newIdleTrimmer arms the trimmer: release runs after an idle period of
+// after. A zero after returns nil, a trimmer that never releases.
+func newIdleTrimmer(after time.Duration, release func()) *idleTrimmer {
+	return newIdleTrimmerCPU(after, release, processCPU)
+}
+
+func newIdleTrimmerCPU(after time.Duration, release func(), cpu func() time.Duration) *idleTrimmer {
+	if after <= 0 {
+		return nil
 	}
-	t := &idleTrimmer{after: after}
-	t.timer = time.AfterFunc(after, trim)
+	t := &idleTrimmer{after: after, release: release, cpu: cpu}
+	t.mu.Lock()
+	t.armedCPU = cpu()
+	t.timer = time.AfterFunc(after, t.fire)
+	t.mu.Unlock()
 	return t
 }
 
-// touch postpones the trim to after from now.
-func (t *idleTrimmer) touch() {
+func (t *idleTrimmer) fire() {
 	t.mu.Lock()
-	t.timer.Reset(t.after)
+	if t.stopped {
+		t.mu.Unlock()
+		return
+	}
+	now := t.cpu()
+	if busy := now-t.armedCPU > t.after/100; busy {
+		t.armedCPU = now
+		t.timer.Reset(t.after)
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	t.release()
+}
+
+// releaseNow releases at once, in the background.
+func (t *idleTrimmer) releaseNow() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	stopped := t.stopped
+	t.mu.Unlock()
+	if !stopped {
+		go t.release()
+	}
+}
+
+// touch postpones the release to after from now.
+func (t *idleTrimmer) touch() {
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	if !t.stopped {
+		t.armedCPU = t.cpu()
+		t.timer.Reset(t.after)
+	}
 	t.mu.Unlock()
 }
 
 func (t *idleTrimmer) stop() {
+	if t == nil {
+		return
+	}
 	t.mu.Lock()
+	t.stopped = true
 	t.timer.Stop()
 	t.mu.Unlock()
+}
+
+// processCPU is the user+system CPU time edged has used.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// idleRelease returns the heap to the system and, with pageOutCode, pages
+// out edged's executable. A kernel without MADV_PAGEOUT is reported once.
+func idleRelease(log *slog.Logger, pageOutCode bool) func() {
+	var enabled atomic.Bool
+	enabled.Store(pageOutCode)
+	return func() {
+		debug.FreeOSMemory()
+		if !enabled.Load() {
+			return
+		}
+		st, err := pageout.Executable()
+		if errors.Is(err, pageout.ErrUnsupported) {
+			if enabled.Swap(false) {
+				log.Info("not paging out code when idle", "reason", err)
+			}
+			return
+		}
+		if err != nil {
+			log.Warn("paging out code when idle", "error", err)
+			return
+		}
+		log.Debug("released memory", "code_mappings", st.Mappings, "code_bytes", st.Bytes)
+	}
 }

@@ -8,7 +8,7 @@ import (
 
 func TestIdleTrimmerRunsOnceAfterABurst(t *testing.T) {
 	var n atomic.Int32
-	tr := newIdleTrimmer(50*time.Millisecond, func() { n.Add(1) })
+	tr := newIdleTrimmerCPU(50*time.Millisecond, func() { n.Add(1) }, func() time.Duration { return 0 })
 	defer tr.stop()
 	// A burst of requests keeps postponing the trim.
 	for i := 0; i < 10; i++ {
@@ -32,5 +32,42 @@ func TestIdleTrimmerRunsOnceAfterABurst(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if got := n.Load(); got != 1 {
 		t.Fatalf("trimmed after stop: %d", got)
+	}
+}
+
+// A long stream (an import) makes no unary calls but uses CPU: the release
+// waits until the CPU use stops.
+func TestIdleTrimmerWaitsWhileBusy(t *testing.T) {
+	var n atomic.Int32
+	var cpu atomic.Int64
+	tr := newIdleTrimmerCPU(50*time.Millisecond, func() { n.Add(1) }, func() time.Duration { return time.Duration(cpu.Load()) })
+	defer tr.stop()
+	// Busy: 5 ms of CPU per 10 ms, far above 1% of the period.
+	for i := 0; i < 20; i++ {
+		cpu.Add(int64(5 * time.Millisecond))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := n.Load(); got != 0 {
+		t.Fatalf("released %d times while busy", got)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := n.Load(); got != 1 {
+		t.Fatalf("released %d times after the work stopped, want 1", got)
+	}
+}
+
+func TestIdleTrimmerDisabled(t *testing.T) {
+	tr := newIdleTrimmer(0, func() { t.Error("released with idle_release 0") })
+	tr.touch()
+	tr.stop()
+	time.Sleep(20 * time.Millisecond)
+}
+
+func TestProcessCPUAdvances(t *testing.T) {
+	a := processCPU()
+	for end := time.Now().Add(30 * time.Millisecond); time.Now().Before(end); {
+	}
+	if b := processCPU(); b <= a {
+		t.Fatalf("process CPU did not advance over 30 ms of spinning: %v → %v", a, b)
 	}
 }

@@ -22,7 +22,7 @@ import (
 
 	eventsapi "github.com/edged/edged/proto/services/events/v1"
 	"github.com/edged/edged/proto/services/ttrpcevents/v1"
-	"github.com/edged/edged/shimd/wire"
+	"github.com/edged/edged/proto/wire"
 )
 
 // Tunables of a Publisher; zero values select defaults.
@@ -177,7 +177,7 @@ func (p *Publisher) Run(ctx context.Context) {
 		}
 		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
 		// The generated client's protoadapt wrappers cost the shim heap;
-		// wire encodes with the gogo code (see shimd/wire).
+		// wire encodes with the gogo code (see proto/wire).
 		err := rpc.Call(cctx, forwardService, "Forward", wire.Of(&ttrpcevents.ForwardRequest{Envelope: env}), wire.Of(&types.Empty{}))
 		cancel()
 		if err != nil {

@@ -28,8 +28,10 @@ import (
 // edged: this is ttrpc v1.2.10's protoc-gen-go-ttrpc, changed so that the
 // generated code works with gogo/protobuf (gogofaster) messages. ttrpc's codec
 // only accepts google.golang.org/protobuf messages, so every message crossing
-// the ttrpc call boundary is wrapped with protoadapt.MessageV2Of, which uses
-// the gogo-generated Marshal/Unmarshal methods.
+// the ttrpc call boundary is wrapped with wire.Of (proto/wire), which hands
+// protobuf-go the gogo-generated Size/MarshalTo/Unmarshal methods through its
+// fast path. (protoadapt.MessageV2Of would work too, but builds a reflection
+// adapter per message type: heap and code that a small daemon does without.)
 type generator struct {
 	out *protogen.GeneratedFile
 
@@ -92,8 +94,8 @@ func newGenerator(out *protogen.GeneratedFile) *generator {
 		GoName:       "ClientStream",
 	}
 	gen.ident.v2 = out.QualifiedGoIdent(protogen.GoIdent{
-		GoImportPath: "google.golang.org/protobuf/protoadapt",
-		GoName:       "MessageV2Of",
+		GoImportPath: "github.com/edged/edged/proto/wire",
+		GoName:       "Of",
 	})
 	gen.ident.streamServer = out.QualifiedGoIdent(gen.ident.streamServerIdent)
 	gen.ident.streamClient = out.QualifiedGoIdent(gen.ident.streamClientIdent)

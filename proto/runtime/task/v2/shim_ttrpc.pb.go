@@ -5,8 +5,8 @@ package task
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type TaskService interface {
@@ -34,7 +34,7 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 		Methods: map[string]ttrpc.Method{
 			"State": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StateRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.State(ctx, &req)
@@ -44,11 +44,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(StateResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateTaskRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -58,11 +58,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(CreateTaskResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Start": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StartRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Start(ctx, &req)
@@ -72,11 +72,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(StartResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -86,11 +86,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(DeleteResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Pids": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req PidsRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Pids(ctx, &req)
@@ -100,11 +100,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(PidsResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Pause": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req PauseRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Pause(ctx, &req)
@@ -114,11 +114,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Resume": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ResumeRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Resume(ctx, &req)
@@ -128,11 +128,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Checkpoint": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CheckpointTaskRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Checkpoint(ctx, &req)
@@ -142,11 +142,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Kill": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req KillRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Kill(ctx, &req)
@@ -156,11 +156,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Exec": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ExecProcessRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Exec(ctx, &req)
@@ -170,11 +170,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"ResizePty": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ResizePtyRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ResizePty(ctx, &req)
@@ -184,11 +184,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"CloseIO": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CloseIORequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.CloseIO(ctx, &req)
@@ -198,11 +198,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UpdateTaskRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -212,11 +212,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Wait": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req WaitRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Wait(ctx, &req)
@@ -226,11 +226,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(WaitResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Stats": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StatsRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Stats(ctx, &req)
@@ -240,11 +240,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(StatsResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Connect": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ConnectRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Connect(ctx, &req)
@@ -254,11 +254,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(ConnectResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Shutdown": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ShutdownRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Shutdown(ctx, &req)
@@ -268,7 +268,7 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 	})
@@ -286,7 +286,7 @@ func NewTaskClient(client *ttrpc.Client) TaskService {
 
 func (c *taskClient) State(ctx context.Context, req *StateRequest) (*StateResponse, error) {
 	var resp StateResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "State", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "State", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -294,7 +294,7 @@ func (c *taskClient) State(ctx context.Context, req *StateRequest) (*StateRespon
 
 func (c *taskClient) Create(ctx context.Context, req *CreateTaskRequest) (*CreateTaskResponse, error) {
 	var resp CreateTaskResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Create", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -302,7 +302,7 @@ func (c *taskClient) Create(ctx context.Context, req *CreateTaskRequest) (*Creat
 
 func (c *taskClient) Start(ctx context.Context, req *StartRequest) (*StartResponse, error) {
 	var resp StartResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Start", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Start", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -310,7 +310,7 @@ func (c *taskClient) Start(ctx context.Context, req *StartRequest) (*StartRespon
 
 func (c *taskClient) Delete(ctx context.Context, req *DeleteRequest) (*DeleteResponse, error) {
 	var resp DeleteResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -318,7 +318,7 @@ func (c *taskClient) Delete(ctx context.Context, req *DeleteRequest) (*DeleteRes
 
 func (c *taskClient) Pids(ctx context.Context, req *PidsRequest) (*PidsResponse, error) {
 	var resp PidsResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Pids", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Pids", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -326,7 +326,7 @@ func (c *taskClient) Pids(ctx context.Context, req *PidsRequest) (*PidsResponse,
 
 func (c *taskClient) Pause(ctx context.Context, req *PauseRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Pause", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Pause", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -334,7 +334,7 @@ func (c *taskClient) Pause(ctx context.Context, req *PauseRequest) (*types.Empty
 
 func (c *taskClient) Resume(ctx context.Context, req *ResumeRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Resume", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Resume", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -342,7 +342,7 @@ func (c *taskClient) Resume(ctx context.Context, req *ResumeRequest) (*types.Emp
 
 func (c *taskClient) Checkpoint(ctx context.Context, req *CheckpointTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Checkpoint", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Checkpoint", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -350,7 +350,7 @@ func (c *taskClient) Checkpoint(ctx context.Context, req *CheckpointTaskRequest)
 
 func (c *taskClient) Kill(ctx context.Context, req *KillRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Kill", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Kill", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -358,7 +358,7 @@ func (c *taskClient) Kill(ctx context.Context, req *KillRequest) (*types.Empty, 
 
 func (c *taskClient) Exec(ctx context.Context, req *ExecProcessRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Exec", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Exec", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -366,7 +366,7 @@ func (c *taskClient) Exec(ctx context.Context, req *ExecProcessRequest) (*types.
 
 func (c *taskClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "ResizePty", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "ResizePty", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -374,7 +374,7 @@ func (c *taskClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*typ
 
 func (c *taskClient) CloseIO(ctx context.Context, req *CloseIORequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "CloseIO", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "CloseIO", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -382,7 +382,7 @@ func (c *taskClient) CloseIO(ctx context.Context, req *CloseIORequest) (*types.E
 
 func (c *taskClient) Update(ctx context.Context, req *UpdateTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Update", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -390,7 +390,7 @@ func (c *taskClient) Update(ctx context.Context, req *UpdateTaskRequest) (*types
 
 func (c *taskClient) Wait(ctx context.Context, req *WaitRequest) (*WaitResponse, error) {
 	var resp WaitResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Wait", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Wait", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -398,7 +398,7 @@ func (c *taskClient) Wait(ctx context.Context, req *WaitRequest) (*WaitResponse,
 
 func (c *taskClient) Stats(ctx context.Context, req *StatsRequest) (*StatsResponse, error) {
 	var resp StatsResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Stats", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Stats", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -406,7 +406,7 @@ func (c *taskClient) Stats(ctx context.Context, req *StatsRequest) (*StatsRespon
 
 func (c *taskClient) Connect(ctx context.Context, req *ConnectRequest) (*ConnectResponse, error) {
 	var resp ConnectResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Connect", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Connect", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -414,7 +414,7 @@ func (c *taskClient) Connect(ctx context.Context, req *ConnectRequest) (*Connect
 
 func (c *taskClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Shutdown", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Shutdown", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

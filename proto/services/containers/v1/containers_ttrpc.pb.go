@@ -5,8 +5,8 @@ package containers
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type ContainersService interface {
@@ -23,7 +23,7 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 		Methods: map[string]ttrpc.Method{
 			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req GetContainerRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Get(ctx, &req)
@@ -33,11 +33,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(GetContainerResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListContainersRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -47,11 +47,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(ListContainersResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateContainerRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -61,11 +61,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(CreateContainerResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UpdateContainerRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -75,11 +75,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(UpdateContainerResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteContainerRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -89,11 +89,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"CreateFromImage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateFromImageRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.CreateFromImage(ctx, &req)
@@ -103,7 +103,7 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(CreateContainerResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 	})
@@ -121,7 +121,7 @@ func NewContainersClient(client *ttrpc.Client) ContainersService {
 
 func (c *containersClient) Get(ctx context.Context, req *GetContainerRequest) (*GetContainerResponse, error) {
 	var resp GetContainerResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Get", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Get", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -129,7 +129,7 @@ func (c *containersClient) Get(ctx context.Context, req *GetContainerRequest) (*
 
 func (c *containersClient) List(ctx context.Context, req *ListContainersRequest) (*ListContainersResponse, error) {
 	var resp ListContainersResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "List", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "List", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -137,7 +137,7 @@ func (c *containersClient) List(ctx context.Context, req *ListContainersRequest)
 
 func (c *containersClient) Create(ctx context.Context, req *CreateContainerRequest) (*CreateContainerResponse, error) {
 	var resp CreateContainerResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Create", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -145,7 +145,7 @@ func (c *containersClient) Create(ctx context.Context, req *CreateContainerReque
 
 func (c *containersClient) Update(ctx context.Context, req *UpdateContainerRequest) (*UpdateContainerResponse, error) {
 	var resp UpdateContainerResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Update", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -153,7 +153,7 @@ func (c *containersClient) Update(ctx context.Context, req *UpdateContainerReque
 
 func (c *containersClient) Delete(ctx context.Context, req *DeleteContainerRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -161,7 +161,7 @@ func (c *containersClient) Delete(ctx context.Context, req *DeleteContainerReque
 
 func (c *containersClient) CreateFromImage(ctx context.Context, req *CreateFromImageRequest) (*CreateContainerResponse, error) {
 	var resp CreateContainerResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "CreateFromImage", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "CreateFromImage", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

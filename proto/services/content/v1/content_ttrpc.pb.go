@@ -5,8 +5,8 @@ package content
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type ContentService interface {
@@ -31,7 +31,7 @@ type contentListServer struct {
 }
 
 func (x *contentListServer) Send(m *ListContentResponse) error {
-	return x.StreamServer.SendMsg(protoadapt.MessageV2Of(m))
+	return x.StreamServer.SendMsg(wire.Of(m))
 }
 
 type Content_ReadServer interface {
@@ -44,7 +44,7 @@ type contentReadServer struct {
 }
 
 func (x *contentReadServer) Send(m *ReadContentResponse) error {
-	return x.StreamServer.SendMsg(protoadapt.MessageV2Of(m))
+	return x.StreamServer.SendMsg(wire.Of(m))
 }
 
 type Content_WriteServer interface {
@@ -58,7 +58,7 @@ type contentWriteServer struct {
 
 func (x *contentWriteServer) Recv() (*WriteContentRequest, error) {
 	m := new(WriteContentRequest)
-	if err := x.StreamServer.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.StreamServer.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -69,7 +69,7 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 		Methods: map[string]ttrpc.Method{
 			"Info": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req InfoRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Info(ctx, &req)
@@ -79,11 +79,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(InfoResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UpdateRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -93,11 +93,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(UpdateResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteContentRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -107,11 +107,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Status": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StatusRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Status(ctx, &req)
@@ -121,11 +121,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(StatusResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"ListStatuses": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListStatusesRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ListStatuses(ctx, &req)
@@ -135,11 +135,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(ListStatusesResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Abort": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req AbortRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Abort(ctx, &req)
@@ -149,14 +149,14 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"List": {
 				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
 					m := new(ListContentRequest)
-					if err := stream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+					if err := stream.RecvMsg(wire.Of(m)); err != nil {
 						return nil, err
 					}
 					return nil, svc.List(ctx, m, &contentListServer{stream})
@@ -167,7 +167,7 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 			"Read": {
 				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
 					m := new(ReadContentRequest)
-					if err := stream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+					if err := stream.RecvMsg(wire.Of(m)); err != nil {
 						return nil, err
 					}
 					return nil, svc.Read(ctx, m, &contentReadServer{stream})
@@ -184,7 +184,7 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 					if resp == nil {
 						resp = new(WriteContentResponse)
 					}
-					return protoadapt.MessageV2Of(resp), nil
+					return wire.Of(resp), nil
 				},
 				StreamingClient: true,
 				StreamingServer: false,
@@ -217,7 +217,7 @@ func NewContentClient(client *ttrpc.Client) ContentClient {
 
 func (c *contentClient) Info(ctx context.Context, req *InfoRequest) (*InfoResponse, error) {
 	var resp InfoResponse
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Info", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Info", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -225,7 +225,7 @@ func (c *contentClient) Info(ctx context.Context, req *InfoRequest) (*InfoRespon
 
 func (c *contentClient) Update(ctx context.Context, req *UpdateRequest) (*UpdateResponse, error) {
 	var resp UpdateResponse
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Update", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -235,7 +235,7 @@ func (c *contentClient) List(ctx context.Context, req *ListContentRequest) (Cont
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.content.v1.Content", "List", protoadapt.MessageV2Of(req))
+	}, "edged.services.content.v1.Content", "List", wire.Of(req))
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +254,7 @@ type contentListClient struct {
 
 func (x *contentListClient) Recv() (*ListContentResponse, error) {
 	m := new(ListContentResponse)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -262,7 +262,7 @@ func (x *contentListClient) Recv() (*ListContentResponse, error) {
 
 func (c *contentClient) Delete(ctx context.Context, req *DeleteContentRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -272,7 +272,7 @@ func (c *contentClient) Read(ctx context.Context, req *ReadContentRequest) (Cont
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.content.v1.Content", "Read", protoadapt.MessageV2Of(req))
+	}, "edged.services.content.v1.Content", "Read", wire.Of(req))
 	if err != nil {
 		return nil, err
 	}
@@ -291,7 +291,7 @@ type contentReadClient struct {
 
 func (x *contentReadClient) Recv() (*ReadContentResponse, error) {
 	m := new(ReadContentResponse)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -299,7 +299,7 @@ func (x *contentReadClient) Recv() (*ReadContentResponse, error) {
 
 func (c *contentClient) Status(ctx context.Context, req *StatusRequest) (*StatusResponse, error) {
 	var resp StatusResponse
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Status", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Status", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -307,7 +307,7 @@ func (c *contentClient) Status(ctx context.Context, req *StatusRequest) (*Status
 
 func (c *contentClient) ListStatuses(ctx context.Context, req *ListStatusesRequest) (*ListStatusesResponse, error) {
 	var resp ListStatusesResponse
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "ListStatuses", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "ListStatuses", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -336,7 +336,7 @@ type contentWriteClient struct {
 }
 
 func (x *contentWriteClient) Send(m *WriteContentRequest) error {
-	return x.ClientStream.SendMsg(protoadapt.MessageV2Of(m))
+	return x.ClientStream.SendMsg(wire.Of(m))
 }
 
 func (x *contentWriteClient) CloseAndRecv() (*WriteContentResponse, error) {
@@ -344,7 +344,7 @@ func (x *contentWriteClient) CloseAndRecv() (*WriteContentResponse, error) {
 		return nil, err
 	}
 	m := new(WriteContentResponse)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -352,7 +352,7 @@ func (x *contentWriteClient) CloseAndRecv() (*WriteContentResponse, error) {
 
 func (c *contentClient) Abort(ctx context.Context, req *AbortRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Abort", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Abort", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

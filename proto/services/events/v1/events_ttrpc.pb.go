@@ -5,8 +5,8 @@ package events
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type EventsService interface {
@@ -25,7 +25,7 @@ type eventsSubscribeServer struct {
 }
 
 func (x *eventsSubscribeServer) Send(m *Envelope) error {
-	return x.StreamServer.SendMsg(protoadapt.MessageV2Of(m))
+	return x.StreamServer.SendMsg(wire.Of(m))
 }
 
 func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
@@ -33,7 +33,7 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 		Methods: map[string]ttrpc.Method{
 			"Publish": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req PublishRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Publish(ctx, &req)
@@ -43,11 +43,11 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Forward": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ForwardRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Forward(ctx, &req)
@@ -57,14 +57,14 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"Subscribe": {
 				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
 					m := new(SubscribeRequest)
-					if err := stream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+					if err := stream.RecvMsg(wire.Of(m)); err != nil {
 						return nil, err
 					}
 					return nil, svc.Subscribe(ctx, m, &eventsSubscribeServer{stream})
@@ -94,7 +94,7 @@ func NewEventsClient(client *ttrpc.Client) EventsClient {
 
 func (c *eventsClient) Publish(ctx context.Context, req *PublishRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.events.v1.Events", "Publish", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.events.v1.Events", "Publish", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -102,7 +102,7 @@ func (c *eventsClient) Publish(ctx context.Context, req *PublishRequest) (*types
 
 func (c *eventsClient) Forward(ctx context.Context, req *ForwardRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.events.v1.Events", "Forward", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.events.v1.Events", "Forward", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -112,7 +112,7 @@ func (c *eventsClient) Subscribe(ctx context.Context, req *SubscribeRequest) (Ev
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.events.v1.Events", "Subscribe", protoadapt.MessageV2Of(req))
+	}, "edged.services.events.v1.Events", "Subscribe", wire.Of(req))
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +131,7 @@ type eventsSubscribeClient struct {
 
 func (x *eventsSubscribeClient) Recv() (*Envelope, error) {
 	m := new(Envelope)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -5,8 +5,8 @@ package images
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type ImagesService interface {
@@ -33,7 +33,7 @@ type imagesPullServer struct {
 }
 
 func (x *imagesPullServer) Send(m *Progress) error {
-	return x.StreamServer.SendMsg(protoadapt.MessageV2Of(m))
+	return x.StreamServer.SendMsg(wire.Of(m))
 }
 
 type Images_PushServer interface {
@@ -46,7 +46,7 @@ type imagesPushServer struct {
 }
 
 func (x *imagesPushServer) Send(m *Progress) error {
-	return x.StreamServer.SendMsg(protoadapt.MessageV2Of(m))
+	return x.StreamServer.SendMsg(wire.Of(m))
 }
 
 type Images_ImportServer interface {
@@ -60,7 +60,7 @@ type imagesImportServer struct {
 
 func (x *imagesImportServer) Recv() (*ImportRequest, error) {
 	m := new(ImportRequest)
-	if err := x.StreamServer.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.StreamServer.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -76,7 +76,7 @@ type imagesExportServer struct {
 }
 
 func (x *imagesExportServer) Send(m *ExportChunk) error {
-	return x.StreamServer.SendMsg(protoadapt.MessageV2Of(m))
+	return x.StreamServer.SendMsg(wire.Of(m))
 }
 
 func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
@@ -84,7 +84,7 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 		Methods: map[string]ttrpc.Method{
 			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req GetImageRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Get(ctx, &req)
@@ -94,11 +94,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(GetImageResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListImagesRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -108,11 +108,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(ListImagesResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateImageRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -122,11 +122,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(CreateImageResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UpdateImageRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -136,11 +136,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(UpdateImageResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteImageRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -150,11 +150,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Usage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UsageRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Usage(ctx, &req)
@@ -164,11 +164,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(UsageResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"GarbageCollect": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req GarbageCollectRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.GarbageCollect(ctx, &req)
@@ -178,14 +178,14 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(GarbageCollectResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"Pull": {
 				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
 					m := new(PullRequest)
-					if err := stream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+					if err := stream.RecvMsg(wire.Of(m)); err != nil {
 						return nil, err
 					}
 					return nil, svc.Pull(ctx, m, &imagesPullServer{stream})
@@ -196,7 +196,7 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 			"Push": {
 				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
 					m := new(PushRequest)
-					if err := stream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+					if err := stream.RecvMsg(wire.Of(m)); err != nil {
 						return nil, err
 					}
 					return nil, svc.Push(ctx, m, &imagesPushServer{stream})
@@ -213,7 +213,7 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 					if resp == nil {
 						resp = new(ImportResponse)
 					}
-					return protoadapt.MessageV2Of(resp), nil
+					return wire.Of(resp), nil
 				},
 				StreamingClient: true,
 				StreamingServer: false,
@@ -221,7 +221,7 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 			"Export": {
 				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
 					m := new(ExportRequest)
-					if err := stream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+					if err := stream.RecvMsg(wire.Of(m)); err != nil {
 						return nil, err
 					}
 					return nil, svc.Export(ctx, m, &imagesExportServer{stream})
@@ -259,7 +259,7 @@ func NewImagesClient(client *ttrpc.Client) ImagesClient {
 
 func (c *imagesClient) Get(ctx context.Context, req *GetImageRequest) (*GetImageResponse, error) {
 	var resp GetImageResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Get", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Get", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -267,7 +267,7 @@ func (c *imagesClient) Get(ctx context.Context, req *GetImageRequest) (*GetImage
 
 func (c *imagesClient) List(ctx context.Context, req *ListImagesRequest) (*ListImagesResponse, error) {
 	var resp ListImagesResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "List", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "List", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -275,7 +275,7 @@ func (c *imagesClient) List(ctx context.Context, req *ListImagesRequest) (*ListI
 
 func (c *imagesClient) Create(ctx context.Context, req *CreateImageRequest) (*CreateImageResponse, error) {
 	var resp CreateImageResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Create", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -283,7 +283,7 @@ func (c *imagesClient) Create(ctx context.Context, req *CreateImageRequest) (*Cr
 
 func (c *imagesClient) Update(ctx context.Context, req *UpdateImageRequest) (*UpdateImageResponse, error) {
 	var resp UpdateImageResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Update", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -291,7 +291,7 @@ func (c *imagesClient) Update(ctx context.Context, req *UpdateImageRequest) (*Up
 
 func (c *imagesClient) Delete(ctx context.Context, req *DeleteImageRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -301,7 +301,7 @@ func (c *imagesClient) Pull(ctx context.Context, req *PullRequest) (Images_PullC
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.images.v1.Images", "Pull", protoadapt.MessageV2Of(req))
+	}, "edged.services.images.v1.Images", "Pull", wire.Of(req))
 	if err != nil {
 		return nil, err
 	}
@@ -320,7 +320,7 @@ type imagesPullClient struct {
 
 func (x *imagesPullClient) Recv() (*Progress, error) {
 	m := new(Progress)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -330,7 +330,7 @@ func (c *imagesClient) Push(ctx context.Context, req *PushRequest) (Images_PushC
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.images.v1.Images", "Push", protoadapt.MessageV2Of(req))
+	}, "edged.services.images.v1.Images", "Push", wire.Of(req))
 	if err != nil {
 		return nil, err
 	}
@@ -349,7 +349,7 @@ type imagesPushClient struct {
 
 func (x *imagesPushClient) Recv() (*Progress, error) {
 	m := new(Progress)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -378,7 +378,7 @@ type imagesImportClient struct {
 }
 
 func (x *imagesImportClient) Send(m *ImportRequest) error {
-	return x.ClientStream.SendMsg(protoadapt.MessageV2Of(m))
+	return x.ClientStream.SendMsg(wire.Of(m))
 }
 
 func (x *imagesImportClient) CloseAndRecv() (*ImportResponse, error) {
@@ -386,7 +386,7 @@ func (x *imagesImportClient) CloseAndRecv() (*ImportResponse, error) {
 		return nil, err
 	}
 	m := new(ImportResponse)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -396,7 +396,7 @@ func (c *imagesClient) Export(ctx context.Context, req *ExportRequest) (Images_E
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.images.v1.Images", "Export", protoadapt.MessageV2Of(req))
+	}, "edged.services.images.v1.Images", "Export", wire.Of(req))
 	if err != nil {
 		return nil, err
 	}
@@ -415,7 +415,7 @@ type imagesExportClient struct {
 
 func (x *imagesExportClient) Recv() (*ExportChunk, error) {
 	m := new(ExportChunk)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -423,7 +423,7 @@ func (x *imagesExportClient) Recv() (*ExportChunk, error) {
 
 func (c *imagesClient) Usage(ctx context.Context, req *UsageRequest) (*UsageResponse, error) {
 	var resp UsageResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Usage", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Usage", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -431,7 +431,7 @@ func (c *imagesClient) Usage(ctx context.Context, req *UsageRequest) (*UsageResp
 
 func (c *imagesClient) GarbageCollect(ctx context.Context, req *GarbageCollectRequest) (*GarbageCollectResponse, error) {
 	var resp GarbageCollectResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "GarbageCollect", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "GarbageCollect", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

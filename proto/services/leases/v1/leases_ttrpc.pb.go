@@ -5,8 +5,8 @@ package leases
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type LeasesService interface {
@@ -23,7 +23,7 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 		Methods: map[string]ttrpc.Method{
 			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -33,11 +33,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(CreateResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -47,11 +47,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -61,11 +61,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(ListResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"AddResource": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req AddResourceRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.AddResource(ctx, &req)
@@ -75,11 +75,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"DeleteResource": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteResourceRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.DeleteResource(ctx, &req)
@@ -89,11 +89,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"ListResources": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListResourcesRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ListResources(ctx, &req)
@@ -103,7 +103,7 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(ListResourcesResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 	})
@@ -121,7 +121,7 @@ func NewLeasesClient(client *ttrpc.Client) LeasesService {
 
 func (c *leasesClient) Create(ctx context.Context, req *CreateRequest) (*CreateResponse, error) {
 	var resp CreateResponse
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "Create", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -129,7 +129,7 @@ func (c *leasesClient) Create(ctx context.Context, req *CreateRequest) (*CreateR
 
 func (c *leasesClient) Delete(ctx context.Context, req *DeleteRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -137,7 +137,7 @@ func (c *leasesClient) Delete(ctx context.Context, req *DeleteRequest) (*types.E
 
 func (c *leasesClient) List(ctx context.Context, req *ListRequest) (*ListResponse, error) {
 	var resp ListResponse
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "List", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "List", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -145,7 +145,7 @@ func (c *leasesClient) List(ctx context.Context, req *ListRequest) (*ListRespons
 
 func (c *leasesClient) AddResource(ctx context.Context, req *AddResourceRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "AddResource", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "AddResource", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -153,7 +153,7 @@ func (c *leasesClient) AddResource(ctx context.Context, req *AddResourceRequest)
 
 func (c *leasesClient) DeleteResource(ctx context.Context, req *DeleteResourceRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "DeleteResource", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "DeleteResource", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -161,7 +161,7 @@ func (c *leasesClient) DeleteResource(ctx context.Context, req *DeleteResourceRe
 
 func (c *leasesClient) ListResources(ctx context.Context, req *ListResourcesRequest) (*ListResourcesResponse, error) {
 	var resp ListResourcesResponse
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "ListResources", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "ListResources", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -5,8 +5,8 @@ package namespaces
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type NamespacesService interface {
@@ -22,7 +22,7 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 		Methods: map[string]ttrpc.Method{
 			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req GetNamespaceRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Get(ctx, &req)
@@ -32,11 +32,11 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(GetNamespaceResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListNamespacesRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -46,11 +46,11 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(ListNamespacesResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateNamespaceRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -60,11 +60,11 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(CreateNamespaceResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UpdateNamespaceRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -74,11 +74,11 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(UpdateNamespaceResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteNamespaceRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -88,7 +88,7 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 	})
@@ -106,7 +106,7 @@ func NewNamespacesClient(client *ttrpc.Client) NamespacesService {
 
 func (c *namespacesClient) Get(ctx context.Context, req *GetNamespaceRequest) (*GetNamespaceResponse, error) {
 	var resp GetNamespaceResponse
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Get", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Get", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -114,7 +114,7 @@ func (c *namespacesClient) Get(ctx context.Context, req *GetNamespaceRequest) (*
 
 func (c *namespacesClient) List(ctx context.Context, req *ListNamespacesRequest) (*ListNamespacesResponse, error) {
 	var resp ListNamespacesResponse
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "List", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "List", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -122,7 +122,7 @@ func (c *namespacesClient) List(ctx context.Context, req *ListNamespacesRequest)
 
 func (c *namespacesClient) Create(ctx context.Context, req *CreateNamespaceRequest) (*CreateNamespaceResponse, error) {
 	var resp CreateNamespaceResponse
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Create", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -130,7 +130,7 @@ func (c *namespacesClient) Create(ctx context.Context, req *CreateNamespaceReque
 
 func (c *namespacesClient) Update(ctx context.Context, req *UpdateNamespaceRequest) (*UpdateNamespaceResponse, error) {
 	var resp UpdateNamespaceResponse
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Update", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -138,7 +138,7 @@ func (c *namespacesClient) Update(ctx context.Context, req *UpdateNamespaceReque
 
 func (c *namespacesClient) Delete(ctx context.Context, req *DeleteNamespaceRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -5,8 +5,8 @@ package netns
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type NetnsService interface {
@@ -20,7 +20,7 @@ func RegisterNetnsService(srv *ttrpc.Server, svc NetnsService) {
 		Methods: map[string]ttrpc.Method{
 			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateNetnsRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -30,11 +30,11 @@ func RegisterNetnsService(srv *ttrpc.Server, svc NetnsService) {
 				if resp == nil {
 					resp = new(CreateNetnsResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListNetnsRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -44,11 +44,11 @@ func RegisterNetnsService(srv *ttrpc.Server, svc NetnsService) {
 				if resp == nil {
 					resp = new(ListNetnsResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteNetnsRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -58,7 +58,7 @@ func RegisterNetnsService(srv *ttrpc.Server, svc NetnsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 	})
@@ -76,7 +76,7 @@ func NewNetnsClient(client *ttrpc.Client) NetnsService {
 
 func (c *netnsClient) Create(ctx context.Context, req *CreateNetnsRequest) (*CreateNetnsResponse, error) {
 	var resp CreateNetnsResponse
-	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "Create", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -84,7 +84,7 @@ func (c *netnsClient) Create(ctx context.Context, req *CreateNetnsRequest) (*Cre
 
 func (c *netnsClient) List(ctx context.Context, req *ListNetnsRequest) (*ListNetnsResponse, error) {
 	var resp ListNetnsResponse
-	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "List", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "List", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -92,7 +92,7 @@ func (c *netnsClient) List(ctx context.Context, req *ListNetnsRequest) (*ListNet
 
 func (c *netnsClient) Delete(ctx context.Context, req *DeleteNetnsRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -5,8 +5,8 @@ package snapshots
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type SnapshotsService interface {
@@ -32,7 +32,7 @@ type snapshotsListServer struct {
 }
 
 func (x *snapshotsListServer) Send(m *ListSnapshotsResponse) error {
-	return x.StreamServer.SendMsg(protoadapt.MessageV2Of(m))
+	return x.StreamServer.SendMsg(wire.Of(m))
 }
 
 func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
@@ -40,7 +40,7 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 		Methods: map[string]ttrpc.Method{
 			"Prepare": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req PrepareSnapshotRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Prepare(ctx, &req)
@@ -50,11 +50,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(PrepareSnapshotResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"View": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ViewSnapshotRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.View(ctx, &req)
@@ -64,11 +64,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(ViewSnapshotResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Mounts": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req MountsRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Mounts(ctx, &req)
@@ -78,11 +78,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(MountsResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Commit": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CommitSnapshotRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Commit(ctx, &req)
@@ -92,11 +92,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Remove": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req RemoveSnapshotRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Remove(ctx, &req)
@@ -106,11 +106,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Stat": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StatSnapshotRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Stat(ctx, &req)
@@ -120,11 +120,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(StatSnapshotResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UpdateSnapshotRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -134,11 +134,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(UpdateSnapshotResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Usage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UsageRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Usage(ctx, &req)
@@ -148,11 +148,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(UsageResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Cleanup": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CleanupRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Cleanup(ctx, &req)
@@ -162,14 +162,14 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"List": {
 				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
 					m := new(ListSnapshotsRequest)
-					if err := stream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+					if err := stream.RecvMsg(wire.Of(m)); err != nil {
 						return nil, err
 					}
 					return nil, svc.List(ctx, m, &snapshotsListServer{stream})
@@ -206,7 +206,7 @@ func NewSnapshotsClient(client *ttrpc.Client) SnapshotsClient {
 
 func (c *snapshotsClient) Prepare(ctx context.Context, req *PrepareSnapshotRequest) (*PrepareSnapshotResponse, error) {
 	var resp PrepareSnapshotResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Prepare", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Prepare", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -214,7 +214,7 @@ func (c *snapshotsClient) Prepare(ctx context.Context, req *PrepareSnapshotReque
 
 func (c *snapshotsClient) View(ctx context.Context, req *ViewSnapshotRequest) (*ViewSnapshotResponse, error) {
 	var resp ViewSnapshotResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "View", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "View", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -222,7 +222,7 @@ func (c *snapshotsClient) View(ctx context.Context, req *ViewSnapshotRequest) (*
 
 func (c *snapshotsClient) Mounts(ctx context.Context, req *MountsRequest) (*MountsResponse, error) {
 	var resp MountsResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Mounts", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Mounts", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -230,7 +230,7 @@ func (c *snapshotsClient) Mounts(ctx context.Context, req *MountsRequest) (*Moun
 
 func (c *snapshotsClient) Commit(ctx context.Context, req *CommitSnapshotRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Commit", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Commit", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -238,7 +238,7 @@ func (c *snapshotsClient) Commit(ctx context.Context, req *CommitSnapshotRequest
 
 func (c *snapshotsClient) Remove(ctx context.Context, req *RemoveSnapshotRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Remove", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Remove", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -246,7 +246,7 @@ func (c *snapshotsClient) Remove(ctx context.Context, req *RemoveSnapshotRequest
 
 func (c *snapshotsClient) Stat(ctx context.Context, req *StatSnapshotRequest) (*StatSnapshotResponse, error) {
 	var resp StatSnapshotResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Stat", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Stat", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -254,7 +254,7 @@ func (c *snapshotsClient) Stat(ctx context.Context, req *StatSnapshotRequest) (*
 
 func (c *snapshotsClient) Update(ctx context.Context, req *UpdateSnapshotRequest) (*UpdateSnapshotResponse, error) {
 	var resp UpdateSnapshotResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Update", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -264,7 +264,7 @@ func (c *snapshotsClient) List(ctx context.Context, req *ListSnapshotsRequest) (
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.snapshots.v1.Snapshots", "List", protoadapt.MessageV2Of(req))
+	}, "edged.services.snapshots.v1.Snapshots", "List", wire.Of(req))
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +283,7 @@ type snapshotsListClient struct {
 
 func (x *snapshotsListClient) Recv() (*ListSnapshotsResponse, error) {
 	m := new(ListSnapshotsResponse)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -291,7 +291,7 @@ func (x *snapshotsListClient) Recv() (*ListSnapshotsResponse, error) {
 
 func (c *snapshotsClient) Usage(ctx context.Context, req *UsageRequest) (*UsageResponse, error) {
 	var resp UsageResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Usage", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Usage", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -299,7 +299,7 @@ func (c *snapshotsClient) Usage(ctx context.Context, req *UsageRequest) (*UsageR
 
 func (c *snapshotsClient) Cleanup(ctx context.Context, req *CleanupRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Cleanup", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Cleanup", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

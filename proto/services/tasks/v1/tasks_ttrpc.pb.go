@@ -5,8 +5,8 @@ package tasks
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type TasksService interface {
@@ -39,7 +39,7 @@ type tasksLogsServer struct {
 }
 
 func (x *tasksLogsServer) Send(m *LogChunk) error {
-	return x.StreamServer.SendMsg(protoadapt.MessageV2Of(m))
+	return x.StreamServer.SendMsg(wire.Of(m))
 }
 
 func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
@@ -47,7 +47,7 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 		Methods: map[string]ttrpc.Method{
 			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CreateTaskRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -57,11 +57,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(CreateTaskResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Start": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req StartRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Start(ctx, &req)
@@ -71,11 +71,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(StartResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteTaskRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -85,11 +85,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(DeleteResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"DeleteProcess": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req DeleteProcessRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.DeleteProcess(ctx, &req)
@@ -99,11 +99,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(DeleteResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req GetRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Get(ctx, &req)
@@ -113,11 +113,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(GetResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListTasksRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -127,11 +127,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(ListTasksResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Kill": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req KillRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Kill(ctx, &req)
@@ -141,11 +141,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Exec": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ExecProcessRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Exec(ctx, &req)
@@ -155,11 +155,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"ResizePty": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ResizePtyRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ResizePty(ctx, &req)
@@ -169,11 +169,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"CloseIO": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req CloseIORequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.CloseIO(ctx, &req)
@@ -183,11 +183,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Pause": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req PauseTaskRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Pause(ctx, &req)
@@ -197,11 +197,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Resume": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ResumeTaskRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Resume(ctx, &req)
@@ -211,11 +211,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"ListPids": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ListPidsRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ListPids(ctx, &req)
@@ -225,11 +225,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(ListPidsResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req UpdateTaskRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -239,11 +239,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Metrics": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req MetricsRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Metrics(ctx, &req)
@@ -253,11 +253,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(MetricsResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 			"Wait": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req WaitRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Wait(ctx, &req)
@@ -267,14 +267,14 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(WaitResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 		Streams: map[string]ttrpc.Stream{
 			"Logs": {
 				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
 					m := new(LogsRequest)
-					if err := stream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+					if err := stream.RecvMsg(wire.Of(m)); err != nil {
 						return nil, err
 					}
 					return nil, svc.Logs(ctx, m, &tasksLogsServer{stream})
@@ -318,7 +318,7 @@ func NewTasksClient(client *ttrpc.Client) TasksClient {
 
 func (c *tasksClient) Create(ctx context.Context, req *CreateTaskRequest) (*CreateTaskResponse, error) {
 	var resp CreateTaskResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Create", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -326,7 +326,7 @@ func (c *tasksClient) Create(ctx context.Context, req *CreateTaskRequest) (*Crea
 
 func (c *tasksClient) Start(ctx context.Context, req *StartRequest) (*StartResponse, error) {
 	var resp StartResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Start", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Start", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -334,7 +334,7 @@ func (c *tasksClient) Start(ctx context.Context, req *StartRequest) (*StartRespo
 
 func (c *tasksClient) Delete(ctx context.Context, req *DeleteTaskRequest) (*DeleteResponse, error) {
 	var resp DeleteResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Delete", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -342,7 +342,7 @@ func (c *tasksClient) Delete(ctx context.Context, req *DeleteTaskRequest) (*Dele
 
 func (c *tasksClient) DeleteProcess(ctx context.Context, req *DeleteProcessRequest) (*DeleteResponse, error) {
 	var resp DeleteResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "DeleteProcess", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "DeleteProcess", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -350,7 +350,7 @@ func (c *tasksClient) DeleteProcess(ctx context.Context, req *DeleteProcessReque
 
 func (c *tasksClient) Get(ctx context.Context, req *GetRequest) (*GetResponse, error) {
 	var resp GetResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Get", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Get", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -358,7 +358,7 @@ func (c *tasksClient) Get(ctx context.Context, req *GetRequest) (*GetResponse, e
 
 func (c *tasksClient) List(ctx context.Context, req *ListTasksRequest) (*ListTasksResponse, error) {
 	var resp ListTasksResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "List", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "List", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -366,7 +366,7 @@ func (c *tasksClient) List(ctx context.Context, req *ListTasksRequest) (*ListTas
 
 func (c *tasksClient) Kill(ctx context.Context, req *KillRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Kill", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Kill", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -374,7 +374,7 @@ func (c *tasksClient) Kill(ctx context.Context, req *KillRequest) (*types.Empty,
 
 func (c *tasksClient) Exec(ctx context.Context, req *ExecProcessRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Exec", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Exec", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -382,7 +382,7 @@ func (c *tasksClient) Exec(ctx context.Context, req *ExecProcessRequest) (*types
 
 func (c *tasksClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "ResizePty", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "ResizePty", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -390,7 +390,7 @@ func (c *tasksClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*ty
 
 func (c *tasksClient) CloseIO(ctx context.Context, req *CloseIORequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "CloseIO", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "CloseIO", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -398,7 +398,7 @@ func (c *tasksClient) CloseIO(ctx context.Context, req *CloseIORequest) (*types.
 
 func (c *tasksClient) Pause(ctx context.Context, req *PauseTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Pause", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Pause", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -406,7 +406,7 @@ func (c *tasksClient) Pause(ctx context.Context, req *PauseTaskRequest) (*types.
 
 func (c *tasksClient) Resume(ctx context.Context, req *ResumeTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Resume", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Resume", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -414,7 +414,7 @@ func (c *tasksClient) Resume(ctx context.Context, req *ResumeTaskRequest) (*type
 
 func (c *tasksClient) ListPids(ctx context.Context, req *ListPidsRequest) (*ListPidsResponse, error) {
 	var resp ListPidsResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "ListPids", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "ListPids", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -422,7 +422,7 @@ func (c *tasksClient) ListPids(ctx context.Context, req *ListPidsRequest) (*List
 
 func (c *tasksClient) Update(ctx context.Context, req *UpdateTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Update", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -430,7 +430,7 @@ func (c *tasksClient) Update(ctx context.Context, req *UpdateTaskRequest) (*type
 
 func (c *tasksClient) Metrics(ctx context.Context, req *MetricsRequest) (*MetricsResponse, error) {
 	var resp MetricsResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Metrics", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Metrics", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -438,7 +438,7 @@ func (c *tasksClient) Metrics(ctx context.Context, req *MetricsRequest) (*Metric
 
 func (c *tasksClient) Wait(ctx context.Context, req *WaitRequest) (*WaitResponse, error) {
 	var resp WaitResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Wait", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Wait", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -448,7 +448,7 @@ func (c *tasksClient) Logs(ctx context.Context, req *LogsRequest) (Tasks_LogsCli
 	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.tasks.v1.Tasks", "Logs", protoadapt.MessageV2Of(req))
+	}, "edged.services.tasks.v1.Tasks", "Logs", wire.Of(req))
 	if err != nil {
 		return nil, err
 	}
@@ -467,7 +467,7 @@ type tasksLogsClient struct {
 
 func (x *tasksLogsClient) Recv() (*LogChunk, error) {
 	m := new(LogChunk)
-	if err := x.ClientStream.RecvMsg(protoadapt.MessageV2Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
 		return nil, err
 	}
 	return m, nil

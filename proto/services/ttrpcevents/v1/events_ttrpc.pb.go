@@ -5,8 +5,8 @@ package ttrpcevents
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type EventsService interface {
@@ -18,7 +18,7 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 		Methods: map[string]ttrpc.Method{
 			"Forward": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req ForwardRequest
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Forward(ctx, &req)
@@ -28,7 +28,7 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 	})
@@ -46,7 +46,7 @@ func NewEventsClient(client *ttrpc.Client) EventsService {
 
 func (c *eventsClient) Forward(ctx context.Context, req *ForwardRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.services.events.ttrpc.v1.Events", "Forward", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.services.events.ttrpc.v1.Events", "Forward", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -5,8 +5,8 @@ package version
 import (
 	context "context"
 	ttrpc "github.com/containerd/ttrpc"
+	wire "github.com/edged/edged/proto/wire"
 	types "github.com/gogo/protobuf/types"
-	protoadapt "google.golang.org/protobuf/protoadapt"
 )
 
 type VersionService interface {
@@ -18,7 +18,7 @@ func RegisterVersionService(srv *ttrpc.Server, svc VersionService) {
 		Methods: map[string]ttrpc.Method{
 			"Version": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
 				var req types.Empty
-				if err := unmarshal(protoadapt.MessageV2Of(&req)); err != nil {
+				if err := unmarshal(wire.Of(&req)); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Version(ctx, &req)
@@ -28,7 +28,7 @@ func RegisterVersionService(srv *ttrpc.Server, svc VersionService) {
 				if resp == nil {
 					resp = new(VersionResponse)
 				}
-				return protoadapt.MessageV2Of(resp), nil
+				return wire.Of(resp), nil
 			},
 		},
 	})
@@ -46,7 +46,7 @@ func NewVersionClient(client *ttrpc.Client) VersionService {
 
 func (c *versionClient) Version(ctx context.Context, req *types.Empty) (*VersionResponse, error) {
 	var resp VersionResponse
-	if err := c.client.Call(ctx, "edged.services.version.v1.Version", "Version", protoadapt.MessageV2Of(req), protoadapt.MessageV2Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.version.v1.Version", "Version", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
