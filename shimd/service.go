@@ -255,6 +255,19 @@ func (s *Service) setPid(p *process, pid int) {
 	s.mu.Unlock()
 }
 
+// exitedEarly reports whether the exit of pid was reaped before its pid was
+// known.
+func (s *Service) exitedEarly(pid int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.early {
+		if e.Pid == pid {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *Service) beginStart() {
 	s.mu.Lock()
 	s.starting++
@@ -310,6 +323,8 @@ type createOptions struct {
 	runc     *runcopts.Options
 	logSize  int64
 	logFiles int
+	// start: create and start the init at once (edged.shim.v1.CreateAndStart).
+	start bool
 }
 
 func parseOptions(a *types.Any) (*createOptions, error) {
@@ -323,9 +338,18 @@ func parseOptions(a *types.Any) (*createOptions, error) {
 		if err := o.runc.Unmarshal(a.Value); err != nil {
 			return nil, errdefs.InvalidArgument("options", "decode %s: %v", name, err)
 		}
-	case "edged.shim.v1.Options":
+	case "edged.shim.v1.Options", "edged.shim.v1.CreateAndStart":
 		var so shimopts.Options
-		if err := so.Unmarshal(a.Value); err != nil {
+		if name == "edged.shim.v1.CreateAndStart" {
+			var cs shimopts.CreateAndStart
+			if err := cs.Unmarshal(a.Value); err != nil {
+				return nil, errdefs.InvalidArgument("options", "decode %s: %v", name, err)
+			}
+			if cs.Options != nil {
+				so = *cs.Options
+			}
+			o.start = true
+		} else if err := so.Unmarshal(a.Value); err != nil {
 			return nil, errdefs.InvalidArgument("options", "decode %s: %v", name, err)
 		}
 		if so.Runc != nil {
@@ -338,7 +362,7 @@ func parseOptions(a *types.Any) (*createOptions, error) {
 			o.logSize, o.logFiles = int64(so.Log.MaxSize), int(so.Log.MaxFiles)
 		}
 	default:
-		return nil, errdefs.InvalidArgument("options", "unsupported type %q (want containerd.runc.v1.Options or edged.shim.v1.Options)", a.TypeUrl)
+		return nil, errdefs.InvalidArgument("options", "unsupported type %q (want containerd.runc.v1.Options, edged.shim.v1.Options or edged.shim.v1.CreateAndStart)", a.TypeUrl)
 	}
 	if o.runc.Root != "" && !filepath.IsAbs(o.runc.Root) {
 		return nil, errdefs.InvalidArgument("options.root", "%q must be an absolute path", o.runc.Root)
@@ -457,31 +481,42 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 		c.rootfs = true
 	}
 	p = &process{c: c, stdin: req.Stdin, stdout: req.Stdout, stderr: req.Stderr, terminal: req.Terminal, exited: make(chan struct{})}
+	if opts.start {
+		// Created and started at once: the init may exit before its pid
+		// is known; its TaskExit waits for the TaskCreate and TaskStart
+		// published below (finishExit takes startMu).
+		p.startMu.Lock()
+		defer p.startMu.Unlock()
+		p.started = true // p is not reachable by other calls yet
+	}
 	if err := s.startProcess(ctx, p, func(stdioFiles [3]*os.File, console, pidFile string) error {
-		err := c.runc.Create(ctx, c.id, c.bundle, runc.CreateOpts{
+		o := runc.CreateOpts{
 			PidFile:       pidFile,
 			ConsoleSocket: console,
 			LogFile:       filepath.Join(c.bundle, "log.json"),
 			NoPivot:       opts.runc.NoPivotRoot,
 			NoNewKeyring:  opts.runc.NoNewKeyring,
 			Stdio:         stdioFiles,
-		})
+		}
+		var err error
+		if opts.start {
+			err = c.runc.Run(ctx, c.id, c.bundle, o)
+		} else {
+			err = c.runc.Create(ctx, c.id, c.bundle, o)
+		}
 		created = err == nil
 		return err
-	}, opts); err != nil {
+	}, opts, func(pid int, exited bool) {
+		// Before the exit of pid can be processed: the watch is removed
+		// when the init exits.
+		s.watchOOM(c.id, pid, exited)
+	}); err != nil {
 		return 0, err
 	}
 	s.mu.Lock()
 	c.init = p
 	pid := p.pid
 	s.mu.Unlock()
-	if s.cfg.OOM != nil {
-		if err := s.cfg.OOM.Add(c.id, pid, func(oomKills uint64) {
-			s.publish(TopicOOM, &eventtypes.TaskOOM{ContainerId: c.id, OomKills: oomKills})
-		}); err != nil {
-			s.cfg.Log.Warn("oom watcher", "id", c.id, "error", err)
-		}
-	}
 	s.publish(TopicCreate, &eventtypes.TaskCreate{
 		ContainerId: c.id,
 		Bundle:      c.bundle,
@@ -489,12 +524,35 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 		Io:          &eventtypes.TaskIO{Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr, Terminal: req.Terminal},
 		Pid:         uint32(pid),
 	})
+	if opts.start {
+		s.publish(TopicStart, &eventtypes.TaskStart{ContainerId: c.id, Pid: uint32(pid)})
+	}
 	return pid, nil
 }
 
+// watchOOM watches the cgroup of a container's init for OOM kills. An init
+// that already exited (a fused create and start of a short process) has no
+// cgroup left to find, which is not worth a warning.
+func (s *Service) watchOOM(id string, pid int, exited bool) {
+	if s.cfg.OOM == nil {
+		return
+	}
+	if err := s.cfg.OOM.Add(id, pid, func(oomKills uint64) {
+		s.publish(TopicOOM, &eventtypes.TaskOOM{ContainerId: id, OomKills: oomKills})
+	}); err != nil {
+		if exited {
+			s.cfg.Log.Debug("oom watcher: init already exited", "id", id, "error", err)
+		} else {
+			s.cfg.Log.Warn("oom watcher", "id", id, "error", err)
+		}
+	}
+}
+
 // startProcess sets up stdio (and the console socket), runs the runc
-// command, and records the pid it wrote.
-func (s *Service) startProcess(ctx context.Context, p *process, run func([3]*os.File, string, string) error, opts *createOptions) error {
+// command, and records the pid it wrote. onPid, if set, is called with the
+// pid (and whether its exit was already reaped) before the process's exit
+// can be processed.
+func (s *Service) startProcess(ctx context.Context, p *process, run func([3]*os.File, string, string) error, opts *createOptions, onPid func(pid int, exited bool)) error {
 	logSize, logFiles := s.cfg.LogMaxSize, s.cfg.LogMaxFiles
 	if opts != nil && opts.logSize > 0 {
 		logSize = opts.logSize
@@ -552,6 +610,9 @@ func (s *Service) startProcess(ctx context.Context, p *process, run func([3]*os.
 	if err != nil || pid <= 0 {
 		return fmt.Errorf("pid file %s holds %q: %w", pidFile, data, errdefs.ErrUnknown)
 	}
+	if onPid != nil {
+		onPid(pid, s.exitedEarly(pid))
+	}
 	s.setPid(p, pid)
 	return nil
 }
@@ -602,7 +663,7 @@ func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskap
 			LogFile:       filepath.Join(c.bundle, "exec-"+p.execID+"-log.json"),
 			Stdio:         files,
 		})
-	}, nil); err != nil {
+	}, nil, nil); err != nil {
 		if p.io != nil {
 			p.io.Close()
 		}

@@ -222,21 +222,17 @@ func runCommand() *command {
 					return err
 				}
 				if *detach {
-					if _, err := c.CreateTask(e.ctx, req.Id, client.TaskOpts{}); err != nil {
-						c.DeleteContainer(context.WithoutCancel(e.ctx), req.Id)
-						return err
-					}
-					if _, err := c.StartTask(e.ctx, req.Id, ""); err != nil {
-						c.DeleteTask(context.WithoutCancel(e.ctx), req.Id, true)
+					// Created and started in one call; a failure leaves no task.
+					if _, err := c.CreateTask(e.ctx, req.Id, client.TaskOpts{Start: true}); err != nil {
 						c.DeleteContainer(context.WithoutCancel(e.ctx), req.Id)
 						return err
 					}
 					fmt.Fprintln(e.stdout, req.Id)
 					return nil
 				}
-				code, err := foreground(e, c, req.Id, "", rf.tty, *interactive, func(o client.TaskOpts) error {
+				code, err := foreground(e, c, req.Id, "", rf.tty, *interactive, func(o client.TaskOpts) (bool, error) {
 					_, err := c.CreateTask(e.ctx, req.Id, o)
-					return err
+					return o.Start, err
 				})
 				cleanup := context.WithoutCancel(e.ctx)
 				if *rm {
@@ -263,8 +259,10 @@ func exitCode(code uint32) error {
 
 // foreground creates a process with fifos (create), starts it, forwards
 // signals and terminal size, waits for it and its output, deletes the
-// task (or exec) and returns the exit status.
-func foreground(e *env, c *client.Client, id, execID string, tty, interactive bool, create func(client.TaskOpts) error) (uint32, error) {
+// task (or exec) and returns the exit status. create gets options with
+// Start set when the process may be started at once (no terminal, whose
+// size must be set first) and reports whether it was.
+func foreground(e *env, c *client.Client, id, execID string, tty, interactive bool, create func(client.TaskOpts) (started bool, err error)) (uint32, error) {
 	var stdin io.Reader
 	if interactive {
 		stdin = e.stdin
@@ -278,7 +276,8 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive bo
 		return 0, err
 	}
 	defer fifos.Close()
-	if err := create(client.TaskOpts{Stdin: fifos.Stdin, Stdout: fifos.Stdout, Stderr: fifos.Stderr, Terminal: tty}); err != nil {
+	started, err := create(client.TaskOpts{Stdin: fifos.Stdin, Stdout: fifos.Stdout, Stderr: fifos.Stderr, Terminal: tty, Start: !tty})
+	if err != nil {
 		return 0, err
 	}
 	cleanup := context.WithoutCancel(e.ctx)
@@ -303,9 +302,11 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive bo
 	if tty {
 		resize()
 	}
-	if _, err := c.StartTask(e.ctx, id, execID); err != nil {
-		deleteIt()
-		return 0, err
+	if !started {
+		if _, err := c.StartTask(e.ctx, id, execID); err != nil {
+			deleteIt()
+			return 0, err
+		}
 	}
 	// Forward signals to the process; keep the terminal size in step.
 	sigs := make(chan os.Signal, 8)

@@ -62,11 +62,8 @@ func taskCommand() *command {
 				},
 			},
 			simple("start", "start a container's task in the background (output to its log)", func(e *env, c *client.Client, id string) error {
-				if _, err := c.CreateTask(e.ctx, id, client.TaskOpts{}); err != nil {
-					return err
-				}
-				if _, err := c.StartTask(e.ctx, id, ""); err != nil {
-					c.DeleteTask(e.ctx, id, true)
+				// Created and started in one call; a failure leaves no task.
+				if _, err := c.CreateTask(e.ctx, id, client.TaskOpts{Start: true}); err != nil {
 					return err
 				}
 				fmt.Fprintln(e.stdout, id)
@@ -173,8 +170,8 @@ func taskCommand() *command {
 						if eid == "" {
 							eid = fmt.Sprintf("exec-%d", nowNanos())
 						}
-						code, err := foreground(e, c, id, eid, *tty, *interactive, func(o client.TaskOpts) error {
-							return c.Exec(e.ctx, id, eid, &p, o)
+						code, err := foreground(e, c, id, eid, *tty, *interactive, func(o client.TaskOpts) (bool, error) {
+							return false, c.Exec(e.ctx, id, eid, &p, o)
 						})
 						if err != nil {
 							return err

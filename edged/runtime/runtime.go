@@ -27,6 +27,7 @@ import (
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/internal/atomicfile"
 	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
+	shimopts "github.com/edged/edged/proto/runtime/shim/v1"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	ptypes "github.com/edged/edged/proto/types"
 )
@@ -154,15 +155,23 @@ func (m *Manager) bootstrapPath(ns, id string) string {
 
 // CreateOpts describe a new task.
 type CreateOpts struct {
-	Runtime  string
-	Group    string
-	Spec     []byte // OCI runtime spec, JSON
+	Runtime string
+	Group   string
+	Spec    []byte // OCI runtime spec, JSON
+	// Prepare, if set, returns the spec instead of Spec. It runs while
+	// the task's edged-shim starts (e.g. network set-up), after the task
+	// ID is reserved: an error from it fails Create.
+	Prepare  func(ctx context.Context) ([]byte, error)
 	Rootfs   []*ptypes.Mount
 	Stdin    string
 	Stdout   string
 	Stderr   string
 	Terminal bool
 	Options  *types.Any
+	// Start starts the task too. With an edged-shim this edged started it
+	// is one shim call (and one `runc run --detach`); with any other shim,
+	// Create then Start.
+	Start bool
 }
 
 // Create writes the bundle, starts (or reuses) the shim and creates the
@@ -216,12 +225,33 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 			os.RemoveAll(t.Bundle)
 		}
 	}()
-	if err := atomicfile.Replace(filepath.Join(t.Bundle, "config.json"), o.Spec, 0o600); err != nil {
-		return 0, fmt.Errorf("write bundle spec: %w", err)
+	// An edged-shim starts while the spec is prepared and written: its
+	// start-up overlaps with that work. Any other shim reads the bundle
+	// when it starts, so it starts after.
+	type shimResult struct {
+		sc  *shimConn
+		err error
 	}
-
-	sc, err := m.shimFor(ctx, t)
-	if err != nil {
+	var early chan shimResult
+	if t.Runtime == NativeRuntime {
+		early = make(chan shimResult, 1)
+		go func() {
+			sc, err := m.shimFor(ctx, t)
+			early <- shimResult{sc, err}
+		}()
+	}
+	prepErr := m.writeSpec(ctx, t.Bundle, o)
+	var sc *shimConn
+	if early != nil {
+		r := <-early
+		sc, err = r.sc, r.err
+	} else if prepErr == nil {
+		sc, err = m.shimFor(ctx, t)
+	}
+	if sc == nil {
+		if prepErr != nil {
+			return 0, prepErr
+		}
 		return 0, err
 	}
 	t.shim, t.Address, t.ShimPid, t.Binary, t.Native = sc, sc.address, sc.pid, sc.binary, sc.native
@@ -233,6 +263,9 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 			m.release(context.WithoutCancel(ctx), t)
 		}
 	}()
+	if prepErr != nil {
+		return 0, prepErr
+	}
 
 	if t.Runtime == NativeRuntime {
 		// Started after the task's runc create: it would compete with it.
@@ -240,10 +273,22 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 	}
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
 	defer cancel()
-	resp, err := sc.task.Create(cctx, &taskapi.CreateTaskRequest{
+	req := &taskapi.CreateTaskRequest{
 		Id: id, Bundle: t.Bundle, Rootfs: o.Rootfs, Terminal: o.Terminal,
 		Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, Options: o.Options,
-	})
+	}
+	started := false
+	if o.Start && sc.native && !sc.noFuse.Load() {
+		req.Options, started = startOptions(o.Options)
+	}
+	resp, err := sc.task.Create(cctx, req)
+	if err != nil && started && unknownCreateAndStart(errdefs.FromGRPC(err)) {
+		// An edged-shim from before CreateAndStart: create, then start.
+		m.log.Info("shim does not create and start in one call; using create and start", "shim", sc.key)
+		sc.noFuse.Store(true)
+		req.Options, started = o.Options, false
+		resp, err = sc.task.Create(cctx, req)
+	}
 	if err != nil {
 		return 0, m.callError(ctx, sc, "create", err)
 	}
@@ -252,7 +297,72 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		sc.task.Delete(context.WithoutCancel(ctx), &taskapi.DeleteRequest{Id: id})
 		return 0, err
 	}
+	if o.Start && !started {
+		sctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+		defer cancel()
+		if _, err := sc.task.Start(sctx, &taskapi.StartRequest{Id: id}); err != nil {
+			err = m.callError(ctx, sc, "start", err)
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.CallTimeout)
+			defer cancel()
+			sc.task.Delete(dctx, &taskapi.DeleteRequest{Id: id})
+			return 0, err
+		}
+	}
 	return resp.Pid, nil
+}
+
+// startOptions wraps the create options a into edged.shim.v1.CreateAndStart
+// (runc options carried over), or returns false when a cannot be carried:
+// then the shim is asked to create only, and it reports whatever is wrong
+// with a.
+func startOptions(a *types.Any) (*types.Any, bool) {
+	cs := &shimopts.CreateAndStart{Options: &shimopts.Options{}}
+	if a != nil && a.TypeUrl != "" {
+		switch a.TypeUrl[strings.LastIndex(a.TypeUrl, "/")+1:] {
+		case "containerd.runc.v1.Options":
+			cs.Options.Runc = &runcopts.Options{}
+			if err := cs.Options.Runc.Unmarshal(a.Value); err != nil {
+				return a, false
+			}
+		case "edged.shim.v1.Options":
+			if err := cs.Options.Unmarshal(a.Value); err != nil {
+				return a, false
+			}
+		default:
+			return a, false
+		}
+	}
+	b, err := cs.Marshal()
+	if err != nil {
+		return a, false
+	}
+	return &types.Any{TypeUrl: createAndStartType, Value: b}, true
+}
+
+// createAndStartType is the options type asking edged-shim to create and
+// start a task in one call.
+const createAndStartType = "edged.shim.v1.CreateAndStart"
+
+// unknownCreateAndStart reports whether err is a shim's rejection of
+// CreateAndStart options it does not know (an older edged-shim).
+func unknownCreateAndStart(err error) bool {
+	return errdefs.IsInvalidArgument(err) && strings.Contains(err.Error(), "unsupported type") && strings.Contains(err.Error(), createAndStartType)
+}
+
+// writeSpec writes the bundle's config.json: o.Spec, or what o.Prepare
+// returns.
+func (m *Manager) writeSpec(ctx context.Context, bundle string, o CreateOpts) error {
+	spec := o.Spec
+	if o.Prepare != nil {
+		var err error
+		if spec, err = o.Prepare(ctx); err != nil {
+			return err
+		}
+	}
+	if err := atomicfile.Replace(filepath.Join(bundle, "config.json"), spec, 0o600); err != nil {
+		return fmt.Errorf("write bundle spec: %w", err)
+	}
+	return nil
 }
 
 func (m *Manager) shimFor(ctx context.Context, t *task) (*shimConn, error) {

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,6 +38,10 @@ type shimConn struct {
 	binary  string // the shim binary
 	client  *ttrpc.Client
 	task    taskapi.TaskService
+
+	// noFuse is set when the edged-shim rejected CreateAndStart options
+	// (an older binary): it gets Create then Start from then on.
+	noFuse atomic.Bool
 
 	mu    sync.Mutex
 	refs  map[string]bool // container IDs served

@@ -262,6 +262,22 @@ func (r *Runc) Create(ctx context.Context, id, bundle string, o CreateOpts) erro
 	return r.runDetached(o.Stdio, o.LogFile, append(args, id)...)
 }
 
+// Run runs `runc run --detach`: create and start in one invocation. The
+// container's process runs (and may have exited) when it returns.
+func (r *Runc) Run(ctx context.Context, id, bundle string, o CreateOpts) error {
+	args := []string{"run", "--detach", "--bundle", bundle, "--pid-file", o.PidFile}
+	if o.ConsoleSocket != "" {
+		args = append(args, "--console-socket", o.ConsoleSocket)
+	}
+	if o.NoPivot {
+		args = append(args, "--no-pivot")
+	}
+	if o.NoNewKeyring {
+		args = append(args, "--no-new-keyring")
+	}
+	return r.runDetached(o.Stdio, o.LogFile, append(args, id)...)
+}
+
 // Exec runs `runc exec --detach` with the process spec in processFile.
 func (r *Runc) Exec(ctx context.Context, id, processFile string, o ExecOpts) error {
 	args := []string{"exec", "--detach", "--process", processFile, "--pid-file", o.PidFile}

@@ -133,22 +133,6 @@ func (s *service) Create(ctx context.Context, r *api.CreateTaskRequest) (*api.Cr
 		uri := "file://" + p + "?max-size=" + strconv.FormatInt(s.LogMaxSize, 10) + "&max-files=" + strconv.Itoa(s.LogMaxFiles)
 		stdout, stderr = uri, uri
 	}
-	spec := c.Spec
-	if s.Network != nil {
-		var sp specs.Spec
-		if err := json.Unmarshal(c.Spec, &sp); err != nil {
-			return nil, fmt.Errorf("container %q: OCI spec: %v: %w", c.ID, err, errdefs.ErrInvalidArgument)
-		}
-		if err := s.Network.Setup(ctx, ns, c, &sp, s.Runtime.BundleDir(ns, c.ID)); err != nil {
-			return nil, err
-		}
-		b, err := json.Marshal(&sp)
-		if err != nil {
-			s.Network.Teardown(context.WithoutCancel(ctx), ns, c.ID)
-			return nil, err
-		}
-		spec = b
-	}
 	opts := r.Options
 	if opts == nil && len(c.Runtime.Options) > 0 {
 		a := &ptypes.Any{}
@@ -156,12 +140,30 @@ func (s *service) Create(ctx context.Context, r *api.CreateTaskRequest) (*api.Cr
 			opts = a
 		}
 	}
-	pid, err := s.Runtime.Create(ctx, ns, c.ID, runtime.CreateOpts{
-		Runtime: c.Runtime.Name, Group: c.Labels[runtime.GroupLabel], Spec: spec, Rootfs: rootfs,
-		Stdin: stdin, Stdout: stdout, Stderr: stderr, Terminal: r.Terminal, Options: opts,
-	})
+	co := runtime.CreateOpts{
+		Runtime: c.Runtime.Name, Group: c.Labels[runtime.GroupLabel], Spec: c.Spec, Rootfs: rootfs,
+		Stdin: stdin, Stdout: stdout, Stderr: stderr, Terminal: r.Terminal, Options: opts, Start: r.Start,
+	}
+	networked := false
+	if s.Network != nil {
+		// The network is set up while the task's shim starts.
+		co.Prepare = func(ctx context.Context) ([]byte, error) {
+			var sp specs.Spec
+			if err := json.Unmarshal(c.Spec, &sp); err != nil {
+				return nil, fmt.Errorf("container %q: OCI spec: %v: %w", c.ID, err, errdefs.ErrInvalidArgument)
+			}
+			networked = true
+			if err := s.Network.Setup(ctx, ns, c, &sp, s.Runtime.BundleDir(ns, c.ID)); err != nil {
+				return nil, err
+			}
+			return json.Marshal(&sp)
+		}
+	}
+	pid, err := s.Runtime.Create(ctx, ns, c.ID, co)
 	if err != nil {
-		if s.Network != nil {
+		// Only a set-up this call began is torn down: a task that exists
+		// already keeps its network.
+		if networked {
 			s.Network.Teardown(context.WithoutCancel(ctx), ns, c.ID)
 		}
 		return nil, err
