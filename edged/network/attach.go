@@ -127,7 +127,7 @@ func (n *Network) writeSpare(sp *spare) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(filepath.Join(n.sparesDir, sp.CNIID+".json"), b, 0o600)
+	return atomicfile.Replace(filepath.Join(n.sparesDir, sp.CNIID+".json"), b, 0o600)
 }
 
 // claimSpare hands a ready spare to st (writing st's record before the

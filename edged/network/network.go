@@ -247,7 +247,8 @@ func (n *Network) writeState(st *state) error {
 	if err != nil {
 		return fmt.Errorf("network state: %w", err)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(d, "state.json"), b, 0o600); err != nil {
+	// Runtime state (the state dir): replaced atomically, not fsynced.
+	if err := atomicfile.Replace(filepath.Join(d, "state.json"), b, 0o600); err != nil {
 		return fmt.Errorf("network state: %w", err)
 	}
 	return nil
@@ -519,7 +520,7 @@ func (n *Network) bindFiles(st *state, spec *specs.Spec, resolv, hosts []byte) e
 			continue
 		}
 		p := filepath.Join(d, f.name)
-		if err := atomicfile.WriteFile(p, f.data, 0o644); err != nil {
+		if err := atomicfile.Replace(p, f.data, 0o644); err != nil {
 			return fmt.Errorf("network: write %s: %w", f.name, err)
 		}
 		addBind(spec, p, f.dst)
