@@ -82,6 +82,14 @@ func (e *Exchange) Publish(ctx context.Context, topic string, ev proto.Message) 
 	if err != nil {
 		return err
 	}
+	if err := ValidateTopic(topic); err != nil {
+		return err
+	}
+	if e.Subscribers() == 0 {
+		// Nobody listens (the usual case on a device): skip the marshaling.
+		// A subscriber that arrives now would not have seen the event anyway.
+		return nil
+	}
 	a, err := MarshalAny(ev)
 	if err != nil {
 		return err

@@ -117,3 +117,39 @@ func mustAny(t *testing.T) *ptypes.Any {
 	}
 	return a
 }
+
+// TestPublishWithoutSubscribers: with nobody listening Publish skips the
+// marshaling but still rejects a bad topic, and a subscriber that arrives
+// afterwards receives only what is published from then on.
+func TestPublishWithoutSubscribers(t *testing.T) {
+	ex := New(4, nil)
+	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), "default"))
+	defer cancel()
+	if err := ex.Publish(ctx, "/before", &eventtypes.TaskOOM{ContainerId: "a"}); err != nil {
+		t.Fatalf("publish without subscribers: %v", err)
+	}
+	err := ex.Publish(ctx, "no-slash", &eventtypes.TaskOOM{})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), `"no-slash" must start with '/'`) {
+		t.Fatalf("bad topic without subscribers: %v", err)
+	}
+	ch, _, err := ex.Subscribe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ex.Publish(ctx, "/after", &eventtypes.TaskOOM{ContainerId: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case env := <-ch:
+		if env.Topic != "/after" || env.Namespace != "default" || env.Event.TypeUrl != TypeURL(&eventtypes.TaskOOM{}) {
+			t.Fatalf("got envelope %+v", env)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no envelope")
+	}
+	select {
+	case env := <-ch:
+		t.Fatalf("unexpected second envelope %+v", env)
+	default:
+	}
+}

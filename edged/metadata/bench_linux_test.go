@@ -76,16 +76,27 @@ func syncFS(tb testing.TB) {
 	}
 }
 
+// createDelete does what the Containers service does for a Create and a
+// Delete request: each runs under its own cancelable request context (as
+// ttrpc gives a handler), and the delete reads and removes the row with
+// TakeContainer.
 func createDelete(tb testing.TB, ctx context.Context, db *DB, c Container) {
-	if err := db.Update(ctx, func(tx *Tx) error {
-		_, err := tx.CreateContainer(ctx, "default", c)
+	rctx, cancel := context.WithCancel(ctx)
+	err := db.Update(rctx, func(tx *Tx) error {
+		_, err := tx.CreateContainer(rctx, "default", c)
 		return err
-	}); err != nil {
+	})
+	cancel()
+	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := db.Update(ctx, func(tx *Tx) error {
-		return tx.DeleteContainer(ctx, "default", c.ID)
-	}); err != nil {
+	rctx, cancel = context.WithCancel(ctx)
+	err = db.Update(rctx, func(tx *Tx) error {
+		_, err := tx.TakeContainer(rctx, "default", c.ID)
+		return err
+	})
+	cancel()
+	if err != nil {
 		tb.Fatal(err)
 	}
 }

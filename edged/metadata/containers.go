@@ -62,6 +62,9 @@ const (
 	qContainerListPre = `SELECT ` + containerCols + ` FROM containers WHERE namespace = ?`
 	qContainerUpdate  = `UPDATE containers SET image = ?, runtime = ?, runtime_options = ?, spec = ?, spec_encoding = ?, spec_type = ?, labels = ?, snapshot_key = ?, extensions = ?, updated = ? WHERE namespace = ? AND id = ?`
 	qContainerDelete  = `DELETE FROM containers WHERE namespace = ? AND id = ?`
+	// qContainerTake deletes a container and returns what describes it, in
+	// one statement.
+	qContainerTake = `DELETE FROM containers WHERE namespace = ? AND id = ? RETURNING id, image, runtime, labels, snapshotter, snapshot_key, created, updated`
 )
 
 func containerNotFound(ns, id string) error {
@@ -122,12 +125,19 @@ func (t *Tx) CreateContainer(ctx context.Context, ns string, c Container) (Conta
 	}
 	ts := now()
 	nanos := ts.UnixNano()
-	if err := t.ensureNamespace(ctx, ns, nanos); err != nil {
-		return Container{}, err
-	}
 	enc, spec := t.db.encodeSpec(c.Spec)
-	n, err := t.execN(ctx, "create container", qContainerInsert, ns, c.ID, c.Image, c.Runtime.Name, nilIfEmptyBytes(c.Runtime.Options),
-		spec, enc, c.SpecType, encodeMap(c.Labels), c.Snapshotter, c.SnapshotKey, encodeMap(c.Extensions), nanos, nanos)
+	args := []any{ns, c.ID, c.Image, c.Runtime.Name, nilIfEmptyBytes(c.Runtime.Options),
+		spec, enc, c.SpecType, encodeMap(c.Labels), c.Snapshotter, c.SnapshotKey, encodeMap(c.Extensions), nanos, nanos}
+	n, err := t.execN(ctx, "create container", qContainerInsert, args...)
+	if isForeignKeyError(err) {
+		// The namespace does not exist yet (the insert failed alone; the
+		// transaction goes on): create it and insert again. Trying the
+		// insert first saves a statement per create in the usual case.
+		if err := t.ensureNamespace(ctx, ns, nanos); err != nil {
+			return Container{}, err
+		}
+		n, err = t.execN(ctx, "create container", qContainerInsert, args...)
+	}
 	if err != nil {
 		return Container{}, err
 	}
@@ -316,6 +326,40 @@ func (t *Tx) UpdateContainer(ctx context.Context, ns string, c Container, fieldp
 	}
 	upd.UpdatedAt = ts
 	return upd, nil
+}
+
+// TakeContainer deletes container id of namespace ns, reading and
+// deleting it in one statement, and returns what describes the deleted
+// container: its ID, labels, image, runtime name, snapshotter, snapshot key
+// and timestamps. Spec, runtime options and extensions are left empty: a
+// deleted container has no use for them and they are the bulk of a row.
+func (t *Tx) TakeContainer(ctx context.Context, ns, id string) (Container, error) {
+	if err := t.checkWritable("delete container"); err != nil {
+		return Container{}, err
+	}
+	if err := checkNamespace(ns); err != nil {
+		return Container{}, err
+	}
+	if err := identifiers.Validate("container id", id); err != nil {
+		return Container{}, err
+	}
+	var (
+		c                Container
+		labels           []byte
+		created, updated int64
+	)
+	err := t.queryRow(ctx, qContainerTake, ns, id).Scan(&c.ID, &c.Image, &c.Runtime.Name, &labels, &c.Snapshotter, &c.SnapshotKey, &created, &updated)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Container{}, containerNotFound(ns, id)
+	}
+	if err != nil {
+		return Container{}, dbError("delete container", err)
+	}
+	if c.Labels, err = decodeLabels("containers.labels", labels); err != nil {
+		return Container{}, err
+	}
+	c.CreatedAt, c.UpdatedAt = fromNanos(created), fromNanos(updated)
+	return c, nil
 }
 
 // DeleteContainer deletes container id of namespace ns.

@@ -325,10 +325,22 @@ func (db *DB) View(ctx context.Context, fn func(*Tx) error) error {
 
 func (db *DB) run(ctx context.Context, pool *sql.DB, stmts *stmtCache, writable bool, fn func(*Tx) error) (err error) {
 	var txo *sql.TxOptions
-	if !writable {
+	bctx := ctx
+	if writable {
+		// A write transaction runs its statements with ctx's values but
+		// without its cancellation (see Tx.stmtCtx): the driver would
+		// otherwise start a goroutine watching ctx for every statement,
+		// BEGIN and COMMIT. ctx is checked before BEGIN, before every
+		// statement and before COMMIT instead, so a canceled request still
+		// commits nothing.
+		if err := ctx.Err(); err != nil {
+			return dbError("begin transaction", err)
+		}
+		bctx = context.WithoutCancel(ctx)
+	} else {
 		txo = &sql.TxOptions{ReadOnly: true}
 	}
-	stx, err := pool.BeginTx(ctx, txo)
+	stx, err := pool.BeginTx(bctx, txo)
 	if err != nil {
 		return dbError("begin transaction", err)
 	}
@@ -345,6 +357,10 @@ func (db *DB) run(ctx context.Context, pool *sql.DB, stmts *stmtCache, writable 
 		return err
 	}
 	done = true
+	if err := ctx.Err(); err != nil {
+		_ = stx.Rollback()
+		return dbError("commit", err)
+	}
 	if err := stx.Commit(); err != nil {
 		return dbError("commit", err)
 	}
@@ -373,6 +389,13 @@ func dbError(op string, err error) error {
 		}
 	}
 	return fmt.Errorf("metadata: %s: %w", op, err)
+}
+
+// isForeignKeyError reports whether err is SQLite's
+// SQLITE_CONSTRAINT_FOREIGNKEY.
+func isForeignKeyError(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code() == 787
 }
 
 // connector runs the setup statements on every new connection.

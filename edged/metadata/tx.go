@@ -34,7 +34,7 @@ func (t *Tx) Writable() bool { return t.writable }
 func queries() []string {
 	return []string{
 		qNamespaceEnsure, qNamespaceInsert, qNamespaceGet, qNamespaceList, qNamespaceSetLabels, qNamespaceDelete, qNamespaceCounts,
-		qContainerInsert, qContainerGet, qContainerList, qContainerUpdate, qContainerDelete,
+		qContainerInsert, qContainerGet, qContainerList, qContainerUpdate, qContainerDelete, qContainerTake,
 		qImageInsert, qImageGet, qImageList, qImageUpdate, qImageDelete,
 		qContentInsert, qContentGet, qContentList, qContentSetLabels, qContentDelete, qContentNamespaces, qContentDigests,
 		qLeaseInsert, qLeaseGet, qLeaseList, qLeaseDelete, qLeaseExpired,
@@ -56,9 +56,30 @@ func (t *Tx) prepared(ctx context.Context, query string) *sql.Stmt {
 	return t.tx.StmtContext(ctx, s)
 }
 
+// stmtCtx returns the context a statement of this transaction runs with.
+// In a write transaction it is ctx without its cancellation, after checking
+// that ctx is not done: a write transaction holds the single writer
+// connection for a few short statements, a wait for another process's lock
+// is bounded by the busy timeout, and Update checks ctx again before COMMIT.
+// Without a done channel the driver runs a statement without starting a
+// goroutine to watch it, which was a large part of the cost of a
+// container create or delete.
+func (t *Tx) stmtCtx(ctx context.Context) (context.Context, error) {
+	if !t.writable {
+		return ctx, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return context.WithoutCancel(ctx), nil
+}
+
 func (t *Tx) exec(ctx context.Context, op, query string, args ...any) (sql.Result, error) {
 	var res sql.Result
-	var err error
+	ctx, err := t.stmtCtx(ctx)
+	if err != nil {
+		return nil, dbError(op, err)
+	}
 	if s := t.prepared(ctx, query); s != nil {
 		res, err = s.ExecContext(ctx, args...)
 	} else {
@@ -83,7 +104,12 @@ func (t *Tx) execN(ctx context.Context, op, query string, args ...any) (int64, e
 	return n, nil
 }
 
+// queryRow runs a query returning one row. In a write transaction a done
+// ctx is noticed by the next statement or by Update's commit.
 func (t *Tx) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if t.writable {
+		ctx = context.WithoutCancel(ctx)
+	}
 	if s := t.prepared(ctx, query); s != nil {
 		return s.QueryRowContext(ctx, args...)
 	}
@@ -92,7 +118,10 @@ func (t *Tx) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
 
 func (t *Tx) query(ctx context.Context, op, query string, args ...any) (*sql.Rows, error) {
 	var rows *sql.Rows
-	var err error
+	ctx, err := t.stmtCtx(ctx)
+	if err != nil {
+		return nil, dbError(op, err)
+	}
 	if s := t.prepared(ctx, query); s != nil {
 		rows, err = s.QueryContext(ctx, args...)
 	} else {

@@ -35,7 +35,9 @@ type service struct {
 }
 
 // DeleteHook runs after a container was deleted (its snapshot is removed
-// this way). Errors are the hook's to log.
+// this way). Errors are the hook's to log. The container is as
+// metadata.Tx.TakeContainer returns it: without spec, runtime options and
+// extensions.
 type DeleteHook func(ctx context.Context, ns string, c metadata.Container)
 
 // Creator implements CreateFromImage (the image, snapshot and spec work).
@@ -297,10 +299,8 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteContainerRequest) (*p
 	}
 	var c metadata.Container
 	if err := s.db.Update(ctx, func(tx *metadata.Tx) (err error) {
-		if c, err = tx.GetContainer(ctx, ns, r.Id); err != nil {
-			return err
-		}
-		return tx.DeleteContainer(ctx, ns, r.Id)
+		c, err = tx.TakeContainer(ctx, ns, r.Id)
+		return err
 	}); err != nil {
 		return nil, err
 	}
