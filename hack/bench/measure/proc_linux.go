@@ -195,3 +195,23 @@ func ReadReferenced(pid int) (WorkingSet, error) {
 	}
 	return ws, sc.Err()
 }
+
+// MajorFaults returns the major page faults (pages read from disk) pid has
+// taken: field 12 of /proc/PID/stat.
+func MajorFaults(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces; fields after it
+	// start behind its closing parenthesis.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 10 {
+		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	}
+	return strconv.ParseInt(fields[9], 10, 64) // field 12 is the 10th after ")"
+}
