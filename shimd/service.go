@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -161,7 +160,7 @@ func New(cfg Config) *Service {
 		byPid:      make(map[int]*process),
 	}
 	s.reaper = reaper.New(s.handleExit)
-	s.trim = time.AfterFunc(time.Hour, debug.FreeOSMemory)
+	s.trim = time.AfterFunc(time.Hour, trimHeap)
 	s.trim.Stop()
 	return s
 }

@@ -10,9 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/ttrpc"
@@ -60,6 +60,10 @@ type ServeOptions struct {
 // Serve prepares the process (own session, child subreaper), then serves the
 // task API on opts.Listener until a Shutdown request ends it or ctx is done.
 // It removes the socket file on the way out.
+//
+// Serve installs no signal handlers: a Go program dies of SIGPIPE only when
+// a write to fd 1 or 2 finds the pipe's reader gone, so opts.Log should write
+// to a duplicate of stderr (see cmd/edged-shim) when its reader may vanish.
 func Serve(ctx context.Context, opts ServeOptions) error {
 	if err := identifiers.Validate("namespace", opts.Namespace); err != nil {
 		return err
@@ -70,11 +74,6 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	if err := reaper.SetSubreaper(); err != nil {
 		return fmt.Errorf("set child subreaper: %w", err)
 	}
-	// A vanished log reader must not kill the shim; a handler (unlike
-	// SIG_IGN) is not inherited by runc and the containers.
-	sigpipe := make(chan os.Signal, 1)
-	signal.Notify(sigpipe, unix.SIGPIPE)
-	defer signal.Stop(sigpipe)
 	log := opts.Log
 	if log == nil {
 		log = slog.Default()
@@ -193,6 +192,29 @@ func Listen(path string) (*net.UnixListener, error) {
 	return l, nil
 }
 
+// OneProcEnv marks a shim whose GOMAXPROCS=1 was set by ServeEnv on its
+// behalf: the shim removes both variables from its environment at start, so
+// that runc and the containers do not inherit them.
+const OneProcEnv = "EDGED_SHIM_ONEPROC"
+
+// ServeEnv returns env for starting the long-lived shim: unless env sets
+// GOMAXPROCS, it adds GOMAXPROCS=1 and OneProcEnv=1. The shim then runs with
+// one P from its first instruction; a shim started without it executes
+// itself once more to get there (see cmd/edged-shim).
+func ServeEnv(env []string) []string {
+	out := make([]string, 0, len(env)+2)
+	for _, kv := range env {
+		switch {
+		case strings.HasPrefix(kv, "GOMAXPROCS=") && kv != "GOMAXPROCS=":
+			return env // the caller's choice
+		case kv == "GOMAXPROCS=", strings.HasPrefix(kv, OneProcEnv+"="):
+			continue // the first entry of a name wins: drop these
+		}
+		out = append(out, kv)
+	}
+	return append(out, "GOMAXPROCS=1", OneProcEnv+"=1")
+}
+
 // StartOptions are the flags of the start subcommand.
 type StartOptions struct {
 	Namespace, ID string
@@ -291,7 +313,7 @@ func StartShim(ctx context.Context, o StartOptions) (string, error) {
 		return "", err
 	}
 	defer null.Close()
-	env := append(os.Environ(), "LISTEN_FDS=1")
+	env := ServeEnv(append(os.Environ(), "LISTEN_FDS=1"))
 	if o.TTRPCAddress != "" {
 		env = append(env, "TTRPC_ADDRESS="+o.TTRPCAddress)
 	}

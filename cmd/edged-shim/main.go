@@ -96,9 +96,7 @@ func run() int {
 	}
 
 	// The long-lived shim: keep it small.
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(1) // a P costs ~160 KiB of caches; the shim mostly waits
-	}
+	startWithOneP()
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
@@ -106,7 +104,7 @@ func run() int {
 		debug.SetMemoryLimit(24 << 20)
 	}
 	openContainerdLog()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("shim", os.Getpid())
+	log := slog.New(slog.NewTextHandler(logOutput(), &slog.HandlerOptions{Level: level})).With("shim", os.Getpid())
 	var opts shimd.ServeOptions
 	if *socket != "" {
 		l, err := shimd.Listen(*socket)
@@ -136,6 +134,40 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// startWithOneP makes the long-lived shim run with a single P from its first
+// instruction: unless GOMAXPROCS is set, it executes the shim again (same
+// pid, same file descriptors) with the environment of shimd.ServeEnv. A
+// second P would have run part of the start-up (the runtime decides where
+// the main goroutine resumes); shrinking to one P afterwards leaves its
+// half-used spans, its 16 KiB struct and their GC bookkeeping resident for
+// the shim's life, about 0.1 MiB per shim. The re-executed shim removes the
+// variables again, so runc and the containers do not inherit them.
+func startWithOneP() {
+	if os.Getenv(shimd.OneProcEnv) != "" {
+		os.Unsetenv("GOMAXPROCS")
+		os.Unsetenv(shimd.OneProcEnv)
+		return
+	}
+	if os.Getenv("GOMAXPROCS") != "" {
+		return // the caller's choice
+	}
+	_ = unix.Exec("/proc/self/exe", os.Args, shimd.ServeEnv(os.Environ()))
+	// Only reached when the exec failed: one P from here on.
+	runtime.GOMAXPROCS(1)
+}
+
+// logOutput returns a duplicate of stderr for the shim's log: when the log's
+// reader goes away, writes to it fail with EPIPE, where a write to fd 2 would
+// kill the shim with SIGPIPE (Go's rule for fds 1 and 2). The shim installs
+// no signal handler to avoid that: os/signal costs it two threads.
+func logOutput() *os.File {
+	fd, err := unix.FcntlInt(2, unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return os.Stderr
+	}
+	return os.NewFile(uintptr(fd), "stderr")
 }
 
 // openContainerdLog sends stderr to the "log" fifo containerd opens in the

@@ -131,7 +131,7 @@ func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string, on
 	defer logf.Close()
 	cmd := exec.Command(m.cfg.ShimBinary, "-namespace", ns, "-id", name, "-address", m.cfg.Address, "-state-dir", m.cfg.State)
 	cmd.ExtraFiles = []*os.File{f}
-	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "TTRPC_ADDRESS="+m.cfg.Address)
+	cmd.Env = append(shimEnv(os.Environ()), "LISTEN_FDS=1", "TTRPC_ADDRESS="+m.cfg.Address)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -238,4 +238,20 @@ func (m *Manager) deleteV2(ctx context.Context, log *slog.Logger, ns, id, bundle
 	if out, err := cmd.CombinedOutput(); err != nil {
 		log.Warn("shim delete failed", "namespace", ns, "id", id, "binary", binary, "error", err, "output", string(out))
 	}
+}
+
+// shimEnv is env for a long-lived edged-shim: one P from its first
+// instruction (GOMAXPROCS=1, whatever edged itself runs with), marked with
+// EDGED_SHIM_ONEPROC (shimd.OneProcEnv) so that the shim removes both again
+// before it starts runc, and need not execute itself once more to get a
+// single P (see cmd/edged-shim).
+func shimEnv(env []string) []string {
+	out := make([]string, 0, len(env)+4)
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "GOMAXPROCS=") || strings.HasPrefix(kv, "EDGED_SHIM_ONEPROC=") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out, "GOMAXPROCS=1", "EDGED_SHIM_ONEPROC=1")
 }

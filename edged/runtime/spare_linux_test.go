@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -208,5 +209,13 @@ func TestSpareShimDeadIsNotAdopted(t *testing.T) {
 	}
 	if _, err := os.Stat(sp.address); !os.IsNotExist(err) {
 		t.Fatalf("dead spare's socket left: %v", err)
+	}
+}
+
+func TestShimEnvOneP(t *testing.T) {
+	got := shimEnv([]string{"PATH=/bin", "GOMAXPROCS=4", "EDGED_SHIM_ONEPROC=0", "HOME=/root"})
+	want := []string{"PATH=/bin", "HOME=/root", "GOMAXPROCS=1", "EDGED_SHIM_ONEPROC=1"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("shimEnv = %q, want %q", got, want)
 	}
 }

@@ -1,8 +1,8 @@
 // Package reaper collects the exit status of every child of the shim.
 //
 // The shim is a child subreaper: container processes are re-parented to it
-// when runc exits. One goroutine reaps every child with wait4(-1, WNOHANG) on
-// SIGCHLD. Processes the shim starts itself (runc invocations) are started
+// when runc exits. One goroutine reaps every child with a blocking
+// wait4(-1). Processes the shim starts itself (runc invocations) are started
 // through Reaper.Start, which registers the pid under the same lock the
 // dispatcher takes, so their exit is handed to the code that started them and
 // never mistaken for a container exit. Every other exit goes to the handler
@@ -13,7 +13,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/signal"
 	"sync"
 	"time"
 
@@ -34,12 +33,13 @@ type Reaper struct {
 	mu      sync.Mutex
 	waiters map[int]chan Exit
 	onExit  func(Exit)
+	started chan struct{} // Start started a process (wakes an idle Run)
 }
 
 // New returns a Reaper calling onExit (from a single goroutine, in reaping
 // order) for every exit no Start caller is waiting for.
 func New(onExit func(Exit)) *Reaper {
-	return &Reaper{waiters: make(map[int]chan Exit), onExit: onExit}
+	return &Reaper{waiters: make(map[int]chan Exit), onExit: onExit, started: make(chan struct{}, 1)}
 }
 
 // SetSubreaper makes the calling process a child subreaper, so orphaned
@@ -48,23 +48,47 @@ func SetSubreaper() error {
 	return unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 }
 
-// Run reaps children until ctx is done.
+// Run reaps children until ctx is done: it waits for them in a blocking
+// wait4, so that an exit is dispatched at once and the shim needs no signal
+// handling (os/signal costs every shim two threads and a locked one). While
+// the process has no children it waits for Start, or polls with a growing
+// interval for children started otherwise. Run returns once ctx is done and
+// no child is left to wait for.
 func (r *Reaper) Run(ctx context.Context) {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, unix.SIGCHLD)
-	defer signal.Stop(sig)
-	r.Reap() // children that exited before Notify
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-sig:
-			r.Reap()
+	idle := minIdlePoll
+	for ctx.Err() == nil {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil: // ECHILD: no children
+			t := time.NewTimer(idle)
+			select {
+			case <-ctx.Done():
+			case <-r.started:
+				idle = minIdlePoll
+			case <-t.C:
+				idle = min(2*idle, maxIdlePoll)
+			}
+			t.Stop()
+			continue
+		}
+		idle = minIdlePoll
+		if ws.Exited() || ws.Signaled() {
+			r.dispatch(Exit{Pid: pid, Status: ExitCode(ws), At: time.Now()})
 		}
 	}
 }
 
-// Reap collects every child that has exited and dispatches the exits.
+// The polling interval of Run while the process has no children.
+const (
+	minIdlePoll = 10 * time.Millisecond
+	maxIdlePoll = time.Minute
+)
+
+// Reap collects, without blocking, every child that has exited and
+// dispatches the exits.
 func (r *Reaper) Reap() {
 	for {
 		var ws unix.WaitStatus
@@ -78,16 +102,20 @@ func (r *Reaper) Reap() {
 		if !ws.Exited() && !ws.Signaled() {
 			continue // stopped/continued: not an exit
 		}
-		e := Exit{Pid: pid, Status: ExitCode(ws), At: time.Now()}
-		r.mu.Lock()
-		ch, ok := r.waiters[pid]
-		delete(r.waiters, pid)
-		r.mu.Unlock()
-		if ok {
-			ch <- e // buffered
-		} else if r.onExit != nil {
-			r.onExit(e)
-		}
+		r.dispatch(Exit{Pid: pid, Status: ExitCode(ws), At: time.Now()})
+	}
+}
+
+// dispatch hands e to the Start caller waiting for it, else to onExit.
+func (r *Reaper) dispatch(e Exit) {
+	r.mu.Lock()
+	ch, ok := r.waiters[e.Pid]
+	delete(r.waiters, e.Pid)
+	r.mu.Unlock()
+	if ok {
+		ch <- e // buffered
+	} else if r.onExit != nil {
+		r.onExit(e)
 	}
 }
 
@@ -114,5 +142,9 @@ func (r *Reaper) Start(name string, argv []string, attr *os.ProcAttr) (int, <-ch
 	// The reaper, not os.Process, waits for it; release the pidfd now.
 	_ = p.Release()
 	r.waiters[pid] = ch
+	select {
+	case r.started <- struct{}{}:
+	default:
+	}
 	return pid, ch, nil
 }

@@ -54,3 +54,26 @@ func TestDispatch(t *testing.T) {
 	default:
 	}
 }
+
+// Run returns once its context is done and no child is left.
+func TestRunReturns(t *testing.T) {
+	r := New(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	null, _ := os.Open(os.DevNull)
+	defer null.Close()
+	_, ch, err := r.Start("/bin/true", []string{"true"}, &os.ProcAttr{Files: []*os.File{null, null, null}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := <-ch; e.Status != 0 {
+		t.Fatalf("exit %+v", e)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}

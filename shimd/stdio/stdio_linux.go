@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edged/edged/edged/errdefs"
@@ -63,8 +64,11 @@ type IO struct {
 	stdinPipe  *os.File // writer of the container's stdin
 	stdinMu    sync.Mutex
 	console    *os.File
-	pendingOut io.Writer      // terminal: stdout destination until AttachConsole
-	copies     sync.WaitGroup // output copies
+	pendingOut io.Writer // terminal: stdout destination until AttachConsole
+	// copies counts the output copies running, plus one until all of them
+	// are started; the last to finish closes outputDone (no goroutine
+	// waits for them).
+	copies     atomic.Int32
 	closeOnce  sync.Once
 	outputDone chan struct{}
 }
@@ -133,6 +137,7 @@ func parse(field, s string) (kind int, path string, maxSize int64, maxFiles int,
 // processes, the pipes whose other ends go to the container (ChildFiles).
 func New(cfg Config, bufs *Buffers, log *slog.Logger) (_ *IO, err error) {
 	p := &IO{cfg: cfg, bufs: bufs, log: log, outputDone: make(chan struct{})}
+	p.copies.Store(1) // released once the copies are started
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -206,10 +211,7 @@ func New(cfg Config, bufs *Buffers, log *slog.Logger) (_ *IO, err error) {
 			}
 		}
 	}
-	go func() {
-		p.copies.Wait()
-		close(p.outputDone)
-	}()
+	p.copyDone()
 	return p, nil
 }
 
@@ -309,10 +311,17 @@ func (p *IO) copy(w io.Writer, r io.Reader) {
 	}
 }
 
+// copyDone ends one output copy, or the start of the copies.
+func (p *IO) copyDone() {
+	if p.copies.Add(-1) == 0 {
+		close(p.outputDone)
+	}
+}
+
 func (p *IO) startCopy(w io.Writer, r io.Reader) {
 	p.copies.Add(1)
 	go func() {
-		defer p.copies.Done()
+		defer p.copyDone()
 		p.copy(w, r)
 		if c, ok := w.(*os.File); ok {
 			// The reader sees EOF once the container's output ended.
@@ -352,10 +361,7 @@ func (p *IO) AttachConsole(master *os.File) {
 	if p.pendingOut != nil {
 		p.startCopy(p.pendingOut, master)
 	}
-	go func() {
-		p.copies.Wait()
-		close(p.outputDone)
-	}()
+	p.copyDone()
 }
 
 // Resize sets the terminal's window size.
