@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -101,8 +102,9 @@ type watch struct {
 type Monitor struct {
 	handler func(Event)
 	epfd    int
-	ifd     int // inotify
-	wakefd  int // eventfd
+	epf     *os.File // epfd in the Go runtime's poller: Run waits without a thread
+	ifd     int      // inotify
+	wakefd  int      // eventfd
 
 	wakeMu sync.Mutex // guards the use and closing of wakefd
 
@@ -134,6 +136,14 @@ func New(handler func(Event)) (*Monitor, error) {
 	if m.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
+	// Non-blocking, the epoll fd goes into the runtime's own poller
+	// (os.NewFile), where Run waits for it to become readable: a blocking
+	// epoll_wait would hold an OS thread (and its stacks) for the shim's life.
+	if err := unix.SetNonblock(m.epfd, true); err != nil {
+		unix.Close(m.epfd)
+		return nil, fmt.Errorf("epoll fd: %w", err)
+	}
+	m.epf = os.NewFile(uintptr(m.epfd), "oom-epoll")
 	if m.ifd, err = unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC); err != nil {
 		m.closeFds()
 		return nil, fmt.Errorf("inotify_init1: %w", err)
@@ -171,7 +181,11 @@ func (m *Monitor) closeFds() {
 	// A context's AfterFunc may be calling wake right now.
 	m.wakeMu.Lock()
 	defer m.wakeMu.Unlock()
-	for _, fd := range []*int{&m.epfd, &m.ifd, &m.wakefd} {
+	if m.epf != nil {
+		m.epf.Close() // closes epfd
+		m.epf, m.epfd = nil, -1
+	}
+	for _, fd := range []*int{&m.ifd, &m.wakefd} {
 		if *fd >= 0 {
 			unix.Close(*fd)
 			*fd = -1
@@ -362,16 +376,17 @@ func (m *Monitor) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, m.wake)
 	defer stop()
 
+	rc, err := m.epf.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("oom monitor: %w", err)
+	}
 	var evs [64]unix.EpollEvent
 	var out []Event
 	for {
-		n, err := unix.EpollWait(m.epfd, evs[:], m.timeout())
+		n, err := m.wait(rc, evs[:])
 		m.wakeups.Add(1)
-		if err == unix.EINTR {
-			continue
-		}
 		if err != nil {
-			return fmt.Errorf("epoll_wait: %w", err)
+			return err
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -400,6 +415,48 @@ func (m *Monitor) Run(ctx context.Context) error {
 		for _, e := range out {
 			m.handler(e)
 		}
+	}
+}
+
+// wait returns the ready events, waiting in the runtime's poller until the
+// epoll fd is readable or a v1 re-read is due (then it returns none).
+func (m *Monitor) wait(rc syscall.RawConn, evs []unix.EpollEvent) (int, error) {
+	n, err := epollNow(m.epfd, evs)
+	if n > 0 || err != nil {
+		return n, err
+	}
+	timeout := m.timeout()
+	if timeout == 0 {
+		return 0, nil
+	}
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(time.Duration(timeout) * time.Millisecond)
+	}
+	if err := m.epf.SetReadDeadline(deadline); err != nil {
+		return 0, fmt.Errorf("epoll fd deadline: %w", err)
+	}
+	rerr := rc.Read(func(fd uintptr) bool {
+		n, err = epollNow(int(fd), evs)
+		return n > 0 || err != nil
+	})
+	if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
+		return 0, fmt.Errorf("epoll wait: %w", rerr)
+	}
+	return n, err
+}
+
+// epollNow is a non-blocking epoll_wait.
+func epollNow(epfd int, evs []unix.EpollEvent) (int, error) {
+	for {
+		n, err := unix.EpollWait(epfd, evs, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("epoll_wait: %w", err)
+		}
+		return n, nil
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -404,6 +405,24 @@ func TestIdle(t *testing.T) {
 	time.Sleep(time.Second)
 	if n := mon.wakeups.Load() - before; n != 0 {
 		t.Fatalf("idle loop woke %d times in 1s", n)
+	}
+	// While idle, Run waits in the runtime's poller ("IO wait"), not in a
+	// blocking epoll_wait that holds an OS thread ("syscall").
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	found := false
+	for _, g := range strings.Split(stacks, "\n\n") {
+		if !strings.Contains(g, "oom.(*Monitor).Run") {
+			continue
+		}
+		found = true
+		header, _, _ := strings.Cut(g, "\n")
+		if !strings.Contains(header, "[IO wait") {
+			t.Fatalf("idle Run goroutine is %q, want IO wait:\n%s", header, g)
+		}
+	}
+	if !found {
+		t.Fatalf("no Run goroutine in:\n%s", stacks)
 	}
 }
 

@@ -9,15 +9,32 @@
 package identifiers
 
 import (
-	"regexp"
-
 	"github.com/edged/edged/edged/errdefs"
 )
 
 // MaxLength is the longest ID accepted.
 const MaxLength = 76
 
-var rule = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+// Pattern is the rule as a regular expression, for messages and documents.
+// Validate checks it by hand: the shim links this package, and a compiled
+// regexp costs every shim its package-init allocations.
+const Pattern = `^[A-Za-z0-9][A-Za-z0-9_.-]*$`
+
+func alnum(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
+}
+
+func matches(id string) bool {
+	if id == "" || !alnum(id[0]) {
+		return false
+	}
+	for i := 1; i < len(id); i++ {
+		if c := id[i]; !alnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
 
 // Validate returns nil when id follows the rule, and otherwise an
 // errdefs.ErrInvalidArgument error whose message names field.
@@ -27,8 +44,8 @@ func Validate(field, id string) error {
 		return errdefs.InvalidArgument(field, "must not be empty")
 	case len(id) > MaxLength:
 		return errdefs.InvalidArgument(field, "%d characters is longer than the maximum of %d", len(id), MaxLength)
-	case !rule.MatchString(id):
-		return errdefs.InvalidArgument(field, "%q must match %s (letters, digits, '_', '.', '-'; starting with a letter or digit)", id, rule.String())
+	case !matches(id):
+		return errdefs.InvalidArgument(field, "%q must match %s (letters, digits, '_', '.', '-'; starting with a letter or digit)", id, Pattern)
 	}
 	return nil
 }
