@@ -13,6 +13,10 @@ import (
 // still bounds the heap when no trim runs.
 const trimMinGarbage = 512 << 10
 
+// trimHeap reads the heap with runtime/metrics, not runtime.ReadMemStats:
+// ReadMemStats flushes every mcache like a collection does, which costs a
+// shim the same span-set bookkeeping (measured: +0.39 MiB USS per shim).
+//
 // trimHeap returns the garbage of a burst of lifecycle calls to the OS once
 // there is enough of it (see trimMinGarbage).
 func trimHeap() {
