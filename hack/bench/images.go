@@ -26,9 +26,9 @@ const (
 	// peakIdle is the pause before each run whose peak RSS is budgeted: an
 	// import or pull on a device starts from an idle edged, which has
 	// given its memory back ([memory] idle_release, 1 s by default).
-	peakIdle = 1500 * time.Millisecond
-	budgetWrittenPerByte   = 2.1 // disk bytes written per imported archive byte
-	budgetWrittenDiscard   = 1.1 // the same with [images] discard_layers = true
+	peakIdle             = 1500 * time.Millisecond
+	budgetWrittenPerByte = 2.1 // disk bytes written per imported archive byte
+	budgetWrittenDiscard = 1.1 // the same with [images] discard_layers = true
 
 	bigLayerBytes = 100 << 20
 	smallReps     = 10
