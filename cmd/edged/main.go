@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -92,6 +93,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	// A small heap target: edged idles in a few MiB on devices with 256 MB.
 	debug.SetGCPercent(50)
+	if cfg.MaxProcs > 0 && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(cfg.MaxProcs)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

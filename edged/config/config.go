@@ -19,9 +19,12 @@ import (
 
 // Config is edged's configuration.
 type Config struct {
-	Root     string   `toml:"root"`
-	State    string   `toml:"state"`
-	Address  string   `toml:"address"`
+	Root    string `toml:"root"`
+	State   string `toml:"state"`
+	Address string `toml:"address"`
+	// MaxProcs caps the threads running edged's Go code at once
+	// (GOMAXPROCS); 0 is one per CPU. The GOMAXPROCS variable overrides it.
+	MaxProcs int      `toml:"max_procs"`
 	Log      Log      `toml:"log"`
 	API      API      `toml:"api"`
 	Metadata Metadata `toml:"metadata"`
@@ -203,6 +206,9 @@ func (c *Config) Validate() error {
 	}
 	if p := c.Cgroups.Parent; p == "" || p[0] != '/' || path.Clean(p) != p || p == "/" {
 		return errdefs.InvalidArgument("cgroups.parent", "%q must be a clean absolute cgroup path other than /", p)
+	}
+	if c.MaxProcs < 0 {
+		return errdefs.InvalidArgument("max_procs", "%d must not be negative", c.MaxProcs)
 	}
 	if c.Memory.IdleRelease.Duration < 0 {
 		return errdefs.InvalidArgument("memory.idle_release", "must not be negative")

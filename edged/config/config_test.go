@@ -45,6 +45,8 @@ func TestLoadErrors(t *testing.T) {
 		"[api]\ndefault_timeout = \"soon\"\n": "invalid duration",
 		"root = [\n":                          "config",
 		"[events]\nsubscriber_queue = 0\n":    "events.subscriber_queue",
+		"max_procs = -1\n":                    "max_procs: -1 must not be negative",
+		"[memory]\nidle_release = \"-1s\"\n":  "memory.idle_release: must not be negative",
 	}
 	i := 0
 	for text, want := range cases {
