@@ -249,23 +249,18 @@ func lastLogError(path string) string {
 
 // Create runs `runc create`.
 func (r *Runc) Create(ctx context.Context, id, bundle string, o CreateOpts) error {
-	args := []string{"create", "--bundle", bundle, "--pid-file", o.PidFile}
-	if o.ConsoleSocket != "" {
-		args = append(args, "--console-socket", o.ConsoleSocket)
-	}
-	if o.NoPivot {
-		args = append(args, "--no-pivot")
-	}
-	if o.NoNewKeyring {
-		args = append(args, "--no-new-keyring")
-	}
-	return r.runDetached(o.Stdio, o.LogFile, append(args, id)...)
+	return r.runDetached(o.Stdio, o.LogFile, o.args([]string{"create"}, id, bundle)...)
 }
 
 // Run runs `runc run --detach`: create and start in one invocation. The
 // container's process runs (and may have exited) when it returns.
 func (r *Runc) Run(ctx context.Context, id, bundle string, o CreateOpts) error {
-	args := []string{"run", "--detach", "--bundle", bundle, "--pid-file", o.PidFile}
+	return r.runDetached(o.Stdio, o.LogFile, o.args([]string{"run", "--detach"}, id, bundle)...)
+}
+
+// args appends the flags of o, the bundle and id to the command cmd.
+func (o CreateOpts) args(cmd []string, id, bundle string) []string {
+	args := append(cmd, "--bundle", bundle, "--pid-file", o.PidFile)
 	if o.ConsoleSocket != "" {
 		args = append(args, "--console-socket", o.ConsoleSocket)
 	}
@@ -275,7 +270,7 @@ func (r *Runc) Run(ctx context.Context, id, bundle string, o CreateOpts) error {
 	if o.NoNewKeyring {
 		args = append(args, "--no-new-keyring")
 	}
-	return r.runDetached(o.Stdio, o.LogFile, append(args, id)...)
+	return append(args, id)
 }
 
 // Exec runs `runc exec --detach` with the process spec in processFile.
