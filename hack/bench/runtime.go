@@ -92,10 +92,11 @@ func runtimeSection(ctx context.Context, e *Env) ([]Row, error) {
 		info("runc run true, median", measure.Ms(medBare), "ms").with("30 ms (issue)", ""),
 	}
 
-	// Detached start latency and disk writes per lifecycle.
-	// More cycles on tmpfs: there only the metadata's writes count, and
-	// SQLite's checkpoints (one per ~1000 WAL pages) must be averaged in.
-	const cycles, tmpfsCycles = 20, 60
+	// Detached start latency and disk writes per lifecycle. Periodic
+	// writes (SQLite's checkpoints, one per ~1000 WAL pages) must be
+	// averaged in: runs of 20 lifecycles showed 22 to 32 KiB per
+	// lifecycle depending on what fell into them; 80 average them out.
+	const cycles, tmpfsCycles = 80, 80
 	lc, err := lifecycles(edgectl, d.PID(), rootfs, cycles)
 	if err != nil {
 		return rows, err
