@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -256,19 +257,7 @@ func TestRuncPrivilegedHostNetwork(t *testing.T) {
 	bundle, rootfs := busyboxBundle(t)
 	parent := fmt.Sprintf("edged-ocitest-%d-priv", os.Getpid())
 	t.Cleanup(func() { removeCgroupTree(t, parent) })
-	hostNet, err := os.ReadFile("/proc/net/dev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var hostIfaces []string
-	for _, line := range strings.Split(string(hostNet), "\n")[2:] {
-		if name, _, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && name != "lo" {
-			hostIfaces = append(hostIfaces, name)
-		}
-	}
-	if len(hostIfaces) == 0 {
-		t.Fatal("the host has no network interface besides lo; cannot tell host network from a new one")
-	}
+	hostIfacesBefore := hostInterfaces(t)
 	script := strings.Join([]string{
 		"busybox grep CapEff /proc/self/status",
 		"if busybox mount -t tmpfs none /tmp; then echo mount=allowed; fi",
@@ -292,6 +281,18 @@ func TestRuncPrivilegedHostNetwork(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit code %d:\n%s", code, out)
 	}
+	// The host's interfaces that existed all along (other tests running in
+	// parallel add and remove veths) must all be visible inside.
+	var hostIfaces []string
+	after := hostInterfaces(t)
+	for _, name := range hostIfacesBefore {
+		if slices.Contains(after, name) {
+			hostIfaces = append(hostIfaces, name)
+		}
+	}
+	if len(hostIfaces) == 0 {
+		t.Fatal("the host has no lasting network interface besides lo; cannot tell host network from a new one")
+	}
 	// Every capability this process holds in its bounding set (a sandbox
 	// may have removed some), and no more.
 	wantCapEff := fmt.Sprintf("CapEff:\t%016x", grantableCaps())
@@ -300,6 +301,23 @@ func TestRuncPrivilegedHostNetwork(t *testing.T) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
+}
+
+// hostInterfaces lists the network interfaces of this (the host's) network
+// namespace, without lo.
+func hostInterfaces(t *testing.T) []string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/net/dev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(data), "\n")[2:] {
+		if name, _, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && name != "lo" {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 func writeFile(t *testing.T, name, content string) {
