@@ -159,16 +159,22 @@ func TestBearerTokenExpiry(t *testing.T) {
 	ctx := ctxTimeout(t)
 	res := plainResolver(t, "", gate.addr)
 	ref := gate.addr + "/team/app:v1"
+	start := time.Now()
 	if _, _, err := Pull(ctx, ref, newStore(t), PullOptions{Resolver: res}); err != nil {
 		t.Fatal(err)
 	}
 	n := gate.fetchCount()
-	time.Sleep(1100 * time.Millisecond)
+	// Within the token's lifetime one token serves every request; a pull
+	// slowed past it by a loaded host may fetch another, legitimately.
+	if time.Since(start) < time.Second && n != 1 {
+		t.Fatalf("a pull within the token's lifetime fetched %d tokens, want 1", n)
+	}
+	time.Sleep(time.Until(start.Add(1100 * time.Millisecond)))
 	if _, _, err := Pull(ctx, ref, newStore(t), PullOptions{Resolver: res}); err != nil {
 		t.Fatal(err)
 	}
-	if gate.fetchCount() != n+1 {
-		t.Fatalf("token requests %d -> %d, want one more after expiry", n, gate.fetchCount())
+	if gate.fetchCount() <= n {
+		t.Fatalf("token requests %d -> %d, want a new token after expiry", n, gate.fetchCount())
 	}
 }
 

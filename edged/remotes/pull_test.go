@@ -646,7 +646,14 @@ func TestPullStalledConnection(t *testing.T) {
 			ranges = append(ranges, r.Range)
 		}
 	}
-	if len(ranges) != 2 || ranges[0] != "" || !strings.HasPrefix(ranges[1], "bytes=") || ranges[1] == "bytes=0-" {
-		t.Fatalf("ranges %q", ranges)
+	// One stall, so one resume; a host loaded enough to starve the
+	// transfer for IdleTimeout may add more, each of them a resume too.
+	if len(ranges) < 2 || ranges[0] != "" {
+		t.Fatalf("ranges %q: want the first request whole, then resumes", ranges)
+	}
+	for _, r := range ranges[1:] {
+		if !strings.HasPrefix(r, "bytes=") || r == "bytes=0-" {
+			t.Fatalf("ranges %q: a retry restarted instead of resuming", ranges)
+		}
 	}
 }
