@@ -2,12 +2,14 @@ package shimd_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containerd/ttrpc"
 	"github.com/gogo/protobuf/types"
 	"golang.org/x/sys/unix"
 
@@ -125,8 +127,10 @@ func TestEchoFifoOverlayAndEvents(t *testing.T) {
 	} else {
 		wantErr(t, err, errdefs.ErrNotFound, id)
 	}
-	// No container left: Shutdown ends the shim.
-	if _, err := s.task.Shutdown(ctxT(t, 5*time.Second), &taskapi.ShutdownRequest{Id: id}); err != nil {
+	// No container left: Shutdown ends the shim. The reply may lose the
+	// race with the shim closing the connection (containerd, too, takes
+	// ttrpc.ErrClosed from Shutdown as success); the exit is what counts.
+	if _, err := s.task.Shutdown(ctxT(t, 5*time.Second), &taskapi.ShutdownRequest{Id: id}); err != nil && !errors.Is(err, ttrpc.ErrClosed) {
 		t.Fatal(err)
 	}
 	if !s.exited(5 * time.Second) {
