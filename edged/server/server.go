@@ -79,6 +79,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	// Idleness after requests returns the heap they grew and the code
 	// pages they mapped.
 	trim := newIdleTrimmer(cfg.Memory.IdleRelease.Duration, idleRelease(log, cfg.Memory.PageOutCode))
+	defer func() {
+		if err != nil {
+			trim.stop()
+		}
+	}()
 	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(
 		unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim)))
 	if err != nil {
