@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -23,83 +22,28 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/edged/edged/fsstore/content"
+	"github.com/edged/edged/internal/testutil/registry"
 )
 
-// ---- real registry (Debian docker-registry) ----
+// ---- real registry (Debian docker-registry, internal/testutil/registry) ----
 
 type testRegistry struct {
 	addr string // 127.0.0.1:port
-	root string // filesystem storage
+	reg  *registry.Registry
 }
 
 // startRegistry runs docker-registry on a free 127.0.0.1 port with its
 // storage in a temporary directory; htpasswd, when set, enables basic auth.
 func startRegistry(t testing.TB, htpasswd string) *testRegistry {
 	t.Helper()
-	bin, err := exec.LookPath("docker-registry")
-	if err != nil {
-		t.Skip("docker-registry not installed (apt-get install docker-registry)")
-	}
-	dir := t.TempDir()
-	addr := freeAddr(t)
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n  secret: edged-test-secret\n",
-		filepath.Join(dir, "data"), addr)
-	if htpasswd != "" {
-		hp := filepath.Join(dir, "htpasswd")
-		if err := os.WriteFile(hp, []byte(htpasswd), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: edged-test\n    path: %s\n", hp)
-	}
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "registry.log"))
-			t.Fatalf("registry did not start: %v\n%s", err, log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return &testRegistry{addr: addr, root: filepath.Join(dir, "data")}
+	r := registry.Start(t, htpasswd)
+	return &testRegistry{addr: r.Addr, reg: r}
 }
 
 // blobPath is where the registry keeps a blob's bytes.
-func (r *testRegistry) blobPath(d digest.Digest) string {
-	h := d.Encoded()
-	return filepath.Join(r.root, "docker/registry/v2/blobs/sha256", h[:2], h, "data")
-}
+func (r *testRegistry) blobPath(d digest.Digest) string { return r.reg.BlobPath(d) }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t testing.TB) string { return registry.FreeAddr(t) }
 
 // ---- OCI layout builder ----
 
