@@ -254,7 +254,10 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		}
 		return 0, err
 	}
+	// Under m.mu: get and List read t.shim of a reserved task concurrently.
+	m.mu.Lock()
 	t.shim, t.Address, t.ShimPid, t.Binary, t.Native = sc, sc.address, sc.pid, sc.binary, sc.native
+	m.mu.Unlock()
 	sc.mu.Lock()
 	sc.refs[id] = true
 	sc.mu.Unlock()
