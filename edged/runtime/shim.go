@@ -51,14 +51,24 @@ type shimConn struct {
 	// when the shim is let go or found dead, not by a goroutine blocked in
 	// wait4 for the shim's whole life (each such goroutine pins an OS
 	// thread: 50 containers cost 50 threads).
-	cmd *exec.Cmd
+	cmd      *exec.Cmd
+	reapOnce sync.Once
+	reaped   chan struct{} // closed once cmd's exit is collected
 }
 
-// reap collects the shim process's exit once it is gone.
+// reap collects the shim process's exit once it is gone. It may be called
+// more than once (a released shim is also found dead when its connection
+// closes); the process is waited for once.
 func (s *shimConn) reap() {
-	if s.cmd != nil {
-		go s.cmd.Wait()
+	if s.cmd == nil {
+		return
 	}
+	s.reapOnce.Do(func() {
+		go func() {
+			s.cmd.Wait()
+			close(s.reaped)
+		}()
+	})
 }
 
 func (s *shimConn) closeClient() {
@@ -152,7 +162,7 @@ func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string, on
 		os.Remove(logPath)
 		return nil, err
 	}
-	return &shimConn{ns: ns, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}, cmd: cmd}, nil
+	return &shimConn{ns: ns, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}, cmd: cmd, reaped: make(chan struct{})}, nil
 }
 
 // socketPath names the socket of a shim group: a hash keeps the path short

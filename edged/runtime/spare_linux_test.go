@@ -65,17 +65,19 @@ func waitSpare(t *testing.T, m *Manager, ns string) *shimConn {
 
 // killIfRunning kills a shim a failed test left running.
 func killIfRunning(sc *shimConn) {
-	if sc.cmd.ProcessState == nil {
+	select {
+	case <-sc.reaped:
+	default:
 		syscall.Kill(sc.pid, syscall.SIGKILL)
 	}
 }
 
+// waitExit waits until the manager has reaped the shim.
 func waitExit(t *testing.T, sc *shimConn) {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- sc.cmd.Wait() }()
+	sc.reap() // a no-op when the manager already reaps it
 	select {
-	case <-done:
+	case <-sc.reaped:
 	case <-time.After(10 * time.Second):
 		syscall.Kill(sc.pid, syscall.SIGKILL)
 		t.Fatalf("shim %d still runs", sc.pid)
