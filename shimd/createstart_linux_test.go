@@ -105,4 +105,7 @@ func TestCreateAndStartFailureLeavesNothing(t *testing.T) {
 	_, err = s.task.Create(ctxT(t, 10*time.Second), &taskapi.CreateTaskRequest{Id: id, Bundle: b,
 		Options: &types.Any{TypeUrl: "edged.shim.v1.CreateAndStart", Value: []byte{0xff}}})
 	wantErr(t, err, errdefs.ErrInvalidArgument, "decode edged.shim.v1.CreateAndStart")
+	_, err = s.task.Create(ctxT(t, 10*time.Second), &taskapi.CreateTaskRequest{Id: id, Bundle: b,
+		Options: &types.Any{TypeUrl: "example.com/Unknown"}})
+	wantErr(t, err, errdefs.ErrInvalidArgument, `unsupported type "example.com/Unknown" (want containerd.runc.v1.Options, edged.shim.v1.Options or edged.shim.v1.CreateAndStart)`)
 }
