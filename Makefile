@@ -18,7 +18,7 @@ LDFLAGS    := -s -w -X github.com/edged/edged/internal/buildinfo.Version=$(VERSI
 # downloads), so the HTTP/2 code is left out of the binaries.
 GOTAGS     := nethttpomithttp2
 GOBUILD    := CGO_ENABLED=0 $(GO) build -trimpath -tags $(GOTAGS) -ldflags "$(LDFLAGS)"
-COMMANDS   := edged edgectl edged-shim
+COMMANDS   := edged edgectl edged-shim edged-remote
 # Debian packages the tests and benchmarks use.
 APT_PACKAGES := runc protobuf-compiler systemd busybox-static containerd skopeo docker-registry \
 	qemu-system-x86 linux-image-amd64 cpio kmod xz-utils containernetworking-plugins iptables iproute2 \

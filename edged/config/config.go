@@ -56,6 +56,9 @@ type Images struct {
 	// DockerConfig is a docker-style config.json with registry
 	// credentials; "" is $DOCKER_CONFIG/config.json or ~/.docker/config.json.
 	DockerConfig string `toml:"docker_config"`
+	// RegistryHelper is the edged-remote binary that runs registry pulls
+	// and pushes; "" is the one next to edged, else from PATH.
+	RegistryHelper string `toml:"registry_helper"`
 }
 
 // Registry is the configuration of one registry host.
@@ -231,7 +234,7 @@ func (im *Images) validate() error {
 	default:
 		return errdefs.InvalidArgument("images.snapshotter", "%q must be \"overlayfs\", \"native\" or empty", im.Snapshotter)
 	}
-	for field, p := range map[string]string{"images.import_dir": im.ImportDir, "images.docker_config": im.DockerConfig} {
+	for field, p := range map[string]string{"images.import_dir": im.ImportDir, "images.docker_config": im.DockerConfig, "images.registry_helper": im.RegistryHelper} {
 		if p != "" && !filepath.IsAbs(p) {
 			return errdefs.InvalidArgument(field, "%q must be an absolute path", p)
 		}

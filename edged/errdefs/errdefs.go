@@ -110,3 +110,33 @@ type wireError struct {
 
 func (e *wireError) Error() string { return e.msg + ": " + e.kind.Error() }
 func (e *wireError) Unwrap() error { return e.kind }
+
+// Code names err's kind ("not found", "invalid argument", ...; "unknown"
+// when it wraps none), to carry an error across a process boundary in a
+// text protocol; FromCode reverses it.
+func Code(err error) string {
+	for _, k := range kinds {
+		if errors.Is(err, k.err) {
+			return k.err.Error()
+		}
+	}
+	return ErrUnknown.Error()
+}
+
+// FromCode rebuilds an error from its Code and message (err.Error() on the
+// sending side), so that errors.Is works on the receiving side. An
+// unknown code gives an ErrUnknown.
+func FromCode(code, msg string) error {
+	kind := ErrUnknown
+	for _, k := range kinds {
+		if k.err.Error() == code {
+			kind = k.err
+			break
+		}
+	}
+	msg = strings.TrimSuffix(msg, ": "+kind.Error())
+	if msg == "" || msg == kind.Error() {
+		return kind
+	}
+	return &wireError{msg: msg, kind: kind}
+}

@@ -14,7 +14,7 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/images/platforms"
 	"github.com/edged/edged/edged/metadata"
-	"github.com/edged/edged/edged/remotes"
+	"github.com/edged/edged/edged/registry"
 )
 
 // LabelPullLease marks the lease of a registry pull; its value is the
@@ -33,22 +33,14 @@ type PullOptions struct {
 	Platform string
 	// SkipUnpack only fetches the content.
 	SkipUnpack bool
-	// Resolver holds the registry configuration and credentials; nil
-	// means defaults (HTTPS, $DOCKER_CONFIG credentials).
-	Resolver *remotes.Resolver
+	// Credentials, when set, authenticate to the reference's registry
+	// instead of the docker config.
+	Credentials *registry.Credentials
 	// Progress receives per-blob events, one at a time.
-	Progress func(remotes.ProgressEvent)
+	Progress func(registry.ProgressEvent)
 	// Retries and RetryBackoff tune the registry client (0: defaults).
 	Retries      int
 	RetryBackoff time.Duration
-}
-
-// matcherAdapter lets a platforms.Matcher select registry manifests.
-type matcherAdapter struct{ m platforms.Matcher }
-
-func (a matcherAdapter) Match(p ocispec.Platform) bool { return a.m.Match(p) }
-func (a matcherAdapter) Less(x, y ocispec.Platform) bool {
-	return a.m.Rank(x) < a.m.Rank(y)
 }
 
 func (s *Service) matcher(platform string) (platforms.Matcher, error) {
@@ -117,10 +109,13 @@ func (s *Service) Pull(ctx context.Context, ns, ref string, opts PullOptions) (m
 			l.release()
 		}
 	}()
-	root, mdesc, err := remotes.Pull(ctx, name, s.cs, remotes.PullOptions{
-		Platform:     matcherAdapter{match},
+	if s.opts.Registry == nil {
+		return metadata.Image{}, fmt.Errorf("pull %s: no registry access configured: %w", name, errdefs.ErrNotImplemented)
+	}
+	root, mdesc, err := s.opts.Registry.Pull(ctx, s.cs.Root(), name, registry.PullOptions{
+		Platform:     match.String(),
+		Credentials:  opts.Credentials,
 		Progress:     opts.Progress,
-		Resolver:     opts.Resolver,
 		Retries:      opts.Retries,
 		RetryBackoff: opts.RetryBackoff,
 		BeforeBlob: func(ctx context.Context, d ocispec.Descriptor) error {
@@ -197,10 +192,11 @@ func checkManifest(pm *planManifest) error {
 
 // PushOptions tune Push.
 type PushOptions struct {
-	// Resolver holds the registry configuration and credentials.
-	Resolver *remotes.Resolver
+	// Credentials, when set, authenticate to the remote reference's
+	// registry instead of the docker config.
+	Credentials *registry.Credentials
 	// Progress receives per-blob events, one at a time.
-	Progress func(remotes.ProgressEvent)
+	Progress func(registry.ProgressEvent)
 	// ChunkSize > 0 uploads blobs in chunks of this size.
 	ChunkSize int64
 }
@@ -241,5 +237,8 @@ func (s *Service) Push(ctx context.Context, ns, name, remoteRef string, opts Pus
 		return fmt.Errorf("image %q: its layer blobs were discarded after unpacking (discard_layers is on); pull it again to push it: %w", im.Name, errdefs.ErrFailedPrecondition)
 	}
 	target := ocispec.Descriptor{MediaType: im.Target.MediaType, Digest: digest.Digest(im.Target.Digest), Size: im.Target.Size}
-	return remotes.Push(ctx, remote, target, s.cs, remotes.PushOptions{Resolver: opts.Resolver, Progress: opts.Progress, ChunkSize: opts.ChunkSize})
+	if s.opts.Registry == nil {
+		return fmt.Errorf("push %s: no registry access configured: %w", remote, errdefs.ErrNotImplemented)
+	}
+	return s.opts.Registry.Push(ctx, s.cs.Root(), remote, target, registry.PushOptions{Credentials: opts.Credentials, Progress: opts.Progress, ChunkSize: opts.ChunkSize})
 }

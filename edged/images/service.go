@@ -51,6 +51,7 @@ import (
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images/platforms"
 	"github.com/edged/edged/edged/metadata"
+	"github.com/edged/edged/edged/registry"
 	"github.com/edged/edged/fsstore/content"
 	"github.com/edged/edged/fsstore/snapshots"
 )
@@ -100,6 +101,9 @@ type Options struct {
 	Platform string
 	// Logger receives GC and import-dir messages; default slog.Default().
 	Logger *slog.Logger
+	// Registry runs registry pulls and pushes (in the edged-remote helper);
+	// nil means Pull and Push fail with ErrNotImplemented.
+	Registry *registry.Client
 }
 
 // Service imports, unpacks, exports and collects images. It is safe for

@@ -17,8 +17,8 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
-	// EDGED_TEST_BIN names a directory with prebuilt edged, edgectl and
-	// edged-shim (make test-vm: the VM has no writable Go cache).
+	// EDGED_TEST_BIN names a directory with prebuilt edged, edgectl,
+	// edged-shim and edged-remote (make test-vm: the VM has no writable Go cache).
 	if dir := os.Getenv("EDGED_TEST_BIN"); dir != "" {
 		binDir = dir
 		os.Exit(m.Run())
@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	if err := testutil.Binaries(dir, "edged", "edgectl", "edged-shim"); err != nil {
+	if err := testutil.Binaries(dir, "edged", "edgectl", "edged-shim", "edged-remote"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

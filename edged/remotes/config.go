@@ -7,27 +7,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/registry"
 )
-
-// RegistryConfig is the per-registry configuration, keyed by registry host
-// ("docker.io", "host:5000") in ResolverConfig.Registries.
-type RegistryConfig struct {
-	// Mirrors are tried in order for pulls before the origin. Each is
-	// "host[:port]" (HTTPS) or "http(s)://host[:port][/path]"; requests go to
-	// <mirror>/v2/<repository>/.... Pushes always go to the origin.
-	Mirrors []string
-	// Insecure skips TLS certificate verification for the origin and its
-	// mirrors.
-	Insecure bool
-	// PlainHTTP talks plain HTTP to the origin.
-	PlainHTTP bool
-}
 
 // ResolverConfig configures a Resolver.
 type ResolverConfig struct {
@@ -40,19 +26,6 @@ type ResolverConfig struct {
 	DockerConfig string
 	// UserAgent is sent with every request; empty means "edged".
 	UserAgent string
-}
-
-// Credentials authenticate to one registry host.
-type Credentials struct {
-	Username string
-	Password string
-	// IdentityToken is an OAuth2 refresh token (docker's "identitytoken"),
-	// exchanged at the token endpoint.
-	IdentityToken string
-}
-
-func (c Credentials) empty() bool {
-	return c.Username == "" && c.Password == "" && c.IdentityToken == ""
 }
 
 // maxDockerConfigSize bounds config.json.
@@ -116,37 +89,21 @@ func loadDockerConfig(path string) (*dockerConfig, error) {
 		return nil, errdefs.InvalidArgument("docker config", "%s: %v", path, err)
 	}
 	for k, v := range raw.Auths {
-		c.auths[normalizeAuthKey(k)] = v
+		c.auths[registry.NormalizeHost(k)] = v
 	}
 	c.credsStore = raw.CredsStore
 	c.credHelpers = map[string]string{}
 	for k, v := range raw.CredHelpers {
-		c.credHelpers[normalizeAuthKey(k)] = v
+		c.credHelpers[registry.NormalizeHost(k)] = v
 	}
 	return c, nil
-}
-
-// normalizeAuthKey maps "https://index.docker.io/v1/" and friends to a
-// registry host as used in references.
-func normalizeAuthKey(k string) string {
-	if strings.Contains(k, "://") {
-		if u, err := url.Parse(k); err == nil {
-			k = u.Host
-		}
-	}
-	k, _, _ = strings.Cut(k, "/")
-	switch k {
-	case "index.docker.io", DockerHubHost:
-		return DockerHub
-	}
-	return k
 }
 
 // credentials returns the credentials for a registry host; empty ones mean
 // anonymous. A host whose credentials live in a credential helper is an
 // ErrNotImplemented error: helpers are not supported.
 func (c *dockerConfig) credentials(host string) (Credentials, error) {
-	host = normalizeAuthKey(host)
+	host = registry.NormalizeHost(host)
 	if h, ok := c.credHelpers[host]; ok {
 		return Credentials{}, fmt.Errorf("credentials for %s: credential helper %q (credHelpers in %s) is not supported by edged; put the credentials under \"auths\" instead: %w",
 			host, "docker-credential-"+h, c.path, errdefs.ErrNotImplemented)
@@ -167,7 +124,7 @@ func (c *dockerConfig) credentials(host string) (Credentials, error) {
 		}
 		cr.Username, cr.Password = user, pass
 	}
-	if cr.empty() && c.credsStore != "" {
+	if cr.Empty() && c.credsStore != "" {
 		return Credentials{}, fmt.Errorf("credentials for %s: credential store %q (credsStore in %s) is not supported by edged; put the credentials under \"auths\" instead: %w",
 			host, "docker-credential-"+c.credsStore, c.path, errdefs.ErrNotImplemented)
 	}

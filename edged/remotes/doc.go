@@ -2,6 +2,10 @@
 // registries (HTTPS, or plain HTTP when configured), reading and writing
 // blobs in an fsstore/content Store.
 //
+// It runs in edged-remote, the helper edged starts for each pull or push
+// (Serve is the helper's side of the protocol in package registry), so
+// that the daemon links no HTTP or TLS code.
+//
 // Pull resolves a reference (HEAD, else GET, of the manifest with an Accept
 // header for OCI index/manifest and Docker manifest list/schema 2; schema 1
 // is refused), selects the platform manifest of an index with a

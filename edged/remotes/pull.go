@@ -40,36 +40,6 @@ func (hostPlatform) Match(p ocispec.Platform) bool {
 
 func (hostPlatform) Less(a, b ocispec.Platform) bool { return false }
 
-// ProgressStatus is the state of one blob in a ProgressEvent.
-type ProgressStatus string
-
-// Blob states.
-const (
-	// ProgressResuming: a download continues from bytes already in the
-	// ingest (Offset > 0).
-	ProgressResuming ProgressStatus = "resuming"
-	// ProgressDownloading: bytes are arriving; Offset grows.
-	ProgressDownloading ProgressStatus = "downloading"
-	// ProgressUploading: a push is sending bytes; Offset grows.
-	ProgressUploading ProgressStatus = "uploading"
-	// ProgressExists: nothing to transfer, the destination (the local store
-	// for pulls, the registry for pushes) has the blob.
-	ProgressExists ProgressStatus = "exists"
-	// ProgressDone: the blob was transferred and verified.
-	ProgressDone ProgressStatus = "done"
-)
-
-// ProgressEvent reports the state of one blob. Events of one Pull or Push
-// are delivered one at a time (never concurrently), at most every 100 ms per
-// blob while bytes are flowing.
-type ProgressEvent struct {
-	Digest    digest.Digest
-	MediaType string
-	Offset    int64 // bytes present so far
-	Total     int64 // blob size
-	Status    ProgressStatus
-}
-
 // progressInterval throttles downloading/uploading events per blob.
 const progressInterval = 100 * time.Millisecond
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/registry"
 )
 
 // Defaults of PullOptions and PushOptions.
@@ -48,11 +49,11 @@ type Resolver struct {
 // instead of the docker config, for one pull or push. It shares the HTTP
 // clients and keeps its own token cache, so tokens of different
 // identities never mix.
-func (r *Resolver) WithCredentials(registry string, c Credentials) *Resolver {
+func (r *Resolver) WithCredentials(host string, c Credentials) *Resolver {
 	cp := *r
 	cp.auth = newAuthState()
 	cp.override = map[string]Credentials{}
-	key := normalizeAuthKey(registry)
+	key := registry.NormalizeHost(host)
 	cp.override[key] = c
 	if key == DockerHub {
 		cp.override[DockerHubHost] = c
@@ -96,13 +97,13 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 		r.userAgent = "edged"
 	}
 	for host, rc := range cfg.Registries {
-		key := normalizeAuthKey(host)
-		if !validHost(key) {
+		key := registry.NormalizeHost(host)
+		if !registry.ValidHost(key) {
 			return nil, errdefs.InvalidArgument("registry", "%q is not a registry host[:port]", host)
 		}
 		re := registryEndpoints{insecure: rc.Insecure, plainHTTP: rc.PlainHTTP}
 		for _, m := range rc.Mirrors {
-			u, err := parseMirror(m)
+			u, err := registry.ParseMirror(m)
 			if err != nil {
 				return nil, errdefs.InvalidArgument("registry "+host+" mirror", "%v", err)
 			}
@@ -111,25 +112,6 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 		r.registries[key] = re
 	}
 	return r, nil
-}
-
-func parseMirror(m string) (*url.URL, error) {
-	if !strings.Contains(m, "://") {
-		m = "https://" + m
-	}
-	u, err := url.Parse(m)
-	if err != nil {
-		return nil, err
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("%q: scheme must be http or https", m)
-	}
-	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("%q: want http(s)://host[:port][/path]", m)
-	}
-	u.Path = strings.TrimSuffix(u.Path, "/")
-	u.RawPath = ""
-	return u, nil
 }
 
 // newHTTPClient builds a client with a small transport: HTTP/1.1 only (Go's
@@ -258,7 +240,7 @@ func (r *Resolver) send(ctx context.Context, ep *endpoint, rq *request) (*http.R
 			}
 			switch c.scheme {
 			case "basic":
-				if !cred.empty() {
+				if !cred.Empty() {
 					req.SetBasicAuth(cred.Username, cred.Password)
 					sentAuth = true
 				}
@@ -299,7 +281,7 @@ func (r *Resolver) send(ctx context.Context, ep *endpoint, rq *request) (*http.R
 		if cred, err = r.credentials(ep.host); err != nil {
 			return nil, err
 		}
-		if c.scheme == "basic" && cred.empty() {
+		if c.scheme == "basic" && cred.Empty() {
 			return nil, fmt.Errorf("registry %s: %s %s: authentication required and no credentials for %s in %s: %w",
 				ep.host, rq.method, u.Path, ep.host, r.docker.path, errdefs.ErrPermissionDenied)
 		}

@@ -15,7 +15,7 @@ import (
 	"github.com/edged/edged/edged/images"
 	"github.com/edged/edged/edged/images/platforms"
 	"github.com/edged/edged/edged/metadata"
-	"github.com/edged/edged/edged/remotes"
+	"github.com/edged/edged/edged/registry"
 	contentsvc "github.com/edged/edged/edged/services/content"
 	imagessvc "github.com/edged/edged/edged/services/images"
 	leasessvc "github.com/edged/edged/edged/services/leases"
@@ -27,15 +27,14 @@ import (
 )
 
 // imageStore is edged's image side: content store, snapshotter, image
-// service and registry resolver. It implements ImageStore.
+// service (registry access included). It implements ImageStore.
 type imageStore struct {
-	svc      *images.Service
-	cs       *content.Store
-	sn       snapshots.Snapshotter
-	resolver *remotes.Resolver
-	db       *metadata.DB
-	state    string
-	log      *slog.Logger
+	svc   *images.Service
+	cs    *content.Store
+	sn    snapshots.Snapshotter
+	db    *metadata.DB
+	state string
+	log   *slog.Logger
 }
 
 // withImageSchema adds the snapshotter's tables to the metadata database,
@@ -62,21 +61,20 @@ func (s *Server) setupImages(ctx context.Context) (*imageStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	svc, err := images.New(s.db, cs, sn, images.Options{DiscardLayers: cfg.Images.DiscardLayers, Platform: cfg.Images.Platform, Logger: s.log})
+	hosts := map[string]registry.HostConfig{}
+	for host, r := range cfg.Registries {
+		hosts[host] = registry.HostConfig{Mirrors: r.Mirrors, Insecure: r.Insecure, PlainHTTP: r.PlainHTTP}
+	}
+	reg, err := registry.New(registry.Config{Helper: cfg.Images.RegistryHelper, Hosts: hosts, DockerConfig: cfg.Images.DockerConfig, UserAgent: "edged", Logger: s.log})
+	if err != nil {
+		return nil, fmt.Errorf("registries: %w", err)
+	}
+	svc, err := images.New(s.db, cs, sn, images.Options{DiscardLayers: cfg.Images.DiscardLayers, Platform: cfg.Images.Platform, Logger: s.log, Registry: reg})
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
-	regs := map[string]remotes.RegistryConfig{}
-	for host, r := range cfg.Registries {
-		regs[host] = remotes.RegistryConfig{Mirrors: r.Mirrors, Insecure: r.Insecure, PlainHTTP: r.PlainHTTP}
-	}
-	res, err := remotes.NewResolver(remotes.ResolverConfig{Registries: regs, DockerConfig: cfg.Images.DockerConfig, UserAgent: "edged"})
-	if err != nil {
-		svc.Close()
-		return nil, fmt.Errorf("registries: %w", err)
-	}
-	st := &imageStore{svc: svc, cs: cs, sn: sn, resolver: res, db: s.db, state: cfg.State, log: s.log}
-	imagessvc.Register(s.ttrpc, imagessvc.Config{DB: s.db, Images: svc, Content: cs, Resolver: res, Log: s.log})
+	st := &imageStore{svc: svc, cs: cs, sn: sn, db: s.db, state: cfg.State, log: s.log}
+	imagessvc.Register(s.ttrpc, imagessvc.Config{DB: s.db, Images: svc, Content: cs, Log: s.log})
 	contentsvc.Register(s.ttrpc, s.db, cs, svc)
 	snapshotssvc.Register(s.ttrpc, sn, svc)
 	leasessvc.Register(s.ttrpc, s.db, svc)
@@ -144,11 +142,10 @@ func (s *Server) recoverImages(ctx context.Context) {
 	}
 }
 
-// closeImages waits for background collections and closes the resolver.
+// closeImages waits for background collections.
 func (s *Server) closeImages() {
 	if st, ok := s.images.(*imageStore); ok {
 		st.svc.Close()
-		st.resolver.Close()
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,6 +55,13 @@ func TestExecutablePagesOut(t *testing.T) {
 	if strings.Contains(flagsBefore, " rr") {
 		t.Fatalf("mappings already random-read: %q", flagsBefore)
 	}
+	// The test binary was just written by the linker: its dirty pages
+	// cannot be dropped until written back (an installed binary is clean).
+	if f, err := os.Open("/proc/self/exe"); err == nil {
+		f.Sync()
+		f.Close()
+	}
+	cachedBefore := cachedPages(t)
 	s, err := Executable()
 	if err == ErrUnsupported {
 		t.Skip("kernel without MADV_PAGEOUT (Linux < 5.4)")
@@ -71,6 +79,14 @@ func TestExecutablePagesOut(t *testing.T) {
 	}
 	if !strings.Contains(flagsAfter, " rr") {
 		t.Fatalf("VmFlags after page-out %q lack rr (MADV_RANDOM)", flagsAfter)
+	}
+	// The binary's pages left in the page cache are those still mapped
+	// (the kernel's fault-around would map the others back in 64 KiB
+	// blocks).
+	cachedAfter := cachedPages(t)
+	t.Logf("page cache of the binary: %d KiB before, %d KiB after", cachedBefore>>10, cachedAfter>>10)
+	if cachedAfter > cachedBefore-(before-after)/2 {
+		t.Fatalf("page cache of the binary: %d KiB before, %d KiB after (resident %d KiB): not dropped", cachedBefore>>10, cachedAfter>>10, after>>10)
 	}
 	// Running again brings pages back one at a time.
 	if _, err := Executable(); err != nil {
@@ -118,4 +134,59 @@ func exeResident(t *testing.T) (int64, string) {
 		t.Fatal(err)
 	}
 	return rss, flags.String()
+}
+
+func TestPeakRSSReset(t *testing.T) {
+	const size = 16 << 20
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < size; i += 4096 {
+		mem[i] = 1
+	}
+	peak := PeakRSS()
+	if err := unix.Munmap(mem); err != nil {
+		t.Fatal(err)
+	}
+	if peak < size>>10 {
+		t.Fatalf("PeakRSS = %d KiB after touching %d KiB", peak, size>>10)
+	}
+	if err := ResetPeakRSS(); err != nil {
+		t.Fatal(err)
+	}
+	if after := PeakRSS(); after > peak-(size>>10)/2 {
+		t.Fatalf("PeakRSS after the reset = %d KiB, before %d KiB: not reset", after, peak)
+	}
+}
+
+// cachedPages returns how many bytes of the running executable are in the
+// page cache (mincore over a fresh read-only mapping of it).
+func cachedPages(t *testing.T) int64 {
+	t.Helper()
+	f, err := os.Open("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+4095)/4096)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	var n int64
+	for _, v := range vec {
+		if v&1 != 0 {
+			n += 4096
+		}
+	}
+	return n
 }

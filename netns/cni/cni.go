@@ -181,7 +181,7 @@ func New(ctx context.Context, cfg Config) (*Network, error) {
 	if err != nil {
 		return nil, err
 	}
-	list, err := libcni.NetworkConfFromBytes(conf)
+	list, err := libcni.ConfListFromBytes(conf)
 	if err != nil {
 		return nil, errdefs.InvalidArgument("cni conflist", "%v", err)
 	}

@@ -25,7 +25,7 @@ import (
 	"github.com/edged/edged/edged/metadata"
 	"github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/edged/protoconv"
-	"github.com/edged/edged/edged/remotes"
+	"github.com/edged/edged/edged/registry"
 	"github.com/edged/edged/fsstore/content"
 	api "github.com/edged/edged/proto/services/images/v1"
 	ptypesapi "github.com/edged/edged/proto/types"
@@ -42,11 +42,10 @@ const progressInterval = 200 * time.Millisecond
 
 // Config is what the service needs.
 type Config struct {
-	DB       *metadata.DB
-	Images   *images.Service
-	Content  *content.Store
-	Resolver *remotes.Resolver
-	Log      *slog.Logger
+	DB      *metadata.DB
+	Images  *images.Service
+	Content *content.Store
+	Log     *slog.Logger
 }
 
 type service struct{ Config }
@@ -279,7 +278,7 @@ type progress struct {
 
 func newProgress() *progress { return &progress{layers: map[string]*api.Progress_Layer{}} }
 
-func (p *progress) event(ev remotes.ProgressEvent) {
+func (p *progress) event(ev registry.ProgressEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	d := ev.Digest.String()
@@ -346,7 +345,7 @@ func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Image
 	if err != nil {
 		return errdefs.ToGRPC(err)
 	}
-	res, err := s.resolverFor(r.Ref, r.Credentials)
+	creds, err := credentials(r.Credentials)
 	if err != nil {
 		return errdefs.ToGRPC(err)
 	}
@@ -354,7 +353,7 @@ func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Image
 	return p.run(ctx, stream.Send, func() (*api.Image, error) {
 		start := time.Now()
 		im, err := s.Images.Pull(ctx, ns, r.Ref, images.PullOptions{
-			Platform: r.Platform, SkipUnpack: r.SkipUnpack, Resolver: res, Progress: p.event,
+			Platform: r.Platform, SkipUnpack: r.SkipUnpack, Credentials: creds, Progress: p.event,
 		})
 		if err != nil {
 			s.Log.Info("pull failed", "namespace", ns, "ref", r.Ref, "error", err)
@@ -373,17 +372,13 @@ func (s *service) Push(ctx context.Context, r *api.PushRequest, stream api.Image
 	if r.Ref == "" {
 		return errdefs.ToGRPC(errdefs.InvalidArgument("ref", "must not be empty"))
 	}
-	remote := r.RemoteRef
-	if remote == "" {
-		remote = r.Ref
-	}
-	res, err := s.resolverFor(remote, r.Credentials)
+	creds, err := credentials(r.Credentials)
 	if err != nil {
 		return errdefs.ToGRPC(err)
 	}
 	p := newProgress()
 	return p.run(ctx, stream.Send, func() (*api.Image, error) {
-		if err := s.Images.Push(ctx, ns, r.Ref, r.RemoteRef, images.PushOptions{Resolver: res, Progress: p.event}); err != nil {
+		if err := s.Images.Push(ctx, ns, r.Ref, r.RemoteRef, images.PushOptions{Credentials: creds, Progress: p.event}); err != nil {
 			return nil, err
 		}
 		var im metadata.Image
@@ -537,20 +532,16 @@ func (s *service) GarbageCollect(ctx context.Context, r *api.GarbageCollectReque
 	return &api.GarbageCollectResponse{RemovedBlobs: int64(res.RemovedBlobs), RemovedSnapshots: int64(res.RemovedSnapshots), FreedBytes: res.FreedBytes}, nil
 }
 
-// resolverFor returns the daemon's resolver, or one that uses the
-// credentials sent with the request for ref's registry.
-func (s *service) resolverFor(ref string, c *api.Credentials) (*remotes.Resolver, error) {
+// credentials returns the credentials sent with a request (nil: the
+// docker config's).
+func credentials(c *api.Credentials) (*registry.Credentials, error) {
 	if c == nil || (c.Username == "" && c.Secret == "" && c.IdentityToken == "") {
-		return s.Resolver, nil
+		return nil, nil
 	}
 	if (c.Username == "") != (c.Secret == "") && c.IdentityToken == "" {
 		return nil, errdefs.InvalidArgument("credentials", "give a username with its secret, or an identity token")
 	}
-	parsed, err := remotes.ParseReference(ref)
-	if err != nil {
-		return nil, err
-	}
-	return s.Resolver.WithCredentials(parsed.Registry, remotes.Credentials{Username: c.Username, Password: c.Secret, IdentityToken: c.IdentityToken}), nil
+	return &registry.Credentials{Username: c.Username, Password: c.Secret, IdentityToken: c.IdentityToken}, nil
 }
 
 // openArchive opens an archive named by path for Import: an absolute path

@@ -119,6 +119,25 @@ func (d *Daemon) Stop() error {
 	}
 }
 
+// LogSize returns the current size of the daemon's log, an offset for
+// LogFrom.
+func (d *Daemon) LogSize() int64 {
+	fi, err := os.Stat(d.logPath)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// LogFrom returns the daemon's log from offset off on.
+func (d *Daemon) LogFrom(off int64) string {
+	data, _ := os.ReadFile(d.logPath)
+	if off > int64(len(data)) {
+		return ""
+	}
+	return string(data[off:])
+}
+
 // LogTail returns the end of the daemon's log.
 func (d *Daemon) LogTail() string {
 	data, _ := os.ReadFile(d.logPath)

@@ -1,4 +1,4 @@
-package remotes
+package registry
 
 import (
 	"strings"
@@ -99,7 +99,7 @@ func ParseReference(s string) (Reference, error) {
 	name := s
 	if i := strings.IndexByte(s, '/'); i >= 0 && isHostComponent(s[:i]) {
 		r.Registry, name = s[:i], s[i+1:]
-		if !validHost(r.Registry) {
+		if !ValidHost(r.Registry) {
 			return r, errdefs.InvalidArgument("reference", "%q: invalid registry host %q", orig, r.Registry)
 		}
 	} else {
@@ -133,8 +133,8 @@ func isHostComponent(s string) bool {
 	return strings.ContainsAny(s, ".:") || s == "localhost" || strings.ToLower(s) != s
 }
 
-// validHost accepts host[:port] with DNS labels or a bracketed IPv6 address.
-func validHost(s string) bool {
+// ValidHost accepts host[:port] with DNS labels or a bracketed IPv6 address.
+func ValidHost(s string) bool {
 	host, port := s, ""
 	if strings.HasPrefix(s, "[") {
 		i := strings.IndexByte(s, ']')
