@@ -176,6 +176,7 @@ func (c *Client) run(ctx context.Context, req Request, progress func(ProgressEve
 	start := time.Now()
 	stderr := &tailBuffer{max: maxStderr}
 	cmd := exec.Command(c.cfg.Helper)
+	cmd.Env = helperEnv(os.Environ())
 	cmd.Stderr = stderr
 	// The helper dies with edged; it also stops when its stdin closes.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -213,6 +214,18 @@ func (c *Client) run(ctx context.Context, req Request, progress func(ProgressEve
 		return nil, fmt.Errorf("registry helper %s: %v%s: %w", req.Op, werr, stderr.suffix(), errdefs.ErrUnavailable)
 	}
 	return res.result, nil
+}
+
+// helperEnv is the helper's environment: edged's, with one P (a download
+// waits on the network; one P saves the per-P caches and threads) unless
+// GOMAXPROCS is set.
+func helperEnv(env []string) []string {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "GOMAXPROCS=") {
+			return env
+		}
+	}
+	return append(env, "GOMAXPROCS=1")
 }
 
 // errHelperFailed marks a call the helper ended with an Error message.
