@@ -15,7 +15,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	"github.com/gogo/protobuf/types"
 	"golang.org/x/sys/unix"
 
@@ -24,6 +23,7 @@ import (
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	"github.com/edged/edged/shimd/publisher"
 	"github.com/edged/edged/shimd/reaper"
+	"github.com/edged/edged/shimd/rpc"
 	"github.com/edged/edged/shimd/runc"
 )
 
@@ -95,34 +95,25 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	pubDone := make(chan struct{})
 	pubCtx, pubCancel := context.WithCancel(context.Background())
 	go func() { pub.Run(pubCtx); close(pubDone) }()
-	stop := make(chan struct{})
+	srv := rpc.NewServer()
 	svc := New(Config{
 		Namespace: opts.Namespace,
 		StateDir:  stateDir,
 		Publisher: pub,
 		OOM:       opts.OOM,
 		Log:       log,
-		Shutdown:  func() { close(stop) },
+		Shutdown:  srv.Stop,
 	})
 	go svc.Reaper().Run(ctx)
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		pubCancel()
-		return err
-	}
 	RegisterTaskService(srv, svc)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ctx, opts.Listener) }()
+	// The task API is served from this goroutine: a Shutdown request or the
+	// end of ctx stops the accept loop.
+	stopOnDone := context.AfterFunc(ctx, srv.Stop)
 	log.Debug("shim serving", "namespace", opts.Namespace, "id", opts.ID, "socket", sockPath, "state", stateDir)
-	select {
-	case <-stop:
-		err = nil
-	case <-ctx.Done():
+	err := srv.Serve(ctx, opts.Listener)
+	stopOnDone()
+	if errors.Is(err, rpc.ErrServerClosed) {
 		err = ctx.Err()
-	case err = <-serveErr:
-		if errors.Is(err, ttrpc.ErrServerClosed) {
-			err = nil
-		}
 	}
 	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	_ = srv.Shutdown(sctx)

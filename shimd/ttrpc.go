@@ -3,22 +3,18 @@ package shimd
 import (
 	"context"
 
-	"github.com/containerd/ttrpc"
-	"github.com/gogo/protobuf/types"
-
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
-	"github.com/edged/edged/proto/wire"
+	"github.com/edged/edged/shimd/rpc"
 )
 
 // TaskServiceName is the ttrpc service of the task API.
 const TaskServiceName = "containerd.task.v2.Task"
 
-// RegisterTaskService registers svc on srv like the generated
-// taskapi.RegisterTaskService, but encodes the messages with their gogo
-// code through wire.Message instead of protoadapt's reflection adapters,
-// which cost every shim hundreds of KiB of heap (see package wire).
-func RegisterTaskService(srv *ttrpc.Server, svc taskapi.TaskService) {
-	srv.RegisterService(TaskServiceName, &ttrpc.ServiceDesc{Methods: map[string]ttrpc.Method{
+// RegisterTaskService registers svc on srv. The messages are encoded with
+// their gogo code; the ttrpc envelopes by package rpc (see there why not
+// github.com/containerd/ttrpc).
+func RegisterTaskService(srv *rpc.Server, svc taskapi.TaskService) {
+	srv.Register(TaskServiceName, map[string]rpc.Handler{
 		"State":      method(svc.State),
 		"Create":     method(svc.Create),
 		"Start":      method(svc.Start),
@@ -36,18 +32,25 @@ func RegisterTaskService(srv *ttrpc.Server, svc taskapi.TaskService) {
 		"Stats":      method(svc.Stats),
 		"Connect":    method(svc.Connect),
 		"Shutdown":   method(svc.Shutdown),
-	}})
+	})
+}
+
+// gogoMessage is a gogo-generated message with generated marshalling code.
+type gogoMessage interface {
+	Size() int
+	MarshalToSizedBuffer([]byte) (int, error)
+	Unmarshal([]byte) error
 }
 
 // method adapts one handler: Req is the request struct, *Req its message.
 func method[Req any, PReq interface {
 	*Req
-	wire.Gogo
-}, Resp wire.Gogo](h func(context.Context, PReq) (Resp, error)) ttrpc.Method {
-	return func(ctx context.Context, unmarshal func(any) error) (any, error) {
+	gogoMessage
+}, Resp gogoMessage](h func(context.Context, PReq) (Resp, error)) rpc.Handler {
+	return func(ctx context.Context, payload []byte) ([]byte, error) {
 		req := PReq(new(Req))
-		if err := unmarshal(wire.Of(req)); err != nil {
-			return nil, err
+		if err := req.Unmarshal(payload); err != nil {
+			return nil, rpc.UnmarshalError(err)
 		}
 		resp, err := h(ctx, req)
 		if err != nil {
@@ -55,8 +58,20 @@ func method[Req any, PReq interface {
 		}
 		var none Resp // a nil response encodes as an empty message
 		if any(resp) == any(none) {
-			return wire.Of(&types.Empty{}), nil
+			return nil, nil
 		}
-		return wire.Of(resp), nil
+		return marshal(resp)
 	}
+}
+
+func marshal(m gogoMessage) ([]byte, error) {
+	n := m.Size()
+	if n == 0 {
+		return nil, nil
+	}
+	b := make([]byte, n)
+	if _, err := m.MarshalToSizedBuffer(b); err != nil {
+		return nil, rpc.MarshalError(err)
+	}
+	return b, nil
 }

@@ -1,3 +1,9 @@
+// The shim runs with one P (see startWithOneP): the runtime's goroutine that
+// would follow cgroup CPU limit changes (and sysmon's polling for them)
+// has nothing to do in it, and its stack and the polling cost every shim.
+//
+//go:debug updatemaxprocs=0
+
 // Command edged-shim is the edged runtime shim: it serves containerd's
 // runtime v2 task API over ttrpc for one or more containers and drives runc.
 //

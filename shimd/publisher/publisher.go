@@ -16,13 +16,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	"github.com/gogo/protobuf/proto"
-	"github.com/gogo/protobuf/types"
 
-	eventsapi "github.com/edged/edged/proto/services/events/v1"
-	"github.com/edged/edged/proto/services/ttrpcevents/v1"
-	"github.com/edged/edged/proto/wire"
+	"github.com/edged/edged/shimd/rpc"
 )
 
 // Tunables of a Publisher; zero values select defaults.
@@ -51,7 +47,7 @@ type Publisher struct {
 	log       *slog.Logger
 
 	mu      sync.Mutex
-	queue   []*eventsapi.Envelope
+	queue   []*envelope
 	wake    chan struct{}
 	idle    chan struct{} // closed and replaced when the queue drains
 	dropped int
@@ -91,12 +87,7 @@ func (p *Publisher) Publish(topic string, event proto.Message) {
 		p.log.Error("marshal event", "topic", topic, "error", err)
 		return
 	}
-	env := &eventsapi.Envelope{
-		Timestamp: timestampNow(),
-		Namespace: p.namespace,
-		Topic:     topic,
-		Event:     &types.Any{TypeUrl: proto.MessageName(event), Value: data},
-	}
+	env := &envelope{Topic: topic, request: forwardRequest(time.Now(), p.namespace, topic, proto.MessageName(event), data)}
 	p.mu.Lock()
 	if len(p.queue) >= p.opts.QueueSize {
 		i := 0
@@ -115,9 +106,10 @@ func (p *Publisher) Publish(topic string, event proto.Message) {
 	}
 }
 
-func timestampNow() *types.Timestamp {
-	t := time.Now()
-	return &types.Timestamp{Seconds: t.Unix(), Nanos: int32(t.Nanosecond())}
+// envelope is a queued event: its topic and its encoded ForwardRequest.
+type envelope struct {
+	Topic   string
+	request []byte
 }
 
 // Dropped returns how many events were dropped because the queue was full.
@@ -131,12 +123,12 @@ func (p *Publisher) Dropped() int {
 func (p *Publisher) Run(ctx context.Context) {
 	defer close(p.done)
 	var conn net.Conn
-	var rpc *ttrpc.Client
+	var client *rpc.Client
 	disconnect := func() {
-		if rpc != nil {
-			rpc.Close()
+		if client != nil {
+			client.Close()
 		}
-		rpc, conn = nil, nil
+		client, conn = nil, nil
 	}
 	defer disconnect()
 	backoff := 50 * time.Millisecond
@@ -144,7 +136,7 @@ func (p *Publisher) Run(ctx context.Context) {
 	defer idle.Stop()
 	for {
 		p.mu.Lock()
-		var env *eventsapi.Envelope
+		var env *envelope
 		if len(p.queue) > 0 {
 			env = p.queue[0]
 		} else {
@@ -162,7 +154,7 @@ func (p *Publisher) Run(ctx context.Context) {
 			}
 			continue
 		}
-		if rpc == nil {
+		if client == nil {
 			var err error
 			d := net.Dialer{Timeout: p.opts.CallTimeout}
 			if conn, err = d.DialContext(ctx, "unix", p.address); err != nil {
@@ -173,12 +165,11 @@ func (p *Publisher) Run(ctx context.Context) {
 				backoff = min(backoff*2, p.opts.MaxBackoff)
 				continue
 			}
-			rpc = ttrpc.NewClient(conn)
+			client = rpc.NewClient(conn)
 		}
 		cctx, cancel := context.WithTimeout(ctx, p.opts.CallTimeout)
-		// The generated client's protoadapt wrappers cost the shim heap;
-		// wire encodes with the gogo code (see proto/wire).
-		err := rpc.Call(cctx, forwardService, "Forward", wire.Of(&ttrpcevents.ForwardRequest{Envelope: env}), wire.Of(&types.Empty{}))
+		// The response is google.protobuf.Empty: nothing to decode.
+		_, err := client.Call(cctx, forwardService, "Forward", env.request)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {

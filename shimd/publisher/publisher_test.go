@@ -120,7 +120,8 @@ func TestReconnect(t *testing.T) {
 	srv, _ := ttrpc.NewServer()
 	s1 := &server{}
 	ttrpcevents.RegisterEventsService(srv, s1)
-	l, _ := net.Listen("unix", path)
+	ul, _ := net.Listen("unix", path)
+	l := &connTracker{Listener: ul}
 	go srv.Serve(ctx, l)
 	p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "one"})
 	fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -128,7 +129,11 @@ func TestReconnect(t *testing.T) {
 	if err := p.Flush(fctx); err != nil {
 		t.Fatal(err)
 	}
-	srv.Close() // the daemon restarts
+	// The daemon restarts: its process exit closes its connections at
+	// once (ttrpc's Server.Close closes them asynchronously, and a call
+	// arriving in between would still be served).
+	l.closeAll()
+	srv.Close()
 	os.Remove(path)
 	s2 := serve(t, path)
 	p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "two"})
@@ -137,5 +142,32 @@ func TestReconnect(t *testing.T) {
 	}
 	if strings.Join(s1.ids(), " ") != "one" || strings.Join(s2.ids(), " ") != "two" {
 		t.Fatalf("first %v second %v", s1.ids(), s2.ids())
+	}
+}
+
+// connTracker is a listener whose accepted connections closeAll closes
+// with it, as the exit of the serving process does.
+type connTracker struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *connTracker) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+func (l *connTracker) closeAll() {
+	l.Listener.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		c.Close()
 	}
 }

@@ -10,9 +10,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/edged/edged/edged/errdefs"
@@ -38,6 +38,9 @@ type Runc struct {
 	SystemdCgroup bool
 	// Starter runs the invocations.
 	Starter Starter
+
+	mu   sync.Mutex
+	path string // Binary as found in PATH, once found
 }
 
 // CreateOpts are the options of Create.
@@ -68,15 +71,23 @@ type State struct {
 	Bundle string `json:"bundle"`
 }
 
+// binary returns the runtime's path, looked up once (the lookup's garbage
+// stays resident in a shim).
 func (r *Runc) binary() (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.path != "" {
+		return r.path, nil
+	}
 	b := r.Binary
 	if b == "" {
 		b = "runc"
 	}
-	p, err := exec.LookPath(b)
+	p, err := lookPath(b)
 	if err != nil {
 		return "", fmt.Errorf("runtime binary %q: %v: %w", b, err, errdefs.ErrFailedPrecondition)
 	}
+	r.path = p
 	return p, nil
 }
 
@@ -167,11 +178,21 @@ func (r *Runc) run(ctx context.Context, stdin []byte, args ...string) ([]byte, e
 	return out, nil
 }
 
-// readBounded reads r to EOF, keeping at most maxOutput bytes.
+// readBounded reads r to EOF, keeping at most maxOutput bytes. It reads
+// through one small buffer: io.ReadAll and io.Copy(io.Discard, ...) would
+// each take a fresh buffer (io.Discard's is 8 KiB), resident in a shim.
 func readBounded(r io.Reader) []byte {
-	out, _ := io.ReadAll(io.LimitReader(r, maxOutput))
-	_, _ = io.Copy(io.Discard, r)
-	return out
+	var out []byte
+	buf := make([]byte, 512)
+	for {
+		n, err := r.Read(buf)
+		if k := min(n, maxOutput-len(out)); k > 0 {
+			out = append(out, buf[:k]...)
+		}
+		if err != nil {
+			return out
+		}
+	}
 }
 
 // runDetached runs create/exec: its stdio belong to the container, its own

@@ -1,0 +1,324 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("rpc: server closed")
+
+// Handler serves one method: it decodes payload, the request message, and
+// returns the encoded response message. An error becomes the response's
+// status as ttrpc makes it: the code of a gRPC status error, else a code
+// derived from well-known errors (io.EOF, context errors, os.ErrNotExist,
+// ...) or Unknown, with err.Error() as the message.
+type Handler func(ctx context.Context, payload []byte) ([]byte, error)
+
+// Server serves unary ttrpc calls.
+type Server struct {
+	services map[string]map[string]Handler
+
+	mu       sync.Mutex
+	listener net.Listener
+	conns    map[*serverConn]struct{}
+	closed   bool
+}
+
+// NewServer returns a server with no services.
+func NewServer() *Server {
+	return &Server{services: map[string]map[string]Handler{}, conns: map[*serverConn]struct{}{}}
+}
+
+// Register adds the methods of service (for example
+// "containerd.task.v2.Task"). Call it before Serve.
+func (s *Server) Register(service string, methods map[string]Handler) {
+	s.services[service] = methods
+}
+
+// Serve accepts connections on l until Stop, Shutdown or Close, then
+// returns ErrServerClosed; it returns other accept errors as they are. Each
+// connection is served by one goroutine, each call by one more.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listener = l
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EINTR) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		sc := &serverConn{srv: s, conn: c}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		s.conns[sc] = struct{}{}
+		s.mu.Unlock()
+		go sc.run(ctx)
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Stop stops accepting connections: Serve returns ErrServerClosed. Open
+// connections are served until Shutdown or Close.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	s.closed = true
+	l := s.listener
+	s.mu.Unlock()
+	if l != nil {
+		l.Close()
+	}
+}
+
+// Shutdown stops accepting connections, then closes every connection once
+// no call is in progress on it, and returns when all are closed. When ctx
+// ends first, it closes the remaining connections and returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.Stop()
+	poll := time.Millisecond
+	for {
+		if s.closeIdle() {
+			return nil
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			s.Close()
+			return ctx.Err()
+		case <-t.C:
+		}
+		poll = min(2*poll, 100*time.Millisecond)
+	}
+}
+
+// closeIdle closes the connections without calls in progress and reports
+// whether none is left.
+func (s *Server) closeIdle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.active == 0 {
+			c.conn.Close()
+			delete(s.conns, c)
+		}
+	}
+	return len(s.conns) == 0
+}
+
+// Close stops accepting and closes every connection at once.
+func (s *Server) Close() error {
+	s.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.conn.Close()
+		delete(s.conns, c)
+	}
+	return nil
+}
+
+type serverConn struct {
+	srv  *Server
+	conn net.Conn
+	wmu  sync.Mutex // one frame at a time
+	// active counts calls in progress (under srv.mu).
+	active int
+}
+
+// run reads frames until the connection fails or is closed; calls in
+// progress then see their context cancelled and their responses dropped,
+// as with ttrpc.
+func (c *serverConn) run(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		c.conn.Close()
+		c.srv.mu.Lock()
+		delete(c.srv.conns, c)
+		c.srv.mu.Unlock()
+	}()
+	var hbuf [headerLen]byte
+	var last uint32
+	for {
+		h, err := readHeader(c.conn, &hbuf)
+		if err != nil {
+			return
+		}
+		if h.length > MaxMessage {
+			if discard(c.conn, int64(h.length)) != nil {
+				return
+			}
+			c.sendStatus(h.stream, codes.ResourceExhausted, "message length "+itoa(uint64(h.length))+" exceed maximum message size of "+itoa(MaxMessage))
+			continue
+		}
+		var p []byte
+		if h.length > 0 {
+			p = make([]byte, h.length)
+			if _, err := io.ReadFull(c.conn, p); err != nil {
+				return
+			}
+		}
+		if h.stream%2 != 1 {
+			c.sendStatus(h.stream, codes.InvalidArgument, "StreamID must be odd for client initiated streams")
+			continue
+		}
+		switch h.typ {
+		case typeData:
+			// No method of the shim streams: no stream is ever open.
+			c.sendStatus(h.stream, codes.InvalidArgument, "StreamID is no longer active")
+		case typeRequest:
+			if h.stream <= last {
+				c.sendStatus(h.stream, codes.InvalidArgument, "StreamID cannot be re-used and must increment")
+				continue
+			}
+			last = h.stream
+			req, err := decodeRequest(p)
+			if err != nil {
+				c.sendStatus(h.stream, codes.InvalidArgument, "unmarshal request error: "+err.Error())
+				continue
+			}
+			methods, ok := c.srv.services[string(req.service)]
+			if !ok {
+				c.sendStatus(h.stream, codes.Unimplemented, "service "+string(req.service))
+				continue
+			}
+			handler, ok := methods[string(req.method)]
+			if !ok {
+				c.sendStatus(h.stream, codes.Unimplemented, "method "+string(req.method))
+				continue
+			}
+			c.srv.mu.Lock()
+			c.active++
+			c.srv.mu.Unlock()
+			go c.call(ctx, h.stream, handler, req.payload, req.timeoutNano)
+		}
+	}
+}
+
+func (c *serverConn) call(ctx context.Context, stream uint32, h Handler, payload []byte, timeoutNano int64) {
+	if timeoutNano > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(timeoutNano))
+		defer cancel()
+	}
+	resp, err := h(ctx, payload)
+	if err != nil {
+		code, msg := statusOf(err)
+		c.sendStatus(stream, code, msg)
+	} else {
+		c.sendResponse(stream, 0, "", resp)
+	}
+	c.srv.mu.Lock()
+	c.active--
+	c.srv.mu.Unlock()
+}
+
+func (c *serverConn) sendStatus(stream uint32, code codes.Code, msg string) {
+	c.sendResponse(stream, uint32(code), msg, nil)
+}
+
+// sendResponse writes a response frame; a failed write closes the
+// connection (its reader then ends).
+func (c *serverConn) sendResponse(stream uint32, code uint32, msg string, payload []byte) {
+	size := responseSize(code, msg, payload)
+	if size > MaxMessage {
+		code, payload = uint32(codes.ResourceExhausted), nil
+		msg = "message length " + itoa(uint64(size)) + " exceed maximum message size of " + itoa(MaxMessage)
+		size = responseSize(code, msg, nil)
+	}
+	f := appendResponse(newFrame(stream, typeResponse, size), code, msg, payload)
+	c.wmu.Lock()
+	_, err := c.conn.Write(f)
+	c.wmu.Unlock()
+	if err != nil {
+		c.conn.Close()
+	}
+}
+
+// statusOf returns the status code and message ttrpc sends for err.
+func statusOf(err error) (codes.Code, string) {
+	if st, ok := status.FromError(err); ok {
+		return st.Code(), st.Message()
+	}
+	switch err {
+	case io.EOF:
+		return codes.OutOfRange, err.Error()
+	case io.ErrClosedPipe, io.ErrNoProgress, io.ErrShortBuffer, io.ErrShortWrite, io.ErrUnexpectedEOF:
+		return codes.FailedPrecondition, err.Error()
+	case os.ErrInvalid:
+		return codes.InvalidArgument, err.Error()
+	case context.Canceled:
+		return codes.Canceled, err.Error()
+	case context.DeadlineExceeded:
+		return codes.DeadlineExceeded, err.Error()
+	}
+	switch {
+	case os.IsExist(err):
+		return codes.AlreadyExists, err.Error()
+	case os.IsNotExist(err):
+		return codes.NotFound, err.Error()
+	case os.IsPermission(err):
+		return codes.PermissionDenied, err.Error()
+	}
+	return codes.Unknown, err.Error()
+}
+
+func itoa(v uint64) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			break
+		}
+	}
+	return string(b[i:])
+}
+
+// UnmarshalError is the error a Handler returns when its request does not
+// decode: Internal, with ttrpc's message.
+func UnmarshalError(err error) error {
+	return status.Errorf(codes.Internal, "ttrpc: error unmarshalling payload: %v", err.Error())
+}
+
+// MarshalError is the error a Handler returns when its response does not
+// encode: Internal, with ttrpc's message.
+func MarshalError(err error) error {
+	return status.Errorf(codes.Internal, "ttrpc: error marshaling payload: %v", err.Error())
+}
