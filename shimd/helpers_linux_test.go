@@ -23,7 +23,7 @@ import (
 	"github.com/gogo/protobuf/types"
 	"golang.org/x/sys/unix"
 
-	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	eventsapi "github.com/edged/edged/proto/services/events/v1"
 	"github.com/edged/edged/proto/services/ttrpcevents/v1"
@@ -275,7 +275,7 @@ func readAll(t *testing.T, f *os.File, d time.Duration) string {
 // substring.
 func wantErr(t *testing.T, err error, kind error, substr string) {
 	t.Helper()
-	err = errdefs.FromGRPC(err)
+	err = errgrpc.FromGRPC(err)
 	if !errors.Is(err, kind) {
 		t.Fatalf("error %v: want kind %v", err, kind)
 	}

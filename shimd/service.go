@@ -19,6 +19,7 @@ import (
 	"github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/internal/atomicfile"
 	eventtypes "github.com/edged/edged/proto/events"
@@ -191,7 +192,7 @@ func (s *Service) publish(topic string, ev interface {
 	}
 }
 
-func toGRPC(err error) error { return errdefs.ToGRPC(err) }
+func toGRPC(err error) error { return errgrpc.ToGRPC(err) }
 
 // lookup finds the process (init for execID "").
 func (s *Service) lookup(id, execID string) (*container, *process, error) {

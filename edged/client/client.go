@@ -19,6 +19,7 @@ import (
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/namespaces"
 	containersapi "github.com/edged/edged/proto/services/containers/v1"
 	eventsapi "github.com/edged/edged/proto/services/events/v1"
@@ -145,7 +146,7 @@ func convertError(err error) error {
 	if errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, ttrpc.ErrServerClosed) {
 		return fmt.Errorf("edged connection: %v: %w", err, errdefs.ErrUnavailable)
 	}
-	return errdefs.FromGRPC(err)
+	return errgrpc.FromGRPC(err)
 }
 
 // Version returns edged's version.

@@ -1,6 +1,7 @@
-// Package errdefs defines the typed errors shared by every edged package and
-// their mapping to and from ttrpc (gRPC status) codes, so that a client sees
-// errors.Is(err, errdefs.ErrNotFound) after a round trip.
+// Package errdefs defines the typed errors shared by every edged package.
+// Their mapping to and from ttrpc (gRPC status) codes, so that a client sees
+// errors.Is(err, errdefs.ErrNotFound) after a round trip, is in errgrpc: a
+// program that does not speak ttrpc (edged-remote) does not link gRPC.
 package errdefs
 
 import (
@@ -8,9 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // The error kinds. Wrap them with %w to add context:
@@ -43,64 +41,34 @@ func InvalidArgument(field, format string, args ...any) error {
 	return fmt.Errorf("%s: %s: %w", field, fmt.Sprintf(format, args...), ErrInvalidArgument)
 }
 
-var kinds = []struct {
-	err  error
-	code codes.Code
-}{
-	{ErrInvalidArgument, codes.InvalidArgument},
-	{ErrNotFound, codes.NotFound},
-	{ErrAlreadyExists, codes.AlreadyExists},
-	{ErrFailedPrecondition, codes.FailedPrecondition},
-	{ErrUnavailable, codes.Unavailable},
-	{ErrNotImplemented, codes.Unimplemented},
-	{ErrResourceExhausted, codes.ResourceExhausted},
-	{ErrAborted, codes.Aborted},
-	{ErrPermissionDenied, codes.PermissionDenied},
-	{ErrDataLoss, codes.DataLoss},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-	{context.Canceled, codes.Canceled},
-	{ErrUnknown, codes.Unknown},
+// kinds lists the error kinds, most specific first; context errors are
+// kinds too, so that they survive a process boundary.
+var kinds = []error{
+	ErrInvalidArgument, ErrNotFound, ErrAlreadyExists, ErrFailedPrecondition, ErrUnavailable,
+	ErrNotImplemented, ErrResourceExhausted, ErrAborted, ErrPermissionDenied, ErrDataLoss,
+	context.DeadlineExceeded, context.Canceled, ErrUnknown,
 }
 
-// ToGRPC converts err to a status error carrying the matching code. The
-// message keeps the full wrapped text. Status errors pass through unchanged.
-func ToGRPC(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
+// Kind returns the kind err wraps (ErrUnknown when none).
+func Kind(err error) error {
 	for _, k := range kinds {
-		if errors.Is(err, k.err) {
-			return status.Error(k.code, err.Error())
+		if errors.Is(err, k) {
+			return k
 		}
 	}
-	return status.Error(codes.Unknown, err.Error())
+	return ErrUnknown
 }
 
-// FromGRPC converts a status error received from the wire back into an error
-// wrapping the matching kind, so errors.Is works on the client side.
-func FromGRPC(err error) error {
-	if err == nil {
-		return nil
+// WithKind returns an error with message msg (as err.Error() gave it on
+// the other side of a wire or pipe) that wraps kind. A message that already
+// ends in ": <kind>" does not repeat it; a message that is only the kind
+// gives kind itself.
+func WithKind(kind error, msg string) error {
+	msg = strings.TrimSuffix(msg, ": "+kind.Error())
+	if msg == "" || msg == kind.Error() {
+		return kind
 	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	for _, k := range kinds {
-		if k.code == st.Code() {
-			msg := st.Message()
-			// The server side message already ends in ": <kind>"; do not repeat it.
-			msg = strings.TrimSuffix(msg, ": "+k.err.Error())
-			if msg == "" || msg == k.err.Error() {
-				return k.err
-			}
-			return &wireError{msg: msg, kind: k.err}
-		}
-	}
-	return err
+	return &wireError{msg: msg, kind: kind}
 }
 
 type wireError struct {
@@ -114,14 +82,7 @@ func (e *wireError) Unwrap() error { return e.kind }
 // Code names err's kind ("not found", "invalid argument", ...; "unknown"
 // when it wraps none), to carry an error across a process boundary in a
 // text protocol; FromCode reverses it.
-func Code(err error) string {
-	for _, k := range kinds {
-		if errors.Is(err, k.err) {
-			return k.err.Error()
-		}
-	}
-	return ErrUnknown.Error()
-}
+func Code(err error) string { return Kind(err).Error() }
 
 // FromCode rebuilds an error from its Code and message (err.Error() on the
 // sending side), so that errors.Is works on the receiving side. An
@@ -129,14 +90,10 @@ func Code(err error) string {
 func FromCode(code, msg string) error {
 	kind := ErrUnknown
 	for _, k := range kinds {
-		if k.err.Error() == code {
-			kind = k.err
+		if k.Error() == code {
+			kind = k
 			break
 		}
 	}
-	msg = strings.TrimSuffix(msg, ": "+kind.Error())
-	if msg == "" || msg == kind.Error() {
-		return kind
-	}
-	return &wireError{msg: msg, kind: kind}
+	return WithKind(kind, msg)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/oci"
 	"github.com/edged/edged/internal/testutil"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
@@ -135,7 +136,7 @@ type olderShim struct{ taskapi.TaskService }
 
 func (o olderShim) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*taskapi.CreateTaskResponse, error) {
 	if r.Options != nil && r.Options.TypeUrl == createAndStartType {
-		return nil, errdefs.ToGRPC(errdefs.InvalidArgument("options", "unsupported type %q (want containerd.runc.v1.Options or edged.shim.v1.Options)", r.Options.TypeUrl))
+		return nil, errgrpc.ToGRPC(errdefs.InvalidArgument("options", "unsupported type %q (want containerd.runc.v1.Options or edged.shim.v1.Options)", r.Options.TypeUrl))
 	}
 	return o.TaskService.Create(ctx, r)
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/internal/atomicfile"
 	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
@@ -285,7 +286,7 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		req.Options, started = startOptions(o.Options)
 	}
 	resp, err := sc.task.Create(cctx, req)
-	if err != nil && started && unknownCreateAndStart(errdefs.FromGRPC(err)) {
+	if err != nil && started && unknownCreateAndStart(errgrpc.FromGRPC(err)) {
 		// An edged-shim from before CreateAndStart: create, then start.
 		m.log.Info("shim does not create and start in one call; using create and start", "shim", sc.key)
 		sc.noFuse.Store(true)
@@ -449,7 +450,7 @@ func (m *Manager) call(ctx context.Context, ns, id, op string, fn func(context.C
 // callError types a shim error; a deadline or a lost connection marks the
 // shim dead and cleans up its tasks.
 func (m *Manager) callError(ctx context.Context, sc *shimConn, op string, err error) error {
-	err = errdefs.FromGRPC(err)
+	err = errgrpc.FromGRPC(err)
 	if ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || isConnError(err)) {
 		m.log.Error("shim did not answer; treating it as dead", "shim", sc.key, "op", op, "error", err)
 		go m.shimDead(context.WithoutCancel(ctx), sc)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/internal/testutil"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 )
@@ -120,7 +121,7 @@ func TestSpareShimAdoptedThenReplaced(t *testing.T) {
 	// It serves no container yet: it answers NotFound.
 	_, err = task.Connect(context.Background(), &taskapi.ConnectRequest{Id: "x"})
 	c.Close()
-	if err = errdefs.FromGRPC(err); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `container "x"`) {
+	if err = errgrpc.FromGRPC(err); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `container "x"`) {
 		t.Fatalf("connect at the group socket: %v; want the shim's not found", err)
 	}
 	// No spare left: the next one is started after a Create; here by hand.

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 )
 
 // unaryInterceptor bounds every request's deadline, recovers panics and
@@ -26,7 +27,7 @@ func unaryInterceptor(log *slog.Logger, defTimeout, maxTimeout time.Duration, tr
 			}
 			if err != nil {
 				log.Debug("request failed", "method", info.FullMethod, "error", err)
-				err = errdefs.ToGRPC(err)
+				err = errgrpc.ToGRPC(err)
 			}
 		}()
 		return method(ctx, func(v any) error {
@@ -53,4 +54,4 @@ func boundDeadline(ctx context.Context, def, max time.Duration) (context.Context
 
 // StreamError converts an error returned by a streaming handler, which the
 // unary interceptor does not see.
-func StreamError(err error) error { return errdefs.ToGRPC(err) }
+func StreamError(err error) error { return errgrpc.ToGRPC(err) }

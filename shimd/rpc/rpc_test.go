@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/proto/wire"
 )
 
@@ -94,7 +95,7 @@ func TestServerAnswersTTRPCClient(t *testing.T) {
 		},
 		"Empty": func(ctx context.Context, p []byte) ([]byte, error) { return nil, nil },
 		"NotFound": func(ctx context.Context, p []byte) ([]byte, error) {
-			return nil, errdefs.ToGRPC(fmt.Errorf("container %q: %w", stringValue(t, p), errdefs.ErrNotFound))
+			return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", stringValue(t, p), errdefs.ErrNotFound))
 		},
 		"Plain": func(ctx context.Context, p []byte) ([]byte, error) { return nil, errors.New("plain failure") },
 		"Canceled": func(ctx context.Context, p []byte) ([]byte, error) {
@@ -118,7 +119,7 @@ func TestServerAnswersTTRPCClient(t *testing.T) {
 	if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), `container "c1": not found`) {
 		t.Errorf("NotFound: %v (code %v)", err, status.Code(err))
 	}
-	if !errors.Is(errdefs.FromGRPC(err), errdefs.ErrNotFound) {
+	if !errors.Is(errgrpc.FromGRPC(err), errdefs.ErrNotFound) {
 		t.Errorf("NotFound does not map back to ErrNotFound: %v", err)
 	}
 	_, err = call(ctx, c, "Plain", "")
@@ -333,7 +334,7 @@ func TestClientCallsTTRPCServer(t *testing.T) {
 		}
 		switch req.Value {
 		case "missing":
-			return nil, errdefs.ToGRPC(fmt.Errorf("thing: %w", errdefs.ErrNotFound))
+			return nil, errgrpc.ToGRPC(fmt.Errorf("thing: %w", errdefs.ErrNotFound))
 		case "hang":
 			<-ctx.Done()
 			return nil, ctx.Err()
@@ -368,7 +369,7 @@ func TestClientCallsTTRPCServer(t *testing.T) {
 		t.Fatalf("call without deadline after one with: %q, %v", p, err)
 	}
 	_, err = c.Call(ctx, testService, "Echo", encodeString("missing"))
-	if status.Code(err) != codes.NotFound || !errors.Is(errdefs.FromGRPC(err), errdefs.ErrNotFound) || !strings.Contains(err.Error(), "thing") {
+	if status.Code(err) != codes.NotFound || !errors.Is(errgrpc.FromGRPC(err), errdefs.ErrNotFound) || !strings.Contains(err.Error(), "thing") {
 		t.Errorf("error status: %v", err)
 	}
 	_, err = c.Call(ctx, testService, "Nope", nil)

@@ -8,7 +8,7 @@ import (
 	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
-	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/events"
 	"github.com/edged/edged/edged/namespaces"
 	api "github.com/edged/edged/proto/services/events/v1"
@@ -58,7 +58,7 @@ func (s *service) Subscribe(ctx context.Context, r *api.SubscribeRequest, stream
 	defer cancel()
 	envs, errc, err := s.ex.Subscribe(ctx, r.Filters...)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	for env := range envs {
 		if err := stream.Send(env); err != nil {
@@ -69,5 +69,5 @@ func (s *service) Subscribe(ctx context.Context, r *api.SubscribeRequest, stream
 	if ctx.Err() != nil {
 		return nil
 	}
-	return errdefs.ToGRPC(err)
+	return errgrpc.ToGRPC(err)
 }

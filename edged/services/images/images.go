@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/filters"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images"
@@ -333,7 +334,7 @@ func (p *progress) run(ctx context.Context, send func(*api.Progress) error, fn f
 	close(done)
 	wg.Wait()
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	last := p.snapshot(true)
 	last.Done, last.Image = true, img
@@ -343,11 +344,11 @@ func (p *progress) run(ctx context.Context, send func(*api.Progress) error, fn f
 func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Images_PullServer) error {
 	ns, err := streamNamespace(ctx, r.Namespace)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	creds, err := credentials(r.Credentials)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	p := newProgress()
 	return p.run(ctx, stream.Send, func() (*api.Image, error) {
@@ -367,14 +368,14 @@ func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Image
 func (s *service) Push(ctx context.Context, r *api.PushRequest, stream api.Images_PushServer) error {
 	ns, err := streamNamespace(ctx, r.Namespace)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	if r.Ref == "" {
-		return errdefs.ToGRPC(errdefs.InvalidArgument("ref", "must not be empty"))
+		return errgrpc.ToGRPC(errdefs.InvalidArgument("ref", "must not be empty"))
 	}
 	creds, err := credentials(r.Credentials)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	p := newProgress()
 	return p.run(ctx, stream.Send, func() (*api.Image, error) {
@@ -431,7 +432,7 @@ func (s *service) Import(ctx context.Context, stream api.Images_ImportServer) (*
 	resp, err := s.importStream(ctx, stream)
 	if err != nil {
 		s.Log.Info("import failed", "error", err)
-		return nil, errdefs.ToGRPC(err)
+		return nil, errgrpc.ToGRPC(err)
 	}
 	return resp, nil
 }
@@ -494,7 +495,7 @@ func (c chunkSender) Write(p []byte) (int, error) {
 func (s *service) Export(ctx context.Context, r *api.ExportRequest, stream api.Images_ExportServer) error {
 	ns, err := streamNamespace(ctx, r.Namespace)
 	if err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	w := bufio.NewWriterSize(chunkSender{stream}, exportChunk)
 	err = s.Images.Export(ctx, ns, w, r.Refs, images.ExportOptions{Platform: r.Platform, AllPlatforms: r.AllPlatforms})
@@ -503,7 +504,7 @@ func (s *service) Export(ctx context.Context, r *api.ExportRequest, stream api.I
 	}
 	if err != nil {
 		s.Log.Info("export failed", "namespace", ns, "refs", r.Refs, "error", err)
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	return nil
 }

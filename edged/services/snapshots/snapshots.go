@@ -11,6 +11,7 @@ import (
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images"
 	"github.com/edged/edged/edged/namespaces"
@@ -207,7 +208,7 @@ func (s *service) List(ctx context.Context, r *api.ListSnapshotsRequest, stream 
 		}
 		return nil
 	}()
-	return errdefs.ToGRPC(err)
+	return errgrpc.ToGRPC(err)
 }
 
 func (s *service) Usage(ctx context.Context, r *api.UsageRequest) (*api.UsageResponse, error) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/identifiers"
 	api "github.com/edged/edged/proto/services/tasks/v1"
 )
@@ -25,7 +26,7 @@ const followPoll = 200 * time.Millisecond
 // output until the task has exited (or the client goes away).
 func (s *service) Logs(ctx context.Context, r *api.LogsRequest, stream api.Tasks_LogsServer) error {
 	if err := s.logs(ctx, r, stream); err != nil {
-		return errdefs.ToGRPC(err)
+		return errgrpc.ToGRPC(err)
 	}
 	return nil
 }
