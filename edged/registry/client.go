@@ -57,6 +57,9 @@ type Config struct {
 	UserAgent string
 	// Logger receives one line per call; nil means slog.Default().
 	Logger *slog.Logger
+	// ExitGrace is how long the helper has to exit after its last message
+	// before it is killed; 0 means 10 s.
+	ExitGrace time.Duration
 }
 
 // Client starts a helper for each pull or push. It is safe for concurrent
@@ -78,6 +81,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.ExitGrace <= 0 {
+		cfg.ExitGrace = defaultExitGrace
 	}
 	return &Client{cfg: cfg, log: cfg.Logger}, nil
 }
@@ -163,6 +169,9 @@ func (c *Client) request(op, store, ref string, creds *Credentials) Request {
 // maxStderr bounds the helper's stderr kept for error messages.
 const maxStderr = 4 << 10
 
+// defaultExitGrace is the default Config.ExitGrace.
+const defaultExitGrace = 10 * time.Second
+
 // run starts the helper, sends req and serves its messages until the
 // result.
 func (c *Client) run(ctx context.Context, req Request, progress func(ProgressEvent), beforeBlob func(context.Context, ocispec.Descriptor) error) (*Result, error) {
@@ -194,10 +203,13 @@ func (c *Client) run(ctx context.Context, req Request, progress func(ProgressEve
 	stop := context.AfterFunc(ctx, func() { cmd.Process.Kill() })
 	res, perr := c.serve(ctx, stdin, stdout, append(line, '\n'), progress, beforeBlob)
 	stdin.Close()
-	if perr != nil {
+	if perr != nil && !errors.Is(perr, errHelperFailed) {
 		// A broken protocol: do not wait for a helper that may never exit.
 		cmd.Process.Kill()
 	}
+	// A helper that hangs after its last message is killed.
+	hung := time.AfterFunc(c.cfg.ExitGrace, func() { cmd.Process.Kill() })
+	defer hung.Stop()
 	io.Copy(io.Discard, stdout)
 	werr := cmd.Wait()
 	stop()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -61,7 +62,13 @@ func storeWith(t *testing.T, img *testimage.Built) *content.Store {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := w.Write(b.Data); err != nil {
+		r, err := b.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = io.Copy(w, r)
+		r.Close()
+		if err != nil {
 			t.Fatal(err)
 		}
 		if err := w.Commit(context.Background(), b.Size, d); err != nil {
@@ -288,6 +295,21 @@ func TestBrokenHelpers(t *testing.T) {
 		err := pull(fakeHelper(t, "exec sleep 60"), ctx)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("err = %v, want deadline exceeded", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("returned after %v", d)
+		}
+	})
+	t.Run("hangs after its result", func(t *testing.T) {
+		c, err := registry.New(registry.Config{Helper: fakeHelper(t, `read line; echo '{"result":{"root":{},"manifest":{}}}'; exec sleep 60`),
+			ExitGrace: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_, _, err = c.Pull(ctxT(t), store, "127.0.0.1:1/a:1", registry.PullOptions{})
+		if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "signal: killed") {
+			t.Fatalf("err = %v, want unavailable: killed", err)
 		}
 		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("returned after %v", d)

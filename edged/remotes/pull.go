@@ -486,7 +486,7 @@ func (s *session) storeBytes(ctx context.Context, desc ocispec.Descriptor, data 
 	if err := s.beforeBlob(ctx, desc); err != nil {
 		return err
 	}
-	w, err := s.store.Writer(ctx, "pull-"+desc.Digest.String(), content.WriterOpts{Expected: desc.Digest, Total: int64(len(data))})
+	w, err := s.openWriter(ctx, "pull-"+desc.Digest.String(), content.WriterOpts{Expected: desc.Digest, Total: int64(len(data))})
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
 		return nil
 	}
@@ -517,6 +517,29 @@ func (s *session) beforeBlob(ctx context.Context, d ocispec.Descriptor) error {
 }
 
 // fetchBlob downloads one blob into the store, resuming its ingest.
+// openWriter opens the ingest ref, waiting while another pull writes the
+// same blob (one of another image sharing a layer, in this process or in
+// another registry helper): it returns when that writer is gone (the
+// ingest is then resumed from what it wrote) or the blob is complete
+// (ErrAlreadyExists), or when ctx ends.
+func (s *session) openWriter(ctx context.Context, ref string, opts content.WriterOpts) (*content.Writer, error) {
+	delay := 20 * time.Millisecond
+	for {
+		w, err := s.store.Writer(ctx, ref, opts)
+		if !errors.Is(err, errdefs.ErrUnavailable) {
+			return w, err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("waiting for another writer of %s: %w", ref, ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
 func (s *session) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error {
 	if err := s.beforeBlob(ctx, desc); err != nil {
 		return err
@@ -527,7 +550,7 @@ func (s *session) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error 
 	}
 	ref := "pull-" + desc.Digest.String()
 	opts := content.WriterOpts{Expected: desc.Digest, Total: desc.Size}
-	w, err := s.store.Writer(ctx, ref, opts)
+	w, err := s.openWriter(ctx, ref, opts)
 	if errors.Is(err, errdefs.ErrFailedPrecondition) {
 		// An ingest of this digest started with another size: the size
 		// came from a different (wrong) manifest. Start over.
@@ -535,7 +558,7 @@ func (s *session) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error 
 		if aerr := s.store.Abort(ctx, ref); aerr != nil {
 			return aerr
 		}
-		w, err = s.store.Writer(ctx, ref, opts)
+		w, err = s.openWriter(ctx, ref, opts)
 	}
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
 		s.emit(desc, desc.Size, ProgressExists)

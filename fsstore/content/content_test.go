@@ -784,3 +784,67 @@ func TestCrossProcessFlock(t *testing.T) {
 	_, err = s2.Writer(ctx, "shared", WriterOpts{})
 	wantErr(t, err, errdefs.ErrUnavailable, "locked by another process")
 }
+
+// TestIngestLockedByAnotherProcess: edged and its registry helper share the
+// store. A Writer's flock is held per open file description, so a lock
+// taken here through a second descriptor of the data file stands in for the
+// helper's Writer: Abort and Cleanup leave such an ingest alone and a second
+// Writer is told to wait.
+func TestIngestLockedByAnotherProcess(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	w, err := s.Writer(ctx, "pull-x", WriterOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("partial")); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	f, err := os.Open(filepath.Join(s.ingestPath("pull-x"), fileData))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Abort(ctx, "pull-x"); !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "another process") {
+		t.Errorf("Abort: %v, want unavailable", err)
+	}
+	if _, err := s.Writer(ctx, "pull-x", WriterOpts{}); !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "locked by another process") {
+		t.Errorf("second Writer: %v, want unavailable", err)
+	}
+	if err := s.Cleanup(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Status(ctx, "pull-x"); err != nil {
+		t.Errorf("Cleanup removed a locked ingest: %v", err)
+	}
+	// Unlocked, it is an ordinary stale ingest again.
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	if err := s.Cleanup(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Status(ctx, "pull-x"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Cleanup kept a stale unlocked ingest: %v", err)
+	}
+}
+
+// TestWriterAfterBlobCommittedElsewhere: a Writer for a blob already
+// committed (by this process or another) gets ErrAlreadyExists and leaves no
+// ingest behind. The race of a commit during the open is exercised with
+// real helper processes in edged/registry (TestConcurrentPullsShareBlobs).
+func TestWriterAfterBlobCommittedElsewhere(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	data := []byte("committed by someone else")
+	d := digest.FromBytes(data)
+	writeBlob(t, s, "other", data)
+	if _, err := s.Writer(ctx, "pull-"+d.String(), WriterOpts{Expected: d}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("Writer: %v, want already exists", err)
+	}
+	if sts, _ := s.ListStatuses(ctx); len(sts) != 0 {
+		t.Fatalf("ingests left: %+v", sts)
+	}
+}

@@ -193,7 +193,8 @@ func (s *Store) ListStatuses(ctx context.Context) ([]Status, error) {
 }
 
 // Abort removes the ingest for ref and its data. It fails with
-// ErrUnavailable while a Writer for ref is open, and with ErrNotFound when
+// ErrUnavailable while a Writer for ref is open (in this process or
+// another), and with ErrNotFound when
 // there is no such ingest.
 func (s *Store) Abort(ctx context.Context, ref string) error {
 	if err := validateRef(ref); err != nil {
@@ -209,6 +210,9 @@ func (s *Store) Abort(ctx context.Context, ref string) error {
 			return fmt.Errorf("ingest %q: %w", truncate(ref), errdefs.ErrNotFound)
 		}
 		return fmt.Errorf("ingest %q: %w", truncate(ref), err)
+	}
+	if lockedElsewhere(dir) {
+		return fmt.Errorf("ingest %q: a writer in another process is active: %w", truncate(ref), errdefs.ErrUnavailable)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("ingest %q: abort: %w", truncate(ref), err)

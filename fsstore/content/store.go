@@ -270,7 +270,7 @@ func (s *Store) Cleanup(ctx context.Context, olderThan time.Duration) error {
 				}
 			}
 		}
-		if reason == "" {
+		if reason == "" || lockedElsewhere(dir) {
 			continue
 		}
 		slog.InfoContext(ctx, "content: removing ingest", "path", dir, "reason", reason)

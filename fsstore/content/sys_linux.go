@@ -53,3 +53,26 @@ func renameNoReplace(oldpath, newpath string) error {
 		}
 	}
 }
+
+// lockedElsewhere reports whether the data file of the ingest in dir is
+// flocked, by a Writer of another process (a registry helper) or of this
+// one: such an ingest is in use, whatever its files say.
+func lockedElsewhere(dir string) bool {
+	f, err := os.Open(dir + "/" + fileData)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		switch {
+		case err == nil:
+			unix.Flock(int(f.Fd()), unix.LOCK_UN)
+			return false
+		case errors.Is(err, unix.EINTR):
+			continue
+		default:
+			return errors.Is(err, unix.EWOULDBLOCK)
+		}
+	}
+}

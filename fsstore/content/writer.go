@@ -16,6 +16,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/internal/atomicfile"
 )
@@ -79,6 +81,12 @@ func (s *Store) Writer(ctx context.Context, ref string, opts WriterOpts) (*Write
 	w, err := s.openWriter(ctx, ref, opts)
 	if err != nil {
 		s.unlock(ref)
+		if errors.Is(err, fs.ErrNotExist) && !errors.Is(err, errdefs.ErrUnavailable) {
+			// The ingest directory went away while it was opened: a
+			// writer in another process committed or aborted it. Worth
+			// a retry, which finds the blob or starts afresh.
+			return nil, fmt.Errorf("%w: %w", err, errdefs.ErrUnavailable)
+		}
 		return nil, err
 	}
 	return w, nil
@@ -94,9 +102,20 @@ func (s *Store) openWriter(ctx context.Context, ref string, opts WriterOpts) (*W
 		return nil, err
 	}
 	if st == nil {
-		if err := s.createIngest(dir, name, ref, opts); err != nil {
+		err := s.createIngest(dir, name, ref, opts)
+		if errors.Is(err, errIngestExists) {
+			// Another process (edged and a registry helper share the
+			// store) created it in the meantime: use theirs; the flock
+			// below decides who writes.
+			if st, err = s.existingIngest(dir, ref); err == nil && st == nil {
+				err = fmt.Errorf("ingest %q vanished while opening it: %w", truncate(ref), errdefs.ErrUnavailable)
+			}
+		}
+		if err != nil {
 			return nil, err
 		}
+	}
+	if st == nil {
 		w.started = time.Now()
 		w.total, w.expected = opts.Total, opts.Expected
 	} else {
@@ -130,6 +149,22 @@ func (s *Store) openWriter(ctx context.Context, ref string, opts WriterOpts) (*W
 	if err := flockExclusive(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("ingest %q: %w", truncate(ref), err)
+	}
+	// Another process's writer may have committed this ingest between our
+	// look at it and the lock: then the blob is there, or the data file we
+	// locked is no longer the one in the ingest directory.
+	if w.expected != "" {
+		if _, err := os.Lstat(s.blobPath(w.expected)); err == nil {
+			f.Close()
+			if st == nil {
+				os.RemoveAll(dir) // ours, made for nothing
+			}
+			return nil, fmt.Errorf("content %s: %w", w.expected, errdefs.ErrAlreadyExists)
+		}
+	}
+	if !sameFile(f, filepath.Join(dir, fileData)) {
+		f.Close()
+		return nil, fmt.Errorf("ingest %q changed while opening it (another writer finished): %w", truncate(ref), errdefs.ErrUnavailable)
 	}
 	w.f = f
 	fi, err := f.Stat()
@@ -216,10 +251,26 @@ func (s *Store) createIngest(dir, name, ref string, opts WriterOpts) error {
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		os.RemoveAll(tmp)
+		if errors.Is(err, fs.ErrExist) || errors.Is(err, unix.ENOTEMPTY) {
+			return errIngestExists
+		}
 		return fmt.Errorf("ingest %q: %w", truncate(ref), err)
 	}
 	return nil
 }
+
+// sameFile reports whether path still names the file open as f.
+func sameFile(f *os.File, path string) bool {
+	a, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Lstat(path)
+	return err == nil && os.SameFile(a, b)
+}
+
+// errIngestExists: createIngest lost the race to another process.
+var errIngestExists = errors.New("ingest created concurrently")
 
 func writeNew(path string, data []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
