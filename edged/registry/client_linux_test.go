@@ -119,19 +119,26 @@ func (r *recorder) statuses(d digest.Digest) []registry.ProgressStatus {
 	return out
 }
 
-// TestPushPullThroughHelper pushes an image from one content store to a
-// real registry (with basic auth) through the edged-remote helper, pulls it
-// back into another store, and checks what edged's side saw: a lease
-// question for every blob before the helper used it, progress per blob, and
-// the blobs in the store.
-func TestPushPullThroughHelper(t *testing.T) {
+// authRegistry starts a registry with basic auth and returns it, a client
+// for it (plain HTTP, no docker config) and its credentials.
+func authRegistry(t *testing.T) (*testregistry.Registry, *registry.Client, *registry.Credentials) {
+	t.Helper()
 	reg := testregistry.Start(t, testregistry.Htpasswd(t, "edge", "s3cret"))
 	c, err := registry.New(registry.Config{Helper: helperBin, Hosts: map[string]registry.HostConfig{reg.Addr: {PlainHTTP: true}},
 		DockerConfig: filepath.Join(t.TempDir(), "none.json")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds := &registry.Credentials{Username: "edge", Password: "s3cret"}
+	return reg, c, &registry.Credentials{Username: "edge", Password: "s3cret"}
+}
+
+// TestPushPullThroughHelper pushes an image from one content store to a
+// real registry (with basic auth) through the edged-remote helper, pulls it
+// back into another store, and checks what edged's side saw: a lease
+// question for every blob before the helper used it, progress per blob, and
+// the blobs in the store.
+func TestPushPullThroughHelper(t *testing.T) {
+	reg, c, creds := authRegistry(t)
 	img := smallImage(t)
 	src := storeWith(t, img)
 	ref := reg.Addr + "/team/app:1"
@@ -185,13 +192,7 @@ func TestPushPullThroughHelper(t *testing.T) {
 // TestHelperErrorsKeepTheirKind checks that errors made in the helper, or
 // on edged's side of a question, arrive typed and with their message.
 func TestHelperErrorsKeepTheirKind(t *testing.T) {
-	reg := testregistry.Start(t, testregistry.Htpasswd(t, "edge", "s3cret"))
-	c, err := registry.New(registry.Config{Helper: helperBin, Hosts: map[string]registry.HostConfig{reg.Addr: {PlainHTTP: true}},
-		DockerConfig: filepath.Join(t.TempDir(), "none.json")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds := &registry.Credentials{Username: "edge", Password: "s3cret"}
+	reg, c, creds := authRegistry(t)
 	img := smallImage(t)
 	src := storeWith(t, img)
 	ctx := ctxT(t)

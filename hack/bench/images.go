@@ -352,10 +352,10 @@ func watchHelpers(pid int) *helperWatch {
 			kids := helperChildren(w.pid)
 			if len(kids) > 0 {
 				running, w.seen = true, true
-				e := vmRSS(w.pid)
+				e := measure.VmRSS(w.pid)
 				sum := e
 				for _, k := range kids {
-					sum += vmRSS(k)
+					sum += measure.VmRSS(k)
 				}
 				w.sum, w.edged = max(w.sum, sum), max(w.edged, e)
 				continue
@@ -373,21 +373,6 @@ func (w *helperWatch) stop() (sum, edged int64, seen bool) {
 	close(w.quit)
 	<-w.done
 	return w.sum, w.edged, w.seen
-}
-
-// vmRSS returns VmRSS of pid in KiB (0 when it is gone).
-func vmRSS(pid int) int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
 }
 
 // helperChildren returns the pids of pid's children named edged-remote.

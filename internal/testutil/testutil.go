@@ -233,3 +233,27 @@ func Lines(s string) []string {
 	}
 	return out
 }
+
+// ForbidDeps fails t for every package in the import graph of pkg (go list
+// -deps) that is one of forbidden or below one ("a/b" also forbids "a/b/c";
+// a trailing slash forbids only the packages below).
+func ForbidDeps(t testing.TB, pkg string, forbidden []string) {
+	t.Helper()
+	cmd := exec.Command(goTool(), "list", "-deps", pkg)
+	cmd.Env = append(cmd.Environ(), "GOFLAGS=-mod=mod")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 10 {
+		t.Fatalf("go list returned %d packages", len(deps))
+	}
+	for _, d := range deps {
+		for _, f := range forbidden {
+			if d == f || strings.HasPrefix(d, strings.TrimSuffix(f, "/")+"/") {
+				t.Errorf("%s imports %s (forbidden: %s)", pkg, d, f)
+			}
+		}
+	}
+}

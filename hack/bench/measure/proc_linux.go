@@ -42,6 +42,16 @@ func ReadMemory(pid int) (Memory, error) {
 	return m, nil
 }
 
+// VmRSS returns the resident set of pid in KiB from /proc/PID/status (0
+// when it is gone): cheaper than ReadMemory, for sampling.
+func VmRSS(pid int) int64 {
+	kv, err := readKeyValues(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	return kv["VmRSS"]
+}
+
 // IO is a process's /proc/PID/io counters in bytes.
 type IO struct {
 	WriteBytes int64 // bytes the process caused to be sent to the storage layer (page cache pages dirtied)
