@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -259,5 +260,31 @@ func TestPullResumesAfterDaemonKill(t *testing.T) {
 	t.Logf("edged peak RSS (VmHWM) during a pull of a %d MiB layer: %d KiB (%d KiB before the pull, +%d KiB)", size>>20, hwm, base, hwm-base)
 	if hwm-base > 8<<10 {
 		t.Errorf("a pull of a %d MiB layer raised edged's peak RSS by %d KiB, more than 8 MiB", size>>20, hwm-base)
+	}
+}
+
+// TestPullWithoutRegistryHelper: a device without edged-remote (or with a
+// wrong registry_helper) gets a clear error from a pull, and nothing is
+// recorded.
+func TestPullWithoutRegistryHelper(t *testing.T) {
+	dir := testutil.ShortTempDir(t)
+	p := filepath.Join(dir, "edged.toml")
+	if err := os.WriteFile(p, []byte("[images]\nregistry_helper = \"/nonexistent/edged-remote\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := testutil.StartDaemon(t, testutil.DaemonConfig{Bin: binDir, Dir: dir, Args: []string{"--config", p}})
+	c := cli{t: t, env: []string{"EDGED_ADDRESS=" + d.Address}}
+	c.fails(1, "registry access needs the edged-remote helper", "images", "pull", "127.0.0.1:1/lib/app:1")
+	if out := c.ok("images", "ls", "-q"); out != "" {
+		t.Fatalf("images after a failed pull: %q", out)
+	}
+	// A relative path is refused when edged starts.
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("[images]\nregistry_helper = \"bin/edged-remote\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(filepath.Join(binDir, "edged"), "--config", bad, "--root", filepath.Join(dir, "r2"), "--state", filepath.Join(dir, "s2")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "images.registry_helper") || !strings.Contains(string(out), "must be an absolute path") {
+		t.Fatalf("edged with a relative registry_helper: %v: %s", err, out)
 	}
 }
