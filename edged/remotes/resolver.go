@@ -44,7 +44,7 @@ type Resolver struct {
 	override map[string]Credentials
 }
 
-// WithCredentials returns a resolver that authenticates to registry's
+// WithCredentials returns a resolver that authenticates to host's
 // origin (not its mirrors, which may be operated by someone else) with c
 // instead of the docker config, for one pull or push. It shares the HTTP
 // clients and keeps its own token cache, so tokens of different
