@@ -702,9 +702,15 @@ func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*task
 		return &taskapi.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.exitStatus), ExitedAt: timestamp(p.exitedAt)}, nil
 	}
 	c.deleting = true
+	exited := p.hasExited()
 	s.mu.Unlock()
 	defer s.trimSoon()
-	if err := c.runc.Delete(ctx, c.id, true); err != nil && !errdefs.IsNotFound(err) {
+	del := c.runc.Delete
+	if exited {
+		// No runc process for the common case (see DeleteExited).
+		del = func(ctx context.Context, id string, _ bool) error { return c.runc.DeleteExited(ctx, id) }
+	}
+	if err := del(ctx, c.id, true); err != nil && !errdefs.IsNotFound(err) {
 		s.mu.Lock()
 		c.deleting = false
 		s.mu.Unlock()

@@ -82,6 +82,12 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	if a, ok := opts.Listener.Addr().(*net.UnixAddr); ok && a.Name != "" && a.Name[0] == '/' {
 		sockPath = a.Name
 	}
+	// The socket file as it is now: edged may unlink the path when it lets
+	// the shim go and bind a new shim's socket there before this one exits.
+	var sockStat os.FileInfo
+	if sockPath != "" {
+		sockStat, _ = os.Lstat(sockPath)
+	}
 	stateDir := opts.StateDir
 	if stateDir == "" {
 		if sockPath == "" {
@@ -104,6 +110,13 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 		Log:       log,
 		Shutdown:  srv.Stop,
 	})
+	// The os package checks once, with a short-lived clone, whether pidfds
+	// work; the first runc start would wait for that check (≈0.5 ms). It is
+	// done now, while edged still writes the bundle, and before the reaper
+	// runs (which could collect the probe before the os package does).
+	if p, err := os.FindProcess(os.Getpid()); err == nil {
+		p.Release()
+	}
 	go svc.Reaper().Run(ctx)
 	RegisterTaskService(srv, svc)
 	// The task API is served from this goroutine: a Shutdown request or the
@@ -119,7 +132,7 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	_ = srv.Shutdown(sctx)
 	scancel()
 	if sockPath != "" {
-		_ = os.Remove(sockPath)
+		removeOwnSocket(sockPath, sockStat)
 	}
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	if ferr := pub.Flush(fctx); ferr != nil {
@@ -130,6 +143,17 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	<-pubDone
 	log.Debug("shim exiting", "containers", svc.Count())
 	return err
+}
+
+// removeOwnSocket removes the socket file at path if it is still the one
+// this shim served (st), not a socket a newer shim bound at the same path.
+func removeOwnSocket(path string, st os.FileInfo) {
+	if st == nil {
+		return
+	}
+	if now, err := os.Lstat(path); err == nil && os.SameFile(st, now) {
+		_ = os.Remove(path)
+	}
 }
 
 // InheritedListener returns the listening socket passed as fd 3, either

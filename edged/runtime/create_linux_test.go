@@ -147,7 +147,7 @@ func TestCreateWithStartOlderShim(t *testing.T) {
 	requireRunc(t)
 	m := newTestManager(t)
 	ctx := context.Background()
-	real, err := m.spawnNativeShim(ctx, "default", "real", filepath.Join(m.cfg.State, "s", "real"), nil)
+	real, err := m.spawnNativeShim(ctx, "default", "real", filepath.Join(m.cfg.State, "s", "real"))
 	if err != nil {
 		t.Fatal(err)
 	}

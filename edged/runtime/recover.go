@@ -27,6 +27,7 @@ type RecoverResult struct {
 func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
 	start := time.Now()
 	m.removeStaleSpares(ctx)
+	m.emptyTrash()
 	var res RecoverResult
 	var tasks []*task
 	root := filepath.Join(m.cfg.State, "tasks")

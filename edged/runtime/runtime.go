@@ -8,6 +8,8 @@ package runtime
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/gogo/protobuf/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/errdefs/errgrpc"
@@ -71,8 +74,12 @@ type Manager struct {
 	tasks   map[string]*task     // namespace/id
 	spares  map[string]*spare    // namespace
 	filling map[string]bool      // namespace: a spare is being started
-	closed  bool
-	fills   sync.WaitGroup // spares being started
+	// fillTimers start a namespace's next spare (fillSpareLater).
+	fillTimers map[string]*time.Timer
+	closed     bool
+	fills      sync.WaitGroup // spares being started
+	// stopping counts released shims being shut down in the background.
+	stopping sync.WaitGroup
 }
 
 // task is one container's init process in a shim.
@@ -106,13 +113,13 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.ShimBinary == "" {
 		cfg.ShimBinary = findShim()
 	}
-	for _, d := range []string{"bundles", "tasks", "s"} {
+	for _, d := range []string{"bundles", "tasks", "s", "trash"} {
 		if err := os.MkdirAll(filepath.Join(cfg.State, d), 0o700); err != nil {
 			return nil, fmt.Errorf("runtime: %w", err)
 		}
 	}
 	return &Manager{cfg: cfg, log: cfg.Log, shims: map[string]*shimConn{}, tasks: map[string]*task{},
-		spares: map[string]*spare{}, filling: map[string]bool{}}, nil
+		spares: map[string]*spare{}, filling: map[string]bool{}, fillTimers: map[string]*time.Timer{}}, nil
 }
 
 func findShim() string {
@@ -223,7 +230,7 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 	}
 	defer func() {
 		if err != nil {
-			os.RemoveAll(t.Bundle)
+			m.removeBundle(t.Bundle)
 		}
 	}()
 	// An edged-shim starts while the spec is prepared and written: its
@@ -272,8 +279,8 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 	}
 
 	if t.Runtime == NativeRuntime {
-		// Started after the task's runc create: it would compete with it.
-		defer m.fillSpare(ns)
+		// Not while the task's container starts: it would compete with it.
+		defer m.fillSpareLater(ns)
 	}
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
 	defer cancel()
@@ -603,7 +610,7 @@ func (m *Manager) release(ctx context.Context, t *task) {
 	delete(m.tasks, key(t.Namespace, t.ID))
 	m.mu.Unlock()
 	os.Remove(m.bootstrapPath(t.Namespace, t.ID))
-	os.RemoveAll(t.Bundle)
+	m.discardBundle(t.Bundle)
 	sc := t.shim
 	if sc == nil {
 		return
@@ -615,19 +622,96 @@ func (m *Manager) release(ctx context.Context, t *task) {
 	if !idle {
 		return
 	}
+	if m.recycle(sc) {
+		return
+	}
 	m.mu.Lock()
 	if m.shims[sc.key] == sc {
 		delete(m.shims, sc.key)
 	}
 	m.mu.Unlock()
+	if !sc.native {
+		// A containerd shim's `start` hands out the socket of a shim still
+		// listening at its address: this one must be gone first.
+		m.stopShim(ctx, sc, t.ID)
+		return
+	}
+	// An edged-shim is let go in the background (its exit takes a few ms
+	// nobody needs to wait for). Its socket path and log go first: a new
+	// task of the same group may start a shim at the same path at once;
+	// the old shim removes the path on exit only while it is still its own.
+	os.Remove(sc.address)
+	os.Remove(sc.address + ".log")
+	m.stopping.Add(1)
+	go func() {
+		defer m.stopping.Done()
+		m.stopShim(context.WithoutCancel(ctx), sc, t.ID)
+	}()
+}
+
+// stopShim asks an idle shim to exit and collects it; one that does not
+// answer within the call timeout is killed.
+func (m *Manager) stopShim(ctx context.Context, sc *shimConn, id string) {
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
 	defer cancel()
-	sc.task.Shutdown(cctx, &taskapi.ShutdownRequest{Id: t.ID})
+	_, err := sc.task.Shutdown(cctx, &taskapi.ShutdownRequest{Id: id})
 	sc.closeClient()
+	if err != nil && errors.Is(errgrpc.FromGRPC(err), context.DeadlineExceeded) && sc.pid > 0 {
+		m.log.Warn("shim did not shut down; killing it", "shim", sc.key, "pid", sc.pid, "error", err)
+		syscall.Kill(sc.pid, syscall.SIGKILL)
+	}
 	sc.reap()
-	if sc.native {
-		os.Remove(sc.address)
-		os.Remove(sc.address + ".log")
+}
+
+// removeBundle removes a task's bundle directory without ever deleting
+// through its rootfs: the shim unmounts the rootfs, and when that failed
+// (or the shim is gone) the rootfs may still show the container's files —
+// an image snapshot or, with --rootfs, a directory of the user's. It is
+// detached and must then be an empty directory; if it is not, the bundle is
+// left in place with a warning.
+func (m *Manager) removeBundle(dir string) {
+	rootfs := filepath.Join(dir, "rootfs")
+	err := unix.Rmdir(rootfs)
+	if err == unix.EBUSY {
+		unix.Unmount(rootfs, unix.MNT_DETACH)
+		err = unix.Rmdir(rootfs)
+	}
+	if err != nil && err != unix.ENOENT {
+		m.log.Warn("bundle left in place: its rootfs is not an empty directory", "bundle", dir, "error", err)
+		return
+	}
+	os.RemoveAll(dir)
+}
+
+// discardBundle moves a deleted task's bundle to <state>/trash and removes
+// it in the background (Close waits for that; Recover empties the trash): a
+// task of the same ID may be created at once, and removing the files, on a
+// flash card at times after a wait for the file system's journal, is
+// nobody's wait.
+func (m *Manager) discardBundle(dir string) {
+	var r [8]byte
+	rand.Read(r[:])
+	trash := filepath.Join(m.cfg.State, "trash", hex.EncodeToString(r[:]))
+	if err := os.Rename(dir, trash); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			m.removeBundle(dir)
+		}
+		return
+	}
+	m.stopping.Add(1)
+	go func() {
+		defer m.stopping.Done()
+		m.removeBundle(trash)
+	}()
+}
+
+// emptyTrash removes the bundles a previous edged discarded but had not
+// removed yet.
+func (m *Manager) emptyTrash() {
+	dir := filepath.Join(m.cfg.State, "trash")
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		m.removeBundle(filepath.Join(dir, e.Name()))
 	}
 }
 
@@ -678,7 +762,7 @@ func (m *Manager) cleanupTask(ctx context.Context, t *task) {
 	} else if t.Binary != "" {
 		m.deleteV2(ctx, m.log, t.Namespace, t.ID, t.Bundle, t.Binary)
 	}
-	os.RemoveAll(t.Bundle)
+	m.removeBundle(t.Bundle)
 	os.Remove(m.bootstrapPath(t.Namespace, t.ID))
 	if m.cfg.OnDead != nil {
 		m.cfg.OnDead(t.Namespace, t.ID, t.Pid)
@@ -729,6 +813,10 @@ func (m *Manager) ShimPid(ns, id string) int {
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
+	for ns, t := range m.fillTimers {
+		t.Stop()
+		delete(m.fillTimers, ns)
+	}
 	spares := m.spares
 	m.spares = map[string]*spare{}
 	shims := make([]*shimConn, 0, len(m.shims))
@@ -743,4 +831,5 @@ func (m *Manager) Close() {
 	for _, sc := range shims {
 		sc.closeClient()
 	}
+	m.stopping.Wait()
 }

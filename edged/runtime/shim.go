@@ -39,6 +39,10 @@ type shimConn struct {
 	client  *ttrpc.Client
 	task    taskapi.TaskService
 
+	// lost is set when the connection to a shim this edged started breaks
+	// (the shim is gone).
+	lost atomic.Bool
+
 	// noFuse is set when the edged-shim rejected CreateAndStart options
 	// (an older binary): it gets Create then Start from then on.
 	noFuse atomic.Bool
@@ -104,7 +108,7 @@ func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimC
 	if sc := m.adoptSpare(ns, group, path); sc != nil {
 		return sc, nil
 	}
-	sc, err := m.spawnNativeShim(ctx, ns, group, path, nil)
+	sc, err := m.spawnNativeShim(ctx, ns, group, path)
 	if err != nil {
 		return nil, err
 	}
@@ -113,9 +117,9 @@ func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimC
 }
 
 // spawnNativeShim starts an edged-shim named name serving the socket path,
-// logging to path.log. onClose, if set, is called when the connection to
-// it is lost.
-func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string, onClose func()) (*shimConn, error) {
+// logging to path.log. The returned shimConn's lost is set when the
+// connection to it breaks.
+func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string) (*shimConn, error) {
 	os.Remove(path)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("shim socket directory: %w", err)
@@ -150,11 +154,8 @@ func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string, on
 		os.Remove(logPath)
 		return nil, fmt.Errorf("start shim %s: %w", m.cfg.ShimBinary, err)
 	}
-	c, task, err := dialShim(ctx, ns, path, m.cfg.CallTimeout, ttrpc.WithOnClose(func() {
-		if onClose != nil {
-			onClose()
-		}
-	}))
+	sc := &shimConn{ns: ns, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, refs: map[string]bool{}, cmd: cmd, reaped: make(chan struct{})}
+	c, task, err := dialShim(ctx, ns, path, m.cfg.CallTimeout, ttrpc.WithOnClose(func() { sc.lost.Store(true) }))
 	if err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -162,7 +163,8 @@ func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string, on
 		os.Remove(logPath)
 		return nil, err
 	}
-	return &shimConn{ns: ns, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, client: c, task: task, refs: map[string]bool{}, cmd: cmd, reaped: make(chan struct{})}, nil
+	sc.client, sc.task = c, task
+	return sc, nil
 }
 
 // socketPath names the socket of a shim group: a hash keeps the path short

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
@@ -21,8 +20,7 @@ import (
 // them to the group's names, so a spare that a crashed edged left behind is
 // recognised (and shut down) by Recover.
 type spare struct {
-	sc   *shimConn
-	lost atomic.Bool // the connection to it broke: the shim is gone
+	sc *shimConn
 }
 
 const sparePrefix = "spare-"
@@ -51,7 +49,7 @@ func (m *Manager) adoptSpare(ns, group, path string) *shimConn {
 		return nil
 	}
 	sc := sp.sc
-	if sp.lost.Load() {
+	if sc.lost.Load() {
 		m.log.Warn("spare shim is gone; starting a shim", "namespace", ns, "pid", sc.pid)
 		m.stopSpare(sc)
 		return nil
@@ -73,6 +71,63 @@ func (m *Manager) adoptSpare(ns, group, path string) *shimConn {
 	return sc
 }
 
+// spareFillDelay is how long after the last adoption of a namespace's
+// spare a new one is started: not at once, where its start-up would compete
+// with the new container's; and not while containers keep being started and
+// removed: each one's shim, let go, becomes the spare (recycle), so such a
+// sequence starts no shims at all.
+const spareFillDelay = 100 * time.Millisecond
+
+// fillSpareLater calls fillSpare once no container of the namespace was
+// created for spareFillDelay.
+func (m *Manager) fillSpareLater(ns string) {
+	if !m.cfg.SpareShim {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if t := m.fillTimers[ns]; t != nil {
+		t.Reset(spareFillDelay)
+		return
+	}
+	m.fillTimers[ns] = time.AfterFunc(spareFillDelay, func() {
+		m.mu.Lock()
+		delete(m.fillTimers, ns)
+		m.mu.Unlock()
+		m.fillSpare(ns)
+	})
+}
+
+// recycle makes an idle edged-shim this edged started the namespace's
+// spare, when spares are on and the namespace has none: its socket and log
+// are renamed to a new spare name (a new shim of the group may take the
+// group's path at once). It reports false when the shim must be stopped
+// instead.
+func (m *Manager) recycle(sc *shimConn) bool {
+	if !m.cfg.SpareShim || !sc.native || sc.cmd == nil || sc.lost.Load() || sc.isDead() {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.spares[sc.ns] != nil || m.filling[sc.ns] {
+		return false
+	}
+	path := m.sparePath(sc.ns)
+	if err := os.Rename(sc.address+".log", path+".log"); err != nil {
+		return false
+	}
+	if err := os.Rename(sc.address, path); err != nil {
+		os.Rename(path+".log", sc.address+".log")
+		return false
+	}
+	if m.shims[sc.key] == sc {
+		delete(m.shims, sc.key)
+	}
+	sc.address, sc.key, sc.group = path, "", ""
+	m.spares[sc.ns] = &spare{sc: sc}
+	return true
+}
+
 // fillSpare starts a spare shim for the namespace in the background unless
 // there is one, one is being started, spares are off, or the manager is
 // closed.
@@ -92,7 +147,7 @@ func (m *Manager) fillSpare(ns string) {
 		defer m.fills.Done()
 		sp := &spare{}
 		path := m.sparePath(ns)
-		sc, err := m.spawnNativeShim(context.Background(), ns, filepath.Base(path), path, func() { sp.lost.Store(true) })
+		sc, err := m.spawnNativeShim(context.Background(), ns, filepath.Base(path), path)
 		m.mu.Lock()
 		delete(m.filling, ns)
 		closed := m.closed

@@ -191,7 +191,7 @@ func TestSpareShimDeadIsNotAdopted(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		m.mu.Lock()
-		lost := m.spares["default"].lost.Load()
+		lost := m.spares["default"].sc.lost.Load()
 		m.mu.Unlock()
 		if lost || time.Now().After(deadline) {
 			break

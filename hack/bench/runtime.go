@@ -91,6 +91,18 @@ func runtimeSection(ctx context.Context, e *Env) ([]Row, error) {
 		info("edgectl run --rm true, median", measure.Ms(medOurs), "ms").with("ctr run --rm 106 ms (issue)", ""),
 		info("runc run true, median", measure.Ms(medBare), "ms").with("30 ms (issue)", ""),
 	}
+	// The price of the spare shim (spare_shim, on by default): after the
+	// runs, with no task left, the one edged-shim edged keeps is the spare.
+	for _, pid := range children(d.PID()) {
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) != "edged-shim" {
+			continue
+		}
+		if mem, err := measure.ReadMemory(pid); err == nil {
+			rows = append(rows, info("idle spare edged-shim, private (USS)", measure.MiB(mem.PrivateClean+mem.PrivateDirty), "MiB").
+				with("", fmt.Sprintf("spare_shim = true (default): the shim let go after a run waits for the next one; PSS %.2f MiB", measure.MiB(mem.PSS))))
+		}
+		break
+	}
 
 	// Detached start latency and disk writes per lifecycle. Periodic
 	// writes (SQLite's checkpoints, one per ~1000 WAL pages) must be
