@@ -98,8 +98,8 @@ func runtimeSection(ctx context.Context, e *Env) ([]Row, error) {
 			continue
 		}
 		if mem, err := measure.ReadMemory(pid); err == nil {
-			rows = append(rows, info("idle spare edged-shim, private (USS)", measure.MiB(mem.PrivateClean+mem.PrivateDirty), "MiB").
-				with("", fmt.Sprintf("spare_shim = true (default): the shim let go after a run waits for the next one; PSS %.2f MiB", measure.MiB(mem.PSS))))
+			rows = append(rows, info("idle spare edged-shim, anonymous memory", measure.MiB(mem.PSSAnon), "MiB").
+				with("", fmt.Sprintf("spare_shim = true (default): the shim let go after a run waits for the next one; its binary's pages, %.2f MiB, are page cache shared with every other shim", measure.MiB(mem.PSSFile))))
 		}
 		break
 	}
