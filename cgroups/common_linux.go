@@ -136,6 +136,14 @@ func rmdirAll(dir string) error {
 	}
 }
 
+// RemoveDirs deletes the cgroup directories dirs and the cgroups below
+// them, retrying while they are busy (see removeDirs): for callers that
+// know a container's cgroup paths but have no Manager, like the shim
+// removing an exited runc container.
+func RemoveDirs(ctx context.Context, dirs ...string) error {
+	return removeDirs(ctx, dirs, func() ([]int, error) { return nil, nil })
+}
+
 // removeDirs deletes the cgroup directories dirs, retrying EBUSY (a process
 // that just exited is still being released) with a growing pause, about
 // half a second in all. procs lists what remains for the error message.

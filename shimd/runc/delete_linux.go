@@ -4,17 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/cgroups"
 )
 
 // DeleteExited deletes a container whose init process has exited and been
@@ -28,7 +24,7 @@ import (
 // still runs, a state file that is not runc's — goes to `runc delete
 // --force`.
 func (r *Runc) DeleteExited(ctx context.Context, id string) error {
-	done, err := r.deleteStopped(id)
+	done, err := r.deleteStopped(ctx, id)
 	if done {
 		return err
 	}
@@ -62,7 +58,7 @@ const cgroupRoot = "/sys/fs/cgroup/"
 
 // deleteStopped removes a stopped runc container natively. done is false
 // when the container is not one it can remove (nothing was changed then).
-func (r *Runc) deleteStopped(id string) (done bool, _ error) {
+func (r *Runc) deleteStopped(ctx context.Context, id string) (done bool, _ error) {
 	if r.SystemdCgroup || id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
 		return false, nil
 	}
@@ -104,12 +100,16 @@ func (r *Runc) deleteStopped(id string) (done bool, _ error) {
 	// cgroups first, retrying while the kernel still tears down the
 	// processes the PID namespace's end killed), then the state directory.
 	// Like runc, a cgroup that will not go does not keep the state.
-	cgErr := removeCgroups(st.CgroupPaths)
+	dirs := make([]string, 0, len(st.CgroupPaths))
+	for _, p := range st.CgroupPaths {
+		dirs = append(dirs, p)
+	}
+	cgErr := cgroups.RemoveDirs(ctx, dirs...)
 	if err := os.RemoveAll(dir); err != nil {
 		return true, fmt.Errorf("delete %s: remove runc state: %w", id, err)
 	}
 	if cgErr != nil {
-		return true, fmt.Errorf("delete %s: %w: %w", id, cgErr, errdefs.ErrUnknown)
+		return true, fmt.Errorf("delete %s: %w", id, cgErr)
 	}
 	return true, nil
 }
@@ -133,63 +133,4 @@ func initAlive(pid int, start uint64) bool {
 	}
 	t, err := strconv.ParseUint(f[19], 10, 64)
 	return err != nil || t == start
-}
-
-// removeCgroups removes the cgroup directories (and their sub-cgroups),
-// retrying for about a second while they are busy.
-func removeCgroups(paths map[string]string) error {
-	left := make(map[string]string, len(paths))
-	for k, v := range paths {
-		left[k] = v
-	}
-	delay := 5 * time.Millisecond
-	var last error
-	for try := 0; try < 8; try++ {
-		if try > 0 {
-			time.Sleep(delay)
-			delay = min(2*delay, 200*time.Millisecond)
-		}
-		for k, p := range left {
-			err := removeCgroup(p)
-			if err == nil || errors.Is(err, os.ErrNotExist) {
-				delete(left, k)
-				continue
-			}
-			last = err
-		}
-		if len(left) == 0 {
-			return nil
-		}
-	}
-	return fmt.Errorf("remove cgroups: %w", last)
-}
-
-// removeCgroup removes one cgroup directory, its sub-cgroups first. Only
-// directories are removed: the files in a cgroup are the kernel's.
-func removeCgroup(path string) error {
-	err := unix.Rmdir(path)
-	if err == nil || err == unix.ENOENT {
-		return nil
-	}
-	if err != unix.EBUSY && err != unix.ENOTEMPTY && err != unix.EEXIST {
-		return &os.PathError{Op: "rmdir", Path: path, Err: err}
-	}
-	entries, rerr := os.ReadDir(path)
-	if rerr != nil {
-		if errors.Is(rerr, os.ErrNotExist) {
-			return nil
-		}
-		return rerr
-	}
-	for _, e := range entries {
-		if e.IsDir() {
-			if err := removeCgroup(filepath.Join(path, e.Name())); err != nil {
-				return err
-			}
-		}
-	}
-	if err := unix.Rmdir(path); err != nil && err != unix.ENOENT {
-		return &os.PathError{Op: "rmdir", Path: path, Err: err}
-	}
-	return nil
 }
