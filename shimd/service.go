@@ -705,12 +705,12 @@ func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*task
 	exited := p.hasExited()
 	s.mu.Unlock()
 	defer s.trimSoon()
-	del := c.runc.Delete
 	if exited {
-		// No runc process for the common case (see DeleteExited).
-		del = func(ctx context.Context, id string, _ bool) error { return c.runc.DeleteExited(ctx, id) }
+		err = c.runc.DeleteExited(ctx, c.id) // no runc process in the common case
+	} else {
+		err = c.runc.Delete(ctx, c.id, true)
 	}
-	if err := del(ctx, c.id, true); err != nil && !errdefs.IsNotFound(err) {
+	if err != nil && !errdefs.IsNotFound(err) {
 		s.mu.Lock()
 		c.deleting = false
 		s.mu.Unlock()

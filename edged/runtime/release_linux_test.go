@@ -181,3 +181,19 @@ func TestDeleteFreesTheIDAtOnce(t *testing.T) {
 		t.Fatalf("state of a deleted task: %v; want not found", err)
 	}
 }
+
+// Work handed to the background after Close (a request finishing during
+// shutdown) runs at once instead of racing Close's wait.
+func TestBackgroundAfterCloseRunsAtOnce(t *testing.T) {
+	m := newTestManager(t)
+	m.Close()
+	bundle := filepath.Join(m.cfg.State, "bundles", "default", "late")
+	if err := os.MkdirAll(filepath.Join(bundle, "rootfs"), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	m.discardBundle(bundle)
+	ents, _ := os.ReadDir(filepath.Join(m.cfg.State, "trash"))
+	if _, err := os.Stat(bundle); !os.IsNotExist(err) || len(ents) != 0 {
+		t.Fatalf("after discardBundle on a closed manager: bundle %v, trash %d entries", err, len(ents))
+	}
+}

@@ -78,7 +78,8 @@ type Manager struct {
 	fillTimers map[string]*time.Timer
 	closed     bool
 	fills      sync.WaitGroup // spares being started
-	// stopping counts released shims being shut down in the background.
+	// stopping counts background work Close waits for: released shims
+	// being shut down, discarded bundles being removed (see background).
 	stopping sync.WaitGroup
 }
 
@@ -642,10 +643,23 @@ func (m *Manager) release(ctx context.Context, t *task) {
 	// the old shim removes the path on exit only while it is still its own.
 	os.Remove(sc.address)
 	os.Remove(sc.address + ".log")
+	m.background(func() { m.stopShim(context.WithoutCancel(ctx), sc, t.ID) })
+}
+
+// background runs fn in a goroutine Close waits for; once the manager is
+// closed it runs fn at once (a request finishing during shutdown).
+func (m *Manager) background(fn func()) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		fn()
+		return
+	}
 	m.stopping.Add(1)
+	m.mu.Unlock()
 	go func() {
 		defer m.stopping.Done()
-		m.stopShim(context.WithoutCancel(ctx), sc, t.ID)
+		fn()
 	}()
 }
 
@@ -698,11 +712,7 @@ func (m *Manager) discardBundle(dir string) {
 		}
 		return
 	}
-	m.stopping.Add(1)
-	go func() {
-		defer m.stopping.Done()
-		m.removeBundle(trash)
-	}()
+	m.background(func() { m.removeBundle(trash) })
 }
 
 // emptyTrash removes the bundles a previous edged discarded but had not
