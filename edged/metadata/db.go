@@ -55,7 +55,6 @@ const PageSize = 1024
 const (
 	defaultCacheSizeKiB = 256
 	defaultBusyTimeout  = 5 * time.Second
-	defaultReadConns    = 1
 	// walAutocheckpointPages: a checkpoint copies the WAL back into the
 	// database and, with synchronous=NORMAL, is the only moment SQLite calls
 	// fsync. A page changed by many commits between two checkpoints is
@@ -96,9 +95,20 @@ type Options struct {
 	// the daemon). Specs stored either way are always readable.
 	CompressSpecs bool
 	// ReadConns is the number of reader connections that View uses next to
-	// the single writer connection (default 1). Negative means none: View
-	// then shares the writer connection, which saves the memory of one
-	// connection but serializes reads with writes.
+	// the single writer connection. Zero (the default) or negative means
+	// none: View shares the writer connection, and the file is opened with
+	// locking_mode=EXCLUSIVE. edged is the only user of its database, so
+	// it holds SQLite's lock for as long as it runs: a commit then takes
+	// and releases no file locks (about 11 fcntl calls less per container
+	// create+delete, ≈15% more of them per second) and the WAL index lives
+	// in memory instead of a -shm file. Another process (a second edged on
+	// the same root, the sqlite3 shell) cannot open the file meanwhile.
+	// Reads then wait for a write in progress; a write transaction here
+	// takes well under a millisecond.
+	//
+	// Positive: that many reader connections in shared locking mode, which
+	// read a snapshot while a write is in progress, for the memory of one
+	// more connection each (about 0.5 MiB).
 	ReadConns int
 	// BusyTimeout is how long a statement waits for a lock held by another
 	// process (e.g. the sqlite3 CLI) before failing (default 5s).
@@ -180,9 +190,6 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	if opts.checkpoint == 0 {
 		opts.checkpoint = walAutocheckpointPages
 	}
-	if opts.ReadConns == 0 {
-		opts.ReadConns = defaultReadConns
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -199,6 +206,10 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}
 	f.Close()
 
+	locking := "NORMAL"
+	if opts.ReadConns <= 0 {
+		locking = "EXCLUSIVE"
+	}
 	// Per-connection settings, run on every new connection.
 	common := []string{
 		fmt.Sprintf("PRAGMA busy_timeout = %d", opts.BusyTimeout.Milliseconds()),
@@ -219,6 +230,9 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		// file at its high-water mark on a small flash card. Like
 		// page_size it takes effect on a new file.
 		"PRAGMA auto_vacuum = INCREMENTAL",
+		// Before journal_mode: in exclusive mode the WAL index is kept in
+		// memory (no -shm file) when WAL is entered on this connection.
+		"PRAGMA locking_mode = " + locking,
 		"PRAGMA journal_mode = WAL",
 		fmt.Sprintf("PRAGMA wal_autocheckpoint = %d", opts.checkpoint),
 		fmt.Sprintf("PRAGMA journal_size_limit = %d", journalSizeLimit),
@@ -254,6 +268,9 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}
 	if err := db.migrate(ctx, opts.upto); err != nil {
 		db.closeAll()
+		if errors.Is(err, errdefs.ErrUnavailable) {
+			return nil, fmt.Errorf("metadata: %s is in use by another process (another edged with the same root?): %w", path, err)
+		}
 		return nil, err
 	}
 	if opts.upto == 0 {

@@ -29,11 +29,13 @@ func pragma(t *testing.T, q interface {
 func TestOpenSettings(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
-		sync string
-		want string
-	}{{"", "1"}, {"NORMAL", "1"}, {"full", "2"}} {
-		t.Run("synchronous="+tc.sync, func(t *testing.T) {
-			db, path := openTest(t, Options{Synchronous: tc.sync, Logger: slog.New(slog.DiscardHandler)})
+		sync      string
+		want      string
+		readConns int
+	}{{"", "1", 0}, {"NORMAL", "1", 0}, {"full", "2", 0}, {"", "1", 1}, {"full", "2", 2}} {
+		t.Run(fmt.Sprintf("synchronous=%s,readconns=%d", tc.sync, tc.readConns), func(t *testing.T) {
+			db, path := openTest(t, Options{Synchronous: tc.sync, ReadConns: tc.readConns, Logger: slog.New(slog.DiscardHandler)})
+			shared := tc.readConns > 0
 			w := db.SQL()
 			checks := map[string]string{
 				"journal_mode":       "wal",
@@ -46,6 +48,10 @@ func TestOpenSettings(t *testing.T) {
 				"temp_store":         "2",
 				"wal_autocheckpoint": fmt.Sprint(walAutocheckpointPages),
 				"journal_size_limit": fmt.Sprint(journalSizeLimit),
+				"locking_mode":       "exclusive",
+			}
+			if shared {
+				checks["locking_mode"] = "normal"
 			}
 			for name, want := range checks {
 				if got := pragma(t, w, name); got != want {
@@ -53,9 +59,15 @@ func TestOpenSettings(t *testing.T) {
 				}
 			}
 			// The reader connection has the same durability settings and is
-			// read-only.
+			// read-only (in exclusive mode the reader is the writer, and
+			// View's transactions refuse writes themselves:
+			// TestViewIsReadOnly).
+			readerChecks := map[string]string{"synchronous": tc.want, "foreign_keys": "1", "journal_mode": "wal"}
+			if shared {
+				readerChecks["query_only"] = "1"
+			}
 			if err := db.View(ctx, func(tx *Tx) error {
-				for name, want := range map[string]string{"synchronous": tc.want, "foreign_keys": "1", "query_only": "1", "journal_mode": "wal"} {
+				for name, want := range readerChecks {
 					var got string
 					if err := tx.SQL().QueryRow("PRAGMA " + name).Scan(&got); err != nil {
 						return err
@@ -68,7 +80,8 @@ func TestOpenSettings(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			// Directory 0700, file 0600, WAL and shm files as the database.
+			// Directory 0700, file 0600, WAL and shm files as the database;
+			// in exclusive mode the WAL index is in memory, no shm file.
 			st, err := os.Stat(filepath.Dir(path))
 			if err != nil {
 				t.Fatal(err)
@@ -76,7 +89,13 @@ func TestOpenSettings(t *testing.T) {
 			if st.Mode().Perm() != 0o700 {
 				t.Errorf("dir mode %v, want 0700", st.Mode().Perm())
 			}
-			for _, f := range []string{path, path + "-wal", path + "-shm"} {
+			files := []string{path, path + "-wal"}
+			if shared {
+				files = append(files, path+"-shm")
+			} else if _, err := os.Stat(path + "-shm"); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%s-shm in exclusive mode: %v, want no such file", path, err)
+			}
+			for _, f := range files {
 				st, err := os.Stat(f)
 				if err != nil {
 					t.Fatal(err)
@@ -435,13 +454,14 @@ func TestTimestamps(t *testing.T) {
 	}
 }
 
-// TestBusyDatabase: another process (here another connection, as the
-// sqlite3 CLI would be) holds the write lock longer than the busy timeout:
-// Update fails with ErrUnavailable after waiting, and works once the lock
-// is released.
+// TestBusyDatabase: in shared locking mode (reader connections), another
+// process (here another connection, as the sqlite3 CLI would be) holds the
+// write lock longer than the busy timeout: Update fails with ErrUnavailable
+// after waiting, and works once the lock is released. (In the default
+// exclusive mode nobody else gets the file: TestExclusiveLocking.)
 func TestBusyDatabase(t *testing.T) {
 	ctx := context.Background()
-	db, path := openTest(t, Options{BusyTimeout: 100 * time.Millisecond})
+	db, path := openTest(t, Options{BusyTimeout: 100 * time.Millisecond, ReadConns: 1})
 	other, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
 		t.Fatal(err)
@@ -469,6 +489,45 @@ func TestBusyDatabase(t *testing.T) {
 	}
 	if err := db.Update(ctx, func(tx *Tx) error {
 		_, err := tx.CreateNamespace(ctx, "x", nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExclusiveLocking: by default edged holds the database's lock while it
+// runs, so a second opener (another edged on the same root) is refused with
+// a clear error instead of sharing the file, and no -shm file exists.
+func TestExclusiveLocking(t *testing.T) {
+	ctx := context.Background()
+	db, path := openTest(t, Options{})
+	if err := db.Update(ctx, func(tx *Tx) error {
+		_, err := tx.CreateNamespace(ctx, "n", nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path + "-shm"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s-shm: %v, want no such file (the WAL index is in memory)", path, err)
+	}
+	_, err := Open(ctx, path, Options{BusyTimeout: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	wantErr(t, err, errdefs.ErrUnavailable, path, "in use by another process")
+	// Reads share the writer connection and see its commits.
+	if err := db.View(ctx, func(tx *Tx) error {
+		_, err := tx.GetNamespace(ctx, "n")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Once the first is closed the file opens again, with its data.
+	db.Close()
+	db2, err := Open(ctx, path, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	if err := db2.View(ctx, func(tx *Tx) error {
+		_, err := tx.GetNamespace(ctx, "n")
 		return err
 	}); err != nil {
 		t.Fatal(err)

@@ -90,12 +90,12 @@ func TestUpdateAfterClose(t *testing.T) {
 	wantErr(t, err, errdefs.ErrUnavailable, "metadata: update: database is closed")
 }
 
-// TestReaderOpenedByFirstView checks that writes alone never open a reader
+// TestReaderOpenedByFirstView checks (in shared mode) that writes alone never open a reader
 // connection (its memory is only spent when something reads) and that the
 // first View prepares the readers' statements and sees the writes.
 func TestReaderOpenedByFirstView(t *testing.T) {
 	ctx := context.Background()
-	db, _ := openTest(t, Options{})
+	db, _ := openTest(t, Options{ReadConns: 1})
 	for _, id := range []string{"a", "b"} {
 		if err := db.Update(ctx, func(tx *Tx) error {
 			_, err := tx.CreateContainer(ctx, "ns", testContainer(t, id))

@@ -27,9 +27,18 @@ type idleTrimmer struct {
 	after   time.Duration
 	release func()
 	cpu     func() time.Duration
+	epoch   time.Time // monotonic origin of last
+
+	// last is when the latest request finished (since epoch). touch only
+	// stores it: a request costs no system call and no timer change, so a
+	// burst of thousands of calls per second pays nothing for the trimmer.
+	last atomic.Int64
+	// armed is set while the timer is pending.
+	armed atomic.Bool
 
 	mu       sync.Mutex
 	timer    *time.Timer
+	armedAt  time.Duration // since epoch, when armedCPU was read
 	armedCPU time.Duration
 	stopped  bool
 }
@@ -44,29 +53,48 @@ func newIdleTrimmerCPU(after time.Duration, release func(), cpu func() time.Dura
 	if after <= 0 {
 		return nil
 	}
-	t := &idleTrimmer{after: after, release: release, cpu: cpu}
+	t := &idleTrimmer{after: after, release: release, cpu: cpu, epoch: time.Now()}
 	t.mu.Lock()
 	t.armedCPU = cpu()
+	t.armed.Store(true)
 	t.timer = time.AfterFunc(after, t.fire)
 	t.mu.Unlock()
 	return t
 }
 
+func (t *idleTrimmer) now() time.Duration { return time.Since(t.epoch) }
+
+// fire runs when the timer expires: if a request came meanwhile, the timer
+// is set again for after past that request; if edged used more than 1% CPU
+// since the timer was set (a stream), it waits another period; otherwise
+// it releases.
 func (t *idleTrimmer) fire() {
 	t.mu.Lock()
 	if t.stopped {
 		t.mu.Unlock()
 		return
 	}
-	now := t.cpu()
-	if busy := now-t.armedCPU > t.after/100; busy {
-		t.armedCPU = now
-		t.timer.Reset(t.after)
+	now := t.now()
+	if wait := time.Duration(t.last.Load()) + t.after - now; wait > 0 {
+		t.rearm(now, wait)
 		t.mu.Unlock()
 		return
 	}
+	cpu := t.cpu()
+	if busy := cpu-t.armedCPU > (now-t.armedAt)/100; busy {
+		t.rearm(now, t.after)
+		t.mu.Unlock()
+		return
+	}
+	t.armed.Store(false)
 	t.mu.Unlock()
 	t.release()
+}
+
+// rearm sets the timer to fire after wait; t.mu is held.
+func (t *idleTrimmer) rearm(now, wait time.Duration) {
+	t.armedAt, t.armedCPU = now, t.cpu()
+	t.timer.Reset(wait)
 }
 
 // releaseNow releases at once, in the background.
@@ -87,10 +115,16 @@ func (t *idleTrimmer) touch() {
 	if t == nil {
 		return
 	}
+	now := t.now()
+	t.last.Store(int64(now))
+	if t.armed.Load() {
+		return
+	}
+	// The first request after a release: set the timer again.
 	t.mu.Lock()
-	if !t.stopped {
-		t.armedCPU = t.cpu()
-		t.timer.Reset(t.after)
+	if !t.stopped && !t.armed.Load() {
+		t.armed.Store(true)
+		t.rearm(now, t.after)
 	}
 	t.mu.Unlock()
 }

@@ -71,3 +71,44 @@ func TestProcessCPUAdvances(t *testing.T) {
 		t.Fatalf("process CPU did not advance over 30 ms of spinning: %v → %v", a, b)
 	}
 }
+
+// A request costs the trimmer no CPU reading (a system call) and no timer
+// change: the CPU is read when the timer fires or is set again.
+func TestIdleTrimmerTouchIsCheap(t *testing.T) {
+	var reads atomic.Int32
+	tr := newIdleTrimmerCPU(time.Hour, func() {}, func() time.Duration { reads.Add(1); return 0 })
+	defer tr.stop()
+	before := reads.Load()
+	for range 1000 {
+		tr.touch()
+	}
+	if got := reads.Load() - before; got != 0 {
+		t.Fatalf("1000 requests read the CPU time %d times, want 0", got)
+	}
+}
+
+// After a release the next request arms the timer again, and the trimmer
+// releases once more after that request's idle period.
+func TestIdleTrimmerRearmsAfterRelease(t *testing.T) {
+	var n atomic.Int32
+	tr := newIdleTrimmerCPU(30*time.Millisecond, func() { n.Add(1) }, func() time.Duration { return 0 })
+	defer tr.stop()
+	deadline := time.Now().Add(2 * time.Second)
+	for n.Load() != 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := n.Load(); got != 1 {
+		t.Fatalf("released %d times after start, want 1", got)
+	}
+	tr.touch()
+	time.Sleep(10 * time.Millisecond)
+	if got := n.Load(); got != 1 {
+		t.Fatalf("released %d times 10 ms after a request, want still 1", got)
+	}
+	for n.Load() != 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := n.Load(); got != 2 {
+		t.Fatalf("released %d times after the request's idle period, want 2", got)
+	}
+}
