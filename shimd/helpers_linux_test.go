@@ -305,6 +305,17 @@ func (e *eventServer) Forward(ctx context.Context, req *ttrpcevents.ForwardReque
 	return &types.Empty{}, nil
 }
 
+func (e *eventServer) ForwardBatch(ctx context.Context, req *ttrpcevents.ForwardBatchRequest) (*types.Empty, error) {
+	e.mu.Lock()
+	e.events = append(e.events, req.Envelopes...)
+	e.mu.Unlock()
+	select {
+	case e.notify <- struct{}{}:
+	default:
+	}
+	return &types.Empty{}, nil
+}
+
 func newEventServer(t *testing.T, path string) *eventServer {
 	t.Helper()
 	if path == "" {

@@ -250,6 +250,10 @@ func (acceptEvents) Forward(context.Context, *ttrpcevents.ForwardRequest) (*type
 	return &types.Empty{}, nil
 }
 
+func (acceptEvents) ForwardBatch(context.Context, *ttrpcevents.ForwardBatchRequest) (*types.Empty, error) {
+	return &types.Empty{}, nil
+}
+
 func newFleet(b *testing.B) *fleet {
 	b.Helper()
 	state, err := os.MkdirTemp("", "es-fleet")

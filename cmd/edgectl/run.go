@@ -218,28 +218,22 @@ func runCommand() *command {
 					return err
 				}
 				defer c.Close()
-				if _, err := c.CreateFromImage(e.ctx, req); err != nil {
-					return err
-				}
+				// The container is created in the same call as its task
+				// (and removed by edged if the task cannot be created).
 				if *detach {
-					// Created and started in one call; a failure leaves no task.
-					if _, err := c.CreateTask(e.ctx, req.Id, client.TaskOpts{Start: true}); err != nil {
-						c.DeleteContainer(context.WithoutCancel(e.ctx), req.Id)
+					// Created and started in one call; a failure leaves
+					// neither task nor container.
+					if _, err := c.CreateTask(e.ctx, req.Id, client.TaskOpts{Start: true, Container: req}); err != nil {
 						return err
 					}
 					fmt.Fprintln(e.stdout, req.Id)
 					return nil
 				}
-				code, err := foreground(e, c, req.Id, "", rf.tty, *interactive, func(o client.TaskOpts) (bool, error) {
+				code, err := foreground(e, c, req.Id, "", rf.tty, *interactive, *rm, func(o client.TaskOpts) (bool, error) {
+					o.Container = req
 					_, err := c.CreateTask(e.ctx, req.Id, o)
 					return o.Start, err
 				})
-				cleanup := context.WithoutCancel(e.ctx)
-				if *rm {
-					if err2 := c.DeleteContainer(cleanup, req.Id); err2 != nil && err == nil {
-						err = err2
-					}
-				}
 				if err != nil {
 					return err
 				}
@@ -259,10 +253,12 @@ func exitCode(code uint32) error {
 
 // foreground creates a process with fifos (create), starts it, forwards
 // signals and terminal size, waits for it and its output, deletes the
-// task (or exec) and returns the exit status. create gets options with
-// Start set when the process may be started at once (no terminal, whose
-// size must be set first) and reports whether it was.
-func foreground(e *env, c *client.Client, id, execID string, tty, interactive bool, create func(client.TaskOpts) (started bool, err error)) (uint32, error) {
+// task (or exec) and, with rmContainer, the container, and returns the
+// exit status. create gets options with Start set when the process may be
+// started at once (no terminal, whose size must be set first) and reports
+// whether it was. The wait and the deletions are one call: edged deletes
+// once the process has exited, before it replies.
+func foreground(e *env, c *client.Client, id, execID string, tty, interactive, rmContainer bool, create func(client.TaskOpts) (started bool, err error)) (uint32, error) {
 	var stdin io.Reader
 	if interactive {
 		stdin = e.stdin
@@ -281,11 +277,16 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive bo
 		return 0, err
 	}
 	cleanup := context.WithoutCancel(e.ctx)
+	// deleteIt removes what is left when the process could not be started
+	// or waited for.
 	deleteIt := func() {
 		if execID != "" {
 			c.DeleteExec(cleanup, id, execID)
-		} else {
-			c.DeleteTask(cleanup, id, true)
+			return
+		}
+		c.DeleteTask(cleanup, id, true)
+		if rmContainer {
+			c.DeleteContainer(cleanup, id)
 		}
 	}
 	if tty && isTerminal(os.Stdin) {
@@ -327,7 +328,7 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive bo
 	}
 	done := make(chan result, 1)
 	go func() {
-		st, err := c.Wait(waitCtx, id, execID)
+		st, err := c.WaitDelete(waitCtx, id, execID, rmContainer)
 		done <- result{st, err}
 	}()
 	for {
@@ -346,7 +347,6 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive bo
 				return 0, r.err
 			}
 			waitOutput(fifos)
-			deleteIt()
 			return r.st.Code, nil
 		}
 	}

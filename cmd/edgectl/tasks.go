@@ -170,7 +170,7 @@ func taskCommand() *command {
 						if eid == "" {
 							eid = fmt.Sprintf("exec-%d", nowNanos())
 						}
-						code, err := foreground(e, c, id, eid, *tty, *interactive, func(o client.TaskOpts) (bool, error) {
+						code, err := foreground(e, c, id, eid, *tty, *interactive, false, func(o client.TaskOpts) (bool, error) {
 							return false, c.Exec(e.ctx, id, eid, &p, o)
 						})
 						if err != nil {

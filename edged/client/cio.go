@@ -7,7 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // FIFOs connect a foreground process's stdio to the caller through named
@@ -20,6 +23,9 @@ type FIFOs struct {
 	closers               []io.Closer
 	mu                    sync.Mutex
 	stdinDone             chan struct{}
+	// pending counts output fifos whose copy has not ended (Close must
+	// unblock those still waiting in open).
+	pending atomic.Int32
 }
 
 // StdinDone is closed when the caller's stdin reached its end and was
@@ -27,10 +33,13 @@ type FIFOs struct {
 // the process sees end of input. Nil without stdin.
 func (f *FIFOs) StdinDone() <-chan struct{} { return f.stdinDone }
 
-// NewFIFOs creates fifos in a new 0700 directory under dir ("" = os
-// temp) and starts copying: stdin (if not nil) into the process, the
+// NewFIFOs creates fifos in a new 0700 directory under dir ("" = see
+// FIFODir) and starts copying: stdin (if not nil) into the process, the
 // process's stdout and stderr (if not nil; stderr nil with terminal) out.
 func NewFIFOs(ctx context.Context, dir string, stdin io.Reader, stdout, stderr io.Writer) (*FIFOs, error) {
+	if dir == "" {
+		dir = FIFODir()
+	}
 	d, err := os.MkdirTemp(dir, "edgectl-io-")
 	if err != nil {
 		return nil, err
@@ -62,8 +71,10 @@ func NewFIFOs(ctx context.Context, dir string, stdin io.Reader, stdout, stderr i
 	}
 	out := func(path string, dst io.Writer) {
 		f.wg.Add(1)
+		f.pending.Add(1)
 		go func() {
 			defer f.wg.Done()
+			defer f.pending.Add(-1)
 			r, err := os.OpenFile(path, os.O_RDONLY, 0) // blocks until the shim opens it
 			if err != nil {
 				return
@@ -100,12 +111,29 @@ func (f *FIFOs) track(c io.Closer) {
 // ends when the process exited).
 func (f *FIFOs) Wait() { f.wg.Wait() }
 
+// FIFODir is where NewFIFOs creates its directory by default: a memory
+// file system when there is one ($XDG_RUNTIME_DIR, then /dev/shm), where
+// fifos cost no inode of the disk (creating and removing three of them on
+// ext4 takes a noticeable part of a short run), else the temp directory.
+func FIFODir() string {
+	for _, d := range []string{os.Getenv("XDG_RUNTIME_DIR"), "/dev/shm"} {
+		if d == "" {
+			continue
+		}
+		var st unix.Statfs_t
+		if unix.Statfs(d, &st) == nil && st.Type == unix.TMPFS_MAGIC && unix.Access(d, unix.W_OK|unix.X_OK) == nil {
+			return d
+		}
+	}
+	return os.TempDir()
+}
+
 // Close unblocks and stops all copies and removes the fifos.
 func (f *FIFOs) Close() error {
 	// Open the other end of every fifo without blocking, so goroutines
-	// still waiting in open return.
+	// still waiting in open return (none once every copy has ended).
 	for _, p := range []string{f.Stdout, f.Stderr} {
-		if p != "" {
+		if p != "" && f.pending.Load() > 0 {
 			if w, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
 				w.Close()
 			}
@@ -121,5 +149,15 @@ func (f *FIFOs) Close() error {
 		c.Close()
 	}
 	f.mu.Unlock()
-	return os.RemoveAll(f.dir)
+	// The directory holds only the fifos made here: three unlinks, where
+	// os.RemoveAll would first try the directory itself and then list it.
+	for _, p := range []string{f.Stdin, f.Stdout, f.Stderr} {
+		if p != "" {
+			os.Remove(p)
+		}
+	}
+	if err := os.Remove(f.dir); err != nil && !os.IsNotExist(err) {
+		return os.RemoveAll(f.dir)
+	}
+	return nil
 }

@@ -32,6 +32,10 @@ type TaskOpts struct {
 	// call instead of CreateTask then StartTask, and with edged-shim one
 	// runtime invocation instead of two.
 	Start bool
+	// Container, when set, is created in the same call, before its task
+	// (as CreateFromImage would), and deleted again if the task cannot be
+	// created. CreateTask's id may then be empty.
+	Container *containersapi.CreateFromImageRequest
 }
 
 // CreateFromImage creates a container from an image (or a host rootfs
@@ -48,7 +52,7 @@ func (c *Client) tasksClient() api.TasksClient { return api.NewTasksClient(c.tc)
 
 // CreateTask creates the task of a container and returns its pid.
 func (c *Client) CreateTask(ctx context.Context, id string, o TaskOpts) (uint32, error) {
-	r, err := c.tasksClient().Create(c.nsctx(ctx), &api.CreateTaskRequest{ContainerId: id, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, Terminal: o.Terminal, Rootfs: o.Rootfs, Start: o.Start})
+	r, err := c.tasksClient().Create(c.nsctx(ctx), &api.CreateTaskRequest{ContainerId: id, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, Terminal: o.Terminal, Rootfs: o.Rootfs, Start: o.Start, Container: o.Container})
 	if err != nil {
 		return 0, convertError(err)
 	}
@@ -79,12 +83,24 @@ type ExitStatus struct {
 // Wait blocks until the process exits. Without a deadline on ctx it waits
 // up to a day (the daemon's longest).
 func (c *Client) Wait(ctx context.Context, id, exec string) (ExitStatus, error) {
+	return c.wait(ctx, &api.WaitRequest{ContainerId: id, ExecId: exec})
+}
+
+// WaitDelete waits as Wait does, then has the daemon delete the process
+// (the task, or the exec) and, with container (task only), the container,
+// before it replies: what a foreground `run --rm` needs, in one call. If the
+// deletion fails the error says so and includes the exit status.
+func (c *Client) WaitDelete(ctx context.Context, id, exec string, container bool) (ExitStatus, error) {
+	return c.wait(ctx, &api.WaitRequest{ContainerId: id, ExecId: exec, Delete: true, DeleteContainer: container})
+}
+
+func (c *Client) wait(ctx context.Context, req *api.WaitRequest) (ExitStatus, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 24*time.Hour)
 		defer cancel()
 	}
-	r, err := c.tasksClient().Wait(c.nsctx(ctx), &api.WaitRequest{ContainerId: id, ExecId: exec})
+	r, err := c.tasksClient().Wait(c.nsctx(ctx), req)
 	if err != nil {
 		return ExitStatus{}, convertError(err)
 	}

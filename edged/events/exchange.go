@@ -107,6 +107,42 @@ func (e *Exchange) Forward(ctx context.Context, env *eventsapi.Envelope) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.forwardLocked(env)
+	return nil
+}
+
+// MaxBatch is the most envelopes ForwardBatch takes in one call.
+const MaxBatch = 256
+
+// ForwardBatch publishes envs in order, all or none: when one is invalid
+// none is published and the error names its index. Subscribers see the
+// batch without another publisher's envelopes in between.
+func (e *Exchange) ForwardBatch(ctx context.Context, envs []*eventsapi.Envelope) error {
+	if len(envs) == 0 {
+		return errdefs.InvalidArgument("envelopes", "must not be empty")
+	}
+	if len(envs) > MaxBatch {
+		return errdefs.InvalidArgument("envelopes", "%d envelopes is more than the maximum of %d", len(envs), MaxBatch)
+	}
+	for i, env := range envs {
+		if err := Validate(env); err != nil {
+			return fmt.Errorf("envelopes[%d]: %w", i, err)
+		}
+	}
+	now := e.now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, env := range envs {
+		if env.Timestamp == nil {
+			env.Timestamp = timestampNow(now)
+		}
+		e.forwardLocked(env)
+	}
+	return nil
+}
+
+// forwardLocked hands env to every matching subscriber; e.mu is held.
+func (e *Exchange) forwardLocked(env *eventsapi.Envelope) {
 	for s := range e.subs {
 		if !s.filters.Match(adaptor{env}) {
 			continue
@@ -119,7 +155,6 @@ func (e *Exchange) Forward(ctx context.Context, env *eventsapi.Envelope) error {
 			e.dropLocked(s, fmt.Errorf("subscriber fell more than %d events behind and was dropped: %w", e.queue, errdefs.ErrResourceExhausted))
 		}
 	}
-	return nil
 }
 
 // Validate checks an envelope from a client.

@@ -153,3 +153,48 @@ func TestPublishWithoutSubscribers(t *testing.T) {
 	default:
 	}
 }
+
+// TestForwardBatch: a batch reaches subscribers in order, stamped when it
+// has no timestamp; an invalid, empty or oversized batch publishes nothing
+// and the error names the problem.
+func TestForwardBatch(t *testing.T) {
+	ex := New(100, nil)
+	ctx, cancel := context.WithCancel(namespaces.WithNamespace(context.Background(), "default"))
+	defer cancel()
+	sub, _, err := ex.Subscribe(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := func(topic string) *eventsapi.Envelope {
+		return &eventsapi.Envelope{Namespace: "default", Topic: topic, Event: mustAny(t)}
+	}
+	bad := env("/a")
+	bad.Namespace = "a/b"
+	for _, c := range []struct {
+		envs []*eventsapi.Envelope
+		want string
+	}{
+		{nil, "envelopes: must not be empty"},
+		{[]*eventsapi.Envelope{env("/a"), bad, env("/c")}, "envelopes[1]: envelope.namespace"},
+		{make([]*eventsapi.Envelope, MaxBatch+1), "257 envelopes is more than the maximum of 256"},
+	} {
+		err := ex.ForwardBatch(ctx, c.envs)
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("want InvalidArgument with %q, got %v", c.want, err)
+		}
+	}
+	if err := ex.ForwardBatch(ctx, []*eventsapi.Envelope{env("/x/1"), env("/x/2"), env("/x/3")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"/x/1", "/x/2", "/x/3"} {
+		got := <-sub
+		if got.Topic != want || got.Timestamp == nil {
+			t.Fatalf("got %s (timestamp %v), want %s: an invalid batch leaked or the order changed", got.Topic, got.Timestamp, want)
+		}
+	}
+	select {
+	case got := <-sub:
+		t.Fatalf("unexpected envelope %s", got.Topic)
+	default:
+	}
+}

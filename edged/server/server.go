@@ -104,7 +104,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	}
 	versionsvc.Register(ts, version)
 	namespacessvc.Register(ts, db, s.ex)
-	containerssvc.Register(ts, db, s.ex, s.createFromImage, s.rt.Has, s.containerDeleted)
+	containers := containerssvc.Register(ts, db, s.ex, s.createFromImage, s.rt.Has, s.containerDeleted)
 	eventssvc.Register(ts, s.ex)
 	if s.network, err = s.setupNetwork(ctx, ts); err != nil {
 		return nil, err
@@ -112,7 +112,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	taskssvc.Register(ts, taskssvc.Config{
 		DB: db, Runtime: s.rt, Events: s.ex, LogDir: filepath.Join(cfg.Root, "logs"),
 		LogMaxSize: cfg.Runtime.LogMaxSize, LogMaxFiles: cfg.Runtime.LogMaxFiles, Log: log,
-		Metrics: metricsFunc(log), Network: s.network, Rootfs: imgs.rootfs,
+		Metrics: metricsFunc(log), Network: s.network, Rootfs: imgs.rootfs, Containers: containers,
 	})
 	return s, nil
 }

@@ -144,6 +144,10 @@ func (acceptEvents) Forward(context.Context, *ttrpcevents.ForwardRequest) (*type
 	return &types.Empty{}, nil
 }
 
+func (acceptEvents) ForwardBatch(context.Context, *ttrpcevents.ForwardBatchRequest) (*types.Empty, error) {
+	return &types.Empty{}, nil
+}
+
 // shimFarm is a set of edged-shims with one state directory and one events
 // socket, started the way edged/runtime starts them.
 type shimFarm struct {

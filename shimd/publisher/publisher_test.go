@@ -2,10 +2,12 @@ package publisher_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,19 +19,44 @@ import (
 	eventtypes "github.com/edged/edged/proto/events"
 	eventsapi "github.com/edged/edged/proto/services/events/v1"
 	"github.com/edged/edged/proto/services/ttrpcevents/v1"
+	"github.com/edged/edged/proto/wire"
 	"github.com/edged/edged/shimd/publisher"
 )
 
 type server struct {
-	mu  sync.Mutex
-	got []*eventsapi.Envelope
+	mu    sync.Mutex
+	got   []*eventsapi.Envelope
+	calls []int // envelopes per call
+	// hold, when set, blocks every call until it is closed.
+	hold chan struct{}
 }
 
 func (s *server) Forward(ctx context.Context, req *ttrpcevents.ForwardRequest) (*types.Empty, error) {
+	return s.take(req.Envelope)
+}
+
+func (s *server) ForwardBatch(ctx context.Context, req *ttrpcevents.ForwardBatchRequest) (*types.Empty, error) {
+	return s.take(req.Envelopes...)
+}
+
+func (s *server) take(envs ...*eventsapi.Envelope) (*types.Empty, error) {
+	s.mu.Lock()
+	hold := s.hold
+	s.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.got = append(s.got, req.Envelope)
+	s.got = append(s.got, envs...)
+	s.calls = append(s.calls, len(envs))
 	return &types.Empty{}, nil
+}
+
+func (s *server) callSizes() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
 }
 
 func (s *server) ids() []string {
@@ -52,12 +79,32 @@ func (s *server) ids() []string {
 }
 
 func serve(t *testing.T, path string) *server {
+	return serveWith(t, path, &server{}, false)
+}
+
+// serveWith serves s at path; forwardOnly serves the Forward method alone,
+// as containerd does.
+func serveWith(t *testing.T, path string, s *server, forwardOnly bool) *server {
 	srv, err := ttrpc.NewServer()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{}
-	ttrpcevents.RegisterEventsService(srv, s)
+	if forwardOnly {
+		srv.RegisterService("containerd.services.events.ttrpc.v1.Events", &ttrpc.ServiceDesc{
+			Methods: map[string]ttrpc.Method{
+				"Forward": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+					var req ttrpcevents.ForwardRequest
+					if err := unmarshal(wire.Of(&req)); err != nil {
+						return nil, err
+					}
+					resp, err := s.Forward(ctx, &req)
+					return wire.Of(resp), err
+				},
+			},
+		})
+	} else {
+		ttrpcevents.RegisterEventsService(srv, s)
+	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
@@ -169,5 +216,69 @@ func (l *connTracker) closeAll() {
 	defer l.mu.Unlock()
 	for _, c := range l.conns {
 		c.Close()
+	}
+}
+
+// Events queued while a call is in flight go out together in one
+// ForwardBatch, in order; against a daemon that only serves Forward
+// (containerd) they go one per call, in order, and none is lost.
+func TestBatching(t *testing.T) {
+	for _, forwardOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("forwardOnly=%v", forwardOnly), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "ev.sock")
+			hold := make(chan struct{})
+			s := serveWith(t, path, &server{hold: hold}, forwardOnly)
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+			p := publisher.New(path, "ns", publisher.Options{}, log)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go p.Run(ctx)
+			// The first event's call blocks in the server while 20 more
+			// are queued.
+			p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "c0"})
+			waitCalls := func(n int) {
+				t.Helper()
+				deadline := time.Now().Add(5 * time.Second)
+				for {
+					s.mu.Lock()
+					got := len(s.got)
+					s.mu.Unlock()
+					if got >= n {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%d events delivered, want %d", got, n)
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+			want := []string{"c0"}
+			for i := 1; i <= 20; i++ {
+				id := fmt.Sprintf("c%d", i)
+				p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: id})
+				want = append(want, id)
+			}
+			p.Publish("/tasks/exit", &eventtypes.TaskExit{ContainerId: "c1"})
+			want = append(want, "exit:c1")
+			close(hold)
+			fctx, fcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer fcancel()
+			if err := p.Flush(fctx); err != nil {
+				t.Fatal(err)
+			}
+			waitCalls(len(want))
+			if got := strings.Join(s.ids(), " "); got != strings.Join(want, " ") {
+				t.Fatalf("delivered %q\nwant      %q", got, strings.Join(want, " "))
+			}
+			calls := s.callSizes()
+			wantCalls := []int{1, 21}
+			if forwardOnly {
+				wantCalls = slices.Repeat([]int{1}, 22)
+			}
+			if !slices.Equal(calls, wantCalls) {
+				t.Fatalf("envelopes per call %v, want %v", calls, wantCalls)
+			}
+		})
 	}
 }

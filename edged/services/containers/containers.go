@@ -46,8 +46,13 @@ type Creator func(ctx context.Context, r *api.CreateFromImageRequest) (*api.Crea
 // Register adds the Containers service to srv. creator may be nil;
 // hasTask, when set, keeps containers with a task from being deleted;
 // onDelete hooks run after a deletion.
-func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange, creator Creator, hasTask func(ns, id string) bool, onDelete ...DeleteHook) {
-	api.RegisterContainersService(srv, &service{db: db, ex: ex, creator: creator, hasTask: hasTask, deleted: onDelete})
+//
+// It returns the service, for other services that create or delete
+// containers as part of their calls (the tasks service's one-call runs).
+func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange, creator Creator, hasTask func(ns, id string) bool, onDelete ...DeleteHook) api.ContainersService {
+	svc := &service{db: db, ex: ex, creator: creator, hasTask: hasTask, deleted: onDelete}
+	api.RegisterContainersService(srv, svc)
+	return svc
 }
 
 // ToProto converts a metadata container to its API form.

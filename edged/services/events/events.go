@@ -51,6 +51,13 @@ func (f *forwarder) Forward(ctx context.Context, r *ttrpcapi.ForwardRequest) (*p
 	return &ptypes.Empty{}, nil
 }
 
+func (f *forwarder) ForwardBatch(ctx context.Context, r *ttrpcapi.ForwardBatchRequest) (*ptypes.Empty, error) {
+	if err := f.ex.ForwardBatch(ctx, r.Envelopes); err != nil {
+		return nil, err
+	}
+	return &ptypes.Empty{}, nil
+}
+
 // Subscribe streams matching envelopes until the client goes away or falls
 // too far behind.
 func (s *service) Subscribe(ctx context.Context, r *api.SubscribeRequest, stream api.Events_SubscribeServer) error {

@@ -24,6 +24,7 @@ import (
 	"github.com/edged/edged/edged/runtime"
 	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
+	containersapi "github.com/edged/edged/proto/services/containers/v1"
 	api "github.com/edged/edged/proto/services/tasks/v1"
 	ptypesapi "github.com/edged/edged/proto/types"
 )
@@ -58,7 +59,16 @@ type Config struct {
 	Metrics     MetricsFunc
 	// Network, when set, sets up and tears down task networking.
 	Network Network
-	Log     *slog.Logger
+	// Containers, when set, creates the container of a Create that carries
+	// one and deletes the container of a Wait with delete_container.
+	Containers Containers
+	Log        *slog.Logger
+}
+
+// Containers is the part of the Containers service that one-call runs use.
+type Containers interface {
+	CreateFromImage(ctx context.Context, r *containersapi.CreateFromImageRequest) (*containersapi.CreateContainerResponse, error)
+	Delete(ctx context.Context, r *containersapi.DeleteContainerRequest) (*ptypes.Empty, error)
 }
 
 type service struct{ Config }
@@ -106,7 +116,29 @@ func nsID(ctx context.Context, id string) (string, error) {
 	return ns, nil
 }
 
-func (s *service) Create(ctx context.Context, r *api.CreateTaskRequest) (*api.CreateTaskResponse, error) {
+func (s *service) Create(ctx context.Context, r *api.CreateTaskRequest) (_ *api.CreateTaskResponse, retErr error) {
+	if r.Container != nil {
+		if s.Containers == nil {
+			return nil, fmt.Errorf("creating a container with its task: %w", errdefs.ErrNotImplemented)
+		}
+		if r.ContainerId == "" {
+			r.ContainerId = r.Container.Id
+		}
+		if r.ContainerId != r.Container.Id {
+			return nil, errdefs.InvalidArgument("container_id", "%q differs from the id %q of the container to create", r.ContainerId, r.Container.Id)
+		}
+		if _, err := s.Containers.CreateFromImage(ctx, r.Container); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if retErr == nil {
+				return
+			}
+			if _, err := s.Containers.Delete(context.WithoutCancel(ctx), &containersapi.DeleteContainerRequest{Id: r.ContainerId}); err != nil {
+				s.Log.Warn("cannot delete the container of a failed task create", "id", r.ContainerId, "error", err)
+			}
+		}()
+	}
 	ns, c, err := s.container(ctx, r.ContainerId)
 	if err != nil {
 		return nil, err
@@ -202,16 +234,26 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteTaskRequest) (*api.De
 			}
 		}
 	}
-	d, err := s.Runtime.Delete(ctx, ns, r.ContainerId, "")
+	d, err := s.deleteTask(ctx, ns, r.ContainerId)
+	if err != nil {
+		return nil, err
+	}
+	return &api.DeleteResponse{Id: r.ContainerId, Pid: d.Pid, ExitStatus: d.ExitStatus, ExitedAt: d.ExitedAt}, nil
+}
+
+// deleteTask deletes a task whose init is not running and tears down its
+// network.
+func (s *service) deleteTask(ctx context.Context, ns, id string) (*taskapi.DeleteResponse, error) {
+	d, err := s.Runtime.Delete(ctx, ns, id, "")
 	if err != nil {
 		return nil, err
 	}
 	if s.Network != nil {
-		if err := s.Network.Teardown(ctx, ns, r.ContainerId); err != nil {
-			s.Log.Warn("network teardown failed", "namespace", ns, "id", r.ContainerId, "error", err)
+		if err := s.Network.Teardown(ctx, ns, id); err != nil {
+			s.Log.Warn("network teardown failed", "namespace", ns, "id", id, "error", err)
 		}
 	}
-	return &api.DeleteResponse{Id: r.ContainerId, Pid: d.Pid, ExitStatus: d.ExitStatus, ExitedAt: d.ExitedAt}, nil
+	return d, nil
 }
 
 func (s *service) DeleteProcess(ctx context.Context, r *api.DeleteProcessRequest) (*api.DeleteResponse, error) {
@@ -435,9 +477,36 @@ func (s *service) Wait(ctx context.Context, r *api.WaitRequest) (*api.WaitRespon
 	if err != nil {
 		return nil, err
 	}
+	if r.DeleteContainer {
+		if !r.Delete || r.ExecId != "" {
+			return nil, errdefs.InvalidArgument("delete_container", "requires delete and no exec_id")
+		}
+		if s.Containers == nil {
+			return nil, fmt.Errorf("deleting a container after its task: %w", errdefs.ErrNotImplemented)
+		}
+	}
 	w, err := s.Runtime.Wait(ctx, ns, r.ContainerId, r.ExecId)
 	if err != nil {
 		return nil, err
+	}
+	if r.Delete {
+		// The process has exited: its deletion must not be cut short by a
+		// caller that gives up now (the runtime bounds its shim calls).
+		dctx := context.WithoutCancel(ctx)
+		what := "task"
+		if r.ExecId != "" {
+			what = "exec " + r.ExecId
+			_, err = s.Runtime.Delete(dctx, ns, r.ContainerId, r.ExecId)
+		} else {
+			_, err = s.deleteTask(dctx, ns, r.ContainerId)
+		}
+		if err == nil && r.DeleteContainer {
+			what = "container"
+			_, err = s.Containers.Delete(dctx, &containersapi.DeleteContainerRequest{Id: r.ContainerId})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%q exited with status %d; deleting its %s: %w", r.ContainerId, w.ExitStatus, what, err)
+		}
 	}
 	return &api.WaitResponse{ExitStatus: w.ExitStatus, ExitedAt: w.ExitedAt}, nil
 }

@@ -72,8 +72,53 @@ func (m *ForwardRequest) GetEnvelope() *v1.Envelope {
 	return nil
 }
 
+type ForwardBatchRequest struct {
+	Envelopes []*v1.Envelope `protobuf:"bytes,1,rep,name=envelopes,proto3" json:"envelopes,omitempty"`
+}
+
+func (m *ForwardBatchRequest) Reset()         { *m = ForwardBatchRequest{} }
+func (m *ForwardBatchRequest) String() string { return proto.CompactTextString(m) }
+func (*ForwardBatchRequest) ProtoMessage()    {}
+func (*ForwardBatchRequest) Descriptor() ([]byte, []int) {
+	return fileDescriptor_f2bf5e8c36a119b9, []int{1}
+}
+func (m *ForwardBatchRequest) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *ForwardBatchRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_ForwardBatchRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *ForwardBatchRequest) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_ForwardBatchRequest.Merge(m, src)
+}
+func (m *ForwardBatchRequest) XXX_Size() int {
+	return m.Size()
+}
+func (m *ForwardBatchRequest) XXX_DiscardUnknown() {
+	xxx_messageInfo_ForwardBatchRequest.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_ForwardBatchRequest proto.InternalMessageInfo
+
+func (m *ForwardBatchRequest) GetEnvelopes() []*v1.Envelope {
+	if m != nil {
+		return m.Envelopes
+	}
+	return nil
+}
+
 func init() {
 	proto.RegisterType((*ForwardRequest)(nil), "containerd.services.events.ttrpc.v1.ForwardRequest")
+	proto.RegisterType((*ForwardBatchRequest)(nil), "containerd.services.events.ttrpc.v1.ForwardBatchRequest")
 }
 
 func init() {
@@ -81,7 +126,7 @@ func init() {
 }
 
 var fileDescriptor_f2bf5e8c36a119b9 = []byte{
-	// 257 bytes of a gzipped FileDescriptorProto
+	// 302 bytes of a gzipped FileDescriptorProto
 	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xe2, 0x52, 0x29, 0x4e, 0x2d, 0x2a,
 	0xcb, 0x4c, 0x4e, 0x2d, 0xd6, 0x2f, 0x29, 0x29, 0x2a, 0x48, 0x4e, 0x2d, 0x4b, 0xcd, 0x2b, 0x29,
 	0xd6, 0x2f, 0x33, 0xd4, 0x87, 0xb0, 0xf4, 0x0a, 0x8a, 0xf2, 0x4b, 0xf2, 0x85, 0x94, 0x93, 0xf3,
@@ -91,14 +136,16 @@ var fileDescriptor_f2bf5e8c36a119b9 = []byte{
 	0x52, 0x00, 0x17, 0x9f, 0x5b, 0x7e, 0x51, 0x79, 0x62, 0x51, 0x4a, 0x50, 0x6a, 0x61, 0x69, 0x6a,
 	0x71, 0x89, 0x90, 0x1d, 0x17, 0x47, 0x6a, 0x5e, 0x59, 0x6a, 0x4e, 0x7e, 0x41, 0xaa, 0x04, 0xa3,
 	0x02, 0xa3, 0x06, 0xb7, 0x91, 0x92, 0x5e, 0x6a, 0x4a, 0x7a, 0x2a, 0xa6, 0x13, 0xca, 0x0c, 0xf5,
-	0x5c, 0xa1, 0x2a, 0x83, 0xe0, 0x7a, 0x8c, 0x12, 0xb8, 0xd8, 0x5c, 0xc1, 0xf2, 0x42, 0x61, 0x5c,
-	0xec, 0x50, 0xb3, 0x85, 0x8c, 0xf5, 0x88, 0xf0, 0x8a, 0x1e, 0xaa, 0x4b, 0xa4, 0xc4, 0xf4, 0x20,
-	0x5e, 0xd3, 0x83, 0x79, 0x4d, 0xcf, 0x15, 0xe4, 0x35, 0xa7, 0xa8, 0x13, 0x8f, 0xe4, 0x18, 0x2f,
-	0x3c, 0x92, 0x63, 0x7c, 0xf0, 0x48, 0x8e, 0x71, 0xc2, 0x63, 0x39, 0x86, 0x0b, 0x8f, 0xe5, 0x18,
-	0x6e, 0x3c, 0x96, 0x63, 0x88, 0x72, 0x48, 0xcf, 0x2c, 0xc9, 0x28, 0x4d, 0xd2, 0x4b, 0xce, 0xcf,
-	0xd5, 0x07, 0xbb, 0x19, 0x4a, 0x82, 0x0d, 0xd0, 0xc7, 0x11, 0xe6, 0xd6, 0x48, 0xdc, 0x24, 0x36,
-	0xb0, 0x52, 0x63, 0x40, 0x00, 0x00, 0x00, 0xff, 0xff, 0x7a, 0xce, 0x93, 0xf4, 0xa1, 0x01, 0x00,
-	0x00,
+	0x5c, 0xa1, 0x2a, 0x83, 0xe0, 0x7a, 0x94, 0xc2, 0xb9, 0x84, 0xa1, 0x26, 0x3a, 0x25, 0x96, 0x24,
+	0x67, 0xc0, 0x8c, 0x75, 0xe0, 0xe2, 0x84, 0x29, 0x29, 0x96, 0x60, 0x54, 0x60, 0x26, 0xd2, 0x5c,
+	0x84, 0x26, 0xa3, 0x43, 0x8c, 0x5c, 0x6c, 0xae, 0x60, 0x15, 0x42, 0x61, 0x5c, 0xec, 0x50, 0x3b,
+	0x84, 0x8c, 0xf5, 0x88, 0x08, 0x24, 0x3d, 0x54, 0x3f, 0x4a, 0x89, 0xe9, 0x41, 0x02, 0x4d, 0x0f,
+	0x16, 0x68, 0x7a, 0xae, 0xa0, 0x40, 0x13, 0x4a, 0xe0, 0xe2, 0x41, 0x76, 0xbb, 0x90, 0x05, 0x29,
+	0x86, 0x23, 0x7b, 0x17, 0x97, 0x0d, 0x4e, 0x51, 0x27, 0x1e, 0xc9, 0x31, 0x5e, 0x78, 0x24, 0xc7,
+	0xf8, 0xe0, 0x91, 0x1c, 0xe3, 0x84, 0xc7, 0x72, 0x0c, 0x17, 0x1e, 0xcb, 0x31, 0xdc, 0x78, 0x2c,
+	0xc7, 0x10, 0xe5, 0x90, 0x9e, 0x59, 0x92, 0x51, 0x9a, 0xa4, 0x97, 0x9c, 0x9f, 0xab, 0x0f, 0x0e,
+	0x17, 0x28, 0x09, 0x36, 0x40, 0x1f, 0x47, 0x7a, 0xb1, 0x46, 0xe2, 0x26, 0xb1, 0x81, 0x95, 0x1a,
+	0x03, 0x02, 0x00, 0x00, 0xff, 0xff, 0x66, 0x0d, 0x83, 0x7e, 0x5d, 0x02, 0x00, 0x00,
 }
 
 func (m *ForwardRequest) Marshal() (dAtA []byte, err error) {
@@ -136,6 +183,43 @@ func (m *ForwardRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 	return len(dAtA) - i, nil
 }
 
+func (m *ForwardBatchRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ForwardBatchRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ForwardBatchRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Envelopes) > 0 {
+		for iNdEx := len(m.Envelopes) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Envelopes[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintEvents(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0xa
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
 func encodeVarintEvents(dAtA []byte, offset int, v uint64) int {
 	offset -= sovEvents(v)
 	base := offset
@@ -156,6 +240,21 @@ func (m *ForwardRequest) Size() (n int) {
 	if m.Envelope != nil {
 		l = m.Envelope.Size()
 		n += 1 + l + sovEvents(uint64(l))
+	}
+	return n
+}
+
+func (m *ForwardBatchRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if len(m.Envelopes) > 0 {
+		for _, e := range m.Envelopes {
+			l = e.Size()
+			n += 1 + l + sovEvents(uint64(l))
+		}
 	}
 	return n
 }
@@ -228,6 +327,90 @@ func (m *ForwardRequest) Unmarshal(dAtA []byte) error {
 				m.Envelope = &v1.Envelope{}
 			}
 			if err := m.Envelope.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipEvents(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthEvents
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ForwardBatchRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowEvents
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ForwardBatchRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ForwardBatchRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Envelopes", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEvents
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthEvents
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthEvents
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Envelopes = append(m.Envelopes, &v1.Envelope{})
+			if err := m.Envelopes[len(m.Envelopes)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
 				return err
 			}
 			iNdEx = postIndex

@@ -11,6 +11,7 @@ import (
 
 type EventsService interface {
 	Forward(context.Context, *ForwardRequest) (*types.Empty, error)
+	ForwardBatch(context.Context, *ForwardBatchRequest) (*types.Empty, error)
 }
 
 func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
@@ -22,6 +23,20 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 					return nil, err
 				}
 				resp, err := svc.Forward(ctx, &req)
+				if err != nil {
+					return nil, err
+				}
+				if resp == nil {
+					resp = new(types.Empty)
+				}
+				return wire.Of(resp), nil
+			},
+			"ForwardBatch": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+				var req ForwardBatchRequest
+				if err := unmarshal(wire.Of(&req)); err != nil {
+					return nil, err
+				}
+				resp, err := svc.ForwardBatch(ctx, &req)
 				if err != nil {
 					return nil, err
 				}
@@ -47,6 +62,14 @@ func NewEventsClient(client *ttrpc.Client) EventsService {
 func (c *eventsClient) Forward(ctx context.Context, req *ForwardRequest) (*types.Empty, error) {
 	var resp types.Empty
 	if err := c.client.Call(ctx, "containerd.services.events.ttrpc.v1.Events", "Forward", wire.Of(req), wire.Of(&resp)); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (c *eventsClient) ForwardBatch(ctx context.Context, req *ForwardBatchRequest) (*types.Empty, error) {
+	var resp types.Empty
+	if err := c.client.Call(ctx, "containerd.services.events.ttrpc.v1.Events", "ForwardBatch", wire.Of(req), wire.Of(&resp)); err != nil {
 		return nil, err
 	}
 	return &resp, nil
