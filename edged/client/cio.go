@@ -19,12 +19,14 @@ import (
 type FIFOs struct {
 	dir                   string
 	Stdin, Stdout, Stderr string
-	wg                    sync.WaitGroup
-	closers               []io.Closer
+	wg                    sync.WaitGroup // output copies
+	opening               sync.WaitGroup // every goroutine until its open returned
 	mu                    sync.Mutex
+	closers               []io.Closer
+	closed                bool
 	stdinDone             chan struct{}
-	// pending counts output fifos whose copy has not ended (Close must
-	// unblock those still waiting in open).
+	// pending counts goroutines whose open has not returned (Close must
+	// release those: an open of a fifo blocks until its other end opens).
 	pending atomic.Int32
 }
 
@@ -52,18 +54,30 @@ func NewFIFOs(ctx context.Context, dir string, stdin io.Reader, stdout, stderr i
 		}
 		return p, nil
 	}
+	// open opens a fifo for a copy goroutine: nil when it fails or Close
+	// came first.
+	open := func(path string, flag int) *os.File {
+		defer f.opening.Done()
+		defer f.pending.Add(-1)
+		file, err := os.OpenFile(path, flag, 0) // blocks until the shim opens its end
+		if err != nil || !f.track(file) {
+			return nil
+		}
+		return file
+	}
 	if stdin != nil {
 		if f.Stdin, err = mk("stdin"); err != nil {
 			f.Close()
 			return nil, err
 		}
 		f.stdinDone = make(chan struct{})
+		f.opening.Add(1)
+		f.pending.Add(1)
 		go func() {
-			w, err := os.OpenFile(f.Stdin, os.O_WRONLY, 0) // blocks until the shim opens it
-			if err != nil {
+			w := open(f.Stdin, os.O_WRONLY)
+			if w == nil {
 				return
 			}
-			f.track(w)
 			io.Copy(w, stdin)
 			w.Close()
 			close(f.stdinDone)
@@ -71,15 +85,14 @@ func NewFIFOs(ctx context.Context, dir string, stdin io.Reader, stdout, stderr i
 	}
 	out := func(path string, dst io.Writer) {
 		f.wg.Add(1)
+		f.opening.Add(1)
 		f.pending.Add(1)
 		go func() {
 			defer f.wg.Done()
-			defer f.pending.Add(-1)
-			r, err := os.OpenFile(path, os.O_RDONLY, 0) // blocks until the shim opens it
-			if err != nil {
+			r := open(path, os.O_RDONLY)
+			if r == nil {
 				return
 			}
-			f.track(r)
 			io.Copy(dst, r)
 			r.Close()
 		}()
@@ -101,10 +114,17 @@ func NewFIFOs(ctx context.Context, dir string, stdin io.Reader, stdout, stderr i
 	return f, nil
 }
 
-func (f *FIFOs) track(c io.Closer) {
+// track registers c to be closed by Close; after Close it closes c and
+// returns false.
+func (f *FIFOs) track(c io.Closer) bool {
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		c.Close()
+		return false
+	}
 	f.closers = append(f.closers, c)
-	f.mu.Unlock()
+	return true
 }
 
 // Wait waits until the process's output is copied (the shim closed its
@@ -130,25 +150,33 @@ func FIFODir() string {
 
 // Close unblocks and stops all copies and removes the fifos.
 func (f *FIFOs) Close() error {
-	// Open the other end of every fifo without blocking, so goroutines
-	// still waiting in open return (none once every copy has ended).
-	for _, p := range []string{f.Stdout, f.Stderr} {
-		if p != "" && f.pending.Load() > 0 {
-			if w, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-				w.Close()
-			}
-		}
-	}
-	if f.Stdin != "" {
-		if r, err := os.OpenFile(f.Stdin, os.O_RDONLY|syscall.O_NONBLOCK, 0); err == nil {
-			r.Close()
-		}
-	}
 	f.mu.Lock()
-	for _, c := range f.closers {
+	f.closed = true
+	closers := f.closers
+	f.closers = nil
+	f.mu.Unlock()
+	for _, c := range closers {
 		c.Close()
 	}
-	f.mu.Unlock()
+	if f.pending.Load() > 0 {
+		// Some copy is still in (or not yet in) its open, which waits
+		// for the other end: hold every fifo open at both ends (O_RDWR
+		// never blocks) until each of those opens returned; what they
+		// opened, track closes at once. No goroutine is left waiting.
+		var holds []*os.File
+		for _, p := range []string{f.Stdin, f.Stdout, f.Stderr} {
+			if p == "" {
+				continue
+			}
+			if h, err := os.OpenFile(p, os.O_RDWR|syscall.O_NONBLOCK, 0); err == nil {
+				holds = append(holds, h)
+			}
+		}
+		f.opening.Wait()
+		for _, h := range holds {
+			h.Close()
+		}
+	}
 	// The directory holds only the fifos made here: three unlinks, where
 	// os.RemoveAll would first try the directory itself and then list it.
 	for _, p := range []string{f.Stdin, f.Stdout, f.Stderr} {

@@ -453,7 +453,7 @@ func TestNetworkCleanupAfterCrash(t *testing.T) {
 	if len(e.leftovers()) == 0 {
 		t.Fatal("nothing of the bridged container is visible: the leftover check would prove nothing")
 	}
-	shim := parentPid(t, int(p.Pid))
+	shim := shimOf(t, int(p.Pid))
 	e.d.Kill()
 	syscall.Kill(int(p.Pid), syscall.SIGKILL)
 	syscall.Kill(shim, syscall.SIGKILL)

@@ -250,7 +250,7 @@ func TestDeadShimsCleanedAtStart(t *testing.T) {
 	cl.Close()
 	d.Kill()
 	// Kill the shim and the container.
-	shimPid := parentPid(t, int(p.Pid))
+	shimPid := shimOf(t, int(p.Pid))
 	syscall.Kill(shimPid, syscall.SIGKILL)
 	syscall.Kill(int(p.Pid), syscall.SIGKILL)
 	time.Sleep(200 * time.Millisecond)
@@ -271,14 +271,36 @@ func TestDeadShimsCleanedAtStart(t *testing.T) {
 	cl2.DeleteTask(ctx, "a", true)
 }
 
-func parentPid(t *testing.T, pid int) int {
+func readPpid(pid int) (int, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ppid, _ := strconv.Atoi(fields[1])
-	return ppid
+	return strconv.Atoi(fields[1])
+}
+
+// shimOf returns the pid of the edged-shim whose child (by the shim being
+// the child subreaper of runc's processes) the container process pid is.
+// It waits briefly for the parent to be a shim, and fails naming what the
+// parent is otherwise: a signal meant for the shim must never reach
+// another process.
+func shimOf(t *testing.T, pid int) int {
+	t.Helper()
+	var ppid int
+	var comm string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		var err error
+		if ppid, err = readPpid(pid); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", ppid))
+		if comm = strings.TrimSpace(string(b)); comm == "edged-shim" {
+			return ppid
+		}
+	}
+	t.Fatalf("the parent of container process %d is %d (%q), not an edged-shim", pid, ppid, comm)
+	return 0
 }
 
 // TestHungShimDoesNotHangEdged stops a shim (SIGSTOP): calls to it fail
@@ -295,7 +317,7 @@ func TestHungShimDoesNotHangEdged(t *testing.T) {
 	ctx := ctxT(t)
 	runDetached(t, cl, rootfs, "hung", nil, "sleep", "300")
 	p, _ := cl.GetTask(ctx, "hung", "")
-	shimPid := parentPid(t, int(p.Pid))
+	shimPid := shimOf(t, int(p.Pid))
 	syscall.Kill(shimPid, syscall.SIGSTOP)
 	defer syscall.Kill(shimPid, syscall.SIGKILL)
 
@@ -334,7 +356,7 @@ func TestShimGroup(t *testing.T) {
 	runDetached(t, cl, rootfs, "g-b", group, "sh", "-c", "sleep 0.2; exit 4")
 	pa, _ := cl.GetTask(ctx, "g-a", "")
 	pb, _ := cl.GetTask(ctx, "g-b", "")
-	if parentPid(t, int(pa.Pid)) != parentPid(t, int(pb.Pid)) {
+	if shimOf(t, int(pa.Pid)) != shimOf(t, int(pb.Pid)) {
 		t.Fatal("containers of one group run in different shims")
 	}
 	st, err := cl.Wait(ctx, "g-b", "")
@@ -346,7 +368,7 @@ func TestShimGroup(t *testing.T) {
 	}
 	cl.DeleteTask(ctx, "g-b", false)
 	// The shim stays while g-a runs.
-	if err := syscall.Kill(parentPid(t, int(pa.Pid)), 0); err != nil {
+	if err := syscall.Kill(shimOf(t, int(pa.Pid)), 0); err != nil {
 		t.Fatal("shim exited while a container of its group runs")
 	}
 	cl.DeleteTask(ctx, "g-a", true)
