@@ -212,7 +212,18 @@ func TestPullResumesAfterDaemonKill(t *testing.T) {
 	if have <= 0 || have >= layer.Size {
 		t.Fatalf("ingest after kill: %d of %d bytes", have, layer.Size)
 	}
+	// The proxy counts what it forwarded; its copy of the killed
+	// connection may still be running (it learns of the close on its next
+	// write): read the count once it has stopped moving.
 	firstDown, _ := proxy.BlobDown(layer.Digest)
+	for settle := time.Now().Add(5 * time.Second); time.Now().Before(settle); {
+		time.Sleep(200 * time.Millisecond)
+		n, _ := proxy.BlobDown(layer.Digest)
+		if n == firstDown {
+			break
+		}
+		firstDown = n
+	}
 
 	proxy.SetRate(0)
 	d2 := registryDaemon(t, dir, filepath.Join(tmp, "none.json"), proxy.Addr())
