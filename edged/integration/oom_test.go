@@ -30,7 +30,7 @@ type oomRecord struct {
 	status   uint32
 	exitBad  bool // a TaskOOM arrived after the TaskExit
 	extraExt int  // TaskExits beyond the first
-	transit  time.Duration
+	transit  time.Duration // shim stamp -> receipt of the TaskOOM (wall clock)
 }
 
 // oomLog collects the /tasks/oom and /tasks/exit events of a subscription.

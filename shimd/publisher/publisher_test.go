@@ -27,8 +27,10 @@ type server struct {
 	mu    sync.Mutex
 	got   []*eventsapi.Envelope
 	calls []int // envelopes per call
-	// hold, when set, blocks every call until it is closed.
-	hold chan struct{}
+	// hold, when set, blocks every call until it is closed; arrived then
+	// receives a value as each call comes in.
+	hold    chan struct{}
+	arrived chan struct{}
 }
 
 func (s *server) Forward(ctx context.Context, req *ttrpcevents.ForwardRequest) (*types.Empty, error) {
@@ -44,6 +46,7 @@ func (s *server) take(envs ...*eventsapi.Envelope) (*types.Empty, error) {
 	hold := s.hold
 	s.mu.Unlock()
 	if hold != nil {
+		s.arrived <- struct{}{}
 		<-hold
 	}
 	s.mu.Lock()
@@ -227,7 +230,7 @@ func TestBatching(t *testing.T) {
 		t.Run(fmt.Sprintf("forwardOnly=%v", forwardOnly), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "ev.sock")
 			hold := make(chan struct{})
-			s := serveWith(t, path, &server{hold: hold}, forwardOnly)
+			s := serveWith(t, path, &server{hold: hold, arrived: make(chan struct{}, 64)}, forwardOnly)
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 			p := publisher.New(path, "ns", publisher.Options{}, log)
 			ctx, cancel := context.WithCancel(context.Background())
@@ -236,23 +239,11 @@ func TestBatching(t *testing.T) {
 			// The first event's call blocks in the server while 20 more
 			// are queued.
 			p.Publish("/tasks/start", &eventtypes.TaskStart{ContainerId: "c0"})
-			waitCalls := func(n int) {
-				t.Helper()
-				deadline := time.Now().Add(5 * time.Second)
-				for {
-					s.mu.Lock()
-					got := len(s.got)
-					s.mu.Unlock()
-					if got >= n {
-						return
-					}
-					if time.Now().After(deadline) {
-						t.Fatalf("%d events delivered, want %d", got, n)
-					}
-					time.Sleep(5 * time.Millisecond)
-				}
+			select {
+			case <-s.arrived:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the first event never reached the server")
 			}
-			time.Sleep(50 * time.Millisecond)
 			want := []string{"c0"}
 			for i := 1; i <= 20; i++ {
 				id := fmt.Sprintf("c%d", i)
@@ -267,7 +258,6 @@ func TestBatching(t *testing.T) {
 			if err := p.Flush(fctx); err != nil {
 				t.Fatal(err)
 			}
-			waitCalls(len(want))
 			if got := strings.Join(s.ids(), " "); got != strings.Join(want, " ") {
 				t.Fatalf("delivered %q\nwant      %q", got, strings.Join(want, " "))
 			}
