@@ -28,8 +28,8 @@ type oomRecord struct {
 	kills    []uint64        // their oom_kills counters
 	exitAt   time.Duration   // TaskExit receipt (CLOCK_MONOTONIC)
 	status   uint32
-	exitBad  bool // a TaskOOM arrived after the TaskExit
-	extraExt int  // TaskExits beyond the first
+	exitBad  bool          // a TaskOOM arrived after the TaskExit
+	extraExt int           // TaskExits beyond the first
 	transit  time.Duration // shim stamp -> receipt of the TaskOOM (wall clock)
 }
 
