@@ -58,10 +58,12 @@ func TestReleasedShimBecomesTheSpare(t *testing.T) {
 	if second := runTask(t, m, "r2", "exit 5", 5); second != first {
 		t.Fatalf("second task ran in shim %d, want the recycled %d", second, first)
 	}
-	// The same ID again, at once: same group path, same shim.
-	if third := runTask(t, m, "r2", "exit 6", 6); third != first {
-		t.Fatalf("third task ran in shim %d, want %d", third, first)
-	}
+	// The same ID again, at once: the same group socket path while the
+	// released shim is being recycled in the background. The task must
+	// run and report its own exit; whether it got the recycled shim or a
+	// new one depends on whether the recycling finished first (under load
+	// it may not have), so the shim is not compared here.
+	runTask(t, m, "r2", "exit 6", 6)
 }
 
 // Without spares, Delete does not wait for the shim to exit; a task of
