@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"bufio"
 	"context"
 	"fmt"
@@ -265,6 +266,20 @@ func TestNetworkModes(t *testing.T) {
 	if ifs := devNames(e.cli.ok("run", "--rm", "--rootfs", e.rootfs, "n2", "cat", "/proc/net/dev")); len(ifs) != 1 {
 		t.Fatalf("default network interfaces = %v, want [lo]", ifs)
 	}
+	// container:ID of a none container: its loopback-only namespace and
+	// its hosts file, which lives in its bundle (none keeps no record).
+	e.runD([]string{"--net", "none", "--hostname", "nbox"}, "lonely", "sleep", "60")
+	if _, err := os.Stat(filepath.Join(e.d.State, "network/containers/default/lonely")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("--net none left a network record: %v", err)
+	}
+	out = e.cli.ok("run", "--rm", "--rootfs", e.rootfs, "--net", "container:lonely", "n4", "cat", "/proc/net/dev", "/etc/hosts")
+	if ifs := devNames(out); len(ifs) != 1 || ifs[0] != "lo" {
+		t.Fatalf("container:lonely interfaces = %v, want [lo]\n%s", ifs, out)
+	}
+	if !strings.Contains(out, "\tnbox") {
+		t.Fatalf("container:lonely /etc/hosts does not name the joined container's host nbox:\n%s", out)
+	}
+	e.rm("lonely")
 
 	hostIfs, err := net.Interfaces()
 	if err != nil {

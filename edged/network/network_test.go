@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -58,17 +59,29 @@ func TestNoneHostAndUnannotated(t *testing.T) {
 	c := metadata.Container{ID: "a"}
 
 	sp := spec(ModeNone)
-	if err := n.Setup(ctx, "default", c, sp, ""); err != nil {
+	wantErr(t, n.Setup(ctx, "default", c, sp, ""), errdefs.ErrInvalidArgument, `network "none" needs the task's bundle directory`)
+	bundle := t.TempDir()
+	old := syscall.Umask(0o077) // an operator's strict umask must not hide hosts
+	err := n.Setup(ctx, "default", c, sp, bundle)
+	syscall.Umask(old)
+	if err != nil {
 		t.Fatal(err)
 	}
-	hosts := filepath.Join(n.containers, "default", "a", "hosts")
+	// The hosts file is in the bundle; none keeps no record.
+	hosts := filepath.Join(bundle, "hosts")
 	b, err := os.ReadFile(hosts)
-	if err != nil || !strings.Contains(string(b), "127.0.0.1\tlocalhost") {
+	if err != nil || !strings.Contains(string(b), "127.0.0.1\tlocalhost") || !strings.Contains(string(b), "\tbox") {
 		t.Fatalf("hosts: %q %v", b, err)
 	}
 	last := sp.Mounts[len(sp.Mounts)-1]
 	if last.Destination != "/etc/hosts" || last.Source != hosts || last.Options[1] != "ro" {
 		t.Fatalf("hosts mount: %+v", last)
+	}
+	if fi, err := os.Stat(hosts); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("hosts must be readable by any user of the container: %v %v", fi.Mode(), err)
+	}
+	if ents, err := os.ReadDir(n.containers); len(ents) != 0 || err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("none left a record: %v %v", ents, err)
 	}
 	if n.IPs("default", "a") != nil {
 		t.Fatal("none has addresses")
@@ -76,11 +89,14 @@ func TestNoneHostAndUnannotated(t *testing.T) {
 	if err := n.Teardown(ctx, "default", "a"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Dir(hosts)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("record left after Teardown: %v", err)
+	if _, err := os.Stat(hosts); err != nil {
+		t.Fatalf("Teardown removed the bundle's hosts file (the runtime removes the bundle): %v", err)
 	}
-	if err := n.Teardown(ctx, "default", "a"); err != nil {
-		t.Fatalf("second Teardown: %v", err)
+	// A spec that mounts its own /etc/hosts keeps it.
+	sp = spec(ModeNone)
+	sp.Mounts = []specs.Mount{{Destination: "/etc/hosts", Type: "bind", Source: "/mine"}}
+	if err := n.Setup(ctx, "default", c, sp, t.TempDir()); err != nil || len(sp.Mounts) != 1 || sp.Mounts[0].Source != "/mine" {
+		t.Fatalf("own /etc/hosts: %v %+v", err, sp.Mounts)
 	}
 
 	sp = spec(ModeHost)

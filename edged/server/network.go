@@ -62,6 +62,7 @@ func (s *Server) setupNetwork(ctx context.Context, ts *ttrpc.Server) (*network.N
 			}
 			return st.Pid, taskapi.Status(st.Status) == taskapi.Status_RUNNING, nil
 		},
+		Bundle: func(ns, id string) string { return s.rt.BundleDir(ns, id) },
 		Spares: s.cfg.Network.Spares,
 		Log:    s.log,
 	})
