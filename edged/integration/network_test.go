@@ -1,9 +1,9 @@
 package integration
 
 import (
-	"errors"
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
