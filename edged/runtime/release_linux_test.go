@@ -167,6 +167,30 @@ func TestRecoverEmptiesTrash(t *testing.T) {
 	}
 }
 
+// Recover removes a bundle without bootstrap data: a Create that did not
+// finish, whose config.json and hosts (written in place) may be torn.
+func TestRecoverRemovesUnfinishedBundle(t *testing.T) {
+	m := newTestManager(t)
+	torn := filepath.Join(m.cfg.State, "bundles", "default", "torn")
+	if err := os.MkdirAll(filepath.Join(torn, "rootfs"), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{"config.json": `{"ociVersion":"1.`, "hosts": "127.0.0.1\tloc"} {
+		if err := os.WriteFile(filepath.Join(torn, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := m.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(torn); !os.IsNotExist(err) {
+		t.Fatalf("unfinished bundle left after Recover: %v", err)
+	}
+	if m.Has("default", "torn") {
+		t.Fatal("Recover made a task of an unfinished bundle")
+	}
+}
+
 // A deleted task is gone at once: its ID is free, its bundle and bootstrap
 // are no longer at their paths.
 func TestDeleteFreesTheIDAtOnce(t *testing.T) {
