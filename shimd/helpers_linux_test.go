@@ -27,6 +27,7 @@ import (
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	eventsapi "github.com/edged/edged/proto/services/events/v1"
 	"github.com/edged/edged/proto/services/ttrpcevents/v1"
+	"github.com/edged/edged/proto/wire"
 	"github.com/edged/edged/shimd"
 )
 
@@ -223,7 +224,7 @@ func (s *shimProc) connect() {
 	}
 	s.conn = conn
 	s.rpc = ttrpc.NewClient(conn)
-	s.task = taskapi.NewTaskClient(s.rpc)
+	s.task = taskapi.NewTaskClient(wire.Client(s.rpc))
 }
 
 func (s *shimProc) pid() int { return s.cmd.Process.Pid }
@@ -331,7 +332,7 @@ func newEventServer(t *testing.T, path string) *eventServer {
 		t.Fatal(err)
 	}
 	e := &eventServer{notify: make(chan struct{}, 1), srv: srv, path: path}
-	ttrpcevents.RegisterEventsService(srv, e)
+	ttrpcevents.RegisterEventsService(wire.Server(srv), e)
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)

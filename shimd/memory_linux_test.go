@@ -20,6 +20,7 @@ import (
 
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	"github.com/edged/edged/proto/services/ttrpcevents/v1"
+	"github.com/edged/edged/proto/wire"
 	"github.com/edged/edged/shimd"
 )
 
@@ -268,7 +269,7 @@ func newFleet(b *testing.B) *fleet {
 	if f.srv, err = ttrpc.NewServer(); err != nil {
 		b.Fatal(err)
 	}
-	ttrpcevents.RegisterEventsService(f.srv, acceptEvents{})
+	ttrpcevents.RegisterEventsService(wire.Server(f.srv), acceptEvents{})
 	go f.srv.Serve(context.Background(), l)
 	b.Cleanup(f.stop)
 	return f
@@ -309,7 +310,7 @@ func (f *fleet) start(group string) *fleetShim {
 		f.b.Fatal(err)
 	}
 	rpc := ttrpc.NewClient(conn)
-	s := &fleetShim{cmd: cmd, rpc: rpc, task: taskapi.NewTaskClient(rpc)}
+	s := &fleetShim{cmd: cmd, rpc: rpc, task: taskapi.NewTaskClient(wire.Client(rpc))}
 	f.shims = append(f.shims, s)
 	return s
 }

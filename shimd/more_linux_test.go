@@ -25,6 +25,7 @@ import (
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	tasktypes "github.com/edged/edged/proto/runtime/types"
 	apitypes "github.com/edged/edged/proto/types"
+	"github.com/edged/edged/proto/wire"
 	"github.com/edged/edged/shimd"
 )
 
@@ -330,7 +331,7 @@ func dialAddress(t *testing.T, address string) (taskapi.TaskService, func()) {
 		t.Fatal(err)
 	}
 	rpc := ttrpc.NewClient(conn)
-	return taskapi.NewTaskClient(rpc), func() { rpc.Close() }
+	return taskapi.NewTaskClient(wire.Client(rpc)), func() { rpc.Close() }
 }
 
 // The containerd-style start and delete subcommands.

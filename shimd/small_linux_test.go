@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
+	"github.com/edged/edged/proto/wire"
 	"github.com/edged/edged/shimd"
 )
 
@@ -124,7 +125,7 @@ func TestShimSurvivesVanishedLogReader(t *testing.T) {
 	}
 	rpc := ttrpc.NewClient(conn)
 	defer rpc.Close()
-	task := taskapi.NewTaskClient(rpc)
+	task := taskapi.NewTaskClient(wire.Client(rpc))
 	for i := 0; i < 3; i++ { // each call logs at debug level
 		_, err := task.State(ctxT(t, 10*time.Second), &taskapi.StateRequest{Id: "missing"})
 		if err == nil {

@@ -15,12 +15,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/namespaces"
+	"github.com/edged/edged/proto/rpc"
 	containersapi "github.com/edged/edged/proto/services/containers/v1"
 	eventsapi "github.com/edged/edged/proto/services/events/v1"
 	namespacesapi "github.com/edged/edged/proto/services/namespaces/v1"
@@ -37,8 +36,14 @@ const AddressEnv = "EDGED_ADDRESS"
 const DefaultTimeout = 30 * time.Second
 
 // Client is a connection to edged. It is safe for concurrent use.
+//
+// It speaks ttrpc through rpc.Conn, edged's own ttrpc client, not through
+// github.com/containerd/ttrpc: that keeps protobuf-go and gRPC, most of
+// ttrpc's code, out of edgectl and of fleet agents (a smaller binary that
+// starts faster).
 type Client struct {
-	tc        *ttrpc.Client
+	conn      *rpc.Conn
+	caller    caller
 	namespace string
 	timeout   time.Duration
 
@@ -90,38 +95,43 @@ func NewFromConn(conn net.Conn, opts ...Opt) *Client {
 	for _, o := range opts {
 		o(c)
 	}
-	c.tc = ttrpc.NewClient(conn, ttrpc.WithUnaryClientInterceptor(c.intercept))
-	c.version = versionapi.NewVersionClient(c.tc)
-	c.namespaces = namespacesapi.NewNamespacesClient(c.tc)
-	c.containers = containersapi.NewContainersClient(c.tc)
-	c.events = eventsapi.NewEventsClient(c.tc)
+	c.conn = rpc.NewConn(conn)
+	c.caller = caller{c}
+	c.version = versionapi.NewVersionClient(c.caller)
+	c.namespaces = namespacesapi.NewNamespacesClient(c.caller)
+	c.containers = containersapi.NewContainersClient(c.caller)
+	c.events = eventsapi.NewEventsClient(c.caller)
 	return c
 }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.tc.Close() }
+func (c *Client) Close() error { return c.conn.Close() }
 
 // Namespace returns the client's default namespace.
 func (c *Client) Namespace() string { return c.namespace }
 
-// TTRPC returns the underlying ttrpc client, for the generated service
-// clients of APIs without a typed method here.
-func (c *Client) TTRPC() *ttrpc.Client { return c.tc }
+// Caller returns the client's connection for the generated service
+// clients of APIs without a typed method here
+// (tasksapi.NewTasksClient(c.Caller())). Its calls get the client's
+// namespace and deadline as the typed methods do; their errors are
+// *rpc.StatusError values (see ConvertError).
+func (c *Client) Caller() rpc.Caller { return c.caller }
 
-// intercept adds the namespace and a deadline, and types the error.
-func (c *Client) intercept(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, invoker ttrpc.Invoker) error {
-	if _, ok := ctx.Deadline(); !ok && c.timeout > 0 {
+// caller adds the client's namespace, and a deadline to unary calls, when
+// a call's context has none.
+type caller struct{ c *Client }
+
+func (k caller) Call(ctx context.Context, service, method string, req, resp rpc.Message) error {
+	if _, ok := ctx.Deadline(); !ok && k.c.timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		ctx, cancel = context.WithTimeout(ctx, k.c.timeout)
 		defer cancel()
-		req.TimeoutNano = c.timeout.Nanoseconds()
 	}
-	if _, ok := namespaces.Namespace(ctx); !ok {
-		req.Metadata = append(req.Metadata, &ttrpc.KeyValue{Key: namespaces.TTRPCHeader, Value: c.namespace})
-	}
-	// ttrpc returns the server's status after the interceptor; the typed
-	// methods convert it with convertError.
-	return invoker(ctx, req, resp)
+	return k.c.conn.Call(k.c.nsctx(ctx), service, method, req, resp)
+}
+
+func (k caller) NewStream(ctx context.Context, desc *rpc.StreamDesc, service, method string, req rpc.Message) (rpc.ClientStream, error) {
+	return k.c.conn.NewStream(k.c.nsctx(ctx), desc, service, method, req)
 }
 
 // WithNamespace returns ctx carrying ns for calls made with it.
@@ -136,18 +146,31 @@ func (c *Client) nsctx(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, c.namespace)
 }
 
-func convertError(err error) error {
+// ConvertError turns an error of a call into a typed error: the status
+// edged sent becomes its errdefs kind (errors.Is(err, errdefs.ErrNotFound)),
+// a lost connection ErrUnavailable. The typed methods return converted
+// errors already.
+func ConvertError(err error) error {
 	if err == nil {
 		return nil
 	}
-	if errors.Is(err, ttrpc.ErrStreamFull) {
+	var st *rpc.StatusError
+	if errors.As(err, &st) {
+		if kind, ok := errdefs.KindOfStatus(st.Code); ok {
+			return errdefs.WithKind(kind, st.Message)
+		}
+		return err
+	}
+	if errors.Is(err, rpc.ErrStreamFull) {
 		return fmt.Errorf("stream dropped: the receiver fell behind: %w", errdefs.ErrResourceExhausted)
 	}
-	if errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, ttrpc.ErrServerClosed) {
+	if errors.Is(err, rpc.ErrClosed) {
 		return fmt.Errorf("edged connection: %v: %w", err, errdefs.ErrUnavailable)
 	}
-	return errgrpc.FromGRPC(err)
+	return err
 }
+
+func convertError(err error) error { return ConvertError(err) }
 
 // Version returns edged's version.
 func (c *Client) Version(ctx context.Context) (*versionapi.VersionResponse, error) {

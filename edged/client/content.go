@@ -16,7 +16,7 @@ type ContentInfo = api.Info
 // IngestStatus is the state of a partial write.
 type IngestStatus = api.Status
 
-func (c *Client) contentClient() api.ContentClient { return api.NewContentClient(c.tc) }
+func (c *Client) contentClient() api.ContentClient { return api.NewContentClient(c.caller) }
 
 // ContentInfo returns a blob's size and labels.
 func (c *Client) ContentInfo(ctx context.Context, dgst string) (*ContentInfo, error) {

@@ -25,7 +25,7 @@ type Progress = api.Progress
 // daemon, so the chunk size bounds what an import holds in memory.
 const ImportChunk = 64 << 10
 
-func (c *Client) imagesClient() api.ImagesClient { return api.NewImagesClient(c.tc) }
+func (c *Client) imagesClient() api.ImagesClient { return api.NewImagesClient(c.caller) }
 
 // streamNamespace is the namespace of a streaming call: ctx's, else the
 // client's. Streams carry it in the request, not in metadata.

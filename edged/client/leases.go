@@ -13,7 +13,7 @@ type Lease = api.Lease
 // "snapshots/default", "ingests" or "images".
 type LeaseResource = api.Resource
 
-func (c *Client) leasesClient() api.LeasesService { return api.NewLeasesClient(c.tc) }
+func (c *Client) leasesClient() api.LeasesService { return api.NewLeasesClient(c.caller) }
 
 // CreateLease creates a lease (id "" generates one) expiring after
 // expireSeconds (0: never).

@@ -9,7 +9,7 @@ import (
 // Netns is a named network namespace.
 type Netns = api.Namespace
 
-func (c *Client) netnsClient() api.NetnsService { return api.NewNetnsClient(c.tc) }
+func (c *Client) netnsClient() api.NetnsService { return api.NewNetnsClient(c.caller) }
 
 // CreateNetns creates the named network namespace name (loopback up), which
 // containers join with --net ns:NAME.

@@ -12,7 +12,7 @@ type SnapshotInfo = api.Info
 
 // Snapshots returns the generated Snapshots client, for calls without a
 // typed method here (errors are not converted).
-func (c *Client) Snapshots() api.SnapshotsClient { return api.NewSnapshotsClient(c.tc) }
+func (c *Client) Snapshots() api.SnapshotsClient { return api.NewSnapshotsClient(c.caller) }
 
 // ListSnapshots lists the namespace's snapshots matching any filter.
 func (c *Client) ListSnapshots(ctx context.Context, filters ...string) ([]*SnapshotInfo, error) {

@@ -48,7 +48,7 @@ func (c *Client) CreateFromImage(ctx context.Context, r *containersapi.CreateFro
 	return resp.Container, nil
 }
 
-func (c *Client) tasksClient() api.TasksClient { return api.NewTasksClient(c.tc) }
+func (c *Client) tasksClient() api.TasksClient { return api.NewTasksClient(c.caller) }
 
 // CreateTask creates the task of a container and returns its pid.
 func (c *Client) CreateTask(ctx context.Context, id string, o TaskOpts) (uint32, error) {

@@ -1,7 +1,8 @@
-// Package errdefs defines the typed errors shared by every edged package.
-// Their mapping to and from ttrpc (gRPC status) codes, so that a client sees
-// errors.Is(err, errdefs.ErrNotFound) after a round trip, is in errgrpc: a
-// program that does not speak ttrpc (edged-remote) does not link gRPC.
+// Package errdefs defines the typed errors shared by every edged package,
+// and the gRPC status codes that carry them over ttrpc (StatusCode,
+// KindOfStatus), so that a client sees errors.Is(err, errdefs.ErrNotFound)
+// after a round trip. Package errgrpc turns them into gRPC status errors
+// for github.com/containerd/ttrpc; this package does not link gRPC.
 package errdefs
 
 import (
@@ -96,4 +97,89 @@ func FromCode(code, msg string) error {
 		}
 	}
 	return WithKind(kind, msg)
+}
+
+// The gRPC status codes (google.rpc.Code) that carry the kinds over ttrpc.
+const (
+	codeCanceled           = 1
+	codeUnknown            = 2
+	codeInvalidArgument    = 3
+	codeDeadlineExceeded   = 4
+	codeNotFound           = 5
+	codeAlreadyExists      = 6
+	codePermissionDenied   = 7
+	codeResourceExhausted  = 8
+	codeFailedPrecondition = 9
+	codeAborted            = 10
+	codeUnimplemented      = 12
+	codeUnavailable        = 14
+	codeDataLoss           = 15
+)
+
+// StatusCode returns the gRPC status code that carries err's kind in a
+// ttrpc response (context.Canceled and DeadlineExceeded have their own;
+// Unknown for an error of no kind).
+func StatusCode(err error) uint32 {
+	switch {
+	case errors.Is(err, ErrInvalidArgument):
+		return codeInvalidArgument
+	case errors.Is(err, ErrNotFound):
+		return codeNotFound
+	case errors.Is(err, ErrAlreadyExists):
+		return codeAlreadyExists
+	case errors.Is(err, ErrFailedPrecondition):
+		return codeFailedPrecondition
+	case errors.Is(err, ErrUnavailable):
+		return codeUnavailable
+	case errors.Is(err, ErrNotImplemented):
+		return codeUnimplemented
+	case errors.Is(err, ErrResourceExhausted):
+		return codeResourceExhausted
+	case errors.Is(err, ErrAborted):
+		return codeAborted
+	case errors.Is(err, ErrPermissionDenied):
+		return codePermissionDenied
+	case errors.Is(err, ErrDataLoss):
+		return codeDataLoss
+	case errors.Is(err, context.DeadlineExceeded):
+		return codeDeadlineExceeded
+	case errors.Is(err, context.Canceled):
+		return codeCanceled
+	}
+	return codeUnknown
+}
+
+// KindOfStatus returns the kind a gRPC status code stands for, the
+// reverse of StatusCode; false for OK and codes of no kind (Internal,
+// OutOfRange, ...).
+func KindOfStatus(code uint32) (error, bool) {
+	switch code {
+	case codeInvalidArgument:
+		return ErrInvalidArgument, true
+	case codeNotFound:
+		return ErrNotFound, true
+	case codeAlreadyExists:
+		return ErrAlreadyExists, true
+	case codeFailedPrecondition:
+		return ErrFailedPrecondition, true
+	case codeUnavailable:
+		return ErrUnavailable, true
+	case codeUnimplemented:
+		return ErrNotImplemented, true
+	case codeResourceExhausted:
+		return ErrResourceExhausted, true
+	case codeAborted:
+		return ErrAborted, true
+	case codePermissionDenied:
+		return ErrPermissionDenied, true
+	case codeDataLoss:
+		return ErrDataLoss, true
+	case codeDeadlineExceeded:
+		return context.DeadlineExceeded, true
+	case codeCanceled:
+		return context.Canceled, true
+	case codeUnknown:
+		return ErrUnknown, true
+	}
+	return nil, false
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/namespaces"
 	containersapi "github.com/edged/edged/proto/services/containers/v1"
+	"github.com/edged/edged/proto/wire"
 )
 
 func wantErr(t *testing.T, err error, kind error, substr string) {
@@ -284,7 +285,7 @@ func TestNamespaceRequiredForContainers(t *testing.T) {
 	}
 	tc := ttrpc.NewClient(conn)
 	defer tc.Close()
-	raw := containersapi.NewContainersClient(tc)
+	raw := containersapi.NewContainersClient(wire.Client(tc))
 	_, err = raw.List(context.Background(), &containersapi.ListContainersRequest{})
 	if err == nil || !strings.Contains(err.Error(), "namespace is required") {
 		t.Fatalf("want namespace required error, got %v", err)

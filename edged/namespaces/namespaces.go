@@ -8,10 +8,9 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/containerd/ttrpc"
-
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
+	"github.com/edged/edged/proto/rpc"
 )
 
 const (
@@ -26,26 +25,26 @@ const (
 type nsKey struct{}
 
 // WithNamespace returns a context that carries ns for local use and as
-// outgoing ttrpc metadata.
+// outgoing rpc metadata (ttrpc metadata on the wire).
 func WithNamespace(ctx context.Context, ns string) context.Context {
 	ctx = context.WithValue(ctx, nsKey{}, ns)
-	md, ok := ttrpc.GetMetadata(ctx)
+	md, ok := rpc.GetMetadata(ctx)
 	if !ok {
-		md = ttrpc.MD{}
+		md = rpc.MD{}
 	} else {
 		md = md.Clone()
 	}
 	md.Set(TTRPCHeader, ns)
-	return ttrpc.WithMetadata(ctx, md)
+	return rpc.WithMetadata(ctx, md)
 }
 
 // Namespace returns the namespace of ctx, from the context value or from
-// incoming ttrpc metadata.
+// incoming rpc metadata (a request's ttrpc metadata).
 func Namespace(ctx context.Context) (string, bool) {
 	if ns, ok := ctx.Value(nsKey{}).(string); ok {
 		return ns, true
 	}
-	if v, ok := ttrpc.GetMetadataValue(ctx, TTRPCHeader); ok {
+	if v, ok := rpc.GetMetadataValue(ctx, TTRPCHeader); ok {
 		return v, true
 	}
 	return "", false

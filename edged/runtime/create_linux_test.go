@@ -19,6 +19,7 @@ import (
 	"github.com/edged/edged/edged/oci"
 	"github.com/edged/edged/internal/testutil"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
+	"github.com/edged/edged/proto/wire"
 )
 
 func requireRunc(t *testing.T) {
@@ -156,7 +157,7 @@ func TestCreateWithStartOlderShim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	taskapi.RegisterTaskService(srv, olderShim{real.task})
+	taskapi.RegisterTaskService(wire.Server(srv), olderShim{real.task})
 	path := filepath.Join(m.cfg.State, "s", "older")
 	l, err := net.Listen("unix", path)
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/namespaces"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
+	"github.com/edged/edged/proto/wire"
 )
 
 // shimConn is a connection to one shim process, which may host several
@@ -91,7 +92,7 @@ func dialShim(ctx context.Context, ns, address string, timeout time.Duration, op
 		return inv(ctx, req, resp)
 	}))
 	c := ttrpc.NewClient(conn, opts...)
-	return c, taskapi.NewTaskClient(c), nil
+	return c, taskapi.NewTaskClient(wire.Client(c)), nil
 }
 
 // startNativeShim starts edged-shim for a group the edged way: edged

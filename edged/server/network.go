@@ -7,14 +7,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/network"
 	netnssvc "github.com/edged/edged/edged/services/netns"
 	"github.com/edged/edged/netns"
 	"github.com/edged/edged/netns/cni"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/containers/v1"
 	taskapi "github.com/edged/edged/proto/services/tasks/v1"
 )
@@ -22,7 +21,7 @@ import (
 // setupNetwork creates the task network hook and registers the Netns
 // service. Named namespaces live in <state>/netns, per-container network
 // state in <state>/network.
-func (s *Server) setupNetwork(ctx context.Context, ts *ttrpc.Server) (*network.Network, error) {
+func (s *Server) setupNetwork(ctx context.Context, reg rpc.Registrar) (*network.Network, error) {
 	namedDir := filepath.Join(s.cfg.State, "netns")
 	var (
 		mu    sync.Mutex
@@ -69,7 +68,7 @@ func (s *Server) setupNetwork(ctx context.Context, ts *ttrpc.Server) (*network.N
 	if err != nil {
 		return nil, err
 	}
-	netnssvc.Register(ts, netnssvc.Config{Dir: namedDir, Manager: namedManager, InUse: n.NamedUsers})
+	netnssvc.Register(reg, netnssvc.Config{Dir: namedDir, Manager: namedManager, InUse: n.NamedUsers})
 	return n, nil
 }
 

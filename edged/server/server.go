@@ -30,6 +30,7 @@ import (
 	taskssvc "github.com/edged/edged/edged/services/tasks"
 	versionsvc "github.com/edged/edged/edged/services/version"
 	eventtypes "github.com/edged/edged/proto/events"
+	"github.com/edged/edged/proto/wire"
 )
 
 // Server is a configured edged.
@@ -102,14 +103,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	if err != nil {
 		return nil, err
 	}
-	versionsvc.Register(ts, version)
-	namespacessvc.Register(ts, db, s.ex)
-	containers := containerssvc.Register(ts, db, s.ex, s.createFromImage, s.rt.Has, s.containerDeleted)
-	eventssvc.Register(ts, s.ex)
-	if s.network, err = s.setupNetwork(ctx, ts); err != nil {
+	reg := wire.Server(ts)
+	versionsvc.Register(reg, version)
+	namespacessvc.Register(reg, db, s.ex)
+	containers := containerssvc.Register(reg, db, s.ex, s.createFromImage, s.rt.Has, s.containerDeleted)
+	eventssvc.Register(reg, s.ex)
+	if s.network, err = s.setupNetwork(ctx, reg); err != nil {
 		return nil, err
 	}
-	taskssvc.Register(ts, taskssvc.Config{
+	taskssvc.Register(reg, taskssvc.Config{
 		DB: db, Runtime: s.rt, Events: s.ex, LogDir: filepath.Join(cfg.Root, "logs"),
 		LogMaxSize: cfg.Runtime.LogMaxSize, LogMaxFiles: cfg.Runtime.LogMaxFiles, Log: log,
 		Metrics: metricsFunc(log), Network: s.network, Rootfs: imgs.rootfs, Containers: containers,

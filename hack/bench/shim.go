@@ -21,6 +21,7 @@ import (
 	"github.com/edged/edged/internal/testutil"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	"github.com/edged/edged/proto/services/ttrpcevents/v1"
+	"github.com/edged/edged/proto/wire"
 	"github.com/edged/edged/shimd"
 )
 
@@ -181,7 +182,7 @@ func newShimFarm(e *Env, spec map[string]any) (*shimFarm, error) {
 		l.Close()
 		return nil, err
 	}
-	ttrpcevents.RegisterEventsService(f.srv, acceptEvents{})
+	ttrpcevents.RegisterEventsService(wire.Server(f.srv), acceptEvents{})
 	go f.srv.Serve(context.Background(), l)
 	return f, nil
 }
@@ -220,7 +221,7 @@ func (f *shimFarm) start(group string) (taskapi.TaskService, int, error) {
 	}
 	c := ttrpc.NewClient(conn)
 	f.conns = append(f.conns, c)
-	t := taskapi.NewTaskClient(c)
+	t := taskapi.NewTaskClient(wire.Client(c))
 	f.tasks = append(f.tasks, t)
 	return t, cmd.Process.Pid, nil
 }

@@ -14,15 +14,12 @@ package wire
 import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/runtime/protoiface"
+
+	"github.com/edged/edged/proto/rpc"
 )
 
 // Gogo is a gogo-generated message with generated marshalling code.
-type Gogo interface {
-	Size() int
-	MarshalTo([]byte) (int, error)
-	Unmarshal([]byte) error
-	Reset()
-}
+type Gogo = rpc.Message
 
 // Message adapts a gogo message to the protobuf-go proto.Message interface
 // for encoding only: ttrpc's codec calls proto.Marshal and proto.Unmarshal,

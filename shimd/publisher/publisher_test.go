@@ -106,7 +106,7 @@ func serveWith(t *testing.T, path string, s *server, forwardOnly bool) *server {
 			},
 		})
 	} else {
-		ttrpcevents.RegisterEventsService(srv, s)
+		ttrpcevents.RegisterEventsService(wire.Server(srv), s)
 	}
 	l, err := net.Listen("unix", path)
 	if err != nil {
@@ -169,7 +169,7 @@ func TestReconnect(t *testing.T) {
 	go p.Run(ctx)
 	srv, _ := ttrpc.NewServer()
 	s1 := &server{}
-	ttrpcevents.RegisterEventsService(srv, s1)
+	ttrpcevents.RegisterEventsService(wire.Server(srv), s1)
 	ul, _ := net.Listen("unix", path)
 	l := &connTracker{Listener: ul}
 	go srv.Serve(ctx, l)

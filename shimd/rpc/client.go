@@ -11,6 +11,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/edged/edged/internal/ttrpcwire"
 )
 
 // Client makes unary ttrpc calls on one connection, one call at a time
@@ -19,7 +21,7 @@ type Client struct {
 	mu     sync.Mutex
 	conn   net.Conn
 	stream uint32
-	hbuf   [headerLen]byte
+	hbuf   [ttrpcwire.HeaderLen]byte
 	broken error
 }
 
@@ -68,40 +70,40 @@ func (c *Client) Call(ctx context.Context, service, method string, req []byte) (
 		c.broken = fmt.Errorf("rpc: connection unusable after a failed call: %w", err)
 		return nil, err
 	}
-	if resp.code != uint32(codes.OK) {
-		return nil, status.Error(codes.Code(resp.code), resp.message)
+	if resp.Code != uint32(codes.OK) {
+		return nil, status.Error(codes.Code(resp.Code), resp.Message)
 	}
-	return resp.payload, nil
+	return resp.Payload, nil
 }
 
-func (c *Client) roundTrip(service, method string, req []byte, timeout int64) (response, error) {
+func (c *Client) roundTrip(service, method string, req []byte, timeout int64) (ttrpcwire.Response, error) {
 	id := c.stream
 	c.stream += 2
-	size := requestSize(service, method, req, timeout)
+	size := ttrpcwire.RequestSize(service, method, req, timeout, nil)
 	if size > MaxMessage {
-		return response{}, fmt.Errorf("rpc: request of %d bytes is over the %d byte limit", size, MaxMessage)
+		return ttrpcwire.Response{}, fmt.Errorf("rpc: request of %d bytes is over the %d byte limit", size, MaxMessage)
 	}
-	if _, err := c.conn.Write(appendRequest(newFrame(id, typeRequest, size), service, method, req, timeout)); err != nil {
-		return response{}, err
+	if _, err := c.conn.Write(ttrpcwire.AppendRequest(ttrpcwire.NewFrame(id, ttrpcwire.TypeRequest, 0, size), service, method, req, timeout, nil)); err != nil {
+		return ttrpcwire.Response{}, err
 	}
 	for {
-		h, err := readHeader(c.conn, &c.hbuf)
+		h, err := ttrpcwire.ReadHeader(c.conn, &c.hbuf)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			return response{}, err
+			return ttrpcwire.Response{}, err
 		}
-		if h.length > MaxMessage {
-			return response{}, fmt.Errorf("rpc: response of %d bytes is over the %d byte limit", h.length, MaxMessage)
+		if h.Length > MaxMessage {
+			return ttrpcwire.Response{}, fmt.Errorf("rpc: response of %d bytes is over the %d byte limit", h.Length, MaxMessage)
 		}
-		p := make([]byte, h.length)
+		p := make([]byte, h.Length)
 		if _, err := io.ReadFull(c.conn, p); err != nil {
-			return response{}, err
+			return ttrpcwire.Response{}, err
 		}
-		if h.stream != id || h.typ != typeResponse {
+		if h.Stream != id || h.Type != ttrpcwire.TypeResponse {
 			continue // not ours (a late answer to an abandoned call)
 		}
-		return decodeResponse(p)
+		return ttrpcwire.DecodeResponse(p)
 	}
 }

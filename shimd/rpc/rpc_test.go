@@ -20,6 +20,8 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/proto/wire"
+
+	"github.com/edged/edged/internal/ttrpcwire"
 )
 
 // The tests talk to github.com/containerd/ttrpc, the implementation edged
@@ -228,9 +230,9 @@ func TestServerShutdownWaitsForCalls(t *testing.T) {
 }
 
 // rawFrame writes one frame and reads the response status.
-func rawFrame(t *testing.T, conn net.Conn, length, stream uint32, typ byte, payload []byte) response {
+func rawFrame(t *testing.T, conn net.Conn, length, stream uint32, typ byte, payload []byte) ttrpcwire.Response {
 	t.Helper()
-	var h [headerLen]byte
+	var h [ttrpcwire.HeaderLen]byte
 	binary.BigEndian.PutUint32(h[0:4], length)
 	binary.BigEndian.PutUint32(h[4:8], stream)
 	h[8] = typ
@@ -238,18 +240,18 @@ func rawFrame(t *testing.T, conn net.Conn, length, stream uint32, typ byte, payl
 		t.Fatal(err)
 	}
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	rh, err := readHeader(conn, &h)
+	rh, err := ttrpcwire.ReadHeader(conn, &h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rh.stream != stream || rh.typ != typeResponse {
+	if rh.Stream != stream || rh.Type != ttrpcwire.TypeResponse {
 		t.Fatalf("response header %+v for stream %d", rh, stream)
 	}
-	p := make([]byte, rh.length)
+	p := make([]byte, rh.Length)
 	if _, err := io.ReadFull(conn, p); err != nil {
 		t.Fatal(err)
 	}
-	r, err := decodeResponse(p)
+	r, err := ttrpcwire.DecodeResponse(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,35 +269,35 @@ func TestServerProtocolErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	req := appendRequest(nil, testService, "Echo", encodeString("x"), 0)
+	req := ttrpcwire.AppendRequest(nil, testService, "Echo", encodeString("x"), 0, nil)
 
-	r := rawFrame(t, conn, uint32(len(req)), 2, typeRequest, req)
-	if codes.Code(r.code) != codes.InvalidArgument || !strings.Contains(r.message, "StreamID must be odd") {
+	r := rawFrame(t, conn, uint32(len(req)), 2, ttrpcwire.TypeRequest, req)
+	if codes.Code(r.Code) != codes.InvalidArgument || !strings.Contains(r.Message, "StreamID must be odd") {
 		t.Errorf("even stream id: %+v", r)
 	}
-	r = rawFrame(t, conn, uint32(len(req)), 3, typeRequest, req)
-	if r.code != 0 || stringValue(t, r.payload) != "x" {
+	r = rawFrame(t, conn, uint32(len(req)), 3, ttrpcwire.TypeRequest, req)
+	if r.Code != 0 || stringValue(t, r.Payload) != "x" {
 		t.Errorf("valid request: %+v", r)
 	}
-	r = rawFrame(t, conn, uint32(len(req)), 3, typeRequest, req)
-	if codes.Code(r.code) != codes.InvalidArgument || !strings.Contains(r.message, "cannot be re-used") {
+	r = rawFrame(t, conn, uint32(len(req)), 3, ttrpcwire.TypeRequest, req)
+	if codes.Code(r.Code) != codes.InvalidArgument || !strings.Contains(r.Message, "cannot be re-used") {
 		t.Errorf("re-used stream id: %+v", r)
 	}
-	r = rawFrame(t, conn, 3, 5, typeRequest, []byte{0x0a, 0x05, 'a'})
-	if codes.Code(r.code) != codes.InvalidArgument || !strings.Contains(r.message, "unmarshal request error") {
+	r = rawFrame(t, conn, 3, 5, ttrpcwire.TypeRequest, []byte{0x0a, 0x05, 'a'})
+	if codes.Code(r.Code) != codes.InvalidArgument || !strings.Contains(r.Message, "unmarshal request error") {
 		t.Errorf("truncated request: %+v", r)
 	}
-	r = rawFrame(t, conn, 0, 7, typeData, nil)
-	if codes.Code(r.code) != codes.InvalidArgument || !strings.Contains(r.message, "no longer active") {
+	r = rawFrame(t, conn, 0, 7, ttrpcwire.TypeData, nil)
+	if codes.Code(r.Code) != codes.InvalidArgument || !strings.Contains(r.Message, "no longer active") {
 		t.Errorf("data frame: %+v", r)
 	}
 	big := make([]byte, MaxMessage+1)
-	r = rawFrame(t, conn, uint32(len(big)), 9, typeRequest, big)
-	if codes.Code(r.code) != codes.ResourceExhausted || !strings.Contains(r.message, "exceed maximum message size") {
+	r = rawFrame(t, conn, uint32(len(big)), 9, ttrpcwire.TypeRequest, big)
+	if codes.Code(r.Code) != codes.ResourceExhausted || !strings.Contains(r.Message, "exceed maximum message size") {
 		t.Errorf("oversized message: %+v", r)
 	}
-	r = rawFrame(t, conn, uint32(len(req)), 11, typeRequest, req)
-	if r.code != 0 || stringValue(t, r.payload) != "x" {
+	r = rawFrame(t, conn, uint32(len(req)), 11, ttrpcwire.TypeRequest, req)
+	if r.Code != 0 || stringValue(t, r.Payload) != "x" {
 		t.Errorf("request after errors: %+v", r)
 	}
 }

@@ -12,6 +12,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/edged/edged/internal/ttrpcwire"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -171,60 +173,60 @@ func (c *serverConn) run(ctx context.Context) {
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
 	}()
-	var hbuf [headerLen]byte
+	var hbuf [ttrpcwire.HeaderLen]byte
 	var last uint32
 	for {
-		h, err := readHeader(c.conn, &hbuf)
+		h, err := ttrpcwire.ReadHeader(c.conn, &hbuf)
 		if err != nil {
 			return
 		}
-		if h.length > MaxMessage {
-			if discard(c.conn, int64(h.length)) != nil {
+		if h.Length > MaxMessage {
+			if ttrpcwire.Discard(c.conn, int64(h.Length)) != nil {
 				return
 			}
-			c.sendStatus(h.stream, codes.ResourceExhausted, "message length "+itoa(uint64(h.length))+" exceed maximum message size of "+itoa(MaxMessage))
+			c.sendStatus(h.Stream, codes.ResourceExhausted, "message length "+itoa(uint64(h.Length))+" exceed maximum message size of "+itoa(MaxMessage))
 			continue
 		}
 		var p []byte
-		if h.length > 0 {
-			p = make([]byte, h.length)
+		if h.Length > 0 {
+			p = make([]byte, h.Length)
 			if _, err := io.ReadFull(c.conn, p); err != nil {
 				return
 			}
 		}
-		if h.stream%2 != 1 {
-			c.sendStatus(h.stream, codes.InvalidArgument, "StreamID must be odd for client initiated streams")
+		if h.Stream%2 != 1 {
+			c.sendStatus(h.Stream, codes.InvalidArgument, "StreamID must be odd for client initiated streams")
 			continue
 		}
-		switch h.typ {
-		case typeData:
+		switch h.Type {
+		case ttrpcwire.TypeData:
 			// No method of the shim streams: no stream is ever open.
-			c.sendStatus(h.stream, codes.InvalidArgument, "StreamID is no longer active")
-		case typeRequest:
-			if h.stream <= last {
-				c.sendStatus(h.stream, codes.InvalidArgument, "StreamID cannot be re-used and must increment")
+			c.sendStatus(h.Stream, codes.InvalidArgument, "StreamID is no longer active")
+		case ttrpcwire.TypeRequest:
+			if h.Stream <= last {
+				c.sendStatus(h.Stream, codes.InvalidArgument, "StreamID cannot be re-used and must increment")
 				continue
 			}
-			last = h.stream
-			req, err := decodeRequest(p)
+			last = h.Stream
+			req, err := ttrpcwire.DecodeRequest(p)
 			if err != nil {
-				c.sendStatus(h.stream, codes.InvalidArgument, "unmarshal request error: "+err.Error())
+				c.sendStatus(h.Stream, codes.InvalidArgument, "unmarshal request error: "+err.Error())
 				continue
 			}
-			methods, ok := c.srv.services[string(req.service)]
+			methods, ok := c.srv.services[string(req.Service)]
 			if !ok {
-				c.sendStatus(h.stream, codes.Unimplemented, "service "+string(req.service))
+				c.sendStatus(h.Stream, codes.Unimplemented, "service "+string(req.Service))
 				continue
 			}
-			handler, ok := methods[string(req.method)]
+			handler, ok := methods[string(req.Method)]
 			if !ok {
-				c.sendStatus(h.stream, codes.Unimplemented, "method "+string(req.method))
+				c.sendStatus(h.Stream, codes.Unimplemented, "method "+string(req.Method))
 				continue
 			}
 			c.srv.mu.Lock()
 			c.active++
 			c.srv.mu.Unlock()
-			go c.call(ctx, h.stream, handler, req.payload, req.timeoutNano)
+			go c.call(ctx, h.Stream, handler, req.Payload, req.TimeoutNano)
 		}
 	}
 }
@@ -254,13 +256,13 @@ func (c *serverConn) sendStatus(stream uint32, code codes.Code, msg string) {
 // sendResponse writes a response frame; a failed write closes the
 // connection (its reader then ends).
 func (c *serverConn) sendResponse(stream uint32, code uint32, msg string, payload []byte) {
-	size := responseSize(code, msg, payload)
+	size := ttrpcwire.ResponseSize(code, msg, payload)
 	if size > MaxMessage {
 		code, payload = uint32(codes.ResourceExhausted), nil
 		msg = "message length " + itoa(uint64(size)) + " exceed maximum message size of " + itoa(MaxMessage)
-		size = responseSize(code, msg, nil)
+		size = ttrpcwire.ResponseSize(code, msg, nil)
 	}
-	f := appendResponse(newFrame(stream, typeResponse, size), code, msg, payload)
+	f := ttrpcwire.AppendResponse(ttrpcwire.NewFrame(stream, ttrpcwire.TypeResponse, 0, size), code, msg, payload)
 	c.wmu.Lock()
 	_, err := c.conn.Write(f)
 	c.wmu.Unlock()

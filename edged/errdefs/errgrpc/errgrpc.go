@@ -4,33 +4,11 @@
 package errgrpc
 
 import (
-	"context"
-	"errors"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/edged/edged/edged/errdefs"
 )
-
-var kinds = []struct {
-	err  error
-	code codes.Code
-}{
-	{errdefs.ErrInvalidArgument, codes.InvalidArgument},
-	{errdefs.ErrNotFound, codes.NotFound},
-	{errdefs.ErrAlreadyExists, codes.AlreadyExists},
-	{errdefs.ErrFailedPrecondition, codes.FailedPrecondition},
-	{errdefs.ErrUnavailable, codes.Unavailable},
-	{errdefs.ErrNotImplemented, codes.Unimplemented},
-	{errdefs.ErrResourceExhausted, codes.ResourceExhausted},
-	{errdefs.ErrAborted, codes.Aborted},
-	{errdefs.ErrPermissionDenied, codes.PermissionDenied},
-	{errdefs.ErrDataLoss, codes.DataLoss},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-	{context.Canceled, codes.Canceled},
-	{errdefs.ErrUnknown, codes.Unknown},
-}
 
 // ToGRPC converts err to a status error carrying the matching code. The
 // message keeps the full wrapped text. Status errors pass through unchanged.
@@ -41,12 +19,7 @@ func ToGRPC(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	for _, k := range kinds {
-		if errors.Is(err, k.err) {
-			return status.Error(k.code, err.Error())
-		}
-	}
-	return status.Error(codes.Unknown, err.Error())
+	return status.Error(codes.Code(errdefs.StatusCode(err)), err.Error())
 }
 
 // FromGRPC converts a status error received from the wire back into an error
@@ -59,10 +32,8 @@ func FromGRPC(err error) error {
 	if !ok {
 		return err
 	}
-	for _, k := range kinds {
-		if k.code == st.Code() {
-			return errdefs.WithKind(k.err, st.Message())
-		}
+	if kind, ok := errdefs.KindOfStatus(uint32(st.Code())); ok {
+		return errdefs.WithKind(kind, st.Message())
 	}
 	return err
 }

@@ -12,6 +12,27 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 )
 
+// kinds pairs each kind with its gRPC code, from grpc's own constants: it
+// checks errdefs' numbers too.
+var kinds = []struct {
+	err  error
+	code codes.Code
+}{
+	{errdefs.ErrInvalidArgument, codes.InvalidArgument},
+	{errdefs.ErrNotFound, codes.NotFound},
+	{errdefs.ErrAlreadyExists, codes.AlreadyExists},
+	{errdefs.ErrFailedPrecondition, codes.FailedPrecondition},
+	{errdefs.ErrUnavailable, codes.Unavailable},
+	{errdefs.ErrNotImplemented, codes.Unimplemented},
+	{errdefs.ErrResourceExhausted, codes.ResourceExhausted},
+	{errdefs.ErrAborted, codes.Aborted},
+	{errdefs.ErrPermissionDenied, codes.PermissionDenied},
+	{errdefs.ErrDataLoss, codes.DataLoss},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+	{errdefs.ErrUnknown, codes.Unknown},
+}
+
 func TestRoundTrip(t *testing.T) {
 	for _, k := range kinds {
 		err := fmt.Errorf("container %q: %w", "web", k.err)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
@@ -17,6 +16,7 @@ import (
 	"github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/edged/protoconv"
 	eventtypes "github.com/edged/edged/proto/events"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/containers/v1"
 )
 
@@ -49,7 +49,7 @@ type Creator func(ctx context.Context, r *api.CreateFromImageRequest) (*api.Crea
 //
 // It returns the service, for other services that create or delete
 // containers as part of their calls (the tasks service's one-call runs).
-func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange, creator Creator, hasTask func(ns, id string) bool, onDelete ...DeleteHook) api.ContainersService {
+func Register(srv rpc.Registrar, db *metadata.DB, ex *events.Exchange, creator Creator, hasTask func(ns, id string) bool, onDelete ...DeleteHook) api.ContainersService {
 	svc := &service{db: db, ex: ex, creator: creator, hasTask: hasTask, deleted: onDelete}
 	api.RegisterContainersService(srv, svc)
 	return svc

@@ -11,7 +11,6 @@ import (
 	"io"
 	"strings"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 	"github.com/opencontainers/go-digest"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/edged/protoconv"
 	"github.com/edged/edged/fsstore/content"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/content/v1"
 )
 
@@ -44,7 +44,7 @@ type service struct {
 
 // Register adds the Content service to srv. img provides the GC lock and
 // background collection.
-func Register(srv *ttrpc.Server, db *metadata.DB, cs *content.Store, img *images.Service) {
+func Register(srv rpc.Registrar, db *metadata.DB, cs *content.Store, img *images.Service) {
 	api.RegisterContentService(srv, &service{db: db, cs: cs, img: img})
 }
 

@@ -5,12 +5,12 @@ package events
 import (
 	"context"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/events"
 	"github.com/edged/edged/edged/namespaces"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/events/v1"
 	ttrpcapi "github.com/edged/edged/proto/services/ttrpcevents/v1"
 )
@@ -20,7 +20,7 @@ type service struct{ ex *events.Exchange }
 type forwarder struct{ ex *events.Exchange }
 
 // Register adds the Events service and the shims' Forward service to srv.
-func Register(srv *ttrpc.Server, ex *events.Exchange) {
+func Register(srv rpc.Registrar, ex *events.Exchange) {
 	api.RegisterEventsService(srv, &service{ex: ex})
 	ttrpcapi.RegisterEventsService(srv, &forwarder{ex: ex})
 }

@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 	"github.com/opencontainers/go-digest"
 
@@ -28,6 +27,7 @@ import (
 	"github.com/edged/edged/edged/protoconv"
 	"github.com/edged/edged/edged/registry"
 	"github.com/edged/edged/fsstore/content"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/images/v1"
 	ptypesapi "github.com/edged/edged/proto/types"
 )
@@ -52,7 +52,7 @@ type Config struct {
 type service struct{ Config }
 
 // Register adds the Images service to srv.
-func Register(srv *ttrpc.Server, cfg Config) {
+func Register(srv rpc.Registrar, cfg Config) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}

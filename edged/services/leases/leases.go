@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
@@ -19,6 +18,7 @@ import (
 	"github.com/edged/edged/edged/metadata"
 	"github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/edged/protoconv"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/leases/v1"
 )
 
@@ -28,7 +28,7 @@ type service struct {
 }
 
 // Register adds the Leases service to srv; img collects after deletions.
-func Register(srv *ttrpc.Server, db *metadata.DB, img *images.Service) {
+func Register(srv rpc.Registrar, db *metadata.DB, img *images.Service) {
 	api.RegisterLeasesService(srv, &service{db: db, img: img})
 }
 

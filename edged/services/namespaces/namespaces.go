@@ -5,7 +5,6 @@ import (
 	"context"
 	"strings"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
@@ -16,6 +15,7 @@ import (
 	ns "github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/edged/protoconv"
 	eventtypes "github.com/edged/edged/proto/events"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/namespaces/v1"
 )
 
@@ -25,7 +25,7 @@ type service struct {
 }
 
 // Register adds the Namespaces service to srv.
-func Register(srv *ttrpc.Server, db *metadata.DB, ex *events.Exchange) {
+func Register(srv rpc.Registrar, db *metadata.DB, ex *events.Exchange) {
 	api.RegisterNamespacesService(srv, &service{db: db, ex: ex})
 }
 

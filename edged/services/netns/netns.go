@@ -9,12 +9,12 @@ import (
 	"os"
 	"strings"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/netns"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/netns/v1"
 )
 
@@ -33,7 +33,7 @@ type Config struct {
 type service struct{ Config }
 
 // Register adds the Netns service to srv.
-func Register(srv *ttrpc.Server, cfg Config) {
+func Register(srv rpc.Registrar, cfg Config) {
 	api.RegisterNetnsService(srv, &service{cfg})
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
@@ -18,6 +17,7 @@ import (
 	"github.com/edged/edged/edged/protoconv"
 	"github.com/edged/edged/fsstore/snapshots"
 	"github.com/edged/edged/fsstore/snapshots/mount"
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/snapshots/v1"
 	ptypesapi "github.com/edged/edged/proto/types"
 )
@@ -32,7 +32,7 @@ type service struct {
 
 // Register adds the Snapshots service to srv; img schedules collections
 // after removals.
-func Register(srv *ttrpc.Server, sn snapshots.Snapshotter, img *images.Service) {
+func Register(srv rpc.Registrar, sn snapshots.Snapshotter, img *images.Service) {
 	api.RegisterSnapshotsService(srv, &service{sn: sn, img: img})
 }
 

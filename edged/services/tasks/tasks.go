@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -22,6 +21,7 @@ import (
 	"github.com/edged/edged/edged/metadata"
 	"github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/edged/runtime"
+	"github.com/edged/edged/proto/rpc"
 	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	containersapi "github.com/edged/edged/proto/services/containers/v1"
@@ -74,7 +74,7 @@ type Containers interface {
 type service struct{ Config }
 
 // Register adds the Tasks service to srv.
-func Register(srv *ttrpc.Server, cfg Config) {
+func Register(srv rpc.Registrar, cfg Config) {
 	if cfg.LogMaxSize <= 0 {
 		cfg.LogMaxSize = 1 << 20
 	}

@@ -5,9 +5,9 @@ import (
 	"context"
 	"runtime"
 
-	"github.com/containerd/ttrpc"
 	ptypes "github.com/gogo/protobuf/types"
 
+	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/version/v1"
 )
 
@@ -22,7 +22,7 @@ const APIVersion = "1"
 type service struct{ resp api.VersionResponse }
 
 // Register adds the Version service to srv.
-func Register(srv *ttrpc.Server, info Info) {
+func Register(srv rpc.Registrar, info Info) {
 	api.RegisterVersionService(srv, &service{resp: api.VersionResponse{
 		Version:   info.Version,
 		Revision:  info.Revision,

@@ -23,15 +23,16 @@ import (
 	"google.golang.org/protobuf/compiler/protogen"
 )
 
-// generator is a Go code generator that uses ttrpc.Server and ttrpc.Client.
+// generator is a Go code generator for ttrpc services.
 //
 // edged: this is ttrpc v1.2.10's protoc-gen-go-ttrpc, changed so that the
-// generated code works with gogo/protobuf (gogofaster) messages. ttrpc's codec
-// only accepts google.golang.org/protobuf messages, so every message crossing
-// the ttrpc call boundary is wrapped with wire.Of (proto/wire), which hands
-// protobuf-go the gogo-generated Size/MarshalTo/Unmarshal methods through its
-// fast path. (protoadapt.MessageV2Of would work too, but builds a reflection
-// adapter per message type: heap and code that a small daemon does without.)
+// generated code works with gogo/protobuf (gogofaster) messages and does
+// not depend on ttrpc itself: servers register on an rpc.Registrar and
+// clients call through an rpc.Caller (package proto/rpc), whose messages
+// are gogo messages that encode themselves. proto/wire adapts
+// github.com/containerd/ttrpc's Server and Client to these interfaces, and
+// rpc.Conn is edged's own ttrpc client, so a client binary links neither
+// ttrpc nor the protobuf-go runtime that ttrpc's codec needs.
 type generator struct {
 	out *protogen.GeneratedFile
 
@@ -50,7 +51,7 @@ type generator struct {
 		streamServer string
 		streamClient string
 
-		v2 string
+		message string
 	}
 }
 
@@ -61,41 +62,41 @@ func newGenerator(out *protogen.GeneratedFile) *generator {
 		GoName:       "Context",
 	})
 	gen.ident.server = out.QualifiedGoIdent(protogen.GoIdent{
-		GoImportPath: "github.com/containerd/ttrpc",
-		GoName:       "Server",
+		GoImportPath: "github.com/edged/edged/proto/rpc",
+		GoName:       "Registrar",
 	})
 	gen.ident.client = out.QualifiedGoIdent(protogen.GoIdent{
-		GoImportPath: "github.com/containerd/ttrpc",
-		GoName:       "Client",
+		GoImportPath: "github.com/edged/edged/proto/rpc",
+		GoName:       "Caller",
 	})
 	gen.ident.method = out.QualifiedGoIdent(protogen.GoIdent{
-		GoImportPath: "github.com/containerd/ttrpc",
+		GoImportPath: "github.com/edged/edged/proto/rpc",
 		GoName:       "Method",
 	})
 	gen.ident.stream = out.QualifiedGoIdent(protogen.GoIdent{
-		GoImportPath: "github.com/containerd/ttrpc",
+		GoImportPath: "github.com/edged/edged/proto/rpc",
 		GoName:       "Stream",
 	})
 	gen.ident.serviceDesc = out.QualifiedGoIdent(protogen.GoIdent{
-		GoImportPath: "github.com/containerd/ttrpc",
+		GoImportPath: "github.com/edged/edged/proto/rpc",
 		GoName:       "ServiceDesc",
 	})
 	gen.ident.streamDesc = out.QualifiedGoIdent(protogen.GoIdent{
-		GoImportPath: "github.com/containerd/ttrpc",
+		GoImportPath: "github.com/edged/edged/proto/rpc",
 		GoName:       "StreamDesc",
 	})
 
 	gen.ident.streamServerIdent = protogen.GoIdent{
-		GoImportPath: "github.com/containerd/ttrpc",
+		GoImportPath: "github.com/edged/edged/proto/rpc",
 		GoName:       "StreamServer",
 	}
 	gen.ident.streamClientIdent = protogen.GoIdent{
-		GoImportPath: "github.com/containerd/ttrpc",
+		GoImportPath: "github.com/edged/edged/proto/rpc",
 		GoName:       "ClientStream",
 	}
-	gen.ident.v2 = out.QualifiedGoIdent(protogen.GoIdent{
-		GoImportPath: "github.com/edged/edged/proto/wire",
-		GoName:       "Of",
+	gen.ident.message = out.QualifiedGoIdent(protogen.GoIdent{
+		GoImportPath: "github.com/edged/edged/proto/rpc",
+		GoName:       "Message",
 	})
 	gen.ident.streamServer = out.QualifiedGoIdent(gen.ident.streamServerIdent)
 	gen.ident.streamClient = out.QualifiedGoIdent(gen.ident.streamClientIdent)
@@ -175,7 +176,7 @@ func (gen *generator) genService(service *protogen.Service) {
 
 		if method.Desc.IsStreamingServer() {
 			p.P("func (x *", structName, ") Send(m *", method.Output.GoIdent, ") error {")
-			p.P("return x.StreamServer.SendMsg(", gen.ident.v2, "(m))")
+			p.P("return x.StreamServer.SendMsg(m)")
 			p.P("}")
 			p.P()
 		}
@@ -183,7 +184,7 @@ func (gen *generator) genService(service *protogen.Service) {
 		if method.Desc.IsStreamingClient() {
 			p.P("func (x *", structName, ") Recv() (*", method.Input.GoIdent, ", error) {")
 			p.P("m := new(", method.Input.GoIdent, ")")
-			p.P("if err := x.StreamServer.RecvMsg(", gen.ident.v2, "(m)); err != nil {")
+			p.P("if err := x.StreamServer.RecvMsg(m); err != nil {")
 			p.P("return nil, err")
 			p.P("}")
 			p.P("return m, nil")
@@ -193,14 +194,14 @@ func (gen *generator) genService(service *protogen.Service) {
 	}
 
 	// registration method
-	p.P("func Register", serviceName, "(srv *", gen.ident.server, ", svc ", serviceName, "){")
+	p.P("func Register", serviceName, "(srv ", gen.ident.server, ", svc ", serviceName, "){")
 	p.P(`srv.RegisterService("`, fullName, `", &`, gen.ident.serviceDesc, "{")
 	if len(methods) > 0 {
 		p.P(`Methods: map[string]`, gen.ident.method, "{")
 		for _, method := range methods {
-			p.P(`"`, method.GoName, `": func(ctx `, gen.ident.context, ", unmarshal func(interface{}) error)(interface{}, error){")
+			p.P(`"`, method.GoName, `": func(ctx `, gen.ident.context, ", unmarshal func(", gen.ident.message, ") error)(", gen.ident.message, ", error){")
 			p.P("var req ", method.Input.GoIdent)
-			p.P("if err := unmarshal(", gen.ident.v2, "(&req)); err != nil {")
+			p.P("if err := unmarshal(&req); err != nil {")
 			p.P("return nil, err")
 			p.P("}")
 			p.P("resp, err := svc.", method.GoName, "(ctx, &req)")
@@ -210,7 +211,7 @@ func (gen *generator) genService(service *protogen.Service) {
 			p.P("if resp == nil {")
 			p.P("resp = new(", method.Output.GoIdent, ")")
 			p.P("}")
-			p.P("return ", gen.ident.v2, "(resp), nil")
+			p.P("return resp, nil")
 			p.P("},")
 		}
 		p.P("},")
@@ -219,14 +220,14 @@ func (gen *generator) genService(service *protogen.Service) {
 		p.P(`Streams: map[string]`, gen.ident.stream, "{")
 		for _, method := range streams {
 			p.P(`"`, method.GoName, `": {`)
-			p.P(`Handler: func(ctx `, gen.ident.context, ", stream ", gen.ident.streamServer, ") (interface{}, error) {")
+			p.P(`Handler: func(ctx `, gen.ident.context, ", stream ", gen.ident.streamServer, ") (", gen.ident.message, ", error) {")
 
 			structName := strings.ToLower(service.GoName) + method.GoName + "Server"
 			var sendArg string
 			if !method.Desc.IsStreamingClient() {
 				sendArg = "m, "
 				p.P("m := new(", method.Input.GoIdent, ")")
-				p.P("if err := stream.RecvMsg(", gen.ident.v2, "(m)); err != nil {")
+				p.P("if err := stream.RecvMsg(m); err != nil {")
 				p.P("return nil, err")
 				p.P("}")
 			}
@@ -240,7 +241,7 @@ func (gen *generator) genService(service *protogen.Service) {
 				p.P("if resp == nil {")
 				p.P("resp = new(", method.Output.GoIdent, ")")
 				p.P("}")
-				p.P("return ", gen.ident.v2, "(resp), nil")
+				p.P("return resp, nil")
 
 			}
 			p.P("},")
@@ -295,9 +296,9 @@ func (gen *generator) genService(service *protogen.Service) {
 
 	clientStructType := strings.ToLower(service.GoName) + "Client"
 	p.P("type ", clientStructType, " struct{")
-	p.P("client *", gen.ident.client)
+	p.P("client ", gen.ident.client)
 	p.P("}")
-	p.P("func New", clientType, "(client *", gen.ident.client, ")", clientInterface, "{")
+	p.P("func New", clientType, "(client ", gen.ident.client, ")", clientInterface, "{")
 	p.P("return &", clientStructType, "{")
 	p.P("client:client,")
 	p.P("}")
@@ -329,7 +330,7 @@ func (gen *generator) genService(service *protogen.Service) {
 				req = "nil"
 			} else {
 				streamingClient = "false"
-				req = gen.ident.v2 + "(req)"
+				req = "req"
 			}
 			if method.Desc.IsStreamingServer() {
 				streamingServer = "true"
@@ -375,7 +376,7 @@ func (gen *generator) genService(service *protogen.Service) {
 
 			if method.Desc.IsStreamingClient() {
 				p.P("func (x *", structName, ") Send(m *", method.Input.GoIdent, ") error {")
-				p.P("return x.", gen.ident.streamClientIdent.GoName, ".SendMsg(", gen.ident.v2, "(m))")
+				p.P("return x.", gen.ident.streamClientIdent.GoName, ".SendMsg(m)")
 				p.P("}")
 				p.P()
 			}
@@ -383,7 +384,7 @@ func (gen *generator) genService(service *protogen.Service) {
 			if method.Desc.IsStreamingServer() {
 				p.P("func (x *", structName, ") Recv() (*", method.Output.GoIdent, ", error) {")
 				p.P("m := new(", method.Output.GoIdent, ")")
-				p.P("if err := x.ClientStream.RecvMsg(", gen.ident.v2, "(m)); err != nil {")
+				p.P("if err := x.ClientStream.RecvMsg(m); err != nil {")
 				p.P("return nil, err")
 				p.P("}")
 				p.P("return m, nil")
@@ -395,7 +396,7 @@ func (gen *generator) genService(service *protogen.Service) {
 				p.P("return nil, err")
 				p.P("}")
 				p.P("m := new(", method.Output.GoIdent, ")")
-				p.P("if err := x.ClientStream.RecvMsg(", gen.ident.v2, "(m)); err != nil {")
+				p.P("if err := x.ClientStream.RecvMsg(m); err != nil {")
 				p.P("return nil, err")
 				p.P("}")
 				p.P("return m, nil")
@@ -404,7 +405,7 @@ func (gen *generator) genService(service *protogen.Service) {
 			}
 		} else {
 			p.P("var resp ", method.Output.GoIdent)
-			p.P(`if err := c.client.Call(ctx, "`, fullName, `", "`, method.Desc.Name(), `", `, gen.ident.v2, `(req), `, gen.ident.v2, `(&resp)); err != nil {`)
+			p.P(`if err := c.client.Call(ctx, "`, fullName, `", "`, method.Desc.Name(), `", req, &resp); err != nil {`)
 			p.P("return nil, err")
 			p.P("}")
 			p.P("return &resp, nil")

@@ -4,8 +4,7 @@ package task
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -29,12 +28,12 @@ type TaskService interface {
 	Shutdown(context.Context, *ShutdownRequest) (*types.Empty, error)
 }
 
-func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
-	srv.RegisterService("containerd.task.v2.Task", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"State": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterTaskService(srv rpc.Registrar, svc TaskService) {
+	srv.RegisterService("containerd.task.v2.Task", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"State": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req StateRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.State(ctx, &req)
@@ -44,11 +43,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(StateResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Create": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CreateTaskRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -58,11 +57,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(CreateTaskResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Start": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Start": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req StartRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Start(ctx, &req)
@@ -72,11 +71,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(StartResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Delete": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -86,11 +85,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(DeleteResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Pids": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Pids": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req PidsRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Pids(ctx, &req)
@@ -100,11 +99,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(PidsResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Pause": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Pause": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req PauseRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Pause(ctx, &req)
@@ -114,11 +113,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Resume": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Resume": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ResumeRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Resume(ctx, &req)
@@ -128,11 +127,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Checkpoint": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Checkpoint": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CheckpointTaskRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Checkpoint(ctx, &req)
@@ -142,11 +141,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Kill": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Kill": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req KillRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Kill(ctx, &req)
@@ -156,11 +155,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Exec": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Exec": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ExecProcessRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Exec(ctx, &req)
@@ -170,11 +169,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"ResizePty": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"ResizePty": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ResizePtyRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ResizePty(ctx, &req)
@@ -184,11 +183,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"CloseIO": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"CloseIO": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CloseIORequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.CloseIO(ctx, &req)
@@ -198,11 +197,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Update": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UpdateTaskRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -212,11 +211,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Wait": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Wait": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req WaitRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Wait(ctx, &req)
@@ -226,11 +225,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(WaitResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Stats": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Stats": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req StatsRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Stats(ctx, &req)
@@ -240,11 +239,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(StatsResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Connect": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Connect": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ConnectRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Connect(ctx, &req)
@@ -254,11 +253,11 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(ConnectResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Shutdown": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Shutdown": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ShutdownRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Shutdown(ctx, &req)
@@ -268,17 +267,17 @@ func RegisterTaskService(srv *ttrpc.Server, svc TaskService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
 	})
 }
 
 type taskClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewTaskClient(client *ttrpc.Client) TaskService {
+func NewTaskClient(client rpc.Caller) TaskService {
 	return &taskClient{
 		client: client,
 	}
@@ -286,7 +285,7 @@ func NewTaskClient(client *ttrpc.Client) TaskService {
 
 func (c *taskClient) State(ctx context.Context, req *StateRequest) (*StateResponse, error) {
 	var resp StateResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "State", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "State", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -294,7 +293,7 @@ func (c *taskClient) State(ctx context.Context, req *StateRequest) (*StateRespon
 
 func (c *taskClient) Create(ctx context.Context, req *CreateTaskRequest) (*CreateTaskResponse, error) {
 	var resp CreateTaskResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Create", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -302,7 +301,7 @@ func (c *taskClient) Create(ctx context.Context, req *CreateTaskRequest) (*Creat
 
 func (c *taskClient) Start(ctx context.Context, req *StartRequest) (*StartResponse, error) {
 	var resp StartResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Start", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Start", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -310,7 +309,7 @@ func (c *taskClient) Start(ctx context.Context, req *StartRequest) (*StartRespon
 
 func (c *taskClient) Delete(ctx context.Context, req *DeleteRequest) (*DeleteResponse, error) {
 	var resp DeleteResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Delete", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -318,7 +317,7 @@ func (c *taskClient) Delete(ctx context.Context, req *DeleteRequest) (*DeleteRes
 
 func (c *taskClient) Pids(ctx context.Context, req *PidsRequest) (*PidsResponse, error) {
 	var resp PidsResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Pids", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Pids", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -326,7 +325,7 @@ func (c *taskClient) Pids(ctx context.Context, req *PidsRequest) (*PidsResponse,
 
 func (c *taskClient) Pause(ctx context.Context, req *PauseRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Pause", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Pause", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -334,7 +333,7 @@ func (c *taskClient) Pause(ctx context.Context, req *PauseRequest) (*types.Empty
 
 func (c *taskClient) Resume(ctx context.Context, req *ResumeRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Resume", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Resume", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -342,7 +341,7 @@ func (c *taskClient) Resume(ctx context.Context, req *ResumeRequest) (*types.Emp
 
 func (c *taskClient) Checkpoint(ctx context.Context, req *CheckpointTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Checkpoint", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Checkpoint", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -350,7 +349,7 @@ func (c *taskClient) Checkpoint(ctx context.Context, req *CheckpointTaskRequest)
 
 func (c *taskClient) Kill(ctx context.Context, req *KillRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Kill", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Kill", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -358,7 +357,7 @@ func (c *taskClient) Kill(ctx context.Context, req *KillRequest) (*types.Empty, 
 
 func (c *taskClient) Exec(ctx context.Context, req *ExecProcessRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Exec", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Exec", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -366,7 +365,7 @@ func (c *taskClient) Exec(ctx context.Context, req *ExecProcessRequest) (*types.
 
 func (c *taskClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "ResizePty", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "ResizePty", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -374,7 +373,7 @@ func (c *taskClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*typ
 
 func (c *taskClient) CloseIO(ctx context.Context, req *CloseIORequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "CloseIO", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "CloseIO", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -382,7 +381,7 @@ func (c *taskClient) CloseIO(ctx context.Context, req *CloseIORequest) (*types.E
 
 func (c *taskClient) Update(ctx context.Context, req *UpdateTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Update", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -390,7 +389,7 @@ func (c *taskClient) Update(ctx context.Context, req *UpdateTaskRequest) (*types
 
 func (c *taskClient) Wait(ctx context.Context, req *WaitRequest) (*WaitResponse, error) {
 	var resp WaitResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Wait", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Wait", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -398,7 +397,7 @@ func (c *taskClient) Wait(ctx context.Context, req *WaitRequest) (*WaitResponse,
 
 func (c *taskClient) Stats(ctx context.Context, req *StatsRequest) (*StatsResponse, error) {
 	var resp StatsResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Stats", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Stats", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -406,7 +405,7 @@ func (c *taskClient) Stats(ctx context.Context, req *StatsRequest) (*StatsRespon
 
 func (c *taskClient) Connect(ctx context.Context, req *ConnectRequest) (*ConnectResponse, error) {
 	var resp ConnectResponse
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Connect", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Connect", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -414,7 +413,7 @@ func (c *taskClient) Connect(ctx context.Context, req *ConnectRequest) (*Connect
 
 func (c *taskClient) Shutdown(ctx context.Context, req *ShutdownRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Shutdown", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.task.v2.Task", "Shutdown", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -4,8 +4,7 @@ package containers
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -18,12 +17,12 @@ type ContainersService interface {
 	CreateFromImage(context.Context, *CreateFromImageRequest) (*CreateContainerResponse, error)
 }
 
-func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
-	srv.RegisterService("edged.services.containers.v1.Containers", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterContainersService(srv rpc.Registrar, svc ContainersService) {
+	srv.RegisterService("edged.services.containers.v1.Containers", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Get": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req GetContainerRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Get(ctx, &req)
@@ -33,11 +32,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(GetContainerResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"List": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListContainersRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -47,11 +46,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(ListContainersResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Create": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CreateContainerRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -61,11 +60,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(CreateContainerResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Update": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UpdateContainerRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -75,11 +74,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(UpdateContainerResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Delete": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteContainerRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -89,11 +88,11 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"CreateFromImage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"CreateFromImage": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CreateFromImageRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.CreateFromImage(ctx, &req)
@@ -103,17 +102,17 @@ func RegisterContainersService(srv *ttrpc.Server, svc ContainersService) {
 				if resp == nil {
 					resp = new(CreateContainerResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
 	})
 }
 
 type containersClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewContainersClient(client *ttrpc.Client) ContainersService {
+func NewContainersClient(client rpc.Caller) ContainersService {
 	return &containersClient{
 		client: client,
 	}
@@ -121,7 +120,7 @@ func NewContainersClient(client *ttrpc.Client) ContainersService {
 
 func (c *containersClient) Get(ctx context.Context, req *GetContainerRequest) (*GetContainerResponse, error) {
 	var resp GetContainerResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Get", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Get", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -129,7 +128,7 @@ func (c *containersClient) Get(ctx context.Context, req *GetContainerRequest) (*
 
 func (c *containersClient) List(ctx context.Context, req *ListContainersRequest) (*ListContainersResponse, error) {
 	var resp ListContainersResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "List", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "List", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -137,7 +136,7 @@ func (c *containersClient) List(ctx context.Context, req *ListContainersRequest)
 
 func (c *containersClient) Create(ctx context.Context, req *CreateContainerRequest) (*CreateContainerResponse, error) {
 	var resp CreateContainerResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Create", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -145,7 +144,7 @@ func (c *containersClient) Create(ctx context.Context, req *CreateContainerReque
 
 func (c *containersClient) Update(ctx context.Context, req *UpdateContainerRequest) (*UpdateContainerResponse, error) {
 	var resp UpdateContainerResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Update", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -153,7 +152,7 @@ func (c *containersClient) Update(ctx context.Context, req *UpdateContainerReque
 
 func (c *containersClient) Delete(ctx context.Context, req *DeleteContainerRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "Delete", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -161,7 +160,7 @@ func (c *containersClient) Delete(ctx context.Context, req *DeleteContainerReque
 
 func (c *containersClient) CreateFromImage(ctx context.Context, req *CreateFromImageRequest) (*CreateContainerResponse, error) {
 	var resp CreateContainerResponse
-	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "CreateFromImage", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.containers.v1.Containers", "CreateFromImage", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -4,8 +4,7 @@ package content
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -23,53 +22,53 @@ type ContentService interface {
 
 type Content_ListServer interface {
 	Send(*ListContentResponse) error
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type contentListServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *contentListServer) Send(m *ListContentResponse) error {
-	return x.StreamServer.SendMsg(wire.Of(m))
+	return x.StreamServer.SendMsg(m)
 }
 
 type Content_ReadServer interface {
 	Send(*ReadContentResponse) error
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type contentReadServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *contentReadServer) Send(m *ReadContentResponse) error {
-	return x.StreamServer.SendMsg(wire.Of(m))
+	return x.StreamServer.SendMsg(m)
 }
 
 type Content_WriteServer interface {
 	Recv() (*WriteContentRequest, error)
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type contentWriteServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *contentWriteServer) Recv() (*WriteContentRequest, error) {
 	m := new(WriteContentRequest)
-	if err := x.StreamServer.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.StreamServer.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
-	srv.RegisterService("edged.services.content.v1.Content", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Info": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterContentService(srv rpc.Registrar, svc ContentService) {
+	srv.RegisterService("edged.services.content.v1.Content", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Info": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req InfoRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Info(ctx, &req)
@@ -79,11 +78,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(InfoResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Update": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UpdateRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -93,11 +92,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(UpdateResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Delete": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteContentRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -107,11 +106,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Status": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Status": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req StatusRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Status(ctx, &req)
@@ -121,11 +120,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(StatusResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"ListStatuses": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"ListStatuses": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListStatusesRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ListStatuses(ctx, &req)
@@ -135,11 +134,11 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(ListStatusesResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Abort": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Abort": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req AbortRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Abort(ctx, &req)
@@ -149,14 +148,14 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
-		Streams: map[string]ttrpc.Stream{
+		Streams: map[string]rpc.Stream{
 			"List": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					m := new(ListContentRequest)
-					if err := stream.RecvMsg(wire.Of(m)); err != nil {
+					if err := stream.RecvMsg(m); err != nil {
 						return nil, err
 					}
 					return nil, svc.List(ctx, m, &contentListServer{stream})
@@ -165,9 +164,9 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				StreamingServer: true,
 			},
 			"Read": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					m := new(ReadContentRequest)
-					if err := stream.RecvMsg(wire.Of(m)); err != nil {
+					if err := stream.RecvMsg(m); err != nil {
 						return nil, err
 					}
 					return nil, svc.Read(ctx, m, &contentReadServer{stream})
@@ -176,7 +175,7 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 				StreamingServer: true,
 			},
 			"Write": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					resp, err := svc.Write(ctx, &contentWriteServer{stream})
 					if err != nil {
 						return nil, err
@@ -184,7 +183,7 @@ func RegisterContentService(srv *ttrpc.Server, svc ContentService) {
 					if resp == nil {
 						resp = new(WriteContentResponse)
 					}
-					return wire.Of(resp), nil
+					return resp, nil
 				},
 				StreamingClient: true,
 				StreamingServer: false,
@@ -206,10 +205,10 @@ type ContentClient interface {
 }
 
 type contentClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewContentClient(client *ttrpc.Client) ContentClient {
+func NewContentClient(client rpc.Caller) ContentClient {
 	return &contentClient{
 		client: client,
 	}
@@ -217,7 +216,7 @@ func NewContentClient(client *ttrpc.Client) ContentClient {
 
 func (c *contentClient) Info(ctx context.Context, req *InfoRequest) (*InfoResponse, error) {
 	var resp InfoResponse
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Info", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Info", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -225,17 +224,17 @@ func (c *contentClient) Info(ctx context.Context, req *InfoRequest) (*InfoRespon
 
 func (c *contentClient) Update(ctx context.Context, req *UpdateRequest) (*UpdateResponse, error) {
 	var resp UpdateResponse
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Update", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
 func (c *contentClient) List(ctx context.Context, req *ListContentRequest) (Content_ListClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.content.v1.Content", "List", wire.Of(req))
+	}, "edged.services.content.v1.Content", "List", req)
 	if err != nil {
 		return nil, err
 	}
@@ -245,16 +244,16 @@ func (c *contentClient) List(ctx context.Context, req *ListContentRequest) (Cont
 
 type Content_ListClient interface {
 	Recv() (*ListContentResponse, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type contentListClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *contentListClient) Recv() (*ListContentResponse, error) {
 	m := new(ListContentResponse)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -262,17 +261,17 @@ func (x *contentListClient) Recv() (*ListContentResponse, error) {
 
 func (c *contentClient) Delete(ctx context.Context, req *DeleteContentRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Delete", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
 func (c *contentClient) Read(ctx context.Context, req *ReadContentRequest) (Content_ReadClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.content.v1.Content", "Read", wire.Of(req))
+	}, "edged.services.content.v1.Content", "Read", req)
 	if err != nil {
 		return nil, err
 	}
@@ -282,16 +281,16 @@ func (c *contentClient) Read(ctx context.Context, req *ReadContentRequest) (Cont
 
 type Content_ReadClient interface {
 	Recv() (*ReadContentResponse, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type contentReadClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *contentReadClient) Recv() (*ReadContentResponse, error) {
 	m := new(ReadContentResponse)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -299,7 +298,7 @@ func (x *contentReadClient) Recv() (*ReadContentResponse, error) {
 
 func (c *contentClient) Status(ctx context.Context, req *StatusRequest) (*StatusResponse, error) {
 	var resp StatusResponse
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Status", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Status", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -307,14 +306,14 @@ func (c *contentClient) Status(ctx context.Context, req *StatusRequest) (*Status
 
 func (c *contentClient) ListStatuses(ctx context.Context, req *ListStatusesRequest) (*ListStatusesResponse, error) {
 	var resp ListStatusesResponse
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "ListStatuses", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "ListStatuses", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
 func (c *contentClient) Write(ctx context.Context) (Content_WriteClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: true,
 		StreamingServer: false,
 	}, "edged.services.content.v1.Content", "Write", nil)
@@ -328,15 +327,15 @@ func (c *contentClient) Write(ctx context.Context) (Content_WriteClient, error) 
 type Content_WriteClient interface {
 	Send(*WriteContentRequest) error
 	CloseAndRecv() (*WriteContentResponse, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type contentWriteClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *contentWriteClient) Send(m *WriteContentRequest) error {
-	return x.ClientStream.SendMsg(wire.Of(m))
+	return x.ClientStream.SendMsg(m)
 }
 
 func (x *contentWriteClient) CloseAndRecv() (*WriteContentResponse, error) {
@@ -344,7 +343,7 @@ func (x *contentWriteClient) CloseAndRecv() (*WriteContentResponse, error) {
 		return nil, err
 	}
 	m := new(WriteContentResponse)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -352,7 +351,7 @@ func (x *contentWriteClient) CloseAndRecv() (*WriteContentResponse, error) {
 
 func (c *contentClient) Abort(ctx context.Context, req *AbortRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Abort", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.content.v1.Content", "Abort", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -4,8 +4,7 @@ package events
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -17,23 +16,23 @@ type EventsService interface {
 
 type Events_SubscribeServer interface {
 	Send(*Envelope) error
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type eventsSubscribeServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *eventsSubscribeServer) Send(m *Envelope) error {
-	return x.StreamServer.SendMsg(wire.Of(m))
+	return x.StreamServer.SendMsg(m)
 }
 
-func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
-	srv.RegisterService("edged.services.events.v1.Events", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Publish": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterEventsService(srv rpc.Registrar, svc EventsService) {
+	srv.RegisterService("edged.services.events.v1.Events", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Publish": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req PublishRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Publish(ctx, &req)
@@ -43,11 +42,11 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Forward": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Forward": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ForwardRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Forward(ctx, &req)
@@ -57,14 +56,14 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
-		Streams: map[string]ttrpc.Stream{
+		Streams: map[string]rpc.Stream{
 			"Subscribe": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					m := new(SubscribeRequest)
-					if err := stream.RecvMsg(wire.Of(m)); err != nil {
+					if err := stream.RecvMsg(m); err != nil {
 						return nil, err
 					}
 					return nil, svc.Subscribe(ctx, m, &eventsSubscribeServer{stream})
@@ -83,10 +82,10 @@ type EventsClient interface {
 }
 
 type eventsClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewEventsClient(client *ttrpc.Client) EventsClient {
+func NewEventsClient(client rpc.Caller) EventsClient {
 	return &eventsClient{
 		client: client,
 	}
@@ -94,7 +93,7 @@ func NewEventsClient(client *ttrpc.Client) EventsClient {
 
 func (c *eventsClient) Publish(ctx context.Context, req *PublishRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.events.v1.Events", "Publish", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.events.v1.Events", "Publish", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -102,17 +101,17 @@ func (c *eventsClient) Publish(ctx context.Context, req *PublishRequest) (*types
 
 func (c *eventsClient) Forward(ctx context.Context, req *ForwardRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.events.v1.Events", "Forward", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.events.v1.Events", "Forward", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
 func (c *eventsClient) Subscribe(ctx context.Context, req *SubscribeRequest) (Events_SubscribeClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.events.v1.Events", "Subscribe", wire.Of(req))
+	}, "edged.services.events.v1.Events", "Subscribe", req)
 	if err != nil {
 		return nil, err
 	}
@@ -122,16 +121,16 @@ func (c *eventsClient) Subscribe(ctx context.Context, req *SubscribeRequest) (Ev
 
 type Events_SubscribeClient interface {
 	Recv() (*Envelope, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type eventsSubscribeClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *eventsSubscribeClient) Recv() (*Envelope, error) {
 	m := new(Envelope)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -4,8 +4,7 @@ package images
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -25,42 +24,42 @@ type ImagesService interface {
 
 type Images_PullServer interface {
 	Send(*Progress) error
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type imagesPullServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *imagesPullServer) Send(m *Progress) error {
-	return x.StreamServer.SendMsg(wire.Of(m))
+	return x.StreamServer.SendMsg(m)
 }
 
 type Images_PushServer interface {
 	Send(*Progress) error
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type imagesPushServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *imagesPushServer) Send(m *Progress) error {
-	return x.StreamServer.SendMsg(wire.Of(m))
+	return x.StreamServer.SendMsg(m)
 }
 
 type Images_ImportServer interface {
 	Recv() (*ImportRequest, error)
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type imagesImportServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *imagesImportServer) Recv() (*ImportRequest, error) {
 	m := new(ImportRequest)
-	if err := x.StreamServer.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.StreamServer.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -68,23 +67,23 @@ func (x *imagesImportServer) Recv() (*ImportRequest, error) {
 
 type Images_ExportServer interface {
 	Send(*ExportChunk) error
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type imagesExportServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *imagesExportServer) Send(m *ExportChunk) error {
-	return x.StreamServer.SendMsg(wire.Of(m))
+	return x.StreamServer.SendMsg(m)
 }
 
-func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
-	srv.RegisterService("edged.services.images.v1.Images", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterImagesService(srv rpc.Registrar, svc ImagesService) {
+	srv.RegisterService("edged.services.images.v1.Images", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Get": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req GetImageRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Get(ctx, &req)
@@ -94,11 +93,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(GetImageResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"List": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListImagesRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -108,11 +107,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(ListImagesResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Create": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CreateImageRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -122,11 +121,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(CreateImageResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Update": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UpdateImageRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -136,11 +135,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(UpdateImageResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Delete": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteImageRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -150,11 +149,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Usage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Usage": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UsageRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Usage(ctx, &req)
@@ -164,11 +163,11 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(UsageResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"GarbageCollect": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"GarbageCollect": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req GarbageCollectRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.GarbageCollect(ctx, &req)
@@ -178,14 +177,14 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				if resp == nil {
 					resp = new(GarbageCollectResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
-		Streams: map[string]ttrpc.Stream{
+		Streams: map[string]rpc.Stream{
 			"Pull": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					m := new(PullRequest)
-					if err := stream.RecvMsg(wire.Of(m)); err != nil {
+					if err := stream.RecvMsg(m); err != nil {
 						return nil, err
 					}
 					return nil, svc.Pull(ctx, m, &imagesPullServer{stream})
@@ -194,9 +193,9 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				StreamingServer: true,
 			},
 			"Push": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					m := new(PushRequest)
-					if err := stream.RecvMsg(wire.Of(m)); err != nil {
+					if err := stream.RecvMsg(m); err != nil {
 						return nil, err
 					}
 					return nil, svc.Push(ctx, m, &imagesPushServer{stream})
@@ -205,7 +204,7 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 				StreamingServer: true,
 			},
 			"Import": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					resp, err := svc.Import(ctx, &imagesImportServer{stream})
 					if err != nil {
 						return nil, err
@@ -213,15 +212,15 @@ func RegisterImagesService(srv *ttrpc.Server, svc ImagesService) {
 					if resp == nil {
 						resp = new(ImportResponse)
 					}
-					return wire.Of(resp), nil
+					return resp, nil
 				},
 				StreamingClient: true,
 				StreamingServer: false,
 			},
 			"Export": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					m := new(ExportRequest)
-					if err := stream.RecvMsg(wire.Of(m)); err != nil {
+					if err := stream.RecvMsg(m); err != nil {
 						return nil, err
 					}
 					return nil, svc.Export(ctx, m, &imagesExportServer{stream})
@@ -248,10 +247,10 @@ type ImagesClient interface {
 }
 
 type imagesClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewImagesClient(client *ttrpc.Client) ImagesClient {
+func NewImagesClient(client rpc.Caller) ImagesClient {
 	return &imagesClient{
 		client: client,
 	}
@@ -259,7 +258,7 @@ func NewImagesClient(client *ttrpc.Client) ImagesClient {
 
 func (c *imagesClient) Get(ctx context.Context, req *GetImageRequest) (*GetImageResponse, error) {
 	var resp GetImageResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Get", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Get", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -267,7 +266,7 @@ func (c *imagesClient) Get(ctx context.Context, req *GetImageRequest) (*GetImage
 
 func (c *imagesClient) List(ctx context.Context, req *ListImagesRequest) (*ListImagesResponse, error) {
 	var resp ListImagesResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "List", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "List", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -275,7 +274,7 @@ func (c *imagesClient) List(ctx context.Context, req *ListImagesRequest) (*ListI
 
 func (c *imagesClient) Create(ctx context.Context, req *CreateImageRequest) (*CreateImageResponse, error) {
 	var resp CreateImageResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Create", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -283,7 +282,7 @@ func (c *imagesClient) Create(ctx context.Context, req *CreateImageRequest) (*Cr
 
 func (c *imagesClient) Update(ctx context.Context, req *UpdateImageRequest) (*UpdateImageResponse, error) {
 	var resp UpdateImageResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Update", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -291,17 +290,17 @@ func (c *imagesClient) Update(ctx context.Context, req *UpdateImageRequest) (*Up
 
 func (c *imagesClient) Delete(ctx context.Context, req *DeleteImageRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Delete", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
 func (c *imagesClient) Pull(ctx context.Context, req *PullRequest) (Images_PullClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.images.v1.Images", "Pull", wire.Of(req))
+	}, "edged.services.images.v1.Images", "Pull", req)
 	if err != nil {
 		return nil, err
 	}
@@ -311,26 +310,26 @@ func (c *imagesClient) Pull(ctx context.Context, req *PullRequest) (Images_PullC
 
 type Images_PullClient interface {
 	Recv() (*Progress, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type imagesPullClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *imagesPullClient) Recv() (*Progress, error) {
 	m := new(Progress)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
 func (c *imagesClient) Push(ctx context.Context, req *PushRequest) (Images_PushClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.images.v1.Images", "Push", wire.Of(req))
+	}, "edged.services.images.v1.Images", "Push", req)
 	if err != nil {
 		return nil, err
 	}
@@ -340,23 +339,23 @@ func (c *imagesClient) Push(ctx context.Context, req *PushRequest) (Images_PushC
 
 type Images_PushClient interface {
 	Recv() (*Progress, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type imagesPushClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *imagesPushClient) Recv() (*Progress, error) {
 	m := new(Progress)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
 func (c *imagesClient) Import(ctx context.Context) (Images_ImportClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: true,
 		StreamingServer: false,
 	}, "edged.services.images.v1.Images", "Import", nil)
@@ -370,15 +369,15 @@ func (c *imagesClient) Import(ctx context.Context) (Images_ImportClient, error) 
 type Images_ImportClient interface {
 	Send(*ImportRequest) error
 	CloseAndRecv() (*ImportResponse, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type imagesImportClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *imagesImportClient) Send(m *ImportRequest) error {
-	return x.ClientStream.SendMsg(wire.Of(m))
+	return x.ClientStream.SendMsg(m)
 }
 
 func (x *imagesImportClient) CloseAndRecv() (*ImportResponse, error) {
@@ -386,17 +385,17 @@ func (x *imagesImportClient) CloseAndRecv() (*ImportResponse, error) {
 		return nil, err
 	}
 	m := new(ImportResponse)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
 func (c *imagesClient) Export(ctx context.Context, req *ExportRequest) (Images_ExportClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.images.v1.Images", "Export", wire.Of(req))
+	}, "edged.services.images.v1.Images", "Export", req)
 	if err != nil {
 		return nil, err
 	}
@@ -406,16 +405,16 @@ func (c *imagesClient) Export(ctx context.Context, req *ExportRequest) (Images_E
 
 type Images_ExportClient interface {
 	Recv() (*ExportChunk, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type imagesExportClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *imagesExportClient) Recv() (*ExportChunk, error) {
 	m := new(ExportChunk)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -423,7 +422,7 @@ func (x *imagesExportClient) Recv() (*ExportChunk, error) {
 
 func (c *imagesClient) Usage(ctx context.Context, req *UsageRequest) (*UsageResponse, error) {
 	var resp UsageResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Usage", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "Usage", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -431,7 +430,7 @@ func (c *imagesClient) Usage(ctx context.Context, req *UsageRequest) (*UsageResp
 
 func (c *imagesClient) GarbageCollect(ctx context.Context, req *GarbageCollectRequest) (*GarbageCollectResponse, error) {
 	var resp GarbageCollectResponse
-	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "GarbageCollect", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.images.v1.Images", "GarbageCollect", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

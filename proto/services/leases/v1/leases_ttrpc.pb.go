@@ -4,8 +4,7 @@ package leases
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -18,12 +17,12 @@ type LeasesService interface {
 	ListResources(context.Context, *ListResourcesRequest) (*ListResourcesResponse, error)
 }
 
-func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
-	srv.RegisterService("edged.services.leases.v1.Leases", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterLeasesService(srv rpc.Registrar, svc LeasesService) {
+	srv.RegisterService("edged.services.leases.v1.Leases", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Create": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CreateRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -33,11 +32,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(CreateResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Delete": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -47,11 +46,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"List": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -61,11 +60,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(ListResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"AddResource": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"AddResource": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req AddResourceRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.AddResource(ctx, &req)
@@ -75,11 +74,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"DeleteResource": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"DeleteResource": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteResourceRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.DeleteResource(ctx, &req)
@@ -89,11 +88,11 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"ListResources": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"ListResources": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListResourcesRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ListResources(ctx, &req)
@@ -103,17 +102,17 @@ func RegisterLeasesService(srv *ttrpc.Server, svc LeasesService) {
 				if resp == nil {
 					resp = new(ListResourcesResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
 	})
 }
 
 type leasesClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewLeasesClient(client *ttrpc.Client) LeasesService {
+func NewLeasesClient(client rpc.Caller) LeasesService {
 	return &leasesClient{
 		client: client,
 	}
@@ -121,7 +120,7 @@ func NewLeasesClient(client *ttrpc.Client) LeasesService {
 
 func (c *leasesClient) Create(ctx context.Context, req *CreateRequest) (*CreateResponse, error) {
 	var resp CreateResponse
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "Create", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -129,7 +128,7 @@ func (c *leasesClient) Create(ctx context.Context, req *CreateRequest) (*CreateR
 
 func (c *leasesClient) Delete(ctx context.Context, req *DeleteRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "Delete", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -137,7 +136,7 @@ func (c *leasesClient) Delete(ctx context.Context, req *DeleteRequest) (*types.E
 
 func (c *leasesClient) List(ctx context.Context, req *ListRequest) (*ListResponse, error) {
 	var resp ListResponse
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "List", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "List", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -145,7 +144,7 @@ func (c *leasesClient) List(ctx context.Context, req *ListRequest) (*ListRespons
 
 func (c *leasesClient) AddResource(ctx context.Context, req *AddResourceRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "AddResource", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "AddResource", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -153,7 +152,7 @@ func (c *leasesClient) AddResource(ctx context.Context, req *AddResourceRequest)
 
 func (c *leasesClient) DeleteResource(ctx context.Context, req *DeleteResourceRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "DeleteResource", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "DeleteResource", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -161,7 +160,7 @@ func (c *leasesClient) DeleteResource(ctx context.Context, req *DeleteResourceRe
 
 func (c *leasesClient) ListResources(ctx context.Context, req *ListResourcesRequest) (*ListResourcesResponse, error) {
 	var resp ListResourcesResponse
-	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "ListResources", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.leases.v1.Leases", "ListResources", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -4,8 +4,7 @@ package namespaces
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -17,12 +16,12 @@ type NamespacesService interface {
 	Delete(context.Context, *DeleteNamespaceRequest) (*types.Empty, error)
 }
 
-func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
-	srv.RegisterService("edged.services.namespaces.v1.Namespaces", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterNamespacesService(srv rpc.Registrar, svc NamespacesService) {
+	srv.RegisterService("edged.services.namespaces.v1.Namespaces", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Get": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req GetNamespaceRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Get(ctx, &req)
@@ -32,11 +31,11 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(GetNamespaceResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"List": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListNamespacesRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -46,11 +45,11 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(ListNamespacesResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Create": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CreateNamespaceRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -60,11 +59,11 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(CreateNamespaceResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Update": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UpdateNamespaceRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -74,11 +73,11 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(UpdateNamespaceResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Delete": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteNamespaceRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -88,17 +87,17 @@ func RegisterNamespacesService(srv *ttrpc.Server, svc NamespacesService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
 	})
 }
 
 type namespacesClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewNamespacesClient(client *ttrpc.Client) NamespacesService {
+func NewNamespacesClient(client rpc.Caller) NamespacesService {
 	return &namespacesClient{
 		client: client,
 	}
@@ -106,7 +105,7 @@ func NewNamespacesClient(client *ttrpc.Client) NamespacesService {
 
 func (c *namespacesClient) Get(ctx context.Context, req *GetNamespaceRequest) (*GetNamespaceResponse, error) {
 	var resp GetNamespaceResponse
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Get", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Get", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -114,7 +113,7 @@ func (c *namespacesClient) Get(ctx context.Context, req *GetNamespaceRequest) (*
 
 func (c *namespacesClient) List(ctx context.Context, req *ListNamespacesRequest) (*ListNamespacesResponse, error) {
 	var resp ListNamespacesResponse
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "List", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "List", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -122,7 +121,7 @@ func (c *namespacesClient) List(ctx context.Context, req *ListNamespacesRequest)
 
 func (c *namespacesClient) Create(ctx context.Context, req *CreateNamespaceRequest) (*CreateNamespaceResponse, error) {
 	var resp CreateNamespaceResponse
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Create", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -130,7 +129,7 @@ func (c *namespacesClient) Create(ctx context.Context, req *CreateNamespaceReque
 
 func (c *namespacesClient) Update(ctx context.Context, req *UpdateNamespaceRequest) (*UpdateNamespaceResponse, error) {
 	var resp UpdateNamespaceResponse
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Update", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -138,7 +137,7 @@ func (c *namespacesClient) Update(ctx context.Context, req *UpdateNamespaceReque
 
 func (c *namespacesClient) Delete(ctx context.Context, req *DeleteNamespaceRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.namespaces.v1.Namespaces", "Delete", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -4,8 +4,7 @@ package netns
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -15,12 +14,12 @@ type NetnsService interface {
 	Delete(context.Context, *DeleteNetnsRequest) (*types.Empty, error)
 }
 
-func RegisterNetnsService(srv *ttrpc.Server, svc NetnsService) {
-	srv.RegisterService("edged.services.netns.v1.Netns", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterNetnsService(srv rpc.Registrar, svc NetnsService) {
+	srv.RegisterService("edged.services.netns.v1.Netns", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Create": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CreateNetnsRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -30,11 +29,11 @@ func RegisterNetnsService(srv *ttrpc.Server, svc NetnsService) {
 				if resp == nil {
 					resp = new(CreateNetnsResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"List": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListNetnsRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -44,11 +43,11 @@ func RegisterNetnsService(srv *ttrpc.Server, svc NetnsService) {
 				if resp == nil {
 					resp = new(ListNetnsResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Delete": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteNetnsRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -58,17 +57,17 @@ func RegisterNetnsService(srv *ttrpc.Server, svc NetnsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
 	})
 }
 
 type netnsClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewNetnsClient(client *ttrpc.Client) NetnsService {
+func NewNetnsClient(client rpc.Caller) NetnsService {
 	return &netnsClient{
 		client: client,
 	}
@@ -76,7 +75,7 @@ func NewNetnsClient(client *ttrpc.Client) NetnsService {
 
 func (c *netnsClient) Create(ctx context.Context, req *CreateNetnsRequest) (*CreateNetnsResponse, error) {
 	var resp CreateNetnsResponse
-	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "Create", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -84,7 +83,7 @@ func (c *netnsClient) Create(ctx context.Context, req *CreateNetnsRequest) (*Cre
 
 func (c *netnsClient) List(ctx context.Context, req *ListNetnsRequest) (*ListNetnsResponse, error) {
 	var resp ListNetnsResponse
-	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "List", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "List", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -92,7 +91,7 @@ func (c *netnsClient) List(ctx context.Context, req *ListNetnsRequest) (*ListNet
 
 func (c *netnsClient) Delete(ctx context.Context, req *DeleteNetnsRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.netns.v1.Netns", "Delete", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

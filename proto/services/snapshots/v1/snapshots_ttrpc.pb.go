@@ -4,8 +4,7 @@ package snapshots
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -24,23 +23,23 @@ type SnapshotsService interface {
 
 type Snapshots_ListServer interface {
 	Send(*ListSnapshotsResponse) error
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type snapshotsListServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *snapshotsListServer) Send(m *ListSnapshotsResponse) error {
-	return x.StreamServer.SendMsg(wire.Of(m))
+	return x.StreamServer.SendMsg(m)
 }
 
-func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
-	srv.RegisterService("edged.services.snapshots.v1.Snapshots", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Prepare": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterSnapshotsService(srv rpc.Registrar, svc SnapshotsService) {
+	srv.RegisterService("edged.services.snapshots.v1.Snapshots", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Prepare": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req PrepareSnapshotRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Prepare(ctx, &req)
@@ -50,11 +49,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(PrepareSnapshotResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"View": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"View": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ViewSnapshotRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.View(ctx, &req)
@@ -64,11 +63,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(ViewSnapshotResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Mounts": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Mounts": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req MountsRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Mounts(ctx, &req)
@@ -78,11 +77,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(MountsResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Commit": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Commit": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CommitSnapshotRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Commit(ctx, &req)
@@ -92,11 +91,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Remove": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Remove": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req RemoveSnapshotRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Remove(ctx, &req)
@@ -106,11 +105,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Stat": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Stat": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req StatSnapshotRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Stat(ctx, &req)
@@ -120,11 +119,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(StatSnapshotResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Update": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UpdateSnapshotRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -134,11 +133,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(UpdateSnapshotResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Usage": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Usage": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UsageRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Usage(ctx, &req)
@@ -148,11 +147,11 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(UsageResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Cleanup": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Cleanup": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CleanupRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Cleanup(ctx, &req)
@@ -162,14 +161,14 @@ func RegisterSnapshotsService(srv *ttrpc.Server, svc SnapshotsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
-		Streams: map[string]ttrpc.Stream{
+		Streams: map[string]rpc.Stream{
 			"List": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					m := new(ListSnapshotsRequest)
-					if err := stream.RecvMsg(wire.Of(m)); err != nil {
+					if err := stream.RecvMsg(m); err != nil {
 						return nil, err
 					}
 					return nil, svc.List(ctx, m, &snapshotsListServer{stream})
@@ -195,10 +194,10 @@ type SnapshotsClient interface {
 }
 
 type snapshotsClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewSnapshotsClient(client *ttrpc.Client) SnapshotsClient {
+func NewSnapshotsClient(client rpc.Caller) SnapshotsClient {
 	return &snapshotsClient{
 		client: client,
 	}
@@ -206,7 +205,7 @@ func NewSnapshotsClient(client *ttrpc.Client) SnapshotsClient {
 
 func (c *snapshotsClient) Prepare(ctx context.Context, req *PrepareSnapshotRequest) (*PrepareSnapshotResponse, error) {
 	var resp PrepareSnapshotResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Prepare", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Prepare", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -214,7 +213,7 @@ func (c *snapshotsClient) Prepare(ctx context.Context, req *PrepareSnapshotReque
 
 func (c *snapshotsClient) View(ctx context.Context, req *ViewSnapshotRequest) (*ViewSnapshotResponse, error) {
 	var resp ViewSnapshotResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "View", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "View", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -222,7 +221,7 @@ func (c *snapshotsClient) View(ctx context.Context, req *ViewSnapshotRequest) (*
 
 func (c *snapshotsClient) Mounts(ctx context.Context, req *MountsRequest) (*MountsResponse, error) {
 	var resp MountsResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Mounts", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Mounts", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -230,7 +229,7 @@ func (c *snapshotsClient) Mounts(ctx context.Context, req *MountsRequest) (*Moun
 
 func (c *snapshotsClient) Commit(ctx context.Context, req *CommitSnapshotRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Commit", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Commit", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -238,7 +237,7 @@ func (c *snapshotsClient) Commit(ctx context.Context, req *CommitSnapshotRequest
 
 func (c *snapshotsClient) Remove(ctx context.Context, req *RemoveSnapshotRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Remove", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Remove", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -246,7 +245,7 @@ func (c *snapshotsClient) Remove(ctx context.Context, req *RemoveSnapshotRequest
 
 func (c *snapshotsClient) Stat(ctx context.Context, req *StatSnapshotRequest) (*StatSnapshotResponse, error) {
 	var resp StatSnapshotResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Stat", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Stat", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -254,17 +253,17 @@ func (c *snapshotsClient) Stat(ctx context.Context, req *StatSnapshotRequest) (*
 
 func (c *snapshotsClient) Update(ctx context.Context, req *UpdateSnapshotRequest) (*UpdateSnapshotResponse, error) {
 	var resp UpdateSnapshotResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Update", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
 func (c *snapshotsClient) List(ctx context.Context, req *ListSnapshotsRequest) (Snapshots_ListClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.snapshots.v1.Snapshots", "List", wire.Of(req))
+	}, "edged.services.snapshots.v1.Snapshots", "List", req)
 	if err != nil {
 		return nil, err
 	}
@@ -274,16 +273,16 @@ func (c *snapshotsClient) List(ctx context.Context, req *ListSnapshotsRequest) (
 
 type Snapshots_ListClient interface {
 	Recv() (*ListSnapshotsResponse, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type snapshotsListClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *snapshotsListClient) Recv() (*ListSnapshotsResponse, error) {
 	m := new(ListSnapshotsResponse)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -291,7 +290,7 @@ func (x *snapshotsListClient) Recv() (*ListSnapshotsResponse, error) {
 
 func (c *snapshotsClient) Usage(ctx context.Context, req *UsageRequest) (*UsageResponse, error) {
 	var resp UsageResponse
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Usage", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Usage", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -299,7 +298,7 @@ func (c *snapshotsClient) Usage(ctx context.Context, req *UsageRequest) (*UsageR
 
 func (c *snapshotsClient) Cleanup(ctx context.Context, req *CleanupRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Cleanup", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.snapshots.v1.Snapshots", "Cleanup", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

@@ -4,8 +4,7 @@ package tasks
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -31,23 +30,23 @@ type TasksService interface {
 
 type Tasks_LogsServer interface {
 	Send(*LogChunk) error
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 type tasksLogsServer struct {
-	ttrpc.StreamServer
+	rpc.StreamServer
 }
 
 func (x *tasksLogsServer) Send(m *LogChunk) error {
-	return x.StreamServer.SendMsg(wire.Of(m))
+	return x.StreamServer.SendMsg(m)
 }
 
-func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
-	srv.RegisterService("edged.services.tasks.v1.Tasks", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Create": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterTasksService(srv rpc.Registrar, svc TasksService) {
+	srv.RegisterService("edged.services.tasks.v1.Tasks", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Create": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CreateTaskRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Create(ctx, &req)
@@ -57,11 +56,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(CreateTaskResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Start": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Start": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req StartRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Start(ctx, &req)
@@ -71,11 +70,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(StartResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Delete": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Delete": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteTaskRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Delete(ctx, &req)
@@ -85,11 +84,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(DeleteResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"DeleteProcess": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"DeleteProcess": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req DeleteProcessRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.DeleteProcess(ctx, &req)
@@ -99,11 +98,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(DeleteResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Get": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Get": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req GetRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Get(ctx, &req)
@@ -113,11 +112,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(GetResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"List": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"List": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListTasksRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.List(ctx, &req)
@@ -127,11 +126,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(ListTasksResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Kill": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Kill": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req KillRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Kill(ctx, &req)
@@ -141,11 +140,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Exec": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Exec": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ExecProcessRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Exec(ctx, &req)
@@ -155,11 +154,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"ResizePty": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"ResizePty": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ResizePtyRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ResizePty(ctx, &req)
@@ -169,11 +168,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"CloseIO": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"CloseIO": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req CloseIORequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.CloseIO(ctx, &req)
@@ -183,11 +182,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Pause": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Pause": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req PauseTaskRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Pause(ctx, &req)
@@ -197,11 +196,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Resume": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Resume": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ResumeTaskRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Resume(ctx, &req)
@@ -211,11 +210,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"ListPids": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"ListPids": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ListPidsRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ListPids(ctx, &req)
@@ -225,11 +224,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(ListPidsResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Update": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Update": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req UpdateTaskRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Update(ctx, &req)
@@ -239,11 +238,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Metrics": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Metrics": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req MetricsRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Metrics(ctx, &req)
@@ -253,11 +252,11 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(MetricsResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"Wait": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"Wait": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req WaitRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Wait(ctx, &req)
@@ -267,14 +266,14 @@ func RegisterTasksService(srv *ttrpc.Server, svc TasksService) {
 				if resp == nil {
 					resp = new(WaitResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
-		Streams: map[string]ttrpc.Stream{
+		Streams: map[string]rpc.Stream{
 			"Logs": {
-				Handler: func(ctx context.Context, stream ttrpc.StreamServer) (interface{}, error) {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
 					m := new(LogsRequest)
-					if err := stream.RecvMsg(wire.Of(m)); err != nil {
+					if err := stream.RecvMsg(m); err != nil {
 						return nil, err
 					}
 					return nil, svc.Logs(ctx, m, &tasksLogsServer{stream})
@@ -307,10 +306,10 @@ type TasksClient interface {
 }
 
 type tasksClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewTasksClient(client *ttrpc.Client) TasksClient {
+func NewTasksClient(client rpc.Caller) TasksClient {
 	return &tasksClient{
 		client: client,
 	}
@@ -318,7 +317,7 @@ func NewTasksClient(client *ttrpc.Client) TasksClient {
 
 func (c *tasksClient) Create(ctx context.Context, req *CreateTaskRequest) (*CreateTaskResponse, error) {
 	var resp CreateTaskResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Create", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Create", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -326,7 +325,7 @@ func (c *tasksClient) Create(ctx context.Context, req *CreateTaskRequest) (*Crea
 
 func (c *tasksClient) Start(ctx context.Context, req *StartRequest) (*StartResponse, error) {
 	var resp StartResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Start", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Start", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -334,7 +333,7 @@ func (c *tasksClient) Start(ctx context.Context, req *StartRequest) (*StartRespo
 
 func (c *tasksClient) Delete(ctx context.Context, req *DeleteTaskRequest) (*DeleteResponse, error) {
 	var resp DeleteResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Delete", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Delete", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -342,7 +341,7 @@ func (c *tasksClient) Delete(ctx context.Context, req *DeleteTaskRequest) (*Dele
 
 func (c *tasksClient) DeleteProcess(ctx context.Context, req *DeleteProcessRequest) (*DeleteResponse, error) {
 	var resp DeleteResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "DeleteProcess", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "DeleteProcess", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -350,7 +349,7 @@ func (c *tasksClient) DeleteProcess(ctx context.Context, req *DeleteProcessReque
 
 func (c *tasksClient) Get(ctx context.Context, req *GetRequest) (*GetResponse, error) {
 	var resp GetResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Get", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Get", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -358,7 +357,7 @@ func (c *tasksClient) Get(ctx context.Context, req *GetRequest) (*GetResponse, e
 
 func (c *tasksClient) List(ctx context.Context, req *ListTasksRequest) (*ListTasksResponse, error) {
 	var resp ListTasksResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "List", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "List", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -366,7 +365,7 @@ func (c *tasksClient) List(ctx context.Context, req *ListTasksRequest) (*ListTas
 
 func (c *tasksClient) Kill(ctx context.Context, req *KillRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Kill", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Kill", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -374,7 +373,7 @@ func (c *tasksClient) Kill(ctx context.Context, req *KillRequest) (*types.Empty,
 
 func (c *tasksClient) Exec(ctx context.Context, req *ExecProcessRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Exec", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Exec", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -382,7 +381,7 @@ func (c *tasksClient) Exec(ctx context.Context, req *ExecProcessRequest) (*types
 
 func (c *tasksClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "ResizePty", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "ResizePty", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -390,7 +389,7 @@ func (c *tasksClient) ResizePty(ctx context.Context, req *ResizePtyRequest) (*ty
 
 func (c *tasksClient) CloseIO(ctx context.Context, req *CloseIORequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "CloseIO", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "CloseIO", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -398,7 +397,7 @@ func (c *tasksClient) CloseIO(ctx context.Context, req *CloseIORequest) (*types.
 
 func (c *tasksClient) Pause(ctx context.Context, req *PauseTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Pause", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Pause", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -406,7 +405,7 @@ func (c *tasksClient) Pause(ctx context.Context, req *PauseTaskRequest) (*types.
 
 func (c *tasksClient) Resume(ctx context.Context, req *ResumeTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Resume", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Resume", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -414,7 +413,7 @@ func (c *tasksClient) Resume(ctx context.Context, req *ResumeTaskRequest) (*type
 
 func (c *tasksClient) ListPids(ctx context.Context, req *ListPidsRequest) (*ListPidsResponse, error) {
 	var resp ListPidsResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "ListPids", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "ListPids", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -422,7 +421,7 @@ func (c *tasksClient) ListPids(ctx context.Context, req *ListPidsRequest) (*List
 
 func (c *tasksClient) Update(ctx context.Context, req *UpdateTaskRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Update", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Update", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -430,7 +429,7 @@ func (c *tasksClient) Update(ctx context.Context, req *UpdateTaskRequest) (*type
 
 func (c *tasksClient) Metrics(ctx context.Context, req *MetricsRequest) (*MetricsResponse, error) {
 	var resp MetricsResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Metrics", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Metrics", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -438,17 +437,17 @@ func (c *tasksClient) Metrics(ctx context.Context, req *MetricsRequest) (*Metric
 
 func (c *tasksClient) Wait(ctx context.Context, req *WaitRequest) (*WaitResponse, error) {
 	var resp WaitResponse
-	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Wait", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.tasks.v1.Tasks", "Wait", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
 }
 
 func (c *tasksClient) Logs(ctx context.Context, req *LogsRequest) (Tasks_LogsClient, error) {
-	stream, err := c.client.NewStream(ctx, &ttrpc.StreamDesc{
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
 		StreamingClient: false,
 		StreamingServer: true,
-	}, "edged.services.tasks.v1.Tasks", "Logs", wire.Of(req))
+	}, "edged.services.tasks.v1.Tasks", "Logs", req)
 	if err != nil {
 		return nil, err
 	}
@@ -458,16 +457,16 @@ func (c *tasksClient) Logs(ctx context.Context, req *LogsRequest) (Tasks_LogsCli
 
 type Tasks_LogsClient interface {
 	Recv() (*LogChunk, error)
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 type tasksLogsClient struct {
-	ttrpc.ClientStream
+	rpc.ClientStream
 }
 
 func (x *tasksLogsClient) Recv() (*LogChunk, error) {
 	m := new(LogChunk)
-	if err := x.ClientStream.RecvMsg(wire.Of(m)); err != nil {
+	if err := x.ClientStream.RecvMsg(m); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -4,8 +4,7 @@ package ttrpcevents
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -14,12 +13,12 @@ type EventsService interface {
 	ForwardBatch(context.Context, *ForwardBatchRequest) (*types.Empty, error)
 }
 
-func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
-	srv.RegisterService("containerd.services.events.ttrpc.v1.Events", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Forward": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterEventsService(srv rpc.Registrar, svc EventsService) {
+	srv.RegisterService("containerd.services.events.ttrpc.v1.Events", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Forward": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ForwardRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Forward(ctx, &req)
@@ -29,11 +28,11 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
-			"ForwardBatch": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+			"ForwardBatch": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req ForwardBatchRequest
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.ForwardBatch(ctx, &req)
@@ -43,17 +42,17 @@ func RegisterEventsService(srv *ttrpc.Server, svc EventsService) {
 				if resp == nil {
 					resp = new(types.Empty)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
 	})
 }
 
 type eventsClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewEventsClient(client *ttrpc.Client) EventsService {
+func NewEventsClient(client rpc.Caller) EventsService {
 	return &eventsClient{
 		client: client,
 	}
@@ -61,7 +60,7 @@ func NewEventsClient(client *ttrpc.Client) EventsService {
 
 func (c *eventsClient) Forward(ctx context.Context, req *ForwardRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.services.events.ttrpc.v1.Events", "Forward", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.services.events.ttrpc.v1.Events", "Forward", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil
@@ -69,7 +68,7 @@ func (c *eventsClient) Forward(ctx context.Context, req *ForwardRequest) (*types
 
 func (c *eventsClient) ForwardBatch(ctx context.Context, req *ForwardBatchRequest) (*types.Empty, error) {
 	var resp types.Empty
-	if err := c.client.Call(ctx, "containerd.services.events.ttrpc.v1.Events", "ForwardBatch", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "containerd.services.events.ttrpc.v1.Events", "ForwardBatch", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

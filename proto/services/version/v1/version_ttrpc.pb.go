@@ -4,8 +4,7 @@ package version
 
 import (
 	context "context"
-	ttrpc "github.com/containerd/ttrpc"
-	wire "github.com/edged/edged/proto/wire"
+	rpc "github.com/edged/edged/proto/rpc"
 	types "github.com/gogo/protobuf/types"
 )
 
@@ -13,12 +12,12 @@ type VersionService interface {
 	Version(context.Context, *types.Empty) (*VersionResponse, error)
 }
 
-func RegisterVersionService(srv *ttrpc.Server, svc VersionService) {
-	srv.RegisterService("edged.services.version.v1.Version", &ttrpc.ServiceDesc{
-		Methods: map[string]ttrpc.Method{
-			"Version": func(ctx context.Context, unmarshal func(interface{}) error) (interface{}, error) {
+func RegisterVersionService(srv rpc.Registrar, svc VersionService) {
+	srv.RegisterService("edged.services.version.v1.Version", &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Version": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
 				var req types.Empty
-				if err := unmarshal(wire.Of(&req)); err != nil {
+				if err := unmarshal(&req); err != nil {
 					return nil, err
 				}
 				resp, err := svc.Version(ctx, &req)
@@ -28,17 +27,17 @@ func RegisterVersionService(srv *ttrpc.Server, svc VersionService) {
 				if resp == nil {
 					resp = new(VersionResponse)
 				}
-				return wire.Of(resp), nil
+				return resp, nil
 			},
 		},
 	})
 }
 
 type versionClient struct {
-	client *ttrpc.Client
+	client rpc.Caller
 }
 
-func NewVersionClient(client *ttrpc.Client) VersionService {
+func NewVersionClient(client rpc.Caller) VersionService {
 	return &versionClient{
 		client: client,
 	}
@@ -46,7 +45,7 @@ func NewVersionClient(client *ttrpc.Client) VersionService {
 
 func (c *versionClient) Version(ctx context.Context, req *types.Empty) (*VersionResponse, error) {
 	var resp VersionResponse
-	if err := c.client.Call(ctx, "edged.services.version.v1.Version", "Version", wire.Of(req), wire.Of(&resp)); err != nil {
+	if err := c.client.Call(ctx, "edged.services.version.v1.Version", "Version", req, &resp); err != nil {
 		return nil, err
 	}
 	return &resp, nil

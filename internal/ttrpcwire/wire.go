@@ -1,18 +1,18 @@
-// Package rpc is the shim's own ttrpc server and client: the wire protocol
-// of github.com/containerd/ttrpc (unary calls only) without its
-// google.golang.org/protobuf message machinery. ttrpc encodes its request
-// and response envelopes with protobuf-go, whose first use builds message
-// descriptors and coder tables at run time, and runs two goroutines per
-// connection; in a shim that idles with a few KiB of live heap, that
-// garbage and those stacks stay resident for the shim's life (every heap
-// size class touched keeps a span). Here the envelopes are encoded by hand
-// and a connection has one goroutine, plus one per call in progress.
+// Package ttrpcwire encodes and decodes the wire format of
+// github.com/containerd/ttrpc (its PROTOCOL.md) without protobuf-go: frame
+// headers and the Request and Response envelopes, encoded by hand. ttrpc
+// encodes its envelopes with protobuf-go, whose first use builds message
+// descriptors and coder tables at run time, and whose packages (with
+// grpc's status) make up most of a small client binary; edged's shim and
+// edged's client use this package instead. The messages inside the
+// envelopes are gogo-generated and encode themselves.
 //
-// Protocol (ttrpc PROTOCOL.md): a frame is a 10-byte header (payload
-// length and stream id, big endian uint32; message type; flags) followed by
-// the payload. A client sends a Request on a new odd stream id; the server
-// answers on the same id with a Response carrying a google.rpc.Status.
-package rpc
+// A frame is a 10-byte header (payload length and stream id, big endian
+// uint32; message type; flags) followed by the payload. A client sends a
+// Request on a new odd stream id; the server answers on the same id with a
+// Response carrying a google.rpc.Status, after any Data frames of a
+// streaming call.
+package ttrpcwire
 
 import (
 	"encoding/binary"
@@ -22,48 +22,58 @@ import (
 )
 
 const (
-	headerLen = 10
+	HeaderLen = 10
 	// MaxMessage is the largest payload a frame may carry (ttrpc's limit).
 	MaxMessage = 4 << 20
 
-	typeRequest  = 0x1
-	typeResponse = 0x2
-	typeData     = 0x3
+	TypeRequest  = 0x1
+	TypeResponse = 0x2
+	TypeData     = 0x3
+
+	// FlagRemoteClosed on a Request or Data frame: the sender sends no
+	// more data on the stream.
+	FlagRemoteClosed = 0x1
+	// FlagRemoteOpen on a Request: the client will send Data frames.
+	FlagRemoteOpen = 0x2
+	// FlagNoData on a Data frame: the frame carries no message.
+	FlagNoData = 0x4
 )
 
-// header is a decoded frame header.
-type header struct {
-	length uint32
-	stream uint32
-	typ    byte
-	flags  byte
+// Header is a decoded frame header.
+type Header struct {
+	Length uint32
+	Stream uint32
+	Type   byte
+	Flags  byte
 }
 
-func readHeader(r io.Reader, buf *[headerLen]byte) (header, error) {
+// ReadHeader reads one frame header from r into buf and decodes it.
+func ReadHeader(r io.Reader, buf *[HeaderLen]byte) (Header, error) {
 	if _, err := io.ReadFull(r, buf[:]); err != nil {
-		return header{}, err
+		return Header{}, err
 	}
-	return header{
-		length: binary.BigEndian.Uint32(buf[0:4]),
-		stream: binary.BigEndian.Uint32(buf[4:8]),
-		typ:    buf[8],
-		flags:  buf[9],
+	return Header{
+		Length: binary.BigEndian.Uint32(buf[0:4]),
+		Stream: binary.BigEndian.Uint32(buf[4:8]),
+		Type:   buf[8],
+		Flags:  buf[9],
 	}, nil
 }
 
-// newFrame returns a buffer holding the header of a frame of type typ on
-// stream whose payload, size bytes, the caller appends: one allocation
-// per frame.
-func newFrame(stream uint32, typ byte, size int) []byte {
-	b := make([]byte, headerLen, headerLen+size)
+// NewFrame returns a buffer holding the header of a frame of type typ
+// with flags on stream whose payload, size bytes, the caller appends: one
+// allocation per frame.
+func NewFrame(stream uint32, typ, flags byte, size int) []byte {
+	b := make([]byte, HeaderLen, HeaderLen+size)
 	binary.BigEndian.PutUint32(b[0:4], uint32(size))
 	binary.BigEndian.PutUint32(b[4:8], stream)
 	b[8] = typ
+	b[9] = flags
 	return b
 }
 
-// discard reads and drops n bytes of r without a heap buffer.
-func discard(r io.Reader, n int64) error {
+// Discard reads and drops n bytes of r without a heap buffer.
+func Discard(r io.Reader, n int64) error {
 	var buf [512]byte
 	for n > 0 {
 		k := min(n, int64(len(buf)))
@@ -154,45 +164,66 @@ func nextField(b []byte) (field, []byte, error) {
 	return f, b, nil
 }
 
-// request is ttrpc's Request message: service = 1, method = 2,
-// payload = 3, timeout_nano = 4, metadata = 5 (ignored by the shim).
-// service and method alias the frame's bytes.
-type request struct {
-	service, method []byte
-	payload         []byte
-	timeoutNano     int64
+// Request is ttrpc's Request message: service = 1, method = 2,
+// payload = 3, timeout_nano = 4, metadata = 5 (not decoded). Service,
+// Method and Payload alias the frame's bytes.
+type Request struct {
+	Service, Method []byte
+	Payload         []byte
+	TimeoutNano     int64
 }
 
-func decodeRequest(b []byte) (request, error) {
-	var r request
+// KeyValue is one entry of a Request's metadata (ttrpc's KeyValue: key =
+// 1, value = 2).
+type KeyValue struct {
+	Key, Value string
+}
+
+// DecodeRequest decodes a Request envelope.
+func DecodeRequest(b []byte) (Request, error) {
+	var r Request
 	for len(b) > 0 {
 		f, rest, err := nextField(b)
 		if err != nil {
-			return request{}, err
+			return Request{}, err
 		}
 		b = rest
 		switch {
 		case f.num == 1 && f.wt == wireBytes:
-			r.service = f.bytes
+			r.Service = f.bytes
 		case f.num == 2 && f.wt == wireBytes:
-			r.method = f.bytes
+			r.Method = f.bytes
 		case f.num == 3 && f.wt == wireBytes:
-			r.payload = f.bytes
+			r.Payload = f.bytes
 		case f.num == 4 && f.wt == wireVarint:
-			r.timeoutNano = int64(f.value)
+			r.TimeoutNano = int64(f.value)
 		}
 	}
 	return r, nil
 }
 
-// requestSize is the encoded size of a request (see appendRequest).
-func requestSize(service, method string, payload []byte, timeoutNano int64) int {
+// RequestSize is the encoded size of a request (see AppendRequest).
+func RequestSize(service, method string, payload []byte, timeoutNano int64, md []KeyValue) int {
 	n := bytesFieldSize(len(service)) + bytesFieldSize(len(method))
 	if len(payload) > 0 {
 		n += bytesFieldSize(len(payload))
 	}
 	if timeoutNano != 0 {
 		n += 1 + uvarintLen(uint64(timeoutNano))
+	}
+	for _, kv := range md {
+		n += bytesFieldSize(keyValueSize(kv))
+	}
+	return n
+}
+
+func keyValueSize(kv KeyValue) int {
+	n := 0
+	if kv.Key != "" {
+		n += bytesFieldSize(len(kv.Key))
+	}
+	if kv.Value != "" {
+		n += bytesFieldSize(len(kv.Value))
 	}
 	return n
 }
@@ -201,7 +232,9 @@ func requestSize(service, method string, payload []byte, timeoutNano int64) int 
 // below 16 with n bytes.
 func bytesFieldSize(n int) int { return 1 + uvarintLen(uint64(n)) + n }
 
-func appendRequest(b []byte, service, method string, payload []byte, timeoutNano int64) []byte {
+// AppendRequest appends the Request envelope to b, encoded as
+// protobuf-go encodes ttrpc's generated Request (empty fields omitted).
+func AppendRequest(b []byte, service, method string, payload []byte, timeoutNano int64, md []KeyValue) []byte {
 	b = appendStringField(b, 1, service)
 	b = appendStringField(b, 2, method)
 	if len(payload) > 0 {
@@ -209,6 +242,16 @@ func appendRequest(b []byte, service, method string, payload []byte, timeoutNano
 	}
 	if timeoutNano != 0 {
 		b = appendVarintField(b, 4, uint64(timeoutNano))
+	}
+	for _, kv := range md {
+		b = appendTag(b, 5, wireBytes)
+		b = binary.AppendUvarint(b, uint64(keyValueSize(kv)))
+		if kv.Key != "" {
+			b = appendStringField(b, 1, kv.Key)
+		}
+		if kv.Value != "" {
+			b = appendStringField(b, 2, kv.Value)
+		}
 	}
 	return b
 }
@@ -226,8 +269,8 @@ func statusSize(code uint32, message string) int {
 	return size
 }
 
-// responseSize is the encoded size of a response (see appendResponse).
-func responseSize(code uint32, message string, payload []byte) int {
+// ResponseSize is the encoded size of a response (see AppendResponse).
+func ResponseSize(code uint32, message string, payload []byte) int {
 	n := bytesFieldSize(statusSize(code, message))
 	if len(payload) > 0 {
 		n += bytesFieldSize(len(payload))
@@ -235,10 +278,10 @@ func responseSize(code uint32, message string, payload []byte) int {
 	return n
 }
 
-// appendResponse appends ttrpc's Response message: status = 1 (a
+// AppendResponse appends ttrpc's Response message: status = 1 (a
 // google.rpc.Status: code = 1, message = 2; always present, as ttrpc sends
 // it) and payload = 2.
-func appendResponse(b []byte, code uint32, message string, payload []byte) []byte {
+func AppendResponse(b []byte, code uint32, message string, payload []byte) []byte {
 	size := statusSize(code, message)
 	b = appendTag(b, 1, wireBytes)
 	b = binary.AppendUvarint(b, uint64(size))
@@ -254,19 +297,21 @@ func appendResponse(b []byte, code uint32, message string, payload []byte) []byt
 	return b
 }
 
-// response is a decoded Response.
-type response struct {
-	code    uint32
-	message string
-	payload []byte
+// Response is a decoded Response envelope: the status's code and message
+// (its details are not decoded) and the payload, which aliases b.
+type Response struct {
+	Code    uint32
+	Message string
+	Payload []byte
 }
 
-func decodeResponse(b []byte) (response, error) {
-	var r response
+// DecodeResponse decodes a Response envelope.
+func DecodeResponse(b []byte) (Response, error) {
+	var r Response
 	for len(b) > 0 {
 		f, rest, err := nextField(b)
 		if err != nil {
-			return response{}, err
+			return Response{}, err
 		}
 		b = rest
 		switch {
@@ -275,18 +320,18 @@ func decodeResponse(b []byte) (response, error) {
 			for len(st) > 0 {
 				sf, srest, err := nextField(st)
 				if err != nil {
-					return response{}, fmt.Errorf("status: %w", err)
+					return Response{}, fmt.Errorf("status: %w", err)
 				}
 				st = srest
 				switch {
 				case sf.num == 1 && sf.wt == wireVarint:
-					r.code = uint32(sf.value)
+					r.Code = uint32(sf.value)
 				case sf.num == 2 && sf.wt == wireBytes:
-					r.message = string(sf.bytes)
+					r.Message = string(sf.bytes)
 				}
 			}
 		case f.num == 2 && f.wt == wireBytes:
-			r.payload = f.bytes
+			r.Payload = f.bytes
 		}
 	}
 	return r, nil

@@ -1,0 +1,416 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/edged/edged/internal/ttrpcwire"
+)
+
+var (
+	// ErrClosed is the error of calls on a closed or broken connection.
+	ErrClosed = errors.New("rpc: connection closed")
+	// ErrStreamFull ends a stream whose receiver did not take a message
+	// for a second while more arrived (as ttrpc's client does).
+	ErrStreamFull = errors.New("rpc: stream receiver fell behind")
+	// ErrProtocol is a violation of the protocol by the server.
+	ErrProtocol = errors.New("rpc: protocol error")
+)
+
+// StatusError is a call's non-OK status, as the server sent it (a
+// google.rpc.Status code and message).
+type StatusError struct {
+	Code    uint32
+	Message string
+}
+
+func (e *StatusError) Error() string {
+	return "rpc error: code = " + CodeName(e.Code) + " desc = " + e.Message
+}
+
+// CodeName returns the name of a status code ("NotFound").
+func CodeName(code uint32) string {
+	names := [...]string{"OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded",
+		"NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted",
+		"FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented", "Internal",
+		"Unavailable", "DataLoss", "Unauthenticated"}
+	if int(code) < len(names) {
+		return names[code]
+	}
+	return "Code(" + strconv.FormatUint(uint64(code), 10) + ")"
+}
+
+// streamRecvBuffer is how many messages of a server stream wait for their
+// receiver (ttrpc's figure).
+const streamRecvBuffer = 64
+
+// frame is one received frame of a stream.
+type frame struct {
+	h       ttrpcwire.Header
+	payload []byte
+}
+
+// stream is the receiving end of one stream id.
+type stream struct {
+	id   uint32
+	recv chan frame
+	done chan struct{} // closed with err set when the stream ends
+	once sync.Once
+	err  error
+}
+
+func (s *stream) close(err error) {
+	s.once.Do(func() {
+		s.err = err
+		close(s.done)
+	})
+}
+
+// Conn is a ttrpc client connection: unary calls and streams, any number
+// at once. One goroutine reads the connection and hands each frame to its
+// stream. It is safe for concurrent use.
+type Conn struct {
+	conn net.Conn
+
+	wmu  sync.Mutex // orders stream ids with their first frame on the wire
+	next uint32
+
+	mu      sync.Mutex
+	streams map[uint32]*stream
+	err     error // set once the connection is closed or broken
+
+	done chan struct{} // closed when the reader ends
+}
+
+// NewConn returns a client on conn; Close closes conn.
+func NewConn(conn net.Conn) *Conn {
+	c := &Conn{conn: conn, next: 1, streams: map[uint32]*stream{}, done: make(chan struct{})}
+	go c.read()
+	return c
+}
+
+// Close closes the connection; calls in progress fail with ErrClosed.
+func (c *Conn) Close() error {
+	err := c.conn.Close()
+	<-c.done
+	return err
+}
+
+// Done is closed when the connection has ended (closed by either side).
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+func (c *Conn) read() {
+	defer close(c.done)
+	var hbuf [ttrpcwire.HeaderLen]byte
+	var err error
+	for {
+		var h ttrpcwire.Header
+		h, err = ttrpcwire.ReadHeader(c.conn, &hbuf)
+		if err != nil {
+			break
+		}
+		if h.Length > ttrpcwire.MaxMessage {
+			err = fmt.Errorf("%w: frame of %d bytes is over the %d byte limit", ErrProtocol, h.Length, ttrpcwire.MaxMessage)
+			break
+		}
+		p := make([]byte, h.Length)
+		if _, err = io.ReadFull(c.conn, p); err != nil {
+			break
+		}
+		c.mu.Lock()
+		s := c.streams[h.Stream]
+		c.mu.Unlock()
+		if s == nil {
+			continue // a late answer to an abandoned call
+		}
+		c.deliver(s, frame{h, p})
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = ErrClosed
+	} else {
+		err = fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	c.mu.Lock()
+	c.err = err
+	streams := c.streams
+	c.streams = nil
+	c.mu.Unlock()
+	for _, s := range streams {
+		s.close(err)
+	}
+	c.conn.Close()
+}
+
+// deliver hands f to s. A receiver that does not take it within a second
+// loses its stream, so that one slow stream does not stall the others.
+func (c *Conn) deliver(s *stream, f frame) {
+	select {
+	case s.recv <- f:
+		return
+	case <-s.done:
+		return
+	default:
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case s.recv <- f:
+	case <-s.done:
+	case <-t.C:
+		c.remove(s)
+		s.close(ErrStreamFull)
+	}
+}
+
+func (c *Conn) remove(s *stream) {
+	c.mu.Lock()
+	if c.streams != nil {
+		delete(c.streams, s.id)
+	}
+	c.mu.Unlock()
+}
+
+// open sends a request on a new stream.
+func (c *Conn) open(ctx context.Context, flags byte, service, method string, req Message, buf int) (*stream, error) {
+	var payload []byte
+	if req != nil {
+		var err error
+		if payload, err = marshal(req); err != nil {
+			return nil, err
+		}
+	}
+	var timeout int64
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d).Nanoseconds(), 1)
+	}
+	var md []ttrpcwire.KeyValue
+	if m, ok := GetMetadata(ctx); ok {
+		for _, kv := range m.pairs() {
+			md = append(md, ttrpcwire.KeyValue{Key: kv[0], Value: kv[1]})
+		}
+	}
+	size := ttrpcwire.RequestSize(service, method, payload, timeout, md)
+	if size > ttrpcwire.MaxMessage {
+		return nil, fmt.Errorf("rpc: %s/%s request of %d bytes is over the %d byte limit", service, method, size, ttrpcwire.MaxMessage)
+	}
+	s := &stream{recv: make(chan frame, buf), done: make(chan struct{})}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil, c.err
+	}
+	s.id = c.next
+	c.next += 2
+	c.streams[s.id] = s
+	c.mu.Unlock()
+	f := ttrpcwire.AppendRequest(ttrpcwire.NewFrame(s.id, ttrpcwire.TypeRequest, flags, size), service, method, payload, timeout, md)
+	if err := c.write(f); err != nil {
+		c.remove(s)
+		return nil, err
+	}
+	return s, nil
+}
+
+// write sends one frame; the caller holds wmu. A failed write breaks the
+// connection (a frame may be half written).
+func (c *Conn) write(f []byte) error {
+	if _, err := c.conn.Write(f); err != nil {
+		c.conn.Close()
+		<-c.done
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.err
+	}
+	return nil
+}
+
+// wait returns the next frame of s.
+func (c *Conn) wait(ctx context.Context, s *stream) (frame, error) {
+	select {
+	case f := <-s.recv:
+		return f, nil
+	default:
+	}
+	select {
+	case f := <-s.recv:
+		return f, nil
+	case <-s.done:
+		select {
+		case f := <-s.recv: // delivered before the end
+			return f, nil
+		default:
+			return frame{}, s.err
+		}
+	case <-ctx.Done():
+		c.remove(s)
+		s.close(ctx.Err())
+		return frame{}, ctx.Err()
+	}
+}
+
+// Call makes a unary call. The deadline of ctx bounds it and goes to the
+// server as the call's timeout; the metadata of ctx goes with it.
+func (c *Conn) Call(ctx context.Context, service, method string, req, resp Message) error {
+	s, err := c.open(ctx, 0, service, method, req, 1)
+	if err != nil {
+		return err
+	}
+	f, err := c.wait(ctx, s)
+	c.remove(s)
+	if err != nil {
+		return err
+	}
+	if f.h.Type != ttrpcwire.TypeResponse {
+		return fmt.Errorf("%w: frame of type %d in answer to a unary call", ErrProtocol, f.h.Type)
+	}
+	return decodeResponse(f.payload, resp)
+}
+
+func decodeResponse(p []byte, m Message) error {
+	r, err := ttrpcwire.DecodeResponse(p)
+	if err != nil {
+		return fmt.Errorf("%w: response: %w", ErrProtocol, err)
+	}
+	if r.Code != 0 {
+		return &StatusError{Code: r.Code, Message: r.Message}
+	}
+	return unmarshal(r.Payload, m)
+}
+
+func marshal(m Message) ([]byte, error) {
+	b := make([]byte, m.Size())
+	n, err := m.MarshalTo(b)
+	if err != nil {
+		return nil, fmt.Errorf("rpc: marshal %T: %w", m, err)
+	}
+	return b[:n], nil
+}
+
+func unmarshal(p []byte, m Message) error {
+	if m == nil {
+		return nil
+	}
+	m.Reset()
+	if err := m.Unmarshal(p); err != nil {
+		return fmt.Errorf("rpc: unmarshal %T: %w", m, err)
+	}
+	return nil
+}
+
+// NewStream starts a streaming call. A server-streaming call sends req
+// with its request; a client-streaming call sends its messages with
+// SendMsg. The stream ends when ctx does.
+func (c *Conn) NewStream(ctx context.Context, desc *StreamDesc, service, method string, req Message) (ClientStream, error) {
+	flags := byte(ttrpcwire.FlagRemoteClosed)
+	if desc.StreamingClient {
+		flags = ttrpcwire.FlagRemoteOpen
+		req = nil
+	}
+	s, err := c.open(ctx, flags, service, method, req, streamRecvBuffer)
+	if err != nil {
+		return nil, err
+	}
+	cs := &clientStream{ctx: ctx, c: c, s: s, desc: *desc}
+	cs.stop = context.AfterFunc(ctx, func() {
+		c.remove(s)
+		s.close(ctx.Err())
+	})
+	return cs, nil
+}
+
+type clientStream struct {
+	ctx          context.Context
+	c            *Conn
+	s            *stream
+	desc         StreamDesc
+	stop         func() bool
+	localClosed  bool
+	remoteClosed bool
+}
+
+func (cs *clientStream) send(flags byte, payload []byte) error {
+	select {
+	case <-cs.s.done:
+		return cs.s.err
+	default:
+	}
+	cs.c.wmu.Lock()
+	defer cs.c.wmu.Unlock()
+	return cs.c.write(append(ttrpcwire.NewFrame(cs.s.id, ttrpcwire.TypeData, flags, len(payload)), payload...))
+}
+
+// SendMsg sends one message of a client stream.
+func (cs *clientStream) SendMsg(m Message) error {
+	if !cs.desc.StreamingClient {
+		return fmt.Errorf("%w: cannot send data on a stream without a streaming client", ErrProtocol)
+	}
+	if cs.localClosed {
+		return fmt.Errorf("rpc: send on a stream closed for sending: %w", ErrClosed)
+	}
+	p, err := marshal(m)
+	if err != nil {
+		return err
+	}
+	if len(p) > ttrpcwire.MaxMessage {
+		return fmt.Errorf("rpc: message of %d bytes is over the %d byte limit", len(p), ttrpcwire.MaxMessage)
+	}
+	return cs.send(0, p)
+}
+
+// CloseSend ends the client's side of a client stream.
+func (cs *clientStream) CloseSend() error {
+	if !cs.desc.StreamingClient {
+		return fmt.Errorf("%w: cannot close a stream without a streaming client", ErrProtocol)
+	}
+	if cs.localClosed {
+		return nil
+	}
+	cs.localClosed = true
+	return cs.send(ttrpcwire.FlagRemoteClosed|ttrpcwire.FlagNoData, nil)
+}
+
+// RecvMsg receives the next message; io.EOF after the last.
+func (cs *clientStream) RecvMsg(m Message) error {
+	if cs.remoteClosed {
+		return io.EOF
+	}
+	f, err := cs.c.wait(cs.ctx, cs.s)
+	if err != nil {
+		cs.finish()
+		return err
+	}
+	switch f.h.Type {
+	case ttrpcwire.TypeResponse:
+		cs.finish()
+		return decodeResponse(f.payload, m)
+	case ttrpcwire.TypeData:
+		if !cs.desc.StreamingServer {
+			cs.finish()
+			return fmt.Errorf("%w: data from a server that does not stream", ErrProtocol)
+		}
+		if f.h.Flags&ttrpcwire.FlagRemoteClosed != 0 {
+			cs.finish()
+			if f.h.Flags&ttrpcwire.FlagNoData != 0 {
+				return io.EOF
+			}
+		}
+		return unmarshal(f.payload, m)
+	}
+	cs.finish()
+	return fmt.Errorf("%w: frame of type %d on a stream", ErrProtocol, f.h.Type)
+}
+
+func (cs *clientStream) finish() {
+	cs.remoteClosed = true
+	cs.stop()
+	cs.c.remove(cs.s)
+	cs.s.close(ErrClosed)
+}

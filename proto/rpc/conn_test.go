@@ -1,0 +1,385 @@
+package rpc_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/ttrpc"
+	"github.com/gogo/protobuf/types"
+
+	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/errdefs/errgrpc"
+	"github.com/edged/edged/proto/rpc"
+	"github.com/edged/edged/proto/wire"
+)
+
+const svc = "edged.test.v1.Test"
+
+// testService is served by a real github.com/containerd/ttrpc server
+// (through proto/wire): Conn must interoperate with it.
+func testService() *rpc.ServiceDesc {
+	str := func(m rpc.Message) string { return m.(*types.StringValue).Value }
+	return &rpc.ServiceDesc{
+		Methods: map[string]rpc.Method{
+			"Echo": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
+				var req types.StringValue
+				if err := unmarshal(&req); err != nil {
+					return nil, err
+				}
+				if req.Value == "notfound" {
+					return nil, errgrpc.ToGRPC(fmt.Errorf("thing %q: %w", req.Value, errdefs.ErrNotFound))
+				}
+				return &types.StringValue{Value: req.Value}, nil
+			},
+			// Meta answers with the request's metadata value of "k" and
+			// the time left before its deadline.
+			"Meta": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
+				v, _ := rpc.GetMetadataValue(ctx, "k")
+				left := "none"
+				if dl, ok := ctx.Deadline(); ok {
+					left = time.Until(dl).Round(time.Second).String()
+				}
+				return &types.StringValue{Value: v + " " + left}, nil
+			},
+			"Block": func(ctx context.Context, unmarshal func(rpc.Message) error) (rpc.Message, error) {
+				<-ctx.Done()
+				return nil, errgrpc.ToGRPC(ctx.Err())
+			},
+		},
+		Streams: map[string]rpc.Stream{
+			// Count sends 1..n, n being the request.
+			"Count": {StreamingServer: true, Handler: func(ctx context.Context, s rpc.StreamServer) (rpc.Message, error) {
+				var req types.Int32Value
+				if err := s.RecvMsg(&req); err != nil {
+					return nil, err
+				}
+				for i := int32(1); i <= req.Value; i++ {
+					if err := s.SendMsg(&types.Int32Value{Value: i}); err != nil {
+						return nil, err
+					}
+				}
+				if req.Value < 0 {
+					return nil, errgrpc.ToGRPC(fmt.Errorf("count %d: %w", req.Value, errdefs.ErrInvalidArgument))
+				}
+				return nil, nil
+			}},
+			// Join answers with the messages it received, joined by ",".
+			"Join": {StreamingClient: true, Handler: func(ctx context.Context, s rpc.StreamServer) (rpc.Message, error) {
+				var parts []string
+				for {
+					var m types.StringValue
+					if err := s.RecvMsg(&m); err != nil {
+						if errors.Is(err, io.EOF) {
+							break
+						}
+						return nil, err
+					}
+					parts = append(parts, str(&m))
+				}
+				return &types.StringValue{Value: strings.Join(parts, ",")}, nil
+			}},
+		},
+	}
+}
+
+func serve(t *testing.T) (string, *ttrpc.Server) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.Server(srv).RegisterService(svc, testService())
+	go srv.Serve(context.Background(), l)
+	t.Cleanup(func() { srv.Close() })
+	return path, srv
+}
+
+func dial(t *testing.T, path string) *rpc.Conn {
+	t.Helper()
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rpc.NewConn(nc)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func echo(ctx context.Context, c rpc.Caller, v string) (string, error) {
+	var resp types.StringValue
+	err := c.Call(ctx, svc, "Echo", &types.StringValue{Value: v}, &resp)
+	return resp.Value, err
+}
+
+func TestUnaryAndStatus(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	ctx := context.Background()
+	if v, err := echo(ctx, c, "hello"); err != nil || v != "hello" {
+		t.Fatalf("Echo: %q, %v", v, err)
+	}
+	_, err := echo(ctx, c, "notfound")
+	var st *rpc.StatusError
+	if !errors.As(err, &st) || st.Code != 5 || st.Message != `thing "notfound": not found` {
+		t.Fatalf("status: %#v", err)
+	}
+	if want := `rpc error: code = NotFound desc = thing "notfound": not found`; err.Error() != want {
+		t.Errorf("message %q, want %q", err.Error(), want)
+	}
+	err = c.Call(ctx, "no.such.Service", "Echo", &types.StringValue{}, &types.StringValue{})
+	if !errors.As(err, &st) || rpc.CodeName(st.Code) != "Unimplemented" {
+		t.Errorf("unknown service: %v", err)
+	}
+	// The connection still works after errors.
+	if v, err := echo(ctx, c, "again"); err != nil || v != "again" {
+		t.Errorf("Echo after errors: %q, %v", v, err)
+	}
+}
+
+func TestMetadataAndDeadline(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	ctx := rpc.WithMetadata(context.Background(), rpc.MD{"k": {"v1"}})
+	var resp types.StringValue
+	if err := c.Call(ctx, svc, "Meta", &types.Empty{}, &resp); err != nil || resp.Value != "v1 none" {
+		t.Fatalf("without deadline: %q, %v", resp.Value, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 7*time.Second)
+	defer cancel()
+	if err := c.Call(ctx, svc, "Meta", &types.Empty{}, &resp); err != nil || resp.Value != "v1 7s" {
+		t.Fatalf("with deadline: %q, %v", resp.Value, err)
+	}
+}
+
+func TestServerStream(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	ctx := context.Background()
+	s, err := c.NewStream(ctx, &rpc.StreamDesc{StreamingServer: true}, svc, "Count", &types.Int32Value{Value: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := int32(1); i <= 3; i++ {
+		var m types.Int32Value
+		if err := s.RecvMsg(&m); err != nil || m.Value != i {
+			t.Fatalf("message %d: %v, %v", i, m.Value, err)
+		}
+	}
+	for range 2 {
+		if err := s.RecvMsg(&types.Int32Value{}); err != io.EOF {
+			t.Fatalf("after the last: %v", err)
+		}
+	}
+	// A stream that ends with an error: the messages, then the status.
+	s, err = c.NewStream(ctx, &rpc.StreamDesc{StreamingServer: true}, svc, "Count", &types.Int32Value{Value: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.RecvMsg(&types.Int32Value{})
+	var st *rpc.StatusError
+	if !errors.As(err, &st) || rpc.CodeName(st.Code) != "InvalidArgument" || st.Message != "count -1: invalid argument" {
+		t.Fatalf("failing stream: %v", err)
+	}
+	if err := s.RecvMsg(&types.Int32Value{}); err != io.EOF {
+		t.Errorf("after the status: %v", err)
+	}
+	if err := s.SendMsg(&types.Int32Value{}); err == nil || !strings.Contains(err.Error(), "without a streaming client") {
+		t.Errorf("send on a server stream: %v", err)
+	}
+}
+
+func TestClientStream(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	s, err := c.NewStream(context.Background(), &rpc.StreamDesc{StreamingClient: true}, svc, "Join", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"a", "", "c"} {
+		if err := s.SendMsg(&types.StringValue{Value: v}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SendMsg(&types.StringValue{Value: "late"}); !errors.Is(err, rpc.ErrClosed) {
+		t.Errorf("send after CloseSend: %v", err)
+	}
+	var resp types.StringValue
+	if err := s.RecvMsg(&resp); err != nil || resp.Value != "a,,c" {
+		t.Fatalf("Join: %q, %v", resp.Value, err)
+	}
+	if err := s.RecvMsg(&resp); err != io.EOF {
+		t.Errorf("after the response: %v", err)
+	}
+}
+
+func TestCancelAndDeadline(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if err := c.Call(ctx, svc, "Block", &types.Empty{}, &types.Empty{}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled call: %v", err)
+	}
+	// The server ends the call at the deadline the client sent.
+	ctx, cancel = context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := c.Call(ctx, svc, "Block", &types.Empty{}, &types.Empty{})
+	var st *rpc.StatusError
+	if !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &st) && rpc.CodeName(st.Code) == "DeadlineExceeded") {
+		t.Fatalf("call past its deadline: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("deadline took %v", d)
+	}
+	if v, err := echo(context.Background(), c, "still"); err != nil || v != "still" {
+		t.Errorf("Echo after cancelled calls: %q, %v", v, err)
+	}
+	// A stream ends with its context.
+	sctx, scancel := context.WithCancel(context.Background())
+	s, err := c.NewStream(sctx, &rpc.StreamDesc{StreamingClient: true}, svc, "Join", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scancel()
+	if err := s.RecvMsg(&types.StringValue{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("RecvMsg on a cancelled stream: %v", err)
+	}
+}
+
+func TestLimits(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	_, err := echo(context.Background(), c, strings.Repeat("x", 4<<20))
+	if err == nil || !strings.Contains(err.Error(), "is over the 4194304 byte limit") {
+		t.Fatalf("oversized request: %v", err)
+	}
+	if v, err := echo(context.Background(), c, "small"); err != nil || v != "small" {
+		t.Errorf("Echo after an oversized request: %q, %v", v, err)
+	}
+}
+
+func TestConcurrentCalls(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	var wg sync.WaitGroup
+	errc := make(chan error, 20)
+	for g := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				want := fmt.Sprintf("%d-%d", g, i)
+				if v, err := echo(context.Background(), c, want); err != nil || v != want {
+					errc <- fmt.Errorf("Echo %s: %q, %v", want, v, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+}
+
+func TestClosed(t *testing.T) {
+	path, srv := serve(t)
+	c := dial(t, path)
+	if _, err := echo(context.Background(), c, "x"); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after the server closed the connection")
+	}
+	if _, err := echo(context.Background(), c, "x"); !errors.Is(err, rpc.ErrClosed) {
+		t.Errorf("call on a closed connection: %v", err)
+	}
+	c2 := dial(t, mustServe(t))
+	c2.Close()
+	if _, err := echo(context.Background(), c2, "x"); !errors.Is(err, rpc.ErrClosed) {
+		t.Errorf("call after Close: %v", err)
+	}
+}
+
+func mustServe(t *testing.T) string {
+	path, _ := serve(t)
+	return path
+}
+
+// A server that breaks the protocol: the client fails the call with
+// ErrProtocol instead of misreading it. (No ttrpc server sends these; the
+// raw server here is the only way to cause them.)
+func TestProtocolErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reply func(id uint32) []byte
+		want  string
+	}{
+		{"data frame for a unary call", func(id uint32) []byte { return frame(0, id, 3, 0) }, "in answer to a unary call"},
+		{"oversized frame", func(id uint32) []byte { return frame(5<<20, id, 2, 0) }, "over the 4194304 byte limit"},
+		{"truncated response", func(id uint32) []byte { return append(frame(2, id, 2, 0), 0x0a, 0x05) }, "truncated"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "raw.sock")
+			l, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			go func() {
+				conn, err := l.Accept()
+				if err != nil {
+					return
+				}
+				defer conn.Close()
+				var h [10]byte
+				if _, err := io.ReadFull(conn, h[:]); err != nil {
+					return
+				}
+				if _, err := io.CopyN(io.Discard, conn, int64(binary.BigEndian.Uint32(h[:4]))); err != nil {
+					return
+				}
+				conn.Write(tc.reply(binary.BigEndian.Uint32(h[4:8])))
+				io.Copy(io.Discard, conn)
+			}()
+			c := dial(t, path)
+			_, err = echo(context.Background(), c, "x")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+			if strings.Contains(tc.want, "byte limit") && !errors.Is(err, rpc.ErrProtocol) {
+				t.Errorf("%v is not ErrProtocol", err)
+			}
+		})
+	}
+}
+
+func frame(length, stream uint32, typ, flags byte) []byte {
+	b := make([]byte, 10)
+	binary.BigEndian.PutUint32(b[0:4], length)
+	binary.BigEndian.PutUint32(b[4:8], stream)
+	b[8], b[9] = typ, flags
+	return b
+}
