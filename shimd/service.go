@@ -7,6 +7,7 @@ package shimd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,10 +20,10 @@ import (
 	"github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/internal/atomicfile"
 	eventtypes "github.com/edged/edged/proto/events"
+	protorpc "github.com/edged/edged/proto/rpc"
 	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
 	shimopts "github.com/edged/edged/proto/runtime/shim/v1"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
@@ -192,7 +193,18 @@ func (s *Service) publish(topic string, ev interface {
 	}
 }
 
-func toGRPC(err error) error { return errgrpc.ToGRPC(err) }
+// toStatus gives err the status code of its errdefs kind, which edged (or
+// containerd) reads back as the kind after the round trip.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	var st *protorpc.StatusError
+	if errors.As(err, &st) {
+		return err
+	}
+	return &protorpc.StatusError{Code: errdefs.StatusCode(err), Message: err.Error()}
+}
 
 // lookup finds the process (init for execID "").
 func (s *Service) lookup(id, execID string) (*container, *process, error) {
@@ -390,7 +402,7 @@ func (s *Service) Create(ctx context.Context, req *taskapi.CreateTaskRequest) (*
 	defer s.trimSoon()
 	pid, err := s.create(ctx, req)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	return &taskapi.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
@@ -621,7 +633,7 @@ func (s *Service) startProcess(ctx context.Context, p *process, run func([3]*os.
 func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskapi.StartResponse, error) {
 	c, p, err := s.lookup(req.Id, req.ExecId)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	p.startMu.Lock()
 	defer p.startMu.Unlock()
@@ -633,13 +645,13 @@ func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskap
 	}
 	s.mu.Unlock()
 	if started {
-		return nil, toGRPC(fmt.Errorf("process %q of container %q already started: %w", p.id(), c.id, errdefs.ErrFailedPrecondition))
+		return nil, toStatus(fmt.Errorf("process %q of container %q already started: %w", p.id(), c.id, errdefs.ErrFailedPrecondition))
 	}
 	fail := func(err error) (*taskapi.StartResponse, error) {
 		s.mu.Lock()
 		p.started = false
 		s.mu.Unlock()
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	if initExited {
 		return fail(fmt.Errorf("container %q has exited: %w", c.id, errdefs.ErrFailedPrecondition))
@@ -681,17 +693,17 @@ func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskap
 func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
 	c, p, err := s.lookup(req.Id, req.ExecId)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	s.mu.Lock()
 	running := p.started && !p.hasExited()
 	if req.ExecId == "" && c.deleting {
 		s.mu.Unlock()
-		return nil, toGRPC(fmt.Errorf("container %q is being deleted: %w", c.id, errdefs.ErrFailedPrecondition))
+		return nil, toStatus(fmt.Errorf("container %q is being deleted: %w", c.id, errdefs.ErrFailedPrecondition))
 	}
 	if running {
 		s.mu.Unlock()
-		return nil, toGRPC(fmt.Errorf("process %q of container %q is running; kill it first: %w", p.id(), c.id, errdefs.ErrFailedPrecondition))
+		return nil, toStatus(fmt.Errorf("process %q of container %q is running; kill it first: %w", p.id(), c.id, errdefs.ErrFailedPrecondition))
 	}
 	if req.ExecId != "" {
 		delete(c.execs, req.ExecId)
@@ -714,7 +726,7 @@ func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*task
 		s.mu.Lock()
 		c.deleting = false
 		s.mu.Unlock()
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	// A created, never started init is killed by delete --force; its exit
 	// (and output) follow shortly.
@@ -754,7 +766,7 @@ func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*task
 func (s *Service) State(ctx context.Context, req *taskapi.StateRequest) (*taskapi.StateResponse, error) {
 	c, p, err := s.lookup(req.Id, req.ExecId)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	s.mu.Lock()
 	resp := &taskapi.StateResponse{
@@ -784,11 +796,11 @@ func (s *Service) State(ctx context.Context, req *taskapi.StateRequest) (*taskap
 func (s *Service) Pids(ctx context.Context, req *taskapi.PidsRequest) (*taskapi.PidsResponse, error) {
 	c, _, err := s.lookup(req.Id, "")
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	pids, err := c.runc.Ps(ctx, c.id)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	s.mu.Lock()
 	execByPid := make(map[int]string, len(c.execs))
@@ -814,10 +826,10 @@ func (s *Service) Pids(ctx context.Context, req *taskapi.PidsRequest) (*taskapi.
 func (s *Service) Pause(ctx context.Context, req *taskapi.PauseRequest) (*types.Empty, error) {
 	c, _, err := s.lookup(req.Id, "")
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	if err := c.runc.Pause(ctx, c.id); err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	s.mu.Lock()
 	c.paused = true
@@ -830,10 +842,10 @@ func (s *Service) Pause(ctx context.Context, req *taskapi.PauseRequest) (*types.
 func (s *Service) Resume(ctx context.Context, req *taskapi.ResumeRequest) (*types.Empty, error) {
 	c, _, err := s.lookup(req.Id, "")
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	if err := c.runc.Resume(ctx, c.id); err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	s.mu.Lock()
 	c.paused = false
@@ -844,38 +856,38 @@ func (s *Service) Resume(ctx context.Context, req *taskapi.ResumeRequest) (*type
 
 // Checkpoint is not supported.
 func (s *Service) Checkpoint(ctx context.Context, req *taskapi.CheckpointTaskRequest) (*types.Empty, error) {
-	return nil, toGRPC(fmt.Errorf("checkpoint: not supported by edged-shim: %w", errdefs.ErrNotImplemented))
+	return nil, toStatus(fmt.Errorf("checkpoint: not supported by edged-shim: %w", errdefs.ErrNotImplemented))
 }
 
 // Kill signals a process (the init through runc kill, an exec directly).
 func (s *Service) Kill(ctx context.Context, req *taskapi.KillRequest) (*types.Empty, error) {
 	c, p, err := s.lookup(req.Id, req.ExecId)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	if req.Signal == 0 || req.Signal > 64 {
-		return nil, toGRPC(errdefs.InvalidArgument("signal", "%d is not a signal number", req.Signal))
+		return nil, toStatus(errdefs.InvalidArgument("signal", "%d is not a signal number", req.Signal))
 	}
 	s.mu.Lock()
 	exited, pid, started := p.hasExited(), p.pid, p.started
 	s.mu.Unlock()
 	if exited && !(req.All && req.ExecId == "") {
-		return nil, toGRPC(fmt.Errorf("process %q of container %q already finished: %w", p.id(), c.id, errdefs.ErrNotFound))
+		return nil, toStatus(fmt.Errorf("process %q of container %q already finished: %w", p.id(), c.id, errdefs.ErrNotFound))
 	}
 	if req.ExecId != "" {
 		if !started || pid == 0 {
-			return nil, toGRPC(fmt.Errorf("exec %q of container %q is not started: %w", p.execID, c.id, errdefs.ErrFailedPrecondition))
+			return nil, toStatus(fmt.Errorf("exec %q of container %q is not started: %w", p.execID, c.id, errdefs.ErrFailedPrecondition))
 		}
 		if err := killPid(pid, int(req.Signal)); err != nil {
-			return nil, toGRPC(err)
+			return nil, toStatus(err)
 		}
 		return &types.Empty{}, nil
 	}
 	if err := c.runc.Kill(ctx, c.id, int(req.Signal), req.All); err != nil {
 		if p.hasExited() {
-			return nil, toGRPC(fmt.Errorf("process %q of container %q already finished: %w", p.id(), c.id, errdefs.ErrNotFound))
+			return nil, toStatus(fmt.Errorf("process %q of container %q already finished: %w", p.id(), c.id, errdefs.ErrNotFound))
 		}
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	return &types.Empty{}, nil
 }
@@ -883,7 +895,7 @@ func (s *Service) Kill(ctx context.Context, req *taskapi.KillRequest) (*types.Em
 // Exec registers an additional process; Start runs it.
 func (s *Service) Exec(ctx context.Context, req *taskapi.ExecProcessRequest) (*types.Empty, error) {
 	if err := s.exec(req); err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	return &types.Empty{}, nil
 }
@@ -939,13 +951,13 @@ func (s *Service) exec(req *taskapi.ExecProcessRequest) error {
 func (s *Service) ResizePty(ctx context.Context, req *taskapi.ResizePtyRequest) (*types.Empty, error) {
 	_, p, err := s.lookup(req.Id, req.ExecId)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	if p.io == nil {
-		return nil, toGRPC(fmt.Errorf("process %q is not started: %w", p.id(), errdefs.ErrFailedPrecondition))
+		return nil, toStatus(fmt.Errorf("process %q is not started: %w", p.id(), errdefs.ErrFailedPrecondition))
 	}
 	if err := p.io.Resize(req.Width, req.Height); err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	return &types.Empty{}, nil
 }
@@ -954,7 +966,7 @@ func (s *Service) ResizePty(ctx context.Context, req *taskapi.ResizePtyRequest) 
 func (s *Service) CloseIO(ctx context.Context, req *taskapi.CloseIORequest) (*types.Empty, error) {
 	_, p, err := s.lookup(req.Id, req.ExecId)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	if req.Stdin && p.io != nil {
 		p.io.CloseStdin()
@@ -967,16 +979,16 @@ func (s *Service) CloseIO(ctx context.Context, req *taskapi.CloseIORequest) (*ty
 func (s *Service) Update(ctx context.Context, req *taskapi.UpdateTaskRequest) (*types.Empty, error) {
 	c, _, err := s.lookup(req.Id, "")
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	if req.Resources == nil || len(req.Resources.Value) == 0 {
-		return nil, toGRPC(errdefs.InvalidArgument("resources", "must be set"))
+		return nil, toStatus(errdefs.InvalidArgument("resources", "must be set"))
 	}
 	if !json.Valid(req.Resources.Value) {
-		return nil, toGRPC(errdefs.InvalidArgument("resources", "not OCI LinuxResources JSON"))
+		return nil, toStatus(errdefs.InvalidArgument("resources", "not OCI LinuxResources JSON"))
 	}
 	if err := c.runc.Update(ctx, c.id, req.Resources.Value); err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	return &types.Empty{}, nil
 }
@@ -985,11 +997,11 @@ func (s *Service) Update(ctx context.Context, req *taskapi.UpdateTaskRequest) (*
 func (s *Service) Wait(ctx context.Context, req *taskapi.WaitRequest) (*taskapi.WaitResponse, error) {
 	_, p, err := s.lookup(req.Id, req.ExecId)
 	if err != nil {
-		return nil, toGRPC(err)
+		return nil, toStatus(err)
 	}
 	select {
 	case <-ctx.Done():
-		return nil, toGRPC(ctx.Err())
+		return nil, toStatus(ctx.Err())
 	case <-p.exited:
 	}
 	s.mu.Lock()
@@ -999,7 +1011,7 @@ func (s *Service) Wait(ctx context.Context, req *taskapi.WaitRequest) (*taskapi.
 
 // Stats is not served by the shim: edged reads cgroups itself.
 func (s *Service) Stats(ctx context.Context, req *taskapi.StatsRequest) (*taskapi.StatsResponse, error) {
-	return nil, toGRPC(fmt.Errorf("stats: not served by edged-shim (edged reads cgroup statistics directly): %w", errdefs.ErrNotImplemented))
+	return nil, toStatus(fmt.Errorf("stats: not served by edged-shim (edged reads cgroup statistics directly): %w", errdefs.ErrNotImplemented))
 }
 
 // Connect returns the shim's and the task's pids.
@@ -1008,7 +1020,7 @@ func (s *Service) Connect(ctx context.Context, req *taskapi.ConnectRequest) (*ta
 	if req.Id != "" {
 		_, p, err := s.lookup(req.Id, "")
 		if err != nil {
-			return nil, toGRPC(err)
+			return nil, toStatus(err)
 		}
 		s.mu.Lock()
 		resp.TaskPid = uint32(p.pid)

@@ -34,6 +34,26 @@ func (e *StatusError) Error() string {
 	return "rpc error: code = " + CodeName(e.Code) + " desc = " + e.Message
 }
 
+// The status codes (google.rpc.Code) a StatusError carries.
+const (
+	CodeOK                 = 0
+	CodeCanceled           = 1
+	CodeUnknown            = 2
+	CodeInvalidArgument    = 3
+	CodeDeadlineExceeded   = 4
+	CodeNotFound           = 5
+	CodeAlreadyExists      = 6
+	CodePermissionDenied   = 7
+	CodeResourceExhausted  = 8
+	CodeFailedPrecondition = 9
+	CodeAborted            = 10
+	CodeOutOfRange         = 11
+	CodeUnimplemented      = 12
+	CodeInternal           = 13
+	CodeUnavailable        = 14
+	CodeDataLoss           = 15
+)
+
 // CodeName returns the name of a status code ("NotFound").
 func CodeName(code uint32) string {
 	names := [...]string{"OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded",

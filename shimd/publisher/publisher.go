@@ -19,9 +19,8 @@ import (
 	"time"
 
 	"github.com/gogo/protobuf/proto"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
+	protorpc "github.com/edged/edged/proto/rpc"
 	"github.com/edged/edged/shimd/rpc"
 )
 
@@ -193,7 +192,7 @@ func (p *Publisher) Run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			if len(batch) > 1 && status.Code(err) == codes.Unimplemented {
+			if st := (*protorpc.StatusError)(nil); len(batch) > 1 && errors.As(err, &st) && st.Code == protorpc.CodeUnimplemented {
 				// containerd: one event per call from now on.
 				single = true
 				continue

@@ -9,10 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/edged/edged/internal/ttrpcwire"
+	protorpc "github.com/edged/edged/proto/rpc"
 )
 
 // Client makes unary ttrpc calls on one connection, one call at a time
@@ -32,8 +30,8 @@ func NewClient(conn net.Conn) *Client { return &Client{conn: conn, stream: 1} }
 func (c *Client) Close() error { return c.conn.Close() }
 
 // Call sends req (an encoded message) to service/method and returns the
-// encoded response message. A non-OK status comes back as a gRPC status
-// error (status.Code and status.Convert read it). The deadline of ctx is
+// encoded response message. A non-OK status comes back as a
+// *protorpc.StatusError (package proto/rpc). The deadline of ctx is
 // sent to the server as the call's timeout, and bounds the wait; when ctx
 // ends the connection is unusable (the response may still arrive) and
 // every later call fails.
@@ -70,8 +68,8 @@ func (c *Client) Call(ctx context.Context, service, method string, req []byte) (
 		c.broken = fmt.Errorf("rpc: connection unusable after a failed call: %w", err)
 		return nil, err
 	}
-	if resp.Code != uint32(codes.OK) {
-		return nil, status.Error(codes.Code(resp.Code), resp.Message)
+	if resp.Code != protorpc.CodeOK {
+		return nil, &protorpc.StatusError{Code: resp.Code, Message: resp.Message}
 	}
 	return resp.Payload, nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/errdefs/errgrpc"
+	protorpc "github.com/edged/edged/proto/rpc"
 	"github.com/edged/edged/proto/wire"
 
 	"github.com/edged/edged/internal/ttrpcwire"
@@ -96,8 +97,12 @@ func TestServerAnswersTTRPCClient(t *testing.T) {
 			return encodeString("echo " + stringValue(t, p)), nil
 		},
 		"Empty": func(ctx context.Context, p []byte) ([]byte, error) { return nil, nil },
+		// A typed error gets its kind's code; a StatusError keeps its own.
 		"NotFound": func(ctx context.Context, p []byte) ([]byte, error) {
-			return nil, errgrpc.ToGRPC(fmt.Errorf("container %q: %w", stringValue(t, p), errdefs.ErrNotFound))
+			return nil, fmt.Errorf("container %q: %w", stringValue(t, p), errdefs.ErrNotFound)
+		},
+		"Status": func(ctx context.Context, p []byte) ([]byte, error) {
+			return nil, &protorpc.StatusError{Code: protorpc.CodeOutOfRange, Message: "past the end"}
 		},
 		"Plain": func(ctx context.Context, p []byte) ([]byte, error) { return nil, errors.New("plain failure") },
 		"Canceled": func(ctx context.Context, p []byte) ([]byte, error) {
@@ -118,27 +123,31 @@ func TestServerAnswersTTRPCClient(t *testing.T) {
 	}
 
 	_, err = call(ctx, c, "NotFound", "c1")
-	if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), `container "c1": not found`) {
-		t.Errorf("NotFound: %v (code %v)", err, status.Code(err))
+	if code(err) != codes.NotFound || !strings.Contains(err.Error(), `container "c1": not found`) {
+		t.Errorf("NotFound: %v (code %v)", err, code(err))
 	}
 	if !errors.Is(errgrpc.FromGRPC(err), errdefs.ErrNotFound) {
 		t.Errorf("NotFound does not map back to ErrNotFound: %v", err)
 	}
+	_, err = call(ctx, c, "Status", "")
+	if code(err) != codes.OutOfRange || !strings.Contains(err.Error(), "desc = past the end") {
+		t.Errorf("Status: %v", err)
+	}
 	_, err = call(ctx, c, "Plain", "")
-	if status.Code(err) != codes.Unknown || !strings.Contains(err.Error(), "plain failure") {
+	if code(err) != codes.Unknown || !strings.Contains(err.Error(), "plain failure") {
 		t.Errorf("Plain: %v", err)
 	}
 	_, err = call(ctx, c, "Canceled", "")
-	if status.Code(err) != codes.Canceled {
+	if code(err) != codes.Canceled {
 		t.Errorf("Canceled: %v", err)
 	}
 
 	_, err = call(ctx, c, "Missing", "")
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "method Missing") {
+	if code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "method Missing") {
 		t.Errorf("unknown method: %v", err)
 	}
 	err = c.Call(ctx, "other.Service", "Echo", wire.Of(&types.StringValue{}), wire.Of(&types.StringValue{}))
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "service other.Service") {
+	if code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "service other.Service") {
 		t.Errorf("unknown service: %v", err)
 	}
 }
@@ -371,11 +380,11 @@ func TestClientCallsTTRPCServer(t *testing.T) {
 		t.Fatalf("call without deadline after one with: %q, %v", p, err)
 	}
 	_, err = c.Call(ctx, testService, "Echo", encodeString("missing"))
-	if status.Code(err) != codes.NotFound || !errors.Is(errgrpc.FromGRPC(err), errdefs.ErrNotFound) || !strings.Contains(err.Error(), "thing") {
+	if code(err) != codes.NotFound || !strings.Contains(err.Error(), "thing") {
 		t.Errorf("error status: %v", err)
 	}
 	_, err = c.Call(ctx, testService, "Nope", nil)
-	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "method Nope") {
+	if code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "method Nope") {
 		t.Errorf("unknown method: %v", err)
 	}
 
@@ -478,4 +487,14 @@ func TestClientNoticesIdleClose(t *testing.T) {
 	if v := <-got; v != "one" || len(got) != 0 {
 		t.Errorf("server got %q then %d more", v, len(got))
 	}
+}
+
+// code is the status code of an error of this package's client or of
+// ttrpc's (Unknown when it has none).
+func code(err error) codes.Code {
+	var st *protorpc.StatusError
+	if errors.As(err, &st) {
+		return codes.Code(st.Code)
+	}
+	return status.Code(err)
 }

@@ -10,10 +10,9 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
+	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/internal/ttrpcwire"
+	protorpc "github.com/edged/edged/proto/rpc"
 )
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
@@ -184,7 +183,7 @@ func (c *serverConn) run(ctx context.Context) {
 			if ttrpcwire.Discard(c.conn, int64(h.Length)) != nil {
 				return
 			}
-			c.sendStatus(h.Stream, codes.ResourceExhausted, "message length "+itoa(uint64(h.Length))+" exceed maximum message size of "+itoa(MaxMessage))
+			c.sendStatus(h.Stream, protorpc.CodeResourceExhausted, "message length "+itoa(uint64(h.Length))+" exceed maximum message size of "+itoa(MaxMessage))
 			continue
 		}
 		var p []byte
@@ -195,32 +194,32 @@ func (c *serverConn) run(ctx context.Context) {
 			}
 		}
 		if h.Stream%2 != 1 {
-			c.sendStatus(h.Stream, codes.InvalidArgument, "StreamID must be odd for client initiated streams")
+			c.sendStatus(h.Stream, protorpc.CodeInvalidArgument, "StreamID must be odd for client initiated streams")
 			continue
 		}
 		switch h.Type {
 		case ttrpcwire.TypeData:
 			// No method of the shim streams: no stream is ever open.
-			c.sendStatus(h.Stream, codes.InvalidArgument, "StreamID is no longer active")
+			c.sendStatus(h.Stream, protorpc.CodeInvalidArgument, "StreamID is no longer active")
 		case ttrpcwire.TypeRequest:
 			if h.Stream <= last {
-				c.sendStatus(h.Stream, codes.InvalidArgument, "StreamID cannot be re-used and must increment")
+				c.sendStatus(h.Stream, protorpc.CodeInvalidArgument, "StreamID cannot be re-used and must increment")
 				continue
 			}
 			last = h.Stream
 			req, err := ttrpcwire.DecodeRequest(p)
 			if err != nil {
-				c.sendStatus(h.Stream, codes.InvalidArgument, "unmarshal request error: "+err.Error())
+				c.sendStatus(h.Stream, protorpc.CodeInvalidArgument, "unmarshal request error: "+err.Error())
 				continue
 			}
 			methods, ok := c.srv.services[string(req.Service)]
 			if !ok {
-				c.sendStatus(h.Stream, codes.Unimplemented, "service "+string(req.Service))
+				c.sendStatus(h.Stream, protorpc.CodeUnimplemented, "service "+string(req.Service))
 				continue
 			}
 			handler, ok := methods[string(req.Method)]
 			if !ok {
-				c.sendStatus(h.Stream, codes.Unimplemented, "method "+string(req.Method))
+				c.sendStatus(h.Stream, protorpc.CodeUnimplemented, "method "+string(req.Method))
 				continue
 			}
 			c.srv.mu.Lock()
@@ -249,8 +248,8 @@ func (c *serverConn) call(ctx context.Context, stream uint32, h Handler, payload
 	c.srv.mu.Unlock()
 }
 
-func (c *serverConn) sendStatus(stream uint32, code codes.Code, msg string) {
-	c.sendResponse(stream, uint32(code), msg, nil)
+func (c *serverConn) sendStatus(stream uint32, code uint32, msg string) {
+	c.sendResponse(stream, code, msg, nil)
 }
 
 // sendResponse writes a response frame; a failed write closes the
@@ -258,7 +257,7 @@ func (c *serverConn) sendStatus(stream uint32, code codes.Code, msg string) {
 func (c *serverConn) sendResponse(stream uint32, code uint32, msg string, payload []byte) {
 	size := ttrpcwire.ResponseSize(code, msg, payload)
 	if size > MaxMessage {
-		code, payload = uint32(codes.ResourceExhausted), nil
+		code, payload = protorpc.CodeResourceExhausted, nil
 		msg = "message length " + itoa(uint64(size)) + " exceed maximum message size of " + itoa(MaxMessage)
 		size = ttrpcwire.ResponseSize(code, msg, nil)
 	}
@@ -271,32 +270,38 @@ func (c *serverConn) sendResponse(stream uint32, code uint32, msg string, payloa
 	}
 }
 
-// statusOf returns the status code and message ttrpc sends for err.
-func statusOf(err error) (codes.Code, string) {
-	if st, ok := status.FromError(err); ok {
-		return st.Code(), st.Message()
+// statusOf returns the status code and message ttrpc sends for err: a
+// StatusError's own, the code of an errdefs kind, or what ttrpc's server
+// sends for the standard errors.
+func statusOf(err error) (uint32, string) {
+	var st *protorpc.StatusError
+	if errors.As(err, &st) {
+		return st.Code, st.Message
+	}
+	if code := errdefs.StatusCode(err); code != protorpc.CodeUnknown {
+		return code, err.Error()
 	}
 	switch err {
 	case io.EOF:
-		return codes.OutOfRange, err.Error()
+		return protorpc.CodeOutOfRange, err.Error()
 	case io.ErrClosedPipe, io.ErrNoProgress, io.ErrShortBuffer, io.ErrShortWrite, io.ErrUnexpectedEOF:
-		return codes.FailedPrecondition, err.Error()
+		return protorpc.CodeFailedPrecondition, err.Error()
 	case os.ErrInvalid:
-		return codes.InvalidArgument, err.Error()
+		return protorpc.CodeInvalidArgument, err.Error()
 	case context.Canceled:
-		return codes.Canceled, err.Error()
+		return protorpc.CodeCanceled, err.Error()
 	case context.DeadlineExceeded:
-		return codes.DeadlineExceeded, err.Error()
+		return protorpc.CodeDeadlineExceeded, err.Error()
 	}
 	switch {
 	case os.IsExist(err):
-		return codes.AlreadyExists, err.Error()
+		return protorpc.CodeAlreadyExists, err.Error()
 	case os.IsNotExist(err):
-		return codes.NotFound, err.Error()
+		return protorpc.CodeNotFound, err.Error()
 	case os.IsPermission(err):
-		return codes.PermissionDenied, err.Error()
+		return protorpc.CodePermissionDenied, err.Error()
 	}
-	return codes.Unknown, err.Error()
+	return protorpc.CodeUnknown, err.Error()
 }
 
 func itoa(v uint64) string {
@@ -316,11 +321,11 @@ func itoa(v uint64) string {
 // UnmarshalError is the error a Handler returns when its request does not
 // decode: Internal, with ttrpc's message.
 func UnmarshalError(err error) error {
-	return status.Errorf(codes.Internal, "ttrpc: error unmarshalling payload: %v", err.Error())
+	return &protorpc.StatusError{Code: protorpc.CodeInternal, Message: "ttrpc: error unmarshalling payload: " + err.Error()}
 }
 
 // MarshalError is the error a Handler returns when its response does not
 // encode: Internal, with ttrpc's message.
 func MarshalError(err error) error {
-	return status.Errorf(codes.Internal, "ttrpc: error marshaling payload: %v", err.Error())
+	return &protorpc.StatusError{Code: protorpc.CodeInternal, Message: "ttrpc: error marshaling payload: " + err.Error()}
 }
