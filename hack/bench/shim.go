@@ -411,6 +411,9 @@ func edgedRunning(ctx context.Context, e *Env, rootfs string) ([]Row, error) {
 	}
 	var ms []measure.Memory
 	for _, pid := range shimPids(state) {
+		if idleSpare(state, pid) {
+			continue // the namespace's spare: its own row in the runtime section
+		}
 		if sm, err := measure.ReadMemory(pid); err == nil {
 			ms = append(ms, sm)
 		}
@@ -451,6 +454,25 @@ func shimPids(state string) []int {
 		}
 	}
 	return pids
+}
+
+// idleSpare reports whether the shim pid is the idle spare shim edged
+// keeps for the next container (spare_shim): started with -id spare-…,
+// and its socket still at that name (an adopted spare's socket is renamed
+// to its group's).
+func idleSpare(state string, pid int) bool {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(string(data), "\x00")
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == "-id" && strings.HasPrefix(args[i+1], "spare-") {
+			_, err := os.Lstat(filepath.Join(state, "s", args[i+1]))
+			return err == nil
+		}
+	}
+	return false
 }
 
 // killShims kills the shims edged left running (they outlive it).
