@@ -13,6 +13,7 @@ import (
 	"github.com/edged/edged/edged/client"
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/namespaces"
+	"github.com/edged/edged/proto/rpc"
 	containersapi "github.com/edged/edged/proto/services/containers/v1"
 	"github.com/edged/edged/proto/wire"
 )
@@ -289,6 +290,28 @@ func TestNamespaceRequiredForContainers(t *testing.T) {
 	_, err = raw.List(context.Background(), &containersapi.ListContainersRequest{})
 	if err == nil || !strings.Contains(err.Error(), "namespace is required") {
 		t.Fatalf("want namespace required error, got %v", err)
+	}
+}
+
+// Generated clients of APIs without a typed method use the client's
+// connection (Caller): they get its namespace, and ConvertError types
+// their errors.
+func TestGeneratedClientOnCaller(t *testing.T) {
+	d := startDaemon(t)
+	c := newClient(t, d)
+	ctx := context.Background()
+	raw := containersapi.NewContainersClient(c.Caller())
+	if _, err := raw.List(ctx, &containersapi.ListContainersRequest{}); err != nil {
+		t.Fatalf("List with the client's namespace: %v", err)
+	}
+	_, err := raw.Get(ctx, &containersapi.GetContainerRequest{Id: "nope"})
+	var st *rpc.StatusError
+	if !errors.As(err, &st) || rpc.CodeName(st.Code) != "NotFound" {
+		t.Fatalf("raw error: %#v", err)
+	}
+	err = client.ConvertError(err)
+	if !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), `container "nope"`) {
+		t.Errorf("converted: %v", err)
 	}
 }
 
