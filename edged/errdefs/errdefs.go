@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/edged/edged/proto/rpc"
 )
 
 // The error kinds. Wrap them with %w to add context:
@@ -99,54 +101,37 @@ func FromCode(code, msg string) error {
 	return WithKind(kind, msg)
 }
 
-// The gRPC status codes (google.rpc.Code) that carry the kinds over ttrpc.
-const (
-	codeCanceled           = 1
-	codeUnknown            = 2
-	codeInvalidArgument    = 3
-	codeDeadlineExceeded   = 4
-	codeNotFound           = 5
-	codeAlreadyExists      = 6
-	codePermissionDenied   = 7
-	codeResourceExhausted  = 8
-	codeFailedPrecondition = 9
-	codeAborted            = 10
-	codeUnimplemented      = 12
-	codeUnavailable        = 14
-	codeDataLoss           = 15
-)
-
 // StatusCode returns the gRPC status code that carries err's kind in a
 // ttrpc response (context.Canceled and DeadlineExceeded have their own;
 // Unknown for an error of no kind).
 func StatusCode(err error) uint32 {
 	switch {
 	case errors.Is(err, ErrInvalidArgument):
-		return codeInvalidArgument
+		return rpc.CodeInvalidArgument
 	case errors.Is(err, ErrNotFound):
-		return codeNotFound
+		return rpc.CodeNotFound
 	case errors.Is(err, ErrAlreadyExists):
-		return codeAlreadyExists
+		return rpc.CodeAlreadyExists
 	case errors.Is(err, ErrFailedPrecondition):
-		return codeFailedPrecondition
+		return rpc.CodeFailedPrecondition
 	case errors.Is(err, ErrUnavailable):
-		return codeUnavailable
+		return rpc.CodeUnavailable
 	case errors.Is(err, ErrNotImplemented):
-		return codeUnimplemented
+		return rpc.CodeUnimplemented
 	case errors.Is(err, ErrResourceExhausted):
-		return codeResourceExhausted
+		return rpc.CodeResourceExhausted
 	case errors.Is(err, ErrAborted):
-		return codeAborted
+		return rpc.CodeAborted
 	case errors.Is(err, ErrPermissionDenied):
-		return codePermissionDenied
+		return rpc.CodePermissionDenied
 	case errors.Is(err, ErrDataLoss):
-		return codeDataLoss
+		return rpc.CodeDataLoss
 	case errors.Is(err, context.DeadlineExceeded):
-		return codeDeadlineExceeded
+		return rpc.CodeDeadlineExceeded
 	case errors.Is(err, context.Canceled):
-		return codeCanceled
+		return rpc.CodeCanceled
 	}
-	return codeUnknown
+	return rpc.CodeUnknown
 }
 
 // KindOfStatus returns the kind a gRPC status code stands for, the
@@ -154,31 +139,31 @@ func StatusCode(err error) uint32 {
 // OutOfRange, ...).
 func KindOfStatus(code uint32) (error, bool) {
 	switch code {
-	case codeInvalidArgument:
+	case rpc.CodeInvalidArgument:
 		return ErrInvalidArgument, true
-	case codeNotFound:
+	case rpc.CodeNotFound:
 		return ErrNotFound, true
-	case codeAlreadyExists:
+	case rpc.CodeAlreadyExists:
 		return ErrAlreadyExists, true
-	case codeFailedPrecondition:
+	case rpc.CodeFailedPrecondition:
 		return ErrFailedPrecondition, true
-	case codeUnavailable:
+	case rpc.CodeUnavailable:
 		return ErrUnavailable, true
-	case codeUnimplemented:
+	case rpc.CodeUnimplemented:
 		return ErrNotImplemented, true
-	case codeResourceExhausted:
+	case rpc.CodeResourceExhausted:
 		return ErrResourceExhausted, true
-	case codeAborted:
+	case rpc.CodeAborted:
 		return ErrAborted, true
-	case codePermissionDenied:
+	case rpc.CodePermissionDenied:
 		return ErrPermissionDenied, true
-	case codeDataLoss:
+	case rpc.CodeDataLoss:
 		return ErrDataLoss, true
-	case codeDeadlineExceeded:
+	case rpc.CodeDeadlineExceeded:
 		return context.DeadlineExceeded, true
-	case codeCanceled:
+	case rpc.CodeCanceled:
 		return context.Canceled, true
-	case codeUnknown:
+	case rpc.CodeUnknown:
 		return ErrUnknown, true
 	}
 	return nil, false

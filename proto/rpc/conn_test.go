@@ -202,6 +202,33 @@ func TestServerStream(t *testing.T) {
 	}
 }
 
+// A receiver that does not read a server stream for over a second while
+// more than its buffer (64 messages) arrives loses the stream, so that the
+// connection's other calls keep moving.
+func TestSlowReceiverLosesStream(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	s, err := c.NewStream(context.Background(), &rpc.StreamDesc{StreamingServer: true}, svc, "Count", &types.Int32Value{Value: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	n := 0
+	for {
+		err = s.RecvMsg(&types.Int32Value{})
+		if err != nil {
+			break
+		}
+		n++
+	}
+	if !errors.Is(err, rpc.ErrStreamFull) || err.Error() != "rpc: stream receiver fell behind" || n == 0 || n >= 200 {
+		t.Fatalf("after %d messages: %v", n, err)
+	}
+	if v, err := echo(context.Background(), c, "after"); err != nil || v != "after" {
+		t.Errorf("Echo after a lost stream: %q, %v", v, err)
+	}
+}
+
 func TestClientStream(t *testing.T) {
 	path, _ := serve(t)
 	c := dial(t, path)

@@ -288,10 +288,6 @@ func statusOf(err error) (uint32, string) {
 		return protorpc.CodeFailedPrecondition, err.Error()
 	case os.ErrInvalid:
 		return protorpc.CodeInvalidArgument, err.Error()
-	case context.Canceled:
-		return protorpc.CodeCanceled, err.Error()
-	case context.DeadlineExceeded:
-		return protorpc.CodeDeadlineExceeded, err.Error()
 	}
 	switch {
 	case os.IsExist(err):
