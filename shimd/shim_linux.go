@@ -20,10 +20,10 @@ import (
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
+	"github.com/edged/edged/proto/rpc"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	"github.com/edged/edged/shimd/publisher"
 	"github.com/edged/edged/shimd/reaper"
-	"github.com/edged/edged/shimd/rpc"
 	"github.com/edged/edged/shimd/runc"
 )
 
@@ -101,14 +101,14 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	pubDone := make(chan struct{})
 	pubCtx, pubCancel := context.WithCancel(context.Background())
 	go func() { pub.Run(pubCtx); close(pubDone) }()
-	srv := rpc.NewServer()
+	var srv *rpc.Server
 	svc := New(Config{
 		Namespace: opts.Namespace,
 		StateDir:  stateDir,
 		Publisher: pub,
 		OOM:       opts.OOM,
 		Log:       log,
-		Shutdown:  srv.Stop,
+		Shutdown:  func() { srv.Stop() },
 	})
 	// The os package checks once, with a short-lived clone, whether pidfds
 	// work; the first runc start would wait for that check (≈0.5 ms). It is
@@ -117,8 +117,8 @@ func Serve(ctx context.Context, opts ServeOptions) error {
 	if p, err := os.FindProcess(os.Getpid()); err == nil {
 		p.Release()
 	}
+	srv = NewServer(svc)
 	go svc.Reaper().Run(ctx)
-	RegisterTaskService(srv, svc)
 	// The task API is served from this goroutine: a Shutdown request or the
 	// end of ctx stops the accept loop.
 	stopOnDone := context.AfterFunc(ctx, srv.Stop)

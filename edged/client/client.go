@@ -156,10 +156,7 @@ func ConvertError(err error) error {
 	}
 	var st *rpc.StatusError
 	if errors.As(err, &st) {
-		if kind, ok := errdefs.KindOfStatus(st.Code); ok {
-			return errdefs.WithKind(kind, st.Message)
-		}
-		return err
+		return errdefs.FromStatus(err)
 	}
 	if errors.Is(err, rpc.ErrStreamFull) {
 		return fmt.Errorf("stream dropped: the receiver fell behind: %w", errdefs.ErrResourceExhausted)

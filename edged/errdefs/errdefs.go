@@ -1,8 +1,9 @@
 // Package errdefs defines the typed errors shared by every edged package,
 // and the gRPC status codes that carry them over ttrpc (StatusCode,
 // KindOfStatus), so that a client sees errors.Is(err, errdefs.ErrNotFound)
-// after a round trip. Package errgrpc turns them into gRPC status errors
-// for github.com/containerd/ttrpc; this package does not link gRPC.
+// after a round trip: ToStatus turns an error into the *rpc.StatusError a
+// server sends, FromStatus turns a received one back into a typed error.
+// This package does not link gRPC.
 package errdefs
 
 import (
@@ -167,4 +168,32 @@ func KindOfStatus(code uint32) (error, bool) {
 		return ErrUnknown, true
 	}
 	return nil, false
+}
+
+// ToStatus converts err to the status a server sends for it: a
+// *rpc.StatusError with the code of err's kind and the full wrapped text
+// as its message. A StatusError passes through unchanged.
+func ToStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	var st *rpc.StatusError
+	if errors.As(err, &st) {
+		return err
+	}
+	return &rpc.StatusError{Code: StatusCode(err), Message: err.Error()}
+}
+
+// FromStatus converts a received *rpc.StatusError back into an error
+// wrapping the matching kind, so errors.Is works on the receiving side.
+// Other errors, and statuses of no kind, pass through unchanged.
+func FromStatus(err error) error {
+	var st *rpc.StatusError
+	if !errors.As(err, &st) {
+		return err
+	}
+	if kind, ok := KindOfStatus(st.Code); ok {
+		return WithKind(kind, st.Message)
+	}
+	return err
 }

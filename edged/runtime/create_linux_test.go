@@ -12,14 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/oci"
 	"github.com/edged/edged/internal/testutil"
+	"github.com/edged/edged/proto/rpc"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
-	"github.com/edged/edged/proto/wire"
 )
 
 func requireRunc(t *testing.T) {
@@ -137,7 +134,7 @@ type olderShim struct{ taskapi.TaskService }
 
 func (o olderShim) Create(ctx context.Context, r *taskapi.CreateTaskRequest) (*taskapi.CreateTaskResponse, error) {
 	if r.Options != nil && r.Options.TypeUrl == createAndStartType {
-		return nil, errgrpc.ToGRPC(errdefs.InvalidArgument("options", "unsupported type %q (want containerd.runc.v1.Options or edged.shim.v1.Options)", r.Options.TypeUrl))
+		return nil, errdefs.ToStatus(errdefs.InvalidArgument("options", "unsupported type %q (want containerd.runc.v1.Options or edged.shim.v1.Options)", r.Options.TypeUrl))
 	}
 	return o.TaskService.Create(ctx, r)
 }
@@ -153,11 +150,8 @@ func TestCreateWithStartOlderShim(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { killIfRunning(real) })
-	srv, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	taskapi.RegisterTaskService(wire.Server(srv), olderShim{real.task})
+	srv := rpc.NewServer(rpc.ServerConfig{})
+	taskapi.RegisterTaskService(srv, olderShim{real.task})
 	path := filepath.Join(m.cfg.State, "s", "older")
 	l, err := net.Listen("unix", path)
 	if err != nil {

@@ -27,9 +27,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/internal/atomicfile"
+	"github.com/edged/edged/proto/rpc"
 	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
 	shimopts "github.com/edged/edged/proto/runtime/shim/v1"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
@@ -294,7 +294,7 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		req.Options, started = startOptions(o.Options)
 	}
 	resp, err := sc.task.Create(cctx, req)
-	if err != nil && started && unknownCreateAndStart(errgrpc.FromGRPC(err)) {
+	if err != nil && started && unknownCreateAndStart(errdefs.FromStatus(err)) {
 		// An edged-shim from before CreateAndStart: create, then start.
 		m.log.Info("shim does not create and start in one call; using create and start", "shim", sc.key)
 		sc.noFuse.Store(true)
@@ -462,7 +462,7 @@ func (m *Manager) call(ctx context.Context, ns, id, op string, fn func(context.C
 // callError types a shim error; a deadline or a lost connection marks the
 // shim dead and cleans up its tasks.
 func (m *Manager) callError(ctx context.Context, sc *shimConn, op string, err error) error {
-	err = errgrpc.FromGRPC(err)
+	err = errdefs.FromStatus(err)
 	if ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || isConnError(err)) {
 		m.log.Error("shim did not answer; treating it as dead", "shim", sc.key, "op", op, "error", err)
 		go m.shimDead(context.WithoutCancel(ctx), sc)
@@ -472,8 +472,11 @@ func (m *Manager) callError(ctx context.Context, sc *shimConn, op string, err er
 }
 
 func isConnError(err error) bool {
+	if errors.Is(err, rpc.ErrClosed) {
+		return true
+	}
 	s := err.Error()
-	return strings.Contains(s, "ttrpc: closed") || strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
+	return strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
 }
 
 // Task operations.
@@ -674,7 +677,7 @@ func (m *Manager) stopShim(ctx context.Context, sc *shimConn, id string) {
 	defer cancel()
 	_, err := sc.task.Shutdown(cctx, &taskapi.ShutdownRequest{Id: id})
 	sc.closeClient()
-	if err != nil && errors.Is(errgrpc.FromGRPC(err), context.DeadlineExceeded) && sc.pid > 0 {
+	if err != nil && errors.Is(errdefs.FromStatus(err), context.DeadlineExceeded) && sc.pid > 0 {
 		m.log.Warn("shim did not shut down; killing it", "shim", sc.key, "pid", sc.pid, "error", err)
 		syscall.Kill(sc.pid, syscall.SIGKILL)
 	}

@@ -19,12 +19,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/namespaces"
+	"github.com/edged/edged/proto/rpc"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
-	"github.com/edged/edged/proto/wire"
 )
 
 // shimConn is a connection to one shim process, which may host several
@@ -37,12 +35,8 @@ type shimConn struct {
 	pid     int
 	native  bool   // edged-shim started with an inherited socket
 	binary  string // the shim binary
-	client  *ttrpc.Client
+	client  *rpc.Conn
 	task    taskapi.TaskService
-
-	// lost is set when the connection to a shim this edged started breaks
-	// (the shim is gone).
-	lost atomic.Bool
 
 	// noFuse is set when the edged-shim rejected CreateAndStart options
 	// (an older binary): it gets Create then Start from then on.
@@ -80,19 +74,42 @@ func (s *shimConn) closeClient() {
 	s.close.Do(func() { s.client.Close() })
 }
 
-// dialShim connects to a shim's socket with a deadline.
-func dialShim(ctx context.Context, ns, address string, timeout time.Duration, opts ...ttrpc.ClientOpts) (*ttrpc.Client, taskapi.TaskService, error) {
+// lost reports whether the connection to the shim has ended (for a shim
+// this edged started: the shim is gone).
+func (s *shimConn) lost() bool {
+	select {
+	case <-s.client.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// dialShim connects to a shim's socket with a deadline. Every call on the
+// returned client carries the namespace in its metadata.
+func dialShim(ctx context.Context, ns, address string, timeout time.Duration) (*rpc.Conn, taskapi.TaskService, error) {
 	d := net.Dialer{Timeout: timeout}
 	conn, err := d.DialContext(ctx, "unix", strings.TrimPrefix(address, "unix://"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to shim at %s: %v: %w", address, err, errdefs.ErrUnavailable)
 	}
-	opts = append(opts, ttrpc.WithUnaryClientInterceptor(func(ctx context.Context, req *ttrpc.Request, resp *ttrpc.Response, info *ttrpc.UnaryClientInfo, inv ttrpc.Invoker) error {
-		req.Metadata = append(req.Metadata, &ttrpc.KeyValue{Key: namespaces.TTRPCHeader, Value: ns})
-		return inv(ctx, req, resp)
-	}))
-	c := ttrpc.NewClient(conn, opts...)
-	return c, taskapi.NewTaskClient(wire.Client(c)), nil
+	c := rpc.NewConn(conn)
+	return c, taskapi.NewTaskClient(nsCaller{c: c, md: rpc.MD{namespaces.TTRPCHeader: {ns}}}), nil
+}
+
+// nsCaller makes calls on a shim connection with the namespace's
+// metadata (and no other: a request's incoming metadata is not passed on).
+type nsCaller struct {
+	c  *rpc.Conn
+	md rpc.MD
+}
+
+func (n nsCaller) Call(ctx context.Context, service, method string, req, resp rpc.Message) error {
+	return n.c.Call(rpc.WithMetadata(ctx, n.md), service, method, req, resp)
+}
+
+func (n nsCaller) NewStream(ctx context.Context, desc *rpc.StreamDesc, service, method string, req rpc.Message) (rpc.ClientStream, error) {
+	return n.c.NewStream(rpc.WithMetadata(ctx, n.md), desc, service, method, req)
 }
 
 // startNativeShim starts edged-shim for a group the edged way: edged
@@ -156,7 +173,7 @@ func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string) (*
 		return nil, fmt.Errorf("start shim %s: %w", m.cfg.ShimBinary, err)
 	}
 	sc := &shimConn{ns: ns, address: path, pid: cmd.Process.Pid, native: true, binary: m.cfg.ShimBinary, refs: map[string]bool{}, cmd: cmd, reaped: make(chan struct{})}
-	c, task, err := dialShim(ctx, ns, path, m.cfg.CallTimeout, ttrpc.WithOnClose(func() { sc.lost.Store(true) }))
+	c, task, err := dialShim(ctx, ns, path, m.cfg.CallTimeout)
 	if err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()

@@ -49,7 +49,7 @@ func (m *Manager) adoptSpare(ns, group, path string) *shimConn {
 		return nil
 	}
 	sc := sp.sc
-	if sc.lost.Load() {
+	if sc.lost() {
 		m.log.Warn("spare shim is gone; starting a shim", "namespace", ns, "pid", sc.pid)
 		m.stopSpare(sc)
 		return nil
@@ -104,7 +104,7 @@ func (m *Manager) fillSpareLater(ns string) {
 // group's path at once). It reports false when the shim must be stopped
 // instead.
 func (m *Manager) recycle(sc *shimConn) bool {
-	if !m.cfg.SpareShim || !sc.native || sc.cmd == nil || sc.lost.Load() || sc.isDead() {
+	if !m.cfg.SpareShim || !sc.native || sc.cmd == nil || sc.lost() || sc.isDead() {
 		return false
 	}
 	m.mu.Lock()

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/internal/testutil"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 )
@@ -121,7 +120,7 @@ func TestSpareShimAdoptedThenReplaced(t *testing.T) {
 	// It serves no container yet: it answers NotFound.
 	_, err = task.Connect(context.Background(), &taskapi.ConnectRequest{Id: "x"})
 	c.Close()
-	if err = errgrpc.FromGRPC(err); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `container "x"`) {
+	if err = errdefs.FromStatus(err); !errdefs.IsNotFound(err) || !strings.Contains(err.Error(), `container "x"`) {
 		t.Fatalf("connect at the group socket: %v; want the shim's not found", err)
 	}
 	// No spare left: the next one is started after a Create; here by hand.
@@ -191,7 +190,7 @@ func TestSpareShimDeadIsNotAdopted(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		m.mu.Lock()
-		lost := m.spares["default"].sc.lost.Load()
+		lost := m.spares["default"].sc.lost()
 		m.mu.Unlock()
 		if lost || time.Now().After(deadline) {
 			break

@@ -24,7 +24,6 @@ import (
 	"github.com/edged/edged/fsstore/snapshots"
 	"github.com/edged/edged/fsstore/snapshots/mount"
 	ptypesapi "github.com/edged/edged/proto/types"
-	"github.com/edged/edged/proto/wire"
 )
 
 // imageStore is edged's image side: content store, snapshotter, image
@@ -75,10 +74,10 @@ func (s *Server) setupImages(ctx context.Context) (*imageStore, error) {
 		return nil, fmt.Errorf("images: %w", err)
 	}
 	st := &imageStore{svc: svc, cs: cs, sn: sn, db: s.db, state: cfg.State, log: s.log}
-	imagessvc.Register(wire.Server(s.ttrpc), imagessvc.Config{DB: s.db, Images: svc, Content: cs, Log: s.log})
-	contentsvc.Register(wire.Server(s.ttrpc), s.db, cs, svc)
-	snapshotssvc.Register(wire.Server(s.ttrpc), sn, svc)
-	leasessvc.Register(wire.Server(s.ttrpc), s.db, svc)
+	imagessvc.Register(s.rpc, imagessvc.Config{DB: s.db, Images: svc, Content: cs, Log: s.log})
+	contentsvc.Register(s.rpc, s.db, cs, svc)
+	snapshotssvc.Register(s.rpc, sn, svc)
+	leasessvc.Register(s.rpc, s.db, svc)
 	s.images = st
 	s.log.Info("image store ready", "snapshotter", sn.Backend(), "platform", platforms.Format(svc.Platform()))
 	return st, nil

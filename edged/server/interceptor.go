@@ -7,16 +7,14 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/containerd/ttrpc"
-
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
+	"github.com/edged/edged/proto/rpc"
 )
 
 // unaryInterceptor bounds every request's deadline, recovers panics and
 // turns typed errors into status codes that survive the round trip.
-func unaryInterceptor(log *slog.Logger, defTimeout, maxTimeout time.Duration, trim *idleTrimmer) ttrpc.UnaryServerInterceptor {
-	return func(ctx context.Context, unmarshal ttrpc.Unmarshaler, info *ttrpc.UnaryServerInfo, method ttrpc.Method) (resp any, err error) {
+func unaryInterceptor(log *slog.Logger, defTimeout, maxTimeout time.Duration, trim *idleTrimmer) rpc.UnaryInterceptor {
+	return func(ctx context.Context, unmarshal func(rpc.Message) error, info *rpc.UnaryServerInfo, method rpc.Method) (resp rpc.Message, err error) {
 		ctx, cancel := boundDeadline(ctx, defTimeout, maxTimeout)
 		defer cancel()
 		defer trim.touch()
@@ -27,15 +25,36 @@ func unaryInterceptor(log *slog.Logger, defTimeout, maxTimeout time.Duration, tr
 			}
 			if err != nil {
 				log.Debug("request failed", "method", info.FullMethod, "error", err)
-				err = errgrpc.ToGRPC(err)
+				err = errdefs.ToStatus(err)
 			}
 		}()
-		return method(ctx, func(v any) error {
+		return method(ctx, func(v rpc.Message) error {
 			if err := unmarshal(v); err != nil {
 				return fmt.Errorf("malformed %s request: %v: %w", info.FullMethod, err, errdefs.ErrInvalidArgument)
 			}
 			return nil
 		})
+	}
+}
+
+// streamInterceptor recovers panics in streaming handlers and turns their
+// typed errors into status codes. Streams (event subscriptions, content
+// reads and writes) may last as long as the client wants: they get no
+// default deadline, only the client's own.
+func streamInterceptor(log *slog.Logger, trim *idleTrimmer) rpc.StreamInterceptor {
+	return func(ctx context.Context, ss rpc.StreamServer, info *rpc.StreamServerInfo, h rpc.StreamHandler) (resp rpc.Message, err error) {
+		defer trim.touch()
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in stream", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+				resp, err = nil, fmt.Errorf("internal error in %s: %w", info.FullMethod, errdefs.ErrUnknown)
+			}
+			if err != nil {
+				log.Debug("stream failed", "method", info.FullMethod, "error", err)
+				err = errdefs.ToStatus(err)
+			}
+		}()
+		return h(ctx, ss)
 	}
 }
 
@@ -51,7 +70,3 @@ func boundDeadline(ctx context.Context, def, max time.Duration) (context.Context
 	}
 	return ctx, func() {}
 }
-
-// StreamError converts an error returned by a streaming handler, which the
-// unary interceptor does not see.
-func StreamError(err error) error { return errgrpc.ToGRPC(err) }

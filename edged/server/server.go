@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/containerd/ttrpc"
 	"github.com/coreos/go-systemd/v22/daemon"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -30,7 +29,7 @@ import (
 	taskssvc "github.com/edged/edged/edged/services/tasks"
 	versionsvc "github.com/edged/edged/edged/services/version"
 	eventtypes "github.com/edged/edged/proto/events"
-	"github.com/edged/edged/proto/wire"
+	"github.com/edged/edged/proto/rpc"
 )
 
 // Server is a configured edged.
@@ -39,7 +38,7 @@ type Server struct {
 	log    *slog.Logger
 	db     *metadata.DB
 	ex     *events.Exchange
-	ttrpc  *ttrpc.Server
+	rpc    *rpc.Server
 	trim   *idleTrimmer
 	rt     *runtime.Manager
 	images ImageStore
@@ -85,12 +84,11 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 			trim.stop()
 		}
 	}()
-	ts, err := ttrpc.NewServer(ttrpc.WithUnaryServerInterceptor(
-		unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim)))
-	if err != nil {
-		return nil, fmt.Errorf("ttrpc server: %w", err)
-	}
-	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), ttrpc: ts, trim: trim}
+	rs := rpc.NewServer(rpc.ServerConfig{
+		Unary:  unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim),
+		Stream: streamInterceptor(log, trim),
+	})
+	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), rpc: rs, trim: trim}
 	s.rt, err = runtime.New(runtime.Config{
 		State: cfg.State, Address: cfg.Address, ShimBinary: cfg.Runtime.ShimBinary,
 		CallTimeout: cfg.Runtime.ShimCallTimeout.Duration, ConnectTimeout: cfg.Runtime.ShimConnectTimeout.Duration,
@@ -103,7 +101,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	if err != nil {
 		return nil, err
 	}
-	reg := wire.Server(ts)
+	reg := rs
 	versionsvc.Register(reg, version)
 	namespacessvc.Register(reg, db, s.ex)
 	containers := containerssvc.Register(reg, db, s.ex, s.createFromImage, s.rt.Has, s.containerDeleted)
@@ -175,7 +173,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) error {
 	s.log.Info("edged serving", "address", l.Addr().String(), "socket_activated", activated, "root", s.cfg.Root, "state", s.cfg.State)
 	errc := make(chan error, 1)
-	go func() { errc <- s.ttrpc.Serve(ctx, l) }()
+	go func() { errc <- s.rpc.Serve(ctx, l) }()
 
 	notify(s.log, daemon.SdNotifyReady)
 	// Start-up code (configuration, migrations, recovery, the import
@@ -187,7 +185,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) erro
 
 	select {
 	case err := <-errc:
-		if err != nil && !errors.Is(err, ttrpc.ErrServerClosed) {
+		if err != nil && !errors.Is(err, rpc.ErrServerClosed) {
 			return fmt.Errorf("serve: %w", err)
 		}
 		return nil
@@ -197,9 +195,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) erro
 	s.log.Info("edged shutting down", "grace", s.cfg.API.ShutdownTimeout.Duration)
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.API.ShutdownTimeout.Duration)
 	defer cancel()
-	if err := s.ttrpc.Shutdown(sctx); err != nil {
+	if err := s.rpc.Shutdown(sctx); err != nil {
 		s.log.Warn("in-flight requests did not finish in time; closing connections", "error", err)
-		s.ttrpc.Close()
+		s.rpc.Close()
 	}
 	if !activated {
 		// Our own socket: remove it so a stale path does not linger. A

@@ -3,8 +3,9 @@
 // headers and the Request and Response envelopes, encoded by hand. ttrpc
 // encodes its envelopes with protobuf-go, whose first use builds message
 // descriptors and coder tables at run time, and whose packages (with
-// grpc's status) make up most of a small client binary; edged's shim and
-// edged's client use this package instead. The messages inside the
+// grpc's status) make up most of a small binary; edged's server and
+// client (package proto/rpc) and the shim's event publisher use this
+// package instead. The messages inside the
 // envelopes are gogo-generated and encode themselves.
 //
 // A frame is a 10-byte header (payload length and stream id, big endian
@@ -165,12 +166,13 @@ func nextField(b []byte) (field, []byte, error) {
 }
 
 // Request is ttrpc's Request message: service = 1, method = 2,
-// payload = 3, timeout_nano = 4, metadata = 5 (not decoded). Service,
-// Method and Payload alias the frame's bytes.
+// payload = 3, timeout_nano = 4, metadata = 5. Service, Method and
+// Payload alias the frame's bytes.
 type Request struct {
 	Service, Method []byte
 	Payload         []byte
 	TimeoutNano     int64
+	Metadata        []KeyValue
 }
 
 // KeyValue is one entry of a Request's metadata (ttrpc's KeyValue: key =
@@ -197,9 +199,33 @@ func DecodeRequest(b []byte) (Request, error) {
 			r.Payload = f.bytes
 		case f.num == 4 && f.wt == wireVarint:
 			r.TimeoutNano = int64(f.value)
+		case f.num == 5 && f.wt == wireBytes:
+			kv, err := decodeKeyValue(f.bytes)
+			if err != nil {
+				return Request{}, fmt.Errorf("metadata: %w", err)
+			}
+			r.Metadata = append(r.Metadata, kv)
 		}
 	}
 	return r, nil
+}
+
+func decodeKeyValue(b []byte) (KeyValue, error) {
+	var kv KeyValue
+	for len(b) > 0 {
+		f, rest, err := nextField(b)
+		if err != nil {
+			return KeyValue{}, err
+		}
+		b = rest
+		switch {
+		case f.num == 1 && f.wt == wireBytes:
+			kv.Key = string(f.bytes)
+		case f.num == 2 && f.wt == wireBytes:
+			kv.Value = string(f.bytes)
+		}
+	}
+	return kv, nil
 }
 
 // RequestSize is the encoded size of a request (see AppendRequest).

@@ -1,13 +1,15 @@
 // Package rpc is the calling convention of edged's generated service code
 // (the *_ttrpc.pb.go files under proto/): what a server registers and what
-// a client calls, for gogo-generated messages, with no transport attached.
+// a client calls, for gogo-generated messages, and edged's implementation
+// of both over the wire protocol of github.com/containerd/ttrpc (its
+// PROTOCOL.md, framed by internal/ttrpcwire): Server and Conn.
 //
-// Two implementations carry it. proto/wire adapts github.com/containerd/ttrpc
-// (edged's server, and edged's calls to shims); Conn in this package is
-// edged's own ttrpc client (the wire protocol of ttrpc's PROTOCOL.md,
-// framed by internal/ttrpcwire). Conn keeps protobuf-go and gRPC out of the
-// client binaries: they are most of ttrpc's code and most of a short-lived
-// edgectl process's start-up.
+// edged, edged-shim and edgectl use Server and Conn, not ttrpc: ttrpc
+// encodes its envelopes with protobuf-go and needs gRPC's status
+// packages, most of its code and most of a small binary's start-up, and
+// its server hands every request through three goroutines. proto/wire
+// adapts ttrpc's client and server to these interfaces for code that wants
+// ttrpc itself (and for the tests that check the two interoperate).
 package rpc
 
 import (

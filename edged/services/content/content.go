@@ -15,7 +15,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/filters"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images"
@@ -195,7 +194,7 @@ func (s *service) List(ctx context.Context, r *api.ListContentRequest, stream ap
 		}
 		return nil
 	}()
-	return errgrpc.ToGRPC(err)
+	return errdefs.ToStatus(err)
 }
 
 // Delete removes the namespace's reference; the blob goes at the next
@@ -217,7 +216,7 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteContentRequest) (*pty
 }
 
 func (s *service) Read(ctx context.Context, r *api.ReadContentRequest, stream api.Content_ReadServer) error {
-	return errgrpc.ToGRPC(s.read(ctx, r, stream))
+	return errdefs.ToStatus(s.read(ctx, r, stream))
 }
 
 func (s *service) read(ctx context.Context, r *api.ReadContentRequest, stream api.Content_ReadServer) error {
@@ -348,7 +347,7 @@ func (s *service) Abort(ctx context.Context, r *api.AbortRequest) (*ptypes.Empty
 
 func (s *service) Write(ctx context.Context, stream api.Content_WriteServer) (*api.WriteContentResponse, error) {
 	resp, err := s.write(ctx, stream)
-	return resp, errgrpc.ToGRPC(err)
+	return resp, errdefs.ToStatus(err)
 }
 
 func (s *service) write(ctx context.Context, stream api.Content_WriteServer) (*api.WriteContentResponse, error) {

@@ -7,7 +7,7 @@ import (
 
 	ptypes "github.com/gogo/protobuf/types"
 
-	"github.com/edged/edged/edged/errdefs/errgrpc"
+	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/events"
 	"github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/proto/rpc"
@@ -65,7 +65,7 @@ func (s *service) Subscribe(ctx context.Context, r *api.SubscribeRequest, stream
 	defer cancel()
 	envs, errc, err := s.ex.Subscribe(ctx, r.Filters...)
 	if err != nil {
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	for env := range envs {
 		if err := stream.Send(env); err != nil {
@@ -76,5 +76,5 @@ func (s *service) Subscribe(ctx context.Context, r *api.SubscribeRequest, stream
 	if ctx.Err() != nil {
 		return nil
 	}
-	return errgrpc.ToGRPC(err)
+	return errdefs.ToStatus(err)
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/filters"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images"
@@ -334,7 +333,7 @@ func (p *progress) run(ctx context.Context, send func(*api.Progress) error, fn f
 	close(done)
 	wg.Wait()
 	if err != nil {
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	last := p.snapshot(true)
 	last.Done, last.Image = true, img
@@ -344,11 +343,11 @@ func (p *progress) run(ctx context.Context, send func(*api.Progress) error, fn f
 func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Images_PullServer) error {
 	ns, err := streamNamespace(ctx, r.Namespace)
 	if err != nil {
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	creds, err := credentials(r.Credentials)
 	if err != nil {
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	p := newProgress()
 	return p.run(ctx, stream.Send, func() (*api.Image, error) {
@@ -368,14 +367,14 @@ func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Image
 func (s *service) Push(ctx context.Context, r *api.PushRequest, stream api.Images_PushServer) error {
 	ns, err := streamNamespace(ctx, r.Namespace)
 	if err != nil {
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	if r.Ref == "" {
-		return errgrpc.ToGRPC(errdefs.InvalidArgument("ref", "must not be empty"))
+		return errdefs.ToStatus(errdefs.InvalidArgument("ref", "must not be empty"))
 	}
 	creds, err := credentials(r.Credentials)
 	if err != nil {
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	p := newProgress()
 	return p.run(ctx, stream.Send, func() (*api.Image, error) {
@@ -432,7 +431,7 @@ func (s *service) Import(ctx context.Context, stream api.Images_ImportServer) (*
 	resp, err := s.importStream(ctx, stream)
 	if err != nil {
 		s.Log.Info("import failed", "error", err)
-		return nil, errgrpc.ToGRPC(err)
+		return nil, errdefs.ToStatus(err)
 	}
 	return resp, nil
 }
@@ -495,7 +494,7 @@ func (c chunkSender) Write(p []byte) (int, error) {
 func (s *service) Export(ctx context.Context, r *api.ExportRequest, stream api.Images_ExportServer) error {
 	ns, err := streamNamespace(ctx, r.Namespace)
 	if err != nil {
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	w := bufio.NewWriterSize(chunkSender{stream}, exportChunk)
 	err = s.Images.Export(ctx, ns, w, r.Refs, images.ExportOptions{Platform: r.Platform, AllPlatforms: r.AllPlatforms})
@@ -504,7 +503,7 @@ func (s *service) Export(ctx context.Context, r *api.ExportRequest, stream api.I
 	}
 	if err != nil {
 		s.Log.Info("export failed", "namespace", ns, "refs", r.Refs, "error", err)
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	return nil
 }

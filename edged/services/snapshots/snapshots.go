@@ -10,7 +10,6 @@ import (
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images"
 	"github.com/edged/edged/edged/namespaces"
@@ -208,7 +207,7 @@ func (s *service) List(ctx context.Context, r *api.ListSnapshotsRequest, stream 
 		}
 		return nil
 	}()
-	return errgrpc.ToGRPC(err)
+	return errdefs.ToStatus(err)
 }
 
 func (s *service) Usage(ctx context.Context, r *api.UsageRequest) (*api.UsageResponse, error) {

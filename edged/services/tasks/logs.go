@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/errdefs/errgrpc"
 	"github.com/edged/edged/edged/identifiers"
 	api "github.com/edged/edged/proto/services/tasks/v1"
 )
@@ -26,7 +25,7 @@ const followPoll = 200 * time.Millisecond
 // output until the task has exited (or the client goes away).
 func (s *service) Logs(ctx context.Context, r *api.LogsRequest, stream api.Tasks_LogsServer) error {
 	if err := s.logs(ctx, r, stream); err != nil {
-		return errgrpc.ToGRPC(err)
+		return errdefs.ToStatus(err)
 	}
 	return nil
 }

@@ -1,0 +1,621 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/edged/edged/internal/ttrpcwire"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("rpc: server closed")
+
+// errStreamClosed is the error of SendMsg after the stream has ended.
+var errStreamClosed = errors.New("rpc: stream closed")
+
+// UnaryServerInfo describes the unary call an interceptor sees.
+type UnaryServerInfo struct {
+	FullMethod string // "/service/method"
+}
+
+// UnaryInterceptor wraps every unary call: it calls m with unmarshal (or
+// not) and returns its response or an error.
+type UnaryInterceptor func(ctx context.Context, unmarshal func(Message) error, info *UnaryServerInfo, m Method) (Message, error)
+
+// StreamServerInfo describes the streaming call an interceptor sees.
+type StreamServerInfo struct {
+	FullMethod      string
+	StreamingClient bool
+	StreamingServer bool
+}
+
+// StreamHandler serves one streaming call.
+type StreamHandler func(ctx context.Context, stream StreamServer) (Message, error)
+
+// StreamInterceptor wraps every streaming call.
+type StreamInterceptor func(ctx context.Context, stream StreamServer, info *StreamServerInfo, h StreamHandler) (Message, error)
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	Unary  UnaryInterceptor
+	Stream StreamInterceptor
+	// MaxCalls bounds the calls and streams in progress on one
+	// connection (each holds a goroutine); a request beyond it is refused
+	// at once with ResourceExhausted. Zero means DefaultMaxCalls.
+	MaxCalls int
+}
+
+// DefaultMaxCalls is the default of ServerConfig.MaxCalls.
+const DefaultMaxCalls = 256
+
+// Server is edged's ttrpc server: the wire protocol of
+// github.com/containerd/ttrpc (PROTOCOL.md), unary calls and streams in
+// both directions, for the generated services (it is a Registrar).
+// ttrpc's own server runs three goroutines per connection and passes every
+// response through a channel to its writer, and encodes its envelopes
+// with protobuf-go; here a connection has one reading goroutine, each call
+// one more, and a call writes its own frames under the connection's lock.
+//
+// A call's error becomes its status: a *StatusError's code and message,
+// else (as ttrpc's server does) a code for the standard errors (io.EOF,
+// context errors, os.ErrNotExist, ...) or Unknown, with err.Error().
+// Interceptors map other errors to StatusErrors.
+type Server struct {
+	cfg      ServerConfig
+	services map[string]*ServiceDesc
+
+	mu       sync.Mutex
+	listener net.Listener
+	conns    map[*serverConn]struct{}
+	closed   bool
+}
+
+// NewServer returns a server with no services.
+func NewServer(cfg ServerConfig) *Server {
+	if cfg.MaxCalls <= 0 {
+		cfg.MaxCalls = DefaultMaxCalls
+	}
+	return &Server{cfg: cfg, services: map[string]*ServiceDesc{}, conns: map[*serverConn]struct{}{}}
+}
+
+// RegisterService adds a service; call it before Serve. A name registered
+// twice panics, as with ttrpc.
+func (s *Server) RegisterService(name string, desc *ServiceDesc) {
+	if _, ok := s.services[name]; ok {
+		panic(fmt.Sprintf("rpc: duplicate service %s registered", name))
+	}
+	s.services[name] = desc
+}
+
+// Serve accepts connections on l until Stop, Shutdown or Close, then
+// returns ErrServerClosed; other accept errors it returns as they are,
+// except temporary ones (EMFILE, ENFILE, ECONNABORTED, EINTR), after which
+// it waits and accepts again. Calls' contexts derive from ctx: when it
+// ends, so do they.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listener = l
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EINTR) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		sc := &serverConn{srv: s, conn: c, streams: map[uint32]*serverStream{}}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		s.conns[sc] = struct{}{}
+		s.mu.Unlock()
+		go sc.run(ctx)
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+// Stop stops accepting connections: Serve returns ErrServerClosed. Open
+// connections are served until Shutdown or Close.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	s.closed = true
+	l := s.listener
+	s.mu.Unlock()
+	if l != nil {
+		l.Close()
+	}
+}
+
+// Shutdown stops accepting connections, then closes every connection once
+// no call or stream is in progress on it, and returns when all are
+// closed. When ctx ends first, it closes the remaining connections and
+// returns ctx.Err().
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.Stop()
+	poll := time.Millisecond
+	for {
+		if s.closeIdle() {
+			return nil
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			s.Close()
+			return ctx.Err()
+		case <-t.C:
+		}
+		poll = min(2*poll, 100*time.Millisecond)
+	}
+}
+
+// closeIdle closes the connections without calls in progress and reports
+// whether none is left.
+func (s *Server) closeIdle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.active == 0 {
+			c.conn.Close()
+			delete(s.conns, c)
+		}
+	}
+	return len(s.conns) == 0
+}
+
+// Close stops accepting and closes every connection at once.
+func (s *Server) Close() error {
+	s.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.conn.Close()
+		delete(s.conns, c)
+	}
+	return nil
+}
+
+type serverConn struct {
+	srv  *Server
+	conn net.Conn
+	wmu  sync.Mutex // one frame at a time
+
+	// active counts calls and streams in progress (under srv.mu).
+	active int
+
+	smu     sync.Mutex
+	streams map[uint32]*serverStream // open streams by id
+}
+
+// run reads frames until the connection fails or is closed; calls in
+// progress then see their context cancelled and their responses dropped,
+// as with ttrpc.
+func (c *serverConn) run(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		c.conn.Close()
+		c.srv.mu.Lock()
+		delete(c.srv.conns, c)
+		c.srv.mu.Unlock()
+	}()
+	var hbuf [ttrpcwire.HeaderLen]byte
+	var last uint32
+	for {
+		h, err := ttrpcwire.ReadHeader(c.conn, &hbuf)
+		if err != nil {
+			return
+		}
+		if h.Length > ttrpcwire.MaxMessage {
+			if ttrpcwire.Discard(c.conn, int64(h.Length)) != nil {
+				return
+			}
+			c.sendStatus(h.Stream, CodeResourceExhausted, "message length "+strconv.FormatUint(uint64(h.Length), 10)+" exceed maximum message size of "+strconv.Itoa(ttrpcwire.MaxMessage))
+			continue
+		}
+		var p []byte
+		if h.Length > 0 {
+			p = make([]byte, h.Length)
+			if _, err := io.ReadFull(c.conn, p); err != nil {
+				return
+			}
+		}
+		if h.Stream%2 != 1 {
+			c.sendStatus(h.Stream, CodeInvalidArgument, "StreamID must be odd for client initiated streams")
+			continue
+		}
+		switch h.Type {
+		case ttrpcwire.TypeData:
+			c.data(h, p)
+		case ttrpcwire.TypeRequest:
+			if h.Stream <= last {
+				c.sendStatus(h.Stream, CodeInvalidArgument, "StreamID cannot be re-used and must increment")
+				continue
+			}
+			last = h.Stream
+			c.request(ctx, h.Stream, p)
+		}
+		// Other types are ignored, for compatibility with later versions
+		// of the protocol (as ttrpc does).
+	}
+}
+
+// data hands a Data frame to its stream.
+func (c *serverConn) data(h ttrpcwire.Header, p []byte) {
+	c.smu.Lock()
+	st := c.streams[h.Stream]
+	c.smu.Unlock()
+	if st == nil {
+		c.sendStatus(h.Stream, CodeInvalidArgument, "StreamID is no longer active")
+		return
+	}
+	if h.Flags&ttrpcwire.FlagNoData == 0 {
+		if err := st.deliver(p); err != nil {
+			c.sendStatus(h.Stream, CodeInvalidArgument, "data handling error: "+err.Error())
+			return
+		}
+	}
+	// The last message of a client may come with the remote closed flag
+	// (PROTOCOL.md; ttrpc's own client sends it in a frame of its own).
+	if h.Flags&ttrpcwire.FlagRemoteClosed != 0 {
+		st.closeRecv()
+	}
+}
+
+// request starts the call of a Request frame.
+func (c *serverConn) request(ctx context.Context, id uint32, p []byte) {
+	req, err := ttrpcwire.DecodeRequest(p)
+	if err != nil {
+		c.sendStatus(id, CodeInvalidArgument, "unmarshal request error: "+err.Error())
+		return
+	}
+	desc, ok := c.srv.services[string(req.Service)]
+	if !ok {
+		c.sendStatus(id, CodeUnimplemented, "service "+string(req.Service))
+		return
+	}
+	m, unary := desc.Methods[string(req.Method)]
+	sd, streaming := desc.Streams[string(req.Method)]
+	if !unary && !streaming {
+		c.sendStatus(id, CodeUnimplemented, "method "+string(req.Method))
+		return
+	}
+	if !c.begin() {
+		c.sendStatus(id, CodeResourceExhausted, "too many calls in progress on this connection (limit "+strconv.Itoa(c.srv.cfg.MaxCalls)+")")
+		return
+	}
+	var cancel context.CancelFunc
+	if req.TimeoutNano > 0 {
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNano))
+	}
+	ctx = withMD(ctx, req)
+	if unary {
+		go c.unary(ctx, cancel, id, string(req.Service)+"/"+string(req.Method), m, req.Payload)
+		return
+	}
+	st := c.openStream(ctx, id, sd, req.Payload)
+	go c.stream(ctx, cancel, st, string(req.Service)+"/"+string(req.Method), sd)
+}
+
+// withMD attaches the request's metadata to ctx.
+func withMD(ctx context.Context, req ttrpcwire.Request) context.Context {
+	if len(req.Metadata) == 0 {
+		return ctx
+	}
+	md := make(MD, len(req.Metadata))
+	for _, kv := range req.Metadata {
+		md[kv.Key] = append(md[kv.Key], kv.Value)
+	}
+	return WithMetadata(ctx, md)
+}
+
+// begin counts a call in progress, unless MaxCalls are.
+func (c *serverConn) begin() bool {
+	c.srv.mu.Lock()
+	defer c.srv.mu.Unlock()
+	if c.active >= c.srv.cfg.MaxCalls {
+		return false
+	}
+	c.active++
+	return true
+}
+
+func (c *serverConn) end() {
+	c.srv.mu.Lock()
+	c.active--
+	c.srv.mu.Unlock()
+}
+
+func (c *serverConn) unary(ctx context.Context, cancel context.CancelFunc, id uint32, name string, m Method, payload []byte) {
+	defer c.end()
+	if cancel != nil {
+		defer cancel()
+	}
+	var resp Message
+	var err error
+	if ic := c.srv.cfg.Unary; ic != nil {
+		resp, err = ic(ctx, func(msg Message) error { return unmarshalPayload(payload, msg) }, &UnaryServerInfo{FullMethod: "/" + name}, m)
+	} else {
+		resp, err = m(ctx, func(msg Message) error { return unmarshalPayload(payload, msg) })
+	}
+	var p []byte
+	if err == nil {
+		p, err = marshalPayload(resp)
+	}
+	if err != nil {
+		code, msg := statusOf(err)
+		c.sendStatus(id, code, msg)
+		return
+	}
+	c.sendResponse(id, CodeOK, "", p)
+}
+
+// openStream registers the stream of a Request on id and queues the
+// request's message for the handler: a call whose client does not stream
+// always gets it (an empty message encodes as nothing); a client stream
+// gets it when there is one.
+func (c *serverConn) openStream(ctx context.Context, id uint32, sd Stream, payload []byte) *serverStream {
+	n := streamRecvBuffer
+	if !sd.StreamingClient {
+		n = 1
+	}
+	st := &serverStream{conn: c, id: id, ctx: ctx, recv: make(chan []byte, n), done: make(chan struct{})}
+	if len(payload) > 0 || !sd.StreamingClient {
+		st.recv <- payload
+	}
+	if !sd.StreamingClient {
+		st.closeRecv()
+	}
+	c.smu.Lock()
+	c.streams[id] = st
+	c.smu.Unlock()
+	return st
+}
+
+func (c *serverConn) stream(ctx context.Context, cancel context.CancelFunc, st *serverStream, name string, sd Stream) {
+	defer c.end()
+	if cancel != nil {
+		defer cancel()
+	}
+	var resp Message
+	var err error
+	if ic := c.srv.cfg.Stream; ic != nil {
+		resp, err = ic(ctx, st, &StreamServerInfo{FullMethod: "/" + name, StreamingClient: sd.StreamingClient, StreamingServer: sd.StreamingServer}, StreamHandler(sd.Handler))
+	} else {
+		resp, err = sd.Handler(ctx, st)
+	}
+	var p []byte
+	if err == nil {
+		p, err = marshalPayload(resp)
+	}
+	st.finish()
+	switch {
+	case err != nil:
+		code, msg := statusOf(err)
+		c.sendStatus(st.id, code, msg)
+	case sd.StreamingServer:
+		// The end of a server stream is a Data frame closing it.
+		flags := byte(ttrpcwire.FlagRemoteClosed)
+		if p == nil {
+			flags |= ttrpcwire.FlagNoData
+		}
+		c.writeFrame(st.id, ttrpcwire.TypeData, flags, p)
+	default:
+		c.sendResponse(st.id, CodeOK, "", p)
+	}
+}
+
+func (c *serverConn) sendStatus(id uint32, code uint32, msg string) {
+	c.sendResponse(id, code, msg, nil)
+}
+
+// sendResponse writes a Response frame; a failed write closes the
+// connection (its reader then ends).
+func (c *serverConn) sendResponse(id uint32, code uint32, msg string, payload []byte) {
+	size := ttrpcwire.ResponseSize(code, msg, payload)
+	if size > ttrpcwire.MaxMessage {
+		code, payload = CodeResourceExhausted, nil
+		msg = "message length " + strconv.Itoa(size) + " exceed maximum message size of " + strconv.Itoa(ttrpcwire.MaxMessage)
+		size = ttrpcwire.ResponseSize(code, msg, nil)
+	}
+	f := ttrpcwire.AppendResponse(ttrpcwire.NewFrame(id, ttrpcwire.TypeResponse, 0, size), code, msg, payload)
+	c.write(f)
+}
+
+// writeFrame writes a frame with payload p.
+func (c *serverConn) writeFrame(id uint32, typ, flags byte, p []byte) error {
+	if len(p) > ttrpcwire.MaxMessage {
+		return &StatusError{Code: CodeResourceExhausted, Message: "message length " + strconv.Itoa(len(p)) + " exceed maximum message size of " + strconv.Itoa(ttrpcwire.MaxMessage)}
+	}
+	return c.write(append(ttrpcwire.NewFrame(id, typ, flags, len(p)), p...))
+}
+
+func (c *serverConn) write(f []byte) error {
+	c.wmu.Lock()
+	_, err := c.conn.Write(f)
+	c.wmu.Unlock()
+	if err != nil {
+		c.conn.Close()
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return nil
+}
+
+// serverStream is the server's end of one stream.
+type serverStream struct {
+	conn *serverConn
+	id   uint32
+	ctx  context.Context
+	recv chan []byte
+
+	done chan struct{} // closed when the handler has returned
+
+	mu         sync.Mutex
+	recvClosed bool // no more messages from the client
+}
+
+// deliver queues a message from the client; when the handler does not
+// take one for a second while the queue is full, the message is dropped
+// with ErrStreamFull (as ttrpc does).
+func (s *serverStream) deliver(p []byte) error {
+	s.mu.Lock()
+	closed := s.recvClosed
+	s.mu.Unlock()
+	if closed {
+		return errStreamClosed
+	}
+	select {
+	case s.recv <- p:
+		return nil
+	default:
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case s.recv <- p:
+		return nil
+	case <-s.done:
+		return errStreamClosed
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	case <-t.C:
+		return ErrStreamFull
+	}
+}
+
+// closeRecv marks the end of the client's messages.
+func (s *serverStream) closeRecv() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.recvClosed {
+		s.recvClosed = true
+		close(s.recv)
+	}
+}
+
+// finish ends the stream: later SendMsg calls fail and frames for it are
+// answered as for an unknown stream.
+func (s *serverStream) finish() {
+	close(s.done)
+	s.conn.smu.Lock()
+	delete(s.conn.streams, s.id)
+	s.conn.smu.Unlock()
+}
+
+// SendMsg sends m to the client in a Data frame.
+func (s *serverStream) SendMsg(m Message) error {
+	select {
+	case <-s.done:
+		return errStreamClosed
+	default:
+	}
+	p, err := marshalPayload(m)
+	if err != nil {
+		return err
+	}
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	// An empty message is a Data frame of length zero, which the client
+	// decodes (the no data flag would mean no message).
+	return s.conn.writeFrame(s.id, ttrpcwire.TypeData, 0, p)
+}
+
+// RecvMsg receives the client's next message; io.EOF after the last.
+func (s *serverStream) RecvMsg(m Message) error {
+	select {
+	case p, ok := <-s.recv:
+		if !ok {
+			return io.EOF
+		}
+		return unmarshalPayload(p, m)
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+// unmarshalPayload decodes a request message, with ttrpc's status.
+func unmarshalPayload(p []byte, m Message) error {
+	m.Reset()
+	if err := m.Unmarshal(p); err != nil {
+		return &StatusError{Code: CodeInternal, Message: "ttrpc: error unmarshalling payload: " + err.Error()}
+	}
+	return nil
+}
+
+// marshalPayload encodes a response message (nil for none or an empty
+// one), with ttrpc's status on failure.
+func marshalPayload(m Message) ([]byte, error) {
+	if m == nil {
+		return nil, nil
+	}
+	n := m.Size()
+	if n == 0 {
+		return nil, nil
+	}
+	b := make([]byte, n)
+	k, err := m.MarshalTo(b)
+	if err != nil {
+		return nil, &StatusError{Code: CodeInternal, Message: "ttrpc: error marshaling payload: " + err.Error()}
+	}
+	return b[:k], nil
+}
+
+// statusOf returns the status code and message sent for err: a
+// StatusError's own, or what ttrpc's server sends for the standard errors.
+func statusOf(err error) (uint32, string) {
+	var st *StatusError
+	if errors.As(err, &st) {
+		return st.Code, st.Message
+	}
+	switch err {
+	case io.EOF:
+		return CodeOutOfRange, err.Error()
+	case io.ErrClosedPipe, io.ErrNoProgress, io.ErrShortBuffer, io.ErrShortWrite, io.ErrUnexpectedEOF:
+		return CodeFailedPrecondition, err.Error()
+	case os.ErrInvalid:
+		return CodeInvalidArgument, err.Error()
+	case context.Canceled:
+		return CodeCanceled, err.Error()
+	case context.DeadlineExceeded:
+		return CodeDeadlineExceeded, err.Error()
+	}
+	switch {
+	case os.IsExist(err):
+		return CodeAlreadyExists, err.Error()
+	case os.IsNotExist(err):
+		return CodeNotFound, err.Error()
+	case os.IsPermission(err):
+		return CodePermissionDenied, err.Error()
+	}
+	return CodeUnknown, err.Error()
+}
