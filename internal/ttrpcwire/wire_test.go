@@ -42,12 +42,18 @@ func TestEnvelopesMatchTTRPC(t *testing.T) {
 		if err != nil || h != (Header{Length: uint32(len(want)), Stream: 3, Type: TypeRequest, Flags: FlagRemoteOpen}) {
 			t.Errorf("header %+v, %v", h, err)
 		}
-		// Decoding also skips the metadata field that ttrpc clients may send.
-		withMD, _ := proto.Marshal(&ttrpc.Request{Service: r.service, Method: r.method, Payload: r.payload, TimeoutNano: r.timeout,
-			Metadata: []*ttrpc.KeyValue{{Key: "k", Value: "v"}}})
-		d, err := DecodeRequest(withMD)
+		// Decoding gives back what ttrpc's client encoded, metadata in order.
+		d, err := DecodeRequest(want)
 		if err != nil || string(d.Service) != r.service || string(d.Method) != r.method || !bytes.Equal(d.Payload, r.payload) || d.TimeoutNano != r.timeout {
 			t.Errorf("decodeRequest: %+v, %v", d, err)
+		}
+		if len(d.Metadata) != len(r.md) {
+			t.Errorf("decodeRequest metadata: %q, want %q", d.Metadata, r.md)
+		}
+		for i := range min(len(d.Metadata), len(r.md)) {
+			if d.Metadata[i] != r.md[i] {
+				t.Errorf("decodeRequest metadata %d: %q, want %q", i, d.Metadata[i], r.md[i])
+			}
 		}
 	}
 	for _, r := range []struct {
@@ -98,5 +104,9 @@ func TestDecodeRejectsTruncated(t *testing.T) {
 	}
 	if _, err := DecodeRequest([]byte{0x00, 0x01}); err == nil || !strings.Contains(err.Error(), "field number") {
 		t.Errorf("field number 0: %v", err)
+	}
+	// A metadata entry cut inside its key.
+	if _, err := DecodeRequest([]byte{0x2a, 0x03, 0x0a, 0x05, 'k'}); err == nil || !strings.Contains(err.Error(), "metadata: truncated") {
+		t.Errorf("truncated metadata entry: %v", err)
 	}
 }
