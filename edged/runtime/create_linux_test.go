@@ -178,3 +178,50 @@ func TestCreateWithStartOlderShim(t *testing.T) {
 	// The real shim is killed by the cleanup: without an edged to take
 	// its events it would wait for them to be delivered before it exits.
 }
+
+// Containers created at the same time in a new group share one shim: only
+// one is started, and it serves the group's socket path.
+func TestConcurrentCreatesStartOneGroupShim(t *testing.T) {
+	requireRunc(t)
+	m := newTestManager(t)
+	ctx := context.Background()
+	ids := []string{"c1", "c2", "c3"}
+	specs := map[string][]byte{}
+	for _, id := range ids {
+		specs[id] = specFor(t, id, "/bin/sh", "-c", "exit 0")
+	}
+	errs := make(chan error, len(ids))
+	for _, id := range ids {
+		go func() {
+			_, err := m.Create(ctx, "default", id, CreateOpts{Group: "g", Spec: specs[id]})
+			errs <- err
+		}()
+	}
+	for range ids {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	pid := m.ShimPid("default", "c1")
+	for _, id := range ids {
+		if p := m.ShimPid("default", id); p != pid || p == 0 {
+			t.Errorf("%s runs in shim %d, c1 in %d", id, p, pid)
+		}
+	}
+	// The shim at the group's socket is that one.
+	path := socketPath(filepath.Join(m.cfg.State, "s"), m.cfg.Address, "default", "g")
+	c, task, err := dialShim(ctx, "default", path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	resp, err := task.Connect(ctx, &taskapi.ConnectRequest{Id: "c2"})
+	if err != nil || int(resp.ShimPid) != pid {
+		t.Fatalf("the group socket is served by shim %v (%v), want %d", resp, err, pid)
+	}
+	for _, id := range ids {
+		if _, err := m.Delete(ctx, "default", id, ""); err != nil {
+			t.Errorf("delete %s: %v", id, err)
+		}
+	}
+}

@@ -74,6 +74,9 @@ type Manager struct {
 	tasks   map[string]*task     // namespace/id
 	spares  map[string]*spare    // namespace
 	filling map[string]bool      // namespace: a spare is being started
+	// starting holds, per namespace/group, a channel closed when the
+	// group's shim being started is up (or failed): one start per group.
+	starting map[string]chan struct{}
 	// fillTimers start a namespace's next spare (fillSpareLater).
 	fillTimers map[string]*time.Timer
 	closed     bool
@@ -120,7 +123,7 @@ func New(cfg Config) (*Manager, error) {
 		}
 	}
 	return &Manager{cfg: cfg, log: cfg.Log, shims: map[string]*shimConn{}, tasks: map[string]*task{},
-		spares: map[string]*spare{}, filling: map[string]bool{}, fillTimers: map[string]*time.Timer{}}, nil
+		spares: map[string]*spare{}, filling: map[string]bool{}, fillTimers: map[string]*time.Timer{}, starting: map[string]chan struct{}{}}, nil
 }
 
 func findShim() string {
@@ -396,21 +399,44 @@ func (m *Manager) shimFor(ctx context.Context, t *task) (*shimConn, error) {
 		m.mu.Unlock()
 		return sc, nil
 	}
+	// Two creates in a new group must not both start its shim: the second
+	// would take over the group's socket path, leaving the first shim's
+	// containers unreachable after an edged restart. The first starts it;
+	// the others wait for it.
 	k := key(t.Namespace, t.Group)
-	m.mu.Lock()
-	sc := m.shims[k]
-	m.mu.Unlock()
-	if sc != nil && !sc.isDead() {
-		return sc, nil
+	for {
+		m.mu.Lock()
+		sc, wait := m.shims[k], m.starting[k]
+		m.mu.Unlock()
+		if sc != nil && !sc.isDead() {
+			return sc, nil
+		}
+		if wait != nil {
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		m.mu.Lock()
+		if m.shims[k] != sc || m.starting[k] != nil {
+			m.mu.Unlock()
+			continue // changed meanwhile: look again
+		}
+		done := make(chan struct{})
+		m.starting[k] = done
+		m.mu.Unlock()
+		sc, err := m.startNativeShim(ctx, t.Namespace, t.Group)
+		m.mu.Lock()
+		delete(m.starting, k)
+		if err == nil {
+			m.shims[k] = sc
+		}
+		m.mu.Unlock()
+		close(done)
+		return sc, err
 	}
-	sc, err := m.startNativeShim(ctx, t.Namespace, t.Group)
-	if err != nil {
-		return nil, err
-	}
-	m.mu.Lock()
-	m.shims[k] = sc
-	m.mu.Unlock()
-	return sc, nil
 }
 
 func (s *shimConn) isDead() bool {
