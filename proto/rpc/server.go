@@ -96,11 +96,15 @@ func (s *Server) RegisterService(name string, desc *ServiceDesc) {
 }
 
 // Serve accepts connections on l until Stop, Shutdown or Close, then
-// returns ErrServerClosed; other accept errors it returns as they are,
+// closes l and returns ErrServerClosed; other accept errors it returns as they are,
 // except temporary ones (EMFILE, ENFILE, ECONNABORTED, EINTR), after which
 // it waits and accepts again. Calls' contexts derive from ctx: when it
 // ends, so do they.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	// l is closed on return, whatever the reason (as ttrpc does): a
+	// listener left open after a Stop that came first would take
+	// connections nobody accepts.
+	defer l.Close()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -313,8 +317,10 @@ func (c *serverConn) request(ctx context.Context, id uint32, p []byte) {
 		c.sendStatus(id, CodeResourceExhausted, "too many calls in progress on this connection (limit "+strconv.Itoa(c.srv.cfg.MaxCalls)+")")
 		return
 	}
+	// A timeout of zero is none; a negative one (a client calling after
+	// its deadline) gives an expired context, as with ttrpc.
 	var cancel context.CancelFunc
-	if req.TimeoutNano > 0 {
+	if req.TimeoutNano != 0 {
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutNano))
 	}
 	ctx = withMD(ctx, req)
