@@ -135,8 +135,8 @@ func (m *Manager) startNativeShim(ctx context.Context, ns, group string) (*shimC
 }
 
 // spawnNativeShim starts an edged-shim named name serving the socket path,
-// logging to path.log. The returned shimConn's lost is set when the
-// connection to it breaks.
+// logging to path.log. The returned shimConn's lost reports true once the
+// connection to it has ended (the shim is gone).
 func (m *Manager) spawnNativeShim(ctx context.Context, ns, name, path string) (*shimConn, error) {
 	os.Remove(path)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
