@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -303,6 +304,23 @@ func shimOf(t *testing.T, pid int) int {
 	return 0
 }
 
+// allThreadsStopped reports whether every thread of pid is stopped by a
+// signal (state T in /proc).
+func allThreadsStopped(pid int) bool {
+	stats, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return false
+		}
+		rest := b[bytes.LastIndexByte(b, ')')+2:]
+		if len(rest) == 0 || rest[0] != 'T' {
+			return false
+		}
+	}
+	return len(stats) > 0
+}
+
 // TestHungShimDoesNotHangEdged stops a shim (SIGSTOP): calls to it fail
 // within the shim call deadline, edged treats it as dead, and other
 // requests keep working.
@@ -320,6 +338,9 @@ func TestHungShimDoesNotHangEdged(t *testing.T) {
 	shimPid := shimOf(t, int(p.Pid))
 	syscall.Kill(shimPid, syscall.SIGSTOP)
 	defer syscall.Kill(shimPid, syscall.SIGKILL)
+	// kill returns before every thread has stopped: a call sent at once
+	// could still be answered.
+	waitFor(t, func() bool { return allThreadsStopped(shimPid) })
 
 	start := time.Now()
 	_, err := cl.GetTask(ctx, "hung", "")
