@@ -243,7 +243,7 @@ func (c *serverConn) run(ctx context.Context) {
 			if ttrpcwire.Discard(c.conn, int64(h.Length)) != nil {
 				return
 			}
-			c.sendStatus(h.Stream, CodeResourceExhausted, "message length "+strconv.FormatUint(uint64(h.Length), 10)+" exceed maximum message size of "+strconv.Itoa(ttrpcwire.MaxMessage))
+			c.sendStatus(h.Stream, CodeResourceExhausted, tooLarge(int64(h.Length)))
 			continue
 		}
 		var p []byte
@@ -450,7 +450,7 @@ func (c *serverConn) sendResponse(id uint32, code uint32, msg string, payload []
 	size := ttrpcwire.ResponseSize(code, msg, payload)
 	if size > ttrpcwire.MaxMessage {
 		code, payload = CodeResourceExhausted, nil
-		msg = "message length " + strconv.Itoa(size) + " exceed maximum message size of " + strconv.Itoa(ttrpcwire.MaxMessage)
+		msg = tooLarge(int64(size))
 		size = ttrpcwire.ResponseSize(code, msg, nil)
 	}
 	f := ttrpcwire.AppendResponse(ttrpcwire.NewFrame(id, ttrpcwire.TypeResponse, 0, size), code, msg, payload)
@@ -460,7 +460,7 @@ func (c *serverConn) sendResponse(id uint32, code uint32, msg string, payload []
 // writeFrame writes a frame with payload p.
 func (c *serverConn) writeFrame(id uint32, typ, flags byte, p []byte) error {
 	if len(p) > ttrpcwire.MaxMessage {
-		return &StatusError{Code: CodeResourceExhausted, Message: "message length " + strconv.Itoa(len(p)) + " exceed maximum message size of " + strconv.Itoa(ttrpcwire.MaxMessage)}
+		return &StatusError{Code: CodeResourceExhausted, Message: tooLarge(int64(len(p)))}
 	}
 	return c.write(append(ttrpcwire.NewFrame(id, typ, flags, len(p)), p...))
 }
@@ -567,6 +567,11 @@ func (s *serverStream) RecvMsg(m Message) error {
 	case <-s.ctx.Done():
 		return s.ctx.Err()
 	}
+}
+
+// tooLarge is ttrpc's message for a message of n bytes over the limit.
+func tooLarge(n int64) string {
+	return "message length " + strconv.FormatInt(n, 10) + " exceed maximum message size of " + strconv.Itoa(ttrpcwire.MaxMessage)
 }
 
 // unmarshalPayload decodes a request message, with ttrpc's status.
