@@ -40,6 +40,7 @@ type Server struct {
 	ex     *events.Exchange
 	rpc    *rpc.Server
 	trim   *idleTrimmer
+	drain  *drain
 	rt     *runtime.Manager
 	images ImageStore
 	// network is the task network hook (edged/network).
@@ -84,11 +85,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 			trim.stop()
 		}
 	}()
+	drain := newDrain()
 	rs := rpc.NewServer(rpc.ServerConfig{
-		Unary:  unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim),
-		Stream: streamInterceptor(log, trim),
+		Unary:  unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim, drain),
+		Stream: streamInterceptor(log, trim, drain),
 	})
-	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), rpc: rs, trim: trim}
+	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), rpc: rs, trim: trim, drain: drain}
 	s.rt, err = runtime.New(runtime.Config{
 		State: cfg.State, Address: cfg.Address, ShimBinary: cfg.Runtime.ShimBinary,
 		CallTimeout: cfg.Runtime.ShimCallTimeout.Duration, ConnectTimeout: cfg.Runtime.ShimConnectTimeout.Duration,
@@ -159,8 +161,7 @@ func (s *Server) Recover(ctx context.Context) error {
 // Events returns the event exchange.
 func (s *Server) Events() *events.Exchange { return s.ex }
 
-// Run listens and serves until ctx is done, then drains: in-flight requests
-// get cfg.API.ShutdownTimeout to finish before connections are closed.
+// Run listens and serves until ctx is done, then drains (see Serve).
 func (s *Server) Run(ctx context.Context) error {
 	l, activated, err := Listen(s.cfg.Address, s.cfg.API.SocketGID)
 	if err != nil {
@@ -169,11 +170,22 @@ func (s *Server) Run(ctx context.Context) error {
 	return s.Serve(ctx, l, activated)
 }
 
-// Serve serves on l until ctx is done.
+// handlerExitTimeout bounds the wait, after the drain closed the last
+// connections, for the handlers of their calls to return (their contexts
+// are cancelled) before the stores close under them.
+const handlerExitTimeout = 5 * time.Second
+
+// Serve serves on l until ctx is done, then drains: it stops accepting,
+// ends the long waits at once (Tasks.Wait, a followed Tasks.Logs,
+// Events.Subscribe: see drainEnds), and gives the other calls in progress
+// cfg.API.ShutdownTimeout to finish before it closes their connections.
+// A call in progress is not cancelled by ctx: a container create, a commit
+// of written content or a pull that was under way when SIGTERM came
+// completes.
 func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) error {
 	s.log.Info("edged serving", "address", l.Addr().String(), "socket_activated", activated, "root", s.cfg.Root, "state", s.cfg.State)
 	errc := make(chan error, 1)
-	go func() { errc <- s.rpc.Serve(ctx, l) }()
+	go func() { errc <- s.rpc.Serve(context.WithoutCancel(ctx), l) }()
 
 	notify(s.log, daemon.SdNotifyReady)
 	// Start-up code (configuration, migrations, recovery, the import
@@ -185,6 +197,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) erro
 
 	select {
 	case err := <-errc:
+		s.drain.begin()
+		s.rpc.Close()
+		s.waitHandlers()
 		if err != nil && !errors.Is(err, rpc.ErrServerClosed) {
 			return fmt.Errorf("serve: %w", err)
 		}
@@ -193,18 +208,30 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) erro
 	}
 	notify(s.log, daemon.SdNotifyStopping)
 	s.log.Info("edged shutting down", "grace", s.cfg.API.ShutdownTimeout.Duration)
+	s.drain.begin()
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.API.ShutdownTimeout.Duration)
 	defer cancel()
 	if err := s.rpc.Shutdown(sctx); err != nil {
 		s.log.Warn("in-flight requests did not finish in time; closing connections", "error", err)
 		s.rpc.Close()
 	}
+	s.waitHandlers()
 	if !activated {
 		// Our own socket: remove it so a stale path does not linger. A
 		// socket systemd owns stays for the next activation.
 		os.Remove(s.cfg.Address)
 	}
 	return nil
+}
+
+// waitHandlers waits up to handlerExitTimeout for the handlers of calls
+// whose connections were closed.
+func (s *Server) waitHandlers() {
+	ctx, cancel := context.WithTimeout(context.Background(), handlerExitTimeout)
+	defer cancel()
+	if err := s.rpc.WaitIdle(ctx); err != nil {
+		s.log.Warn("handlers still running after their connections were closed; closing the stores", "error", err)
+	}
 }
 
 // Close releases the stores.

@@ -76,6 +76,9 @@ type Server struct {
 	listener net.Listener
 	conns    map[*serverConn]struct{}
 	closed   bool
+	// calls counts the calls and streams whose handler has not returned,
+	// on every connection, closed ones included.
+	calls int
 }
 
 // NewServer returns a server with no services.
@@ -194,6 +197,30 @@ func (s *Server) closeIdle() bool {
 		}
 	}
 	return len(s.conns) == 0
+}
+
+// WaitIdle returns when no handler is running, or ctx.Err() when ctx ends
+// first. After Close, the handlers still running are those of calls whose
+// connection it closed: their contexts are cancelled, and WaitIdle lets
+// them return before what they use is torn down.
+func (s *Server) WaitIdle(ctx context.Context) error {
+	poll := time.Millisecond
+	for {
+		s.mu.Lock()
+		n := s.calls
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%d calls still running: %w", n, ctx.Err())
+		case <-t.C:
+		}
+		poll = min(2*poll, 50*time.Millisecond)
+	}
 }
 
 // Close stops accepting and closes every connection at once.
@@ -352,12 +379,14 @@ func (c *serverConn) begin() bool {
 		return false
 	}
 	c.active++
+	c.srv.calls++
 	return true
 }
 
 func (c *serverConn) end() {
 	c.srv.mu.Lock()
 	c.active--
+	c.srv.calls--
 	c.srv.mu.Unlock()
 }
 

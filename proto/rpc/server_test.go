@@ -1512,3 +1512,44 @@ func TestServerClientGone(t *testing.T) {
 		}
 	})
 }
+
+// WaitIdle waits for handlers, also those of connections Close closed
+// (their contexts are cancelled), and says how many run when ctx ends.
+func TestServerWaitIdle(t *testing.T) {
+	ts := startServer(t, rpc.ServerConfig{})
+	if err := ts.srv.WaitIdle(tctx(t)); err != nil {
+		t.Fatalf("WaitIdle without calls: %v", err)
+	}
+	c := newClient(t, "rpc.Conn", ts.path)
+	results := make(chan error, 1)
+	go func() {
+		results <- c.c.Call(context.Background(), ssvc, "Gate", &types.StringValue{Value: "a"}, &types.StringValue{})
+	}()
+	waitFor(t, "Gate to start", ts.state.started)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := ts.srv.WaitIdle(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "1 calls still running") {
+		t.Fatalf("WaitIdle with Gate running: %v", err)
+	}
+	if err := ts.srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.srv.WaitIdle(tctx(t)); err != nil {
+		t.Fatalf("WaitIdle after Close: %v", err)
+	}
+	// Gate returned before WaitIdle did: its end was already reported.
+	select {
+	case err := <-ts.state.ended:
+		if err != context.Canceled {
+			t.Errorf("Gate's context ended with %v", err)
+		}
+	default:
+		t.Error("WaitIdle returned before Gate's handler did")
+	}
+	if err := waitFor(t, "Gate", results); !isClosed(err) {
+		t.Errorf("call in progress at Close: %v", err)
+	}
+	waitFor(t, "Serve to return", ts.served)
+	ts.served <- rpc.ErrServerClosed
+}
