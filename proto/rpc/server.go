@@ -199,8 +199,8 @@ func (s *Server) closeIdle() bool {
 	return len(s.conns) == 0
 }
 
-// WaitIdle returns when no handler is running, or ctx.Err() when ctx ends
-// first. After Close, the handlers still running are those of calls whose
+// WaitIdle returns nil when no handler is running, or an error wrapping
+// ctx.Err() and saying how many still run when ctx ends first. After Close, the handlers still running are those of calls whose
 // connection it closed: their contexts are cancelled, and WaitIdle lets
 // them return before what they use is torn down.
 func (s *Server) WaitIdle(ctx context.Context) error {
