@@ -8,15 +8,22 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 )
 
-// The calls that wait for something that may never come within a drain: a
-// task's exit, the next event, more output of a followed log. When edged
-// starts shutting down they end at once with ErrUnavailable, so they do
-// not hold the drain for its whole grace period; every other call in
-// progress is left to finish.
-var drainEnds = map[string]string{
-	"/edged.services.tasks.v1.Tasks/Wait":        "wait for the task",
-	"/edged.services.tasks.v1.Tasks/Logs":        "read the logs",
-	"/edged.services.events.v1.Events/Subscribe": "subscribe",
+// drainEnds says whether method waits for something that may never come
+// within a drain (a task's exit, the next event, more output of a followed
+// log), and what the caller should do again later. When edged starts
+// shutting down such calls end at once with ErrUnavailable, so they do not
+// hold the drain for its whole grace period; every other call in progress
+// is left to finish.
+func drainEnds(method string) (again string, ok bool) {
+	switch method {
+	case "/edged.services.tasks.v1.Tasks/Wait":
+		return "wait for the task", true
+	case "/edged.services.tasks.v1.Tasks/Logs":
+		return "read the logs", true
+	case "/edged.services.events.v1.Events/Subscribe":
+		return "subscribe", true
+	}
+	return "", false
 }
 
 // errDraining is the cause of the cancellation of the calls in drainEnds.
@@ -41,7 +48,7 @@ func newDrain() *drain {
 // set, a nil error is turned too, so that it does not look like the
 // normal end of the stream.
 func (d *drain) bind(ctx context.Context, method string, stream bool) (context.Context, func(error) error) {
-	what, ok := drainEnds[method]
+	what, ok := drainEnds(method)
 	if !ok || d == nil {
 		return ctx, func(err error) error { return err }
 	}

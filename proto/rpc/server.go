@@ -168,21 +168,11 @@ func (s *Server) Stop() {
 // returns ctx.Err().
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.Stop()
-	poll := time.Millisecond
-	for {
-		if s.closeIdle() {
-			return nil
-		}
-		t := time.NewTimer(poll)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			s.Close()
-			return ctx.Err()
-		case <-t.C:
-		}
-		poll = min(2*poll, 100*time.Millisecond)
+	if pollUntil(ctx, s.closeIdle) {
+		return nil
 	}
+	s.Close()
+	return ctx.Err()
 }
 
 // closeIdle closes the connections without calls in progress and reports
@@ -200,27 +190,37 @@ func (s *Server) closeIdle() bool {
 }
 
 // WaitIdle returns nil when no handler is running, or an error wrapping
-// ctx.Err() and saying how many still run when ctx ends first. After Close, the handlers still running are those of calls whose
-// connection it closed: their contexts are cancelled, and WaitIdle lets
-// them return before what they use is torn down.
+// ctx.Err() and saying how many still run when ctx ends first. After
+// Close, the handlers still running are those of calls whose connection it
+// closed: their contexts are cancelled, and WaitIdle lets them return
+// before what they use is torn down.
 func (s *Server) WaitIdle(ctx context.Context) error {
-	poll := time.Millisecond
-	for {
+	running := func() int {
 		s.mu.Lock()
-		n := s.calls
-		s.mu.Unlock()
-		if n == 0 {
-			return nil
-		}
+		defer s.mu.Unlock()
+		return s.calls
+	}
+	if pollUntil(ctx, func() bool { return running() == 0 }) {
+		return nil
+	}
+	return fmt.Errorf("%d calls still running: %w", running(), ctx.Err())
+}
+
+// pollUntil calls done, at growing intervals up to 100 ms, until it
+// reports true (pollUntil then does too) or ctx ends (false).
+func pollUntil(ctx context.Context, done func() bool) bool {
+	poll := time.Millisecond
+	for !done() {
 		t := time.NewTimer(poll)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%d calls still running: %w", n, ctx.Err())
+			return false
 		case <-t.C:
 		}
-		poll = min(2*poll, 50*time.Millisecond)
+		poll = min(2*poll, 100*time.Millisecond)
 	}
+	return true
 }
 
 // Close stops accepting and closes every connection at once.
