@@ -53,12 +53,17 @@ func ReadHeader(r io.Reader, buf *[HeaderLen]byte) (Header, error) {
 	if _, err := io.ReadFull(r, buf[:]); err != nil {
 		return Header{}, err
 	}
+	return DecodeHeader(buf), nil
+}
+
+// DecodeHeader decodes a frame header.
+func DecodeHeader(buf *[HeaderLen]byte) Header {
 	return Header{
 		Length: binary.BigEndian.Uint32(buf[0:4]),
 		Stream: binary.BigEndian.Uint32(buf[4:8]),
 		Type:   buf[8],
 		Flags:  buf[9],
-	}, nil
+	}
 }
 
 // NewFrame returns a buffer holding the header of a frame of type typ

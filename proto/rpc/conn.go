@@ -1,13 +1,16 @@
 package rpc
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edged/edged/internal/ttrpcwire"
@@ -93,8 +96,19 @@ func (s *stream) close(err error) {
 }
 
 // Conn is a ttrpc client connection: unary calls and streams, any number
-// at once. One goroutine reads the connection and hands each frame to its
-// stream. It is safe for concurrent use.
+// at once. It is safe for concurrent use.
+//
+// No goroutine reads the connection all the time. A call waiting for its
+// answer reads the connection itself while it holds the read turn, and
+// hands the frames of other calls and streams to them; calls that wait
+// while another holds the turn get their frames handed over, or take the
+// turn when it is free. A lone call, the common case of edgectl and of a
+// fleet agent making one call after another, so reads its answer on its
+// own goroutine: a hand-over from a reading goroutine costs a client with
+// more than one CPU a thread wake-up per call. When nobody has read for
+// idleReadDelay, an idle reader takes the turn and reads until a caller
+// waits, so that the end of the connection (Done) and stream messages
+// nobody waits for yet are seen.
 type Conn struct {
 	conn net.Conn
 
@@ -105,58 +119,91 @@ type Conn struct {
 	streams map[uint32]*stream
 	err     error // set once the connection is closed or broken
 
-	done chan struct{} // closed when the reader ends
+	done chan struct{} // closed when the connection has ended
+
+	// turn holds a value while a goroutine reads the connection (the
+	// read turn); fr, the frame being read, belongs to the holder.
+	turn    chan struct{}
+	fr      frameReader
+	waiting atomic.Int32               // goroutines in wait
+	idle    atomic.Pointer[time.Timer] // starts idleRead (atomic: idleRead itself restarts it)
 }
+
+// idleReadDelay is how long after the last read an idle reader takes the
+// read turn.
+const idleReadDelay = 50 * time.Millisecond
 
 // NewConn returns a client on conn; Close closes conn.
 func NewConn(conn net.Conn) *Conn {
-	c := &Conn{conn: conn, next: 1, streams: map[uint32]*stream{}, done: make(chan struct{})}
-	go c.read()
+	c := &Conn{conn: conn, next: 1, streams: map[uint32]*stream{}, done: make(chan struct{}), turn: make(chan struct{}, 1)}
+	c.fr.r = bufio.NewReaderSize(conn, readBufferSize)
+	c.idle.Store(time.AfterFunc(idleReadDelay, c.idleRead))
 	return c
 }
 
 // Close closes the connection; calls in progress fail with ErrClosed.
 func (c *Conn) Close() error {
 	err := c.conn.Close()
-	<-c.done
+	c.idle.Load().Stop()
+	c.turn <- struct{}{} // a reader fails on the closed connection and leaves
+	c.fail(net.ErrClosed)
+	<-c.turn
 	return err
 }
 
 // Done is closed when the connection has ended (closed by either side).
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
-func (c *Conn) read() {
-	defer close(c.done)
-	var hbuf [ttrpcwire.HeaderLen]byte
-	var err error
-	for {
-		var h ttrpcwire.Header
-		h, err = ttrpcwire.ReadHeader(c.conn, &hbuf)
-		if err != nil {
-			break
-		}
-		if h.Length > ttrpcwire.MaxMessage {
-			err = fmt.Errorf("%w: frame of %d bytes is over the %d byte limit", ErrProtocol, h.Length, ttrpcwire.MaxMessage)
-			break
-		}
-		p := make([]byte, h.Length)
-		if _, err = io.ReadFull(c.conn, p); err != nil {
-			break
-		}
-		c.mu.Lock()
-		s := c.streams[h.Stream]
-		c.mu.Unlock()
-		if s == nil {
-			continue // a late answer to an abandoned call
-		}
-		c.deliver(s, frame{h, p})
+// release gives up the read turn.
+func (c *Conn) release() {
+	<-c.turn
+	if t := c.idle.Load(); t != nil { // nil: the timer fired before NewConn stored it
+		t.Reset(idleReadDelay)
 	}
+}
+
+// idleRead reads for the streams while no call waits, from idleReadDelay
+// after the last read until a frame has been handed over and a call
+// waits (which then takes the turn for its own answer).
+func (c *Conn) idleRead() {
+	select {
+	case c.turn <- struct{}{}:
+	default:
+		return // a caller reads; it restarts the timer when it leaves
+	}
+	select {
+	case <-c.done:
+		<-c.turn // no timer restart: nothing is left to read
+		return
+	default:
+	}
+	defer c.release()
+	for {
+		f, err := c.fr.next()
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		c.dispatch(f)
+		if c.waiting.Load() > 0 {
+			return
+		}
+	}
+}
+
+// fail ends the connection after err (a read error, or net.ErrClosed
+// from Close): every call and stream in progress ends with it.
+func (c *Conn) fail(err error) {
 	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF) {
 		err = ErrClosed
 	} else {
 		err = fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
 	c.err = err
 	streams := c.streams
 	c.streams = nil
@@ -165,6 +212,61 @@ func (c *Conn) read() {
 		s.close(err)
 	}
 	c.conn.Close()
+	close(c.done)
+}
+
+// dispatch hands a frame to its stream.
+func (c *Conn) dispatch(f frame) {
+	c.mu.Lock()
+	s := c.streams[f.h.Stream]
+	c.mu.Unlock()
+	if s != nil { // else a late answer to an abandoned call
+		c.deliver(s, f)
+	}
+}
+
+// frameReader reads frames across holders of the read turn: a read cut
+// short (a cancelled caller's) leaves what it read for the next one.
+type frameReader struct {
+	r    *bufio.Reader
+	hbuf [ttrpcwire.HeaderLen]byte
+	hn   int
+	h    ttrpcwire.Header
+	p    []byte // nil until the header is complete
+	pn   int
+}
+
+func (fr *frameReader) next() (frame, error) {
+	for fr.hn < len(fr.hbuf) {
+		n, err := fr.r.Read(fr.hbuf[fr.hn:])
+		fr.hn += n
+		if err != nil && fr.hn < len(fr.hbuf) {
+			if fr.hn > 0 && errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return frame{}, err
+		}
+	}
+	if fr.p == nil {
+		fr.h = ttrpcwire.DecodeHeader(&fr.hbuf)
+		if fr.h.Length > ttrpcwire.MaxMessage {
+			return frame{}, fmt.Errorf("%w: frame of %d bytes is over the %d byte limit", ErrProtocol, fr.h.Length, ttrpcwire.MaxMessage)
+		}
+		fr.p = make([]byte, fr.h.Length)
+	}
+	for fr.pn < len(fr.p) {
+		n, err := fr.r.Read(fr.p[fr.pn:])
+		fr.pn += n
+		if err != nil && fr.pn < len(fr.p) {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return frame{}, err
+		}
+	}
+	f := frame{fr.h, fr.p}
+	fr.hn, fr.p, fr.pn = 0, nil, 0
+	return f, nil
 }
 
 // deliver hands f to s. A receiver that does not take it within a second
@@ -244,7 +346,9 @@ func (c *Conn) open(ctx context.Context, flags byte, service, method string, req
 func (c *Conn) write(f []byte) error {
 	if _, err := c.conn.Write(f); err != nil {
 		c.conn.Close()
-		<-c.done
+		c.turn <- struct{}{} // a reader fails on the closed connection and leaves
+		c.fail(err)
+		<-c.turn
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.err
@@ -252,27 +356,90 @@ func (c *Conn) write(f []byte) error {
 	return nil
 }
 
-// wait returns the next frame of s.
+// wait returns the next frame of s: handed over by the reader, or read by
+// this goroutine when the read turn is free.
 func (c *Conn) wait(ctx context.Context, s *stream) (frame, error) {
 	select {
 	case f := <-s.recv:
 		return f, nil
 	default:
 	}
+	c.waiting.Add(1)
+	defer c.waiting.Add(-1)
 	select {
 	case f := <-s.recv:
 		return f, nil
 	case <-s.done:
-		select {
-		case f := <-s.recv: // delivered before the end
-			return f, nil
-		default:
-			return frame{}, s.err
-		}
+		return ended(s)
 	case <-ctx.Done():
 		c.remove(s)
 		s.close(ctx.Err())
 		return frame{}, ctx.Err()
+	case c.turn <- struct{}{}:
+		return c.readFor(ctx, s)
+	}
+}
+
+// ended returns what is left of a stream that has ended: a frame handed
+// over before the end, else the end's error.
+func ended(s *stream) (frame, error) {
+	select {
+	case f := <-s.recv:
+		return f, nil
+	default:
+		return frame{}, s.err
+	}
+}
+
+// aLongTimeAgo is a read deadline that interrupts a read at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// readFor reads, holding the read turn, until the next frame of s,
+// handing over the frames of others. The end of ctx interrupts the read
+// (through the read deadline); a frame half read stays for the next
+// reader.
+func (c *Conn) readFor(ctx context.Context, s *stream) (frame, error) {
+	defer c.release()
+	if ctx.Done() != nil {
+		fired := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			c.conn.SetReadDeadline(aLongTimeAgo)
+			close(fired)
+		})
+		defer func() {
+			if !stop() {
+				<-fired
+				c.conn.SetReadDeadline(time.Time{})
+			}
+		}()
+	}
+	for {
+		select {
+		case f := <-s.recv: // handed over before this goroutine took the turn
+			return f, nil
+		case <-s.done:
+			return ended(s)
+		default:
+		}
+		if err := ctx.Err(); err != nil {
+			c.remove(s)
+			s.close(err)
+			return frame{}, err
+		}
+		f, err := c.fr.next()
+		if err != nil {
+			switch {
+			case !errors.Is(err, os.ErrDeadlineExceeded):
+				c.fail(err) // which ends s
+			case ctx.Err() == nil: // not this call's deadline: cannot happen
+				c.conn.SetReadDeadline(time.Time{})
+			}
+			continue // see above: s or ctx has ended
+		}
+		if f.h.Stream == s.id {
+			return f, nil
+		}
+		c.dispatch(f)
 	}
 }
 

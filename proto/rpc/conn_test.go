@@ -18,6 +18,7 @@ import (
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/errdefs/errgrpc"
+	"github.com/edged/edged/internal/ttrpcwire"
 	"github.com/edged/edged/proto/rpc"
 	"github.com/edged/edged/proto/wire"
 )
@@ -409,4 +410,187 @@ func frame(length, stream uint32, typ, flags byte) []byte {
 	binary.BigEndian.PutUint32(b[4:8], stream)
 	b[8], b[9] = typ, flags
 	return b
+}
+
+// rawServer accepts one connection at path and runs fn on it.
+func rawServer(t *testing.T, fn func(conn net.Conn)) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "raw.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fn(conn)
+	}()
+	return path
+}
+
+// readRequest reads one request frame and returns its stream id and
+// decoded request.
+func readRequest(conn net.Conn) (uint32, ttrpcwire.Request, error) {
+	h, err := ttrpcwire.ReadHeader(conn, new([ttrpcwire.HeaderLen]byte))
+	if err != nil {
+		return 0, ttrpcwire.Request{}, err
+	}
+	p := make([]byte, h.Length)
+	if _, err := io.ReadFull(conn, p); err != nil {
+		return 0, ttrpcwire.Request{}, err
+	}
+	req, err := ttrpcwire.DecodeRequest(p)
+	return h.Stream, req, err
+}
+
+// response returns the response frame answering stream id with a
+// StringValue.
+func response(id uint32, v string) []byte {
+	payload, _ := (&types.StringValue{Value: v}).Marshal()
+	size := ttrpcwire.ResponseSize(0, "", payload)
+	return ttrpcwire.AppendResponse(ttrpcwire.NewFrame(id, ttrpcwire.TypeResponse, 0, size), 0, "", payload)
+}
+
+// A call reads its own answer when no other call reads the connection.
+// Cancelled while its answer is half read, it leaves the half it read for
+// the next reader: the next call on the connection still gets its answer
+// (no goroutine reads the connection in the background to make up for a
+// reader that lost what it had read).
+func TestCancelledReaderLeavesHalfAFrame(t *testing.T) {
+	halfSent := make(chan struct{})
+	path := rawServer(t, func(conn net.Conn) {
+		a, _, err := readRequest(conn)
+		if err != nil {
+			return
+		}
+		fa := response(a, "answer to a cancelled call")
+		conn.Write(fa[:14]) // the header and 4 bytes of the payload
+		close(halfSent)
+		b, req, err := readRequest(conn)
+		if err != nil {
+			return
+		}
+		var v types.StringValue
+		v.Unmarshal(req.Payload)
+		conn.Write(fa[14:])
+		conn.Write(response(b, "b got "+v.Value))
+		io.Copy(io.Discard, conn)
+	})
+	c := dial(t, path)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := echo(ctx, c, "a")
+		errc <- err
+	}()
+	<-halfSent
+	time.Sleep(50 * time.Millisecond) // the caller has read the half
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled call: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a call reading its answer was not interrupted by its cancellation")
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if v, err := echo(ctx, c, "b"); err != nil || v != "b got b" {
+		t.Fatalf("call after a cancelled reader: %q, %v", v, err)
+	}
+}
+
+// The end of a connection that no call has used is seen (Done) without a
+// call to see it.
+func TestDoneWithoutCalls(t *testing.T) {
+	path := rawServer(t, func(conn net.Conn) {})
+	c := dial(t, path)
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after the server closed an unused connection")
+	}
+	if _, err := echo(context.Background(), c, "x"); !errors.Is(err, rpc.ErrClosed) {
+		t.Errorf("call on the ended connection: %v", err)
+	}
+}
+
+// Close ends a call that is reading its answer, and calls that wait for
+// theirs while it reads.
+func TestCloseDuringCalls(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	errc := make(chan error, 3)
+	for range 3 {
+		go func() { errc <- c.Call(context.Background(), svc, "Block", &types.Empty{}, &types.Empty{}) }()
+	}
+	time.Sleep(100 * time.Millisecond)
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	for range 3 {
+		select {
+		case err := <-errc:
+			if !errors.Is(err, rpc.ErrClosed) {
+				t.Errorf("call in progress at Close: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a call in progress did not end at Close")
+		}
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+}
+
+// Calls that give up (their deadlines end while they read or wait) mixed
+// with calls that do not, on one connection: every call that does not
+// give up gets its own answer, and idle gaps (the idle reader taking the
+// read turn) do not lose answers either.
+func TestConcurrentCallsWithCancels(t *testing.T) {
+	path, _ := serve(t)
+	c := dial(t, path)
+	var wg sync.WaitGroup
+	errc := make(chan error, 10)
+	for g := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				if i%4 == 0 {
+					ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+i%3)*time.Millisecond)
+					err := c.Call(ctx, svc, "Block", &types.Empty{}, &types.Empty{})
+					cancel()
+					var st *rpc.StatusError
+					if !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &st) && rpc.CodeName(st.Code) == "DeadlineExceeded") {
+						errc <- fmt.Errorf("Block past its deadline: %v", err)
+						return
+					}
+					continue
+				}
+				if g == 0 && i%10 == 5 {
+					time.Sleep(80 * time.Millisecond) // longer than the idle read delay
+				}
+				want := fmt.Sprintf("%d-%d", g, i)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				v, err := echo(ctx, c, want)
+				cancel()
+				if err != nil || v != want {
+					errc <- fmt.Errorf("Echo %s: %q, %v", want, v, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
 }

@@ -141,3 +141,8 @@ func GetMetadataValue(ctx context.Context, key string) (string, bool) {
 	}
 	return "", false
 }
+
+// readBufferSize is the read buffer of a connection, either side: a
+// frame's header and a payload of up to this size (a container create
+// with its spec) come in with one read(2) instead of two.
+const readBufferSize = 4096

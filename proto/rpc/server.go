@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -259,15 +260,16 @@ func (c *serverConn) run(ctx context.Context) {
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
 	}()
+	r := bufio.NewReaderSize(c.conn, readBufferSize)
 	var hbuf [ttrpcwire.HeaderLen]byte
 	var last uint32
 	for {
-		h, err := ttrpcwire.ReadHeader(c.conn, &hbuf)
+		h, err := ttrpcwire.ReadHeader(r, &hbuf)
 		if err != nil {
 			return
 		}
 		if h.Length > ttrpcwire.MaxMessage {
-			if ttrpcwire.Discard(c.conn, int64(h.Length)) != nil {
+			if ttrpcwire.Discard(r, int64(h.Length)) != nil {
 				return
 			}
 			c.sendStatus(h.Stream, CodeResourceExhausted, tooLarge(int64(h.Length)))
@@ -276,7 +278,7 @@ func (c *serverConn) run(ctx context.Context) {
 		var p []byte
 		if h.Length > 0 {
 			p = make([]byte, h.Length)
-			if _, err := io.ReadFull(c.conn, p); err != nil {
+			if _, err := io.ReadFull(r, p); err != nil {
 				return
 			}
 		}
