@@ -163,8 +163,8 @@ func (c *Conn) release() {
 }
 
 // idleRead reads for the streams while no call waits, from idleReadDelay
-// after the last read until a frame has been handed over and a call
-// waits (which then takes the turn for its own answer).
+// after the last read until it has handed over a call's answer or a frame
+// while a call waits (a call then takes the turn for its own answer).
 func (c *Conn) idleRead() {
 	select {
 	case c.turn <- struct{}{}:
@@ -185,8 +185,8 @@ func (c *Conn) idleRead() {
 			return
 		}
 		c.dispatch(f)
-		if c.waiting.Load() > 0 {
-			return
+		if c.waiting.Load() > 0 || f.h.Type == ttrpcwire.TypeResponse {
+			return // a call waits, or was just answered: calls are being made
 		}
 	}
 }
