@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -9,12 +10,15 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/edged/edged/edged/client"
+	"github.com/edged/edged/edged/errdefs"
 	containersapi "github.com/edged/edged/proto/services/containers/v1"
 )
 
@@ -197,7 +201,7 @@ func (f *runFlags) request(args []string) (*containersapi.CreateFromImageRequest
 func runCommand() *command {
 	return &command{
 		name: "run", argv: true, usage: "[flags] IMAGE ID [ARGS...]   (or --rootfs DIR ID [ARGS...])",
-		help: "create and start a container; in the foreground edgectl exits with the container's exit code",
+		help: "create and start a container; in the foreground edgectl exits with the container's exit code (and waits through a restart of edged)",
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			var rf runFlags
 			rf.add(fs)
@@ -277,9 +281,19 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 		return 0, err
 	}
 	cleanup := context.WithoutCancel(e.ctx)
+	// The process is driven through cur: when edged restarts during the
+	// run, edgectl connects again (see waitAcrossRestarts).
+	var mu sync.Mutex
+	cur := c
+	current := func() *client.Client {
+		mu.Lock()
+		defer mu.Unlock()
+		return cur
+	}
 	// deleteIt removes what is left when the process could not be started
 	// or waited for.
 	deleteIt := func() {
+		c := current()
 		if execID != "" {
 			c.DeleteExec(cleanup, id, execID)
 			return
@@ -296,7 +310,7 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 	}
 	resize := func() {
 		if w, h, ok := windowSize(int(os.Stdout.Fd())); ok {
-			c.ResizePty(cleanup, id, execID, w, h)
+			current().ResizePty(cleanup, id, execID, w, h)
 		}
 	}
 	// The terminal has its size before the process starts and reads it.
@@ -317,7 +331,7 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 	if done := fifos.StdinDone(); done != nil {
 		go func() {
 			<-done
-			c.CloseStdin(cleanup, id, execID)
+			current().CloseStdin(cleanup, id, execID)
 		}()
 	}
 	waitCtx, cancelWait := context.WithCancel(context.Background())
@@ -327,9 +341,19 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 		err error
 	}
 	done := make(chan result, 1)
+	var reconnecting atomic.Bool
 	go func() {
-		st, err := c.WaitDelete(waitCtx, id, execID, rmContainer)
+		st, err := waitAcrossRestarts(waitCtx, e, c, id, execID, rmContainer, &reconnecting, func(nc *client.Client) {
+			mu.Lock()
+			cur = nc
+			mu.Unlock()
+		})
 		done <- result{st, err}
+	}()
+	defer func() {
+		if nc := current(); nc != c { // c is the caller's to close
+			nc.Close()
+		}
 	}()
 	for {
 		select {
@@ -340,14 +364,92 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 				}
 				continue
 			}
-			c.Kill(cleanup, id, execID, uint32(s.(syscall.Signal)), false)
+			if reconnecting.Load() && (s == syscall.SIGINT || s == syscall.SIGTERM) {
+				// No edged to pass it to: give up waiting instead.
+				cancelWait()
+				continue
+			}
+			current().Kill(cleanup, id, execID, uint32(s.(syscall.Signal)), false)
 		case r := <-done:
 			if r.err != nil {
-				deleteIt()
+				if !errors.Is(r.err, errdefs.ErrUnavailable) {
+					deleteIt()
+				}
 				return 0, r.err
 			}
 			waitOutput(fifos)
 			return r.st.Code, nil
+		}
+	}
+}
+
+// reconnectFor is how long a foreground edgectl waits for edged to come
+// back when edged stops or restarts under it.
+const reconnectFor = time.Minute
+
+// drainWait bounds the wait for edged to close the connection after its
+// drain ended a wait: edged's shutdown_timeout (10 s) and its wait for the
+// calls it cancelled (5 s), with a margin.
+const drainWait = 20 * time.Second
+
+// waitAcrossRestarts waits for the process (and deletes it, with
+// rmContainer the container too) through c. When edged goes away (a
+// restart: its drain ends the wait, or a crash the connection) the process
+// keeps running and its output keeps flowing through the fifos, which the
+// shim holds, not edged; edgectl then connects again, for up to
+// reconnectFor, and waits again: edged learns on start of an exit that
+// happened while it was down. use gets each new client.
+func waitAcrossRestarts(ctx context.Context, e *env, c *client.Client, id, execID string, rmContainer bool, reconnecting *atomic.Bool, use func(*client.Client)) (client.ExitStatus, error) {
+	first := c
+	for {
+		st, err := c.WaitDelete(ctx, id, execID, rmContainer)
+		if err == nil || !errors.Is(err, errdefs.ErrUnavailable) || ctx.Err() != nil {
+			return st, err
+		}
+		// edged going away ends the connection: at once after a crash,
+		// within its drain after a SIGTERM. Another Unavailable is an
+		// answer.
+		select {
+		case <-c.Done():
+		case <-time.After(drainWait):
+			return st, err
+		case <-ctx.Done():
+			return st, err
+		}
+		fmt.Fprintf(e.stderr, "edgectl: lost edged (%s); %s keeps running; connecting again for up to %v\n", oneLine(err.Error()), id, reconnectFor)
+		reconnecting.Store(true)
+		nc, rerr := reconnect(ctx, e)
+		reconnecting.Store(false)
+		if rerr != nil {
+			return client.ExitStatus{}, fmt.Errorf("%s keeps running, but edgectl cannot wait for it: %v: %w", id, rerr, errdefs.ErrUnavailable)
+		}
+		use(nc)
+		if c != first { // first is the caller's to close
+			c.Close()
+		}
+		c = nc
+	}
+}
+
+// reconnect connects to edged again, trying every 200 ms for up to
+// reconnectFor.
+func reconnect(ctx context.Context, e *env) (*client.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, reconnectFor)
+	defer cancel()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		c, err := client.New(ctx, e.address, client.WithNamespace(e.namespace), client.WithTimeout(e.timeout))
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, fmt.Errorf("edged did not come back within %v: %w", reconnectFor, err)
+			}
+			return nil, errors.New("interrupted while edged was away")
+		case <-t.C:
 		}
 	}
 }

@@ -107,6 +107,11 @@ func NewFromConn(conn net.Conn, opts ...Opt) *Client {
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 
+// Done is closed when the connection to edged has ended: closed, or lost
+// (edged stopped or crashed). A client that outlives edged connects
+// again with New.
+func (c *Client) Done() <-chan struct{} { return c.conn.Done() }
+
 // Namespace returns the client's default namespace.
 func (c *Client) Namespace() string { return c.namespace }
 

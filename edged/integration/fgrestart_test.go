@@ -1,0 +1,198 @@
+package integration
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is an output buffer the test reads while edgectl writes it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A foreground `edgectl run` outlives restarts of edged under it: a
+// SIGTERM (edged's drain ends the wait with Unavailable) and then a kill
+// -9 (the connection breaks). edgectl connects again, waits again, and
+// exits with the container's exit code; the output written while edged
+// was away arrives (the shim holds the fifos), and --rm still removes the
+// container. Before, edgectl exited 1 with the drain message and left the
+// container running with nobody reading its output.
+func TestForegroundRunOutlivesEdgedRestarts(t *testing.T) {
+	requireRunc(t)
+	d := startDaemon(t)
+	rootfs := busybox(t)
+	gate := t.TempDir()
+	os.Chmod(gate, 0o777)
+
+	type run struct {
+		cmd            *exec.Cmd
+		stdout, stderr lockedBuffer
+		done           chan error
+	}
+	var runs []*run
+	for _, id := range []string{"fg1", "fg2"} {
+		r := &run{done: make(chan error, 1)}
+		// The container prints, waits for the test's signal (a file in
+		// a bind mount), prints again and exits 7.
+		script := "echo before; while [ ! -e /gate/" + id + " ]; do sleep 0.05; done; echo after; echo err >&2; exit 7"
+		r.cmd = exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "run", "--rm", "--rootfs", rootfs,
+			"--mount", "src="+gate+",dst=/gate", id, "sh", "-c", script)
+		r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+		if err := r.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.cmd.Process.Kill() })
+		go func() { r.done <- r.cmd.Wait() }()
+		runs = append(runs, r)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s; stdout %q, stderr %q / %q, %q", what, runs[0].stdout.String(), runs[0].stderr.String(), runs[1].stdout.String(), runs[1].stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, r := range runs {
+		waitFor("the containers to start", func() bool { return r.stdout.String() == "before\n" })
+	}
+	time.Sleep(500 * time.Millisecond) // edgectl is in its Wait call
+
+	// A restart by systemd: SIGTERM, then a new edged.
+	d.Stop(t)
+	for _, r := range runs {
+		waitFor("edgectl to see edged go", func() bool { return strings.Contains(r.stderr.String(), "lost edged") })
+		select {
+		case err := <-r.done:
+			t.Fatalf("edgectl exited when edged stopped: %v; stderr %q", err, r.stderr.String())
+		default:
+		}
+	}
+	// The drain ended the wait (or, on a host too slow for the sleep
+	// above, the Wait went out after edged had closed).
+	if s := runs[0].stderr.String(); !strings.Contains(s, "edged is shutting down") && !strings.Contains(s, "connection closed") || !strings.Contains(s, "fg1 keeps running; connecting again for up to 1m0s") {
+		t.Errorf("stderr after the SIGTERM: %q", runs[0].stderr.String())
+	}
+	t.Logf("fg1 after the SIGTERM: %s", runs[0].stderr.String())
+	d2 := startDaemonAt(t, d)
+	// fg1 ends while edged is back.
+	if err := os.WriteFile(filepath.Join(gate, "fg1"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A crash: kill -9 while fg2 is still waited for; fg2 ends while edged
+	// is down, and the next edged learns of its exit.
+	time.Sleep(300 * time.Millisecond)
+	d2.Kill()
+	if err := os.WriteFile(filepath.Join(gate, "fg2"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	d3 := startDaemonAt(t, d2)
+
+	for i, r := range runs {
+		select {
+		case err := <-r.done:
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 7 {
+				t.Errorf("fg%d: edgectl exit %v, want 7; stderr %q", i+1, err, r.stderr.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("fg%d: edgectl did not exit; stdout %q, stderr %q", i+1, r.stdout.String(), r.stderr.String())
+		}
+		if got := r.stdout.String(); got != "before\nafter\n" {
+			t.Errorf("fg%d: stdout %q, want the output from before and after the restarts", i+1, got)
+		}
+		if !strings.HasSuffix(r.stderr.String(), "err\n") {
+			t.Errorf("fg%d: stderr %q", i+1, r.stderr.String())
+		}
+	}
+	c := cli{t: t, env: []string{"EDGED_ADDRESS=" + d3.Address}}
+	if got := c.ok("c", "ls", "-q"); got != "" {
+		t.Errorf("--rm left containers after the restarts: %q", got)
+	}
+	if got := c.ok("task", "ls"); strings.Contains(got, "fg1") || strings.Contains(got, "fg2") {
+		t.Errorf("tasks left after the restarts: %q", got)
+	}
+}
+
+// While edged is away, Ctrl-C ends the wait: edgectl exits with an error
+// saying the container keeps running (there is no edged to pass the signal
+// to).
+func TestForegroundRunInterruptedWhileEdgedAway(t *testing.T) {
+	requireRunc(t)
+	d := startDaemon(t)
+	rootfs := busybox(t)
+	var stderr lockedBuffer
+	cmd := exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "run", "--rootfs", rootfs, "away", "sleep", "300")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	cl := newClient(t, d)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if p, err := cl.GetTask(ctxT(t), "away", ""); err == nil && p.Pid > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task did not start; stderr %q", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cl.Close()
+	d.Kill()
+	for !strings.Contains(stderr.String(), "connecting again") {
+		if time.Now().After(deadline) {
+			t.Fatalf("edgectl did not notice edged was gone; stderr %q", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+			t.Errorf("edgectl exit %v, want 1", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Ctrl-C did not end edgectl while edged was away; stderr %q", stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "away keeps running, but edgectl cannot wait for it: interrupted while edged was away") {
+		t.Errorf("stderr %q", stderr.String())
+	}
+	// The container did keep running: the next edged has it.
+	d2 := startDaemonAt(t, d)
+	cl2 := newClient(t, d2)
+	if p, err := cl2.GetTask(ctxT(t), "away", ""); err != nil || p.Pid == 0 {
+		t.Fatalf("task after the restart: %+v, %v", p, err)
+	}
+	if _, err := cl2.DeleteTask(ctxT(t), "away", true); err != nil {
+		t.Fatal(err)
+	}
+}
