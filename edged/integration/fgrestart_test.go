@@ -1,35 +1,17 @@
 package integration
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edged/edged/internal/testutil"
 )
-
-// lockedBuffer is an output buffer the test reads while edgectl writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // A foreground `edgectl run` outlives restarts of edged under it: a
 // SIGTERM (edged's drain ends the wait with Unavailable) and then a kill
@@ -47,7 +29,7 @@ func TestForegroundRunOutlivesEdgedRestarts(t *testing.T) {
 
 	type run struct {
 		cmd            *exec.Cmd
-		stdout, stderr lockedBuffer
+		stdout, stderr testutil.SyncBuffer
 		done           chan error
 	}
 	var runs []*run
@@ -145,7 +127,7 @@ func TestForegroundRunInterruptedWhileEdgedAway(t *testing.T) {
 	requireRunc(t)
 	d := startDaemon(t)
 	rootfs := busybox(t)
-	var stderr lockedBuffer
+	var stderr testutil.SyncBuffer
 	cmd := exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "run", "--rootfs", rootfs, "away", "sleep", "300")
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

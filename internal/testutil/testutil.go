@@ -65,23 +65,24 @@ func goTool() string {
 type Daemon struct {
 	Root, State, Address string
 	Cmd                  *exec.Cmd
-	log                  *syncBuffer
+	log                  *SyncBuffer
 	done                 chan struct{}
 	exitErr              error
 }
 
-type syncBuffer struct {
+// SyncBuffer is an output buffer a test reads while a process writes it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
@@ -105,7 +106,7 @@ func StartDaemon(t testing.TB, cfg DaemonConfig) *Daemon {
 	if dir == "" {
 		dir = ShortTempDir(t)
 	}
-	d := &Daemon{Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"), log: &syncBuffer{}, done: make(chan struct{})}
+	d := &Daemon{Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"), log: &SyncBuffer{}, done: make(chan struct{})}
 	d.Address = filepath.Join(d.State, "edged.sock")
 	args := append([]string{filepath.Join(cfg.Bin, "edged"), "--root", d.Root, "--state", d.State, "--address", d.Address, "--log-level", "debug"}, cfg.Args...)
 	args = append(append([]string{}, cfg.Wrap...), args...)
