@@ -25,6 +25,7 @@ type globals struct {
 	namespace string
 	format    string
 	timeout   time.Duration
+	reconnect time.Duration // a foreground wait's time for edged to come back
 }
 
 // env is what a command runs with.
@@ -87,10 +88,11 @@ func addGlobals(fs *flag.FlagSet, g *globals) {
 	fs.StringVar(&g.namespace, "n", g.namespace, "namespace (short for --namespace)")
 	fs.StringVar(&g.format, "format", g.format, "output format: table or json")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline of each API call")
+	fs.DurationVar(&g.reconnect, "reconnect", g.reconnect, "how long run and exec in the foreground wait for edged to come back when it restarts (0: exit at once)")
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{globals: globals{address: client.AddressFromEnv(), namespace: namespaces.FromEnv(), format: "table", timeout: client.DefaultTimeout}, stdout: stdout, stderr: stderr, stdin: stdin, ctx: ctx}
+	e := &env{globals: globals{address: client.AddressFromEnv(), namespace: namespaces.FromEnv(), format: "table", timeout: client.DefaultTimeout, reconnect: defaultReconnect}, stdout: stdout, stderr: stderr, stdin: stdin, ctx: ctx}
 	top := flag.NewFlagSet("edgectl", flag.ContinueOnError)
 	top.SetOutput(io.Discard)
 	addGlobals(top, &e.globals)
@@ -237,7 +239,7 @@ func printUsage(w io.Writer, path []string, cmds []*command) {
 		}
 		fmt.Fprintf(w, "  %-28s %s\n", name, c.help)
 	}
-	fmt.Fprintf(w, "\nglobal flags: --address PATH, -n/--namespace NS, --format table|json, --timeout DURATION\n")
+	fmt.Fprintf(w, "\nglobal flags: --address PATH, -n/--namespace NS, --format table|json, --timeout DURATION, --reconnect DURATION\n")
 }
 
 // eachArg connects and calls fn for every argument. A failure is printed

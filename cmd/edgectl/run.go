@@ -383,9 +383,9 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 	}
 }
 
-// reconnectFor is how long a foreground edgectl waits for edged to come
-// back when edged stops or restarts under it.
-const reconnectFor = time.Minute
+// defaultReconnect is how long a foreground edgectl waits for edged to
+// come back when edged stops or restarts under it (--reconnect).
+const defaultReconnect = time.Minute
 
 // drainWait bounds the wait for edged to close the connection after its
 // drain ended a wait: edged's shutdown_timeout (10 s) and its wait for the
@@ -397,7 +397,7 @@ const drainWait = 20 * time.Second
 // restart: its drain ends the wait, or a crash the connection) the process
 // keeps running and its output keeps flowing through the fifos, which the
 // shim holds, not edged; edgectl then connects again, for up to
-// reconnectFor, and waits again: edged learns on start of an exit that
+// --reconnect, and waits again: edged learns on start of an exit that
 // happened while it was down. use gets each new client.
 func waitAcrossRestarts(ctx context.Context, e *env, c *client.Client, id, execID string, rmContainer bool, reconnecting *atomic.Bool, use func(*client.Client)) (client.ExitStatus, error) {
 	first := c
@@ -409,6 +409,9 @@ func waitAcrossRestarts(ctx context.Context, e *env, c *client.Client, id, execI
 		// edged going away ends the connection: at once after a crash,
 		// within its drain after a SIGTERM. Another Unavailable is an
 		// answer.
+		if e.reconnect <= 0 {
+			return st, err
+		}
 		select {
 		case <-c.Done():
 		case <-time.After(drainWait):
@@ -416,7 +419,7 @@ func waitAcrossRestarts(ctx context.Context, e *env, c *client.Client, id, execI
 		case <-ctx.Done():
 			return st, err
 		}
-		fmt.Fprintf(e.stderr, "edgectl: lost edged (%s); %s keeps running; connecting again for up to %v\n", oneLine(err.Error()), id, reconnectFor)
+		fmt.Fprintf(e.stderr, "edgectl: lost edged (%s); %s keeps running; connecting again for up to %v\n", oneLine(err.Error()), id, e.reconnect)
 		reconnecting.Store(true)
 		nc, rerr := reconnect(ctx, e)
 		reconnecting.Store(false)
@@ -432,9 +435,9 @@ func waitAcrossRestarts(ctx context.Context, e *env, c *client.Client, id, execI
 }
 
 // reconnect connects to edged again, trying every 200 ms for up to
-// reconnectFor.
+// e.reconnect.
 func reconnect(ctx context.Context, e *env) (*client.Client, error) {
-	ctx, cancel := context.WithTimeout(ctx, reconnectFor)
+	ctx, cancel := context.WithTimeout(ctx, e.reconnect)
 	defer cancel()
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
@@ -446,7 +449,7 @@ func reconnect(ctx context.Context, e *env) (*client.Client, error) {
 		select {
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return nil, fmt.Errorf("edged did not come back within %v: %w", reconnectFor, err)
+				return nil, fmt.Errorf("edged did not come back within %v: %w", e.reconnect, err)
 			}
 			return nil, errors.New("interrupted while edged was away")
 		case <-t.C:

@@ -178,3 +178,80 @@ func TestForegroundRunInterruptedWhileEdgedAway(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// With edged gone for longer than --reconnect, a foreground run gives up
+// with an error naming the wait and saying the container keeps running;
+// --reconnect 0 gives up at once (edgectl's behaviour before it waited
+// through restarts).
+func TestForegroundRunReconnectGivesUp(t *testing.T) {
+	requireRunc(t)
+	d := startDaemon(t)
+	rootfs := busybox(t)
+	type run struct {
+		cmd    *exec.Cmd
+		stderr testutil.SyncBuffer
+		done   chan error
+	}
+	start := func(reconnect, id string) *run {
+		r := &run{done: make(chan error, 1)}
+		r.cmd = exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "--reconnect", reconnect, "run", "--rootfs", rootfs, id, "sleep", "300")
+		r.cmd.Stderr = &r.stderr
+		if err := r.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.cmd.Process.Kill() })
+		go func() { r.done <- r.cmd.Wait() }()
+		return r
+	}
+	r1, r0 := start("1s", "give1"), start("0", "give0")
+	cl := newClient(t, d)
+	deadline := time.Now().Add(20 * time.Second)
+	for _, id := range []string{"give1", "give0"} {
+		for {
+			if p, err := cl.GetTask(ctxT(t), id, ""); err == nil && p.Pid > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not start", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // both are in their Wait call
+	cl.Close()
+	d.Kill()
+	for _, tc := range []struct {
+		r    *run
+		want []string
+	}{
+		{r0, []string{"edged connection: rpc: connection closed"}},
+		{r1, []string{"connecting again for up to 1s", "give1 keeps running, but edgectl cannot wait for it: edged did not come back within 1s: connect to edged at " + d.Address}},
+	} {
+		select {
+		case err := <-tc.r.done:
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+				t.Errorf("edgectl exit %v, want 1; stderr %q", err, tc.r.stderr.String())
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("edgectl did not give up; stderr %q", tc.r.stderr.String())
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(tc.r.stderr.String(), w) {
+				t.Errorf("stderr %q, want %q", tc.r.stderr.String(), w)
+			}
+		}
+	}
+	if strings.Contains(r0.stderr.String(), "connecting again") {
+		t.Errorf("--reconnect 0 tried again: %q", r0.stderr.String())
+	}
+	// Both containers kept running: the next edged has them.
+	d2 := startDaemonAt(t, d)
+	cl2 := newClient(t, d2)
+	for _, id := range []string{"give1", "give0"} {
+		if p, err := cl2.GetTask(ctxT(t), id, ""); err != nil || p.Pid == 0 {
+			t.Errorf("%s after the restart: %+v, %v", id, p, err)
+		}
+		cl2.DeleteTask(ctxT(t), id, true)
+	}
+}

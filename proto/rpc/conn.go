@@ -143,12 +143,18 @@ func NewConn(conn net.Conn) *Conn {
 
 // Close closes the connection; calls in progress fail with ErrClosed.
 func (c *Conn) Close() error {
-	err := c.conn.Close()
 	c.idle.Load().Stop()
-	c.turn <- struct{}{} // a reader fails on the closed connection and leaves
-	c.fail(net.ErrClosed)
+	return c.shut(net.ErrClosed)
+}
+
+// shut closes the connection and ends it with err, once a reader in
+// progress has failed on the closed connection and left.
+func (c *Conn) shut(err error) error {
+	cerr := c.conn.Close()
+	c.turn <- struct{}{}
+	c.fail(err)
 	<-c.turn
-	return err
+	return cerr
 }
 
 // Done is closed when the connection has ended (closed by either side).
@@ -345,10 +351,7 @@ func (c *Conn) open(ctx context.Context, flags byte, service, method string, req
 // connection (a frame may be half written).
 func (c *Conn) write(f []byte) error {
 	if _, err := c.conn.Write(f); err != nil {
-		c.conn.Close()
-		c.turn <- struct{}{} // a reader fails on the closed connection and leaves
-		c.fail(err)
-		<-c.turn
+		c.shut(err)
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.err
