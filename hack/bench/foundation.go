@@ -270,10 +270,13 @@ func throughput(ctx context.Context, e *Env) ([]Row, error) {
 		if err != nil {
 			return rows, err
 		}
+		cpu0, _ := measure.ReadCPUTimes()
 		tp, err := measure.CreateDelete(ctx, d.Socket, "bench", e.Containers, clients, e.Window, spec)
 		if err != nil {
 			return rows, err
 		}
+		cpu1, _ := measure.ReadCPUTimes()
+		steal := measure.StealShare(cpu0, cpu1)
 		after, err := measure.ReadIO(d.PID())
 		if err != nil {
 			return rows, err
@@ -286,8 +289,8 @@ func throughput(ctx context.Context, e *Env) ([]Row, error) {
 		n := float64(tp.Ops)
 		rows = append(rows,
 			budget(fmt.Sprintf("container create+delete, %s", label), tp.Rate(), "ops/s", ">=", budgetCreateDelete).
-				with("", fmt.Sprintf("%d containers (%d-byte OCI spec, 2 labels) in %.2f s through the Go client",
-					tp.Ops, len(spec), tp.Elapsed.Seconds())),
+				with("", fmt.Sprintf("%d containers (%d-byte OCI spec, 2 labels) in %.2f s through the Go client%s",
+					tp.Ops, len(spec), tp.Elapsed.Seconds(), stealNote(steal))),
 			budget(fmt.Sprintf("  slowest %d-op window", e.Window), tp.SlowestRate(e.Window), "ops/s", ">=", budgetCreateDelete),
 			budget("  disk write_bytes per create+delete", float64(io.WriteBytes)/n/1024, "KiB", "<=", budgetWriteKiBPerOp).
 				with(fmt.Sprintf("containerd ≈ %d KiB (ctr run --rm, issue)", containerdWriteKiBOp),

@@ -23,6 +23,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/edged/edged/hack/bench/measure"
 )
 
 // Section is a group of rows, usually the budgets of one issue.
@@ -174,9 +176,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var rows []Row
 	for _, s := range chosen {
 		e.Progress("section %s", s.Name)
+		before, serr := measure.ReadCPUTimes()
 		got, err := s.Run(ctx, e)
 		if err != nil {
 			got = append(got, failed(s.Name, err))
+		}
+		if after, aerr := measure.ReadCPUTimes(); serr == nil && aerr == nil {
+			got = append(got, stealRow("host CPU steal during the section", measure.StealShare(before, after)))
 		}
 		for i := range got {
 			got[i].Section = s.Name

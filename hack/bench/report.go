@@ -171,3 +171,26 @@ func writeJSON(w io.Writer, rows []Row) error {
 		Rows []Row `json:"rows"`
 	}{rows})
 }
+
+// stealThreshold is the CPU steal above which a row's latency and
+// throughput figures are flagged as read on a busy host.
+const stealThreshold = 0.05
+
+// stealRow reports the host's CPU steal (a share, 0 to 1) while something
+// was measured.
+func stealRow(name string, share float64) Row {
+	note := "CPU time the hypervisor gave to other guests (/proc/stat steal)"
+	if share > stealThreshold {
+		note += fmt.Sprintf("; above %.0f%%: the host is busy, latency and throughput figures here read low", stealThreshold*100)
+	}
+	return info(name, share*100, "%").with("", note)
+}
+
+// stealNote is appended to the note of a latency or throughput row.
+func stealNote(share float64) string {
+	s := fmt.Sprintf("; host CPU steal meanwhile %.1f%%", share*100)
+	if share > stealThreshold {
+		s += " (busy host: reads low)"
+	}
+	return s
+}
