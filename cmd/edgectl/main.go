@@ -73,10 +73,62 @@ func main() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := interruptContext()
 	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
+}
+
+// interrupted is the cause of the command context's end when a SIGINT or
+// SIGTERM stopped the command: edgectl then exits 128+signal, as a shell
+// reports a command a signal ended.
+type interrupted syscall.Signal
+
+func (i interrupted) Error() string {
+	switch syscall.Signal(i) {
+	case syscall.SIGINT:
+		return "interrupted (SIGINT)"
+	case syscall.SIGTERM:
+		return "interrupted (SIGTERM)"
+	}
+	return "interrupted (" + syscall.Signal(i).String() + ")"
+}
+
+// interruptContext returns a context that SIGINT and SIGTERM cancel with
+// an interrupted cause. Like signal.NotifyContext, later signals are
+// caught too until stop (commands that pass signals on to a container
+// register their own channel).
+func interruptContext() (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel(interrupted(s.(syscall.Signal)))
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel(nil)
+	}
+}
+
+// interruption reports whether err ended a command because a signal
+// cancelled ctx, and what to print and exit with then.
+func interruption(ctx context.Context, err error) (msg string, code int, ok bool) {
+	var i interrupted
+	if !errors.Is(err, context.Canceled) || !errors.As(context.Cause(ctx), &i) {
+		return "", 0, false
+	}
+	msg = strings.ReplaceAll(oneLine(err.Error()), context.Canceled.Error(), i.Error())
+	if !strings.Contains(msg, i.Error()) {
+		msg += ": " + i.Error()
+	}
+	return msg, 128 + int(i), true
 }
 
 // errUsage marks errors that print usage and exit 2.
@@ -180,6 +232,10 @@ func dispatch(e *env, path []string, cmds []*command, args []string) int {
 		var ee exitError
 		if errors.As(err, &ee) {
 			return int(ee)
+		}
+		if msg, code, ok := interruption(e.ctx, err); ok {
+			fmt.Fprintf(e.stderr, "edgectl: %s\n", msg)
+			return code
 		}
 		fmt.Fprintf(e.stderr, "edgectl: %s\n", oneLine(err.Error()))
 		return 1

@@ -278,6 +278,15 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 	defer fifos.Close()
 	started, err := create(client.TaskOpts{Stdin: fifos.Stdin, Stdout: fifos.Stdout, Stderr: fifos.Stderr, Terminal: tty, Start: !tty})
 	if err != nil {
+		if e.ctx.Err() != nil {
+			// Ctrl-C while edged creates it: edgectl's exit closes the
+			// connection, which cancels the create, and edged undoes it.
+			what := id
+			if execID != "" {
+				what = "exec " + execID + " in " + id
+			}
+			return 0, fmt.Errorf("%s: not started: %w", what, err)
+		}
 		return 0, err
 	}
 	cleanup := context.WithoutCancel(e.ctx)

@@ -255,3 +255,71 @@ func TestForegroundRunReconnectGivesUp(t *testing.T) {
 		cl2.DeleteTask(ctxT(t), id, true)
 	}
 }
+
+// Ctrl-C while edged is still creating a foreground run's container ends
+// edgectl with a message saying so and exit code 130 (128+SIGINT, as a
+// shell reports it), and leaves nothing behind: edgectl's exit cancels the
+// create and edged undoes it. Before, edgectl said "context canceled" and
+// exited 1.
+func TestForegroundRunCtrlCDuringCreate(t *testing.T) {
+	requireRunc(t)
+	d := startDaemon(t)
+	rootfs := busybox(t)
+	var stderr testutil.SyncBuffer
+	cmd := exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "run", "--rm", "--rootfs", rootfs, "early", "sleep", "300")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	cl := newClient(t, d)
+	// The container record is the first thing the create makes; its task
+	// starts tens of milliseconds later.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := cl.GetContainer(ctxT(t), "early"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container not created; stderr %q", stderr.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if p, err := cl.GetTask(ctxT(t), "early", ""); err == nil && p.Pid > 0 {
+		t.Skip("the task had started before the signal could be sent")
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("edgectl did not end on Ctrl-C during the create; stderr %q", stderr.String())
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Errorf("edgectl exit %v, want 130", err)
+	}
+	if got, want := stderr.String(), "edgectl: early: not started: interrupted (SIGINT)\n"; got != want {
+		t.Errorf("stderr %q, want %q", got, want)
+	}
+	// Nothing is left once edged has undone the create.
+	for {
+		cs, err := cl.ListContainers(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, err := cl.ListTasks(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cs) == 0 && len(ts) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind: %d containers, %d tasks", len(cs), len(ts))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
