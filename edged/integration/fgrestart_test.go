@@ -323,3 +323,92 @@ func TestForegroundRunCtrlCDuringCreate(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A foreground `edgectl task exec` rides out a kill -9 of edged the same
+// way a run does: the exec process keeps running, edgectl connects to the
+// next edged, waits for the exec again and exits with its code; its output
+// from before and after arrives. One exec ends while edged is back, the
+// other while edged is down (its exit is learned from the shim).
+func TestForegroundExecOutlivesEdgedRestart(t *testing.T) {
+	requireRunc(t)
+	d := startDaemon(t)
+	rootfs := busybox(t)
+	gate := t.TempDir()
+	os.Chmod(gate, 0o777)
+	c := cli{t: t, env: []string{"EDGED_ADDRESS=" + d.Address}}
+	c.ok("run", "-d", "--rootfs", rootfs, "--mount", "src="+gate+",dst=/gate", "host", "sleep", "300")
+
+	type run struct {
+		cmd            *exec.Cmd
+		stdout, stderr testutil.SyncBuffer
+		done           chan error
+	}
+	var runs []*run
+	for _, g := range []string{"e1", "e2"} {
+		r := &run{done: make(chan error, 1)}
+		script := "echo before; while [ ! -e /gate/" + g + " ]; do sleep 0.05; done; echo after; exit 6"
+		r.cmd = exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "task", "exec", "--exec-id", g, "host", "sh", "-c", script)
+		r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+		if err := r.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.cmd.Process.Kill() })
+		go func() { r.done <- r.cmd.Wait() }()
+		runs = append(runs, r)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s; stdout %q, stderr %q / %q, %q", what, runs[0].stdout.String(), runs[0].stderr.String(), runs[1].stdout.String(), runs[1].stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	for _, r := range runs {
+		waitFor("the execs to start", func() bool { return r.stdout.String() == "before\n" })
+	}
+	time.Sleep(300 * time.Millisecond) // edgectl is in its Wait call
+	d.Kill()
+	for _, r := range runs {
+		waitFor("edgectl to see edged go", func() bool { return strings.Contains(r.stderr.String(), "lost edged") })
+	}
+	// e2 ends while edged is down.
+	if err := os.WriteFile(filepath.Join(gate, "e2"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	d2 := startDaemonAt(t, d)
+	// e1 ends while edged is back.
+	time.Sleep(300 * time.Millisecond)
+	if err := os.WriteFile(filepath.Join(gate, "e1"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range runs {
+		select {
+		case err := <-r.done:
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 6 {
+				t.Errorf("e%d: edgectl exit %v, want 6; stderr %q", i+1, err, r.stderr.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("e%d: edgectl did not exit; stdout %q, stderr %q", i+1, r.stdout.String(), r.stderr.String())
+		}
+		if got := r.stdout.String(); got != "before\nafter\n" {
+			t.Errorf("e%d: stdout %q, want the output from before and after the restart", i+1, got)
+		}
+	}
+	// The container's init is untouched, and the execs are gone.
+	c2 := cli{t: t, env: []string{"EDGED_ADDRESS=" + d2.Address}}
+	if got := c2.ok("task", "ls"); !strings.Contains(got, "RUNNING") {
+		t.Errorf("the container's task after the execs: %q", got)
+	}
+	cl := newClient(t, d2)
+	for _, g := range []string{"e1", "e2"} {
+		if p, err := cl.GetTask(ctxT(t), "host", g); err == nil {
+			t.Errorf("exec %s still there after its wait: %+v", g, p)
+		}
+	}
+	c2.ok("task", "rm", "-f", "host")
+}
