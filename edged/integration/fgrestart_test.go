@@ -2,6 +2,7 @@ package integration
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,44 @@ import (
 
 	"github.com/edged/edged/internal/testutil"
 )
+
+// fgRun is a foreground edgectl started by startForeground.
+type fgRun struct {
+	cmd            *exec.Cmd
+	stdout, stderr testutil.SyncBuffer
+	done           chan error // its exit
+}
+
+// startForeground starts edgectl with args, killed at the end of the test.
+func startForeground(t *testing.T, args ...string) *fgRun {
+	t.Helper()
+	r := &fgRun{done: make(chan error, 1)}
+	r.cmd = exec.Command(filepath.Join(binDir, "edgectl"), args...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.cmd.Process.Kill() })
+	go func() { r.done <- r.cmd.Wait() }()
+	return r
+}
+
+// waitForRuns polls cond for up to 20 s, then fails with what and the
+// output of runs.
+func waitForRuns(t *testing.T, runs []*fgRun, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			var out []string
+			for _, r := range runs {
+				out = append(out, fmt.Sprintf("stdout %q stderr %q", r.stdout.String(), r.stderr.String()))
+			}
+			t.Fatalf("timed out waiting for %s; %s", what, strings.Join(out, " / "))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
 
 // A foreground `edgectl run` outlives restarts of edged under it: a
 // SIGTERM (edged's drain ends the wait with Unavailable) and then a kill
@@ -27,37 +66,15 @@ func TestForegroundRunOutlivesEdgedRestarts(t *testing.T) {
 	gate := t.TempDir()
 	os.Chmod(gate, 0o777)
 
-	type run struct {
-		cmd            *exec.Cmd
-		stdout, stderr testutil.SyncBuffer
-		done           chan error
-	}
-	var runs []*run
+	var runs []*fgRun
 	for _, id := range []string{"fg1", "fg2"} {
-		r := &run{done: make(chan error, 1)}
 		// The container prints, waits for the test's signal (a file in
 		// a bind mount), prints again and exits 7.
 		script := "echo before; while [ ! -e /gate/" + id + " ]; do sleep 0.05; done; echo after; echo err >&2; exit 7"
-		r.cmd = exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "run", "--rm", "--rootfs", rootfs,
-			"--mount", "src="+gate+",dst=/gate", id, "sh", "-c", script)
-		r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
-		if err := r.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.cmd.Process.Kill() })
-		go func() { r.done <- r.cmd.Wait() }()
-		runs = append(runs, r)
+		runs = append(runs, startForeground(t, "--address", d.Address, "run", "--rm", "--rootfs", rootfs,
+			"--mount", "src="+gate+",dst=/gate", id, "sh", "-c", script))
 	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; stdout %q, stderr %q / %q, %q", what, runs[0].stdout.String(), runs[0].stderr.String(), runs[1].stdout.String(), runs[1].stderr.String())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	waitFor := func(what string, cond func() bool) { t.Helper(); waitForRuns(t, runs, what, cond) }
 	for _, r := range runs {
 		waitFor("the containers to start", func() bool { return r.stdout.String() == "before\n" })
 	}
@@ -187,21 +204,8 @@ func TestForegroundRunReconnectGivesUp(t *testing.T) {
 	requireRunc(t)
 	d := startDaemon(t)
 	rootfs := busybox(t)
-	type run struct {
-		cmd    *exec.Cmd
-		stderr testutil.SyncBuffer
-		done   chan error
-	}
-	start := func(reconnect, id string) *run {
-		r := &run{done: make(chan error, 1)}
-		r.cmd = exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "--reconnect", reconnect, "run", "--rootfs", rootfs, id, "sleep", "300")
-		r.cmd.Stderr = &r.stderr
-		if err := r.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.cmd.Process.Kill() })
-		go func() { r.done <- r.cmd.Wait() }()
-		return r
+	start := func(reconnect, id string) *fgRun {
+		return startForeground(t, "--address", d.Address, "--reconnect", reconnect, "run", "--rootfs", rootfs, id, "sleep", "300")
 	}
 	r1, r0 := start("1s", "give1"), start("0", "give0")
 	cl := newClient(t, d)
@@ -221,7 +225,7 @@ func TestForegroundRunReconnectGivesUp(t *testing.T) {
 	cl.Close()
 	d.Kill()
 	for _, tc := range []struct {
-		r    *run
+		r    *fgRun
 		want []string
 	}{
 		{r0, []string{"edged connection: rpc: connection closed"}},
@@ -338,34 +342,12 @@ func TestForegroundExecOutlivesEdgedRestart(t *testing.T) {
 	c := cli{t: t, env: []string{"EDGED_ADDRESS=" + d.Address}}
 	c.ok("run", "-d", "--rootfs", rootfs, "--mount", "src="+gate+",dst=/gate", "host", "sleep", "300")
 
-	type run struct {
-		cmd            *exec.Cmd
-		stdout, stderr testutil.SyncBuffer
-		done           chan error
-	}
-	var runs []*run
+	var runs []*fgRun
 	for _, g := range []string{"e1", "e2"} {
-		r := &run{done: make(chan error, 1)}
 		script := "echo before; while [ ! -e /gate/" + g + " ]; do sleep 0.05; done; echo after; exit 6"
-		r.cmd = exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "task", "exec", "--exec-id", g, "host", "sh", "-c", script)
-		r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
-		if err := r.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { r.cmd.Process.Kill() })
-		go func() { r.done <- r.cmd.Wait() }()
-		runs = append(runs, r)
+		runs = append(runs, startForeground(t, "--address", d.Address, "task", "exec", "--exec-id", g, "host", "sh", "-c", script))
 	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; stdout %q, stderr %q / %q, %q", what, runs[0].stdout.String(), runs[0].stderr.String(), runs[1].stdout.String(), runs[1].stderr.String())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	waitFor := func(what string, cond func() bool) { t.Helper(); waitForRuns(t, runs, what, cond) }
 	for _, r := range runs {
 		waitFor("the execs to start", func() bool { return r.stdout.String() == "before\n" })
 	}
