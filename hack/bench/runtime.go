@@ -195,6 +195,10 @@ func (l lifecycleStats) perCycle(n int64) float64 { return float64(n) / float64(
 func lifecycles(edgectl func(...string) error, pid int, rootfs string, cycles int) (lifecycleStats, error) {
 	l := lifecycleStats{cycles: cycles}
 	written, cancelled := procIOField(pid, "write_bytes"), procIOField(pid, "cancelled_write_bytes")
+	shimSeen := map[int]int64{} // write_bytes of each shim at its last look
+	for _, c := range children(pid) {
+		shimSeen[c] = procIOField(c, "write_bytes")
+	}
 	for i := 0; i < cycles; i++ {
 		id := "d" + strconv.Itoa(i)
 		start := time.Now()
@@ -204,8 +208,12 @@ func lifecycles(edgectl func(...string) error, pid int, rootfs string, cycles in
 		l.detach = append(l.detach, time.Since(start))
 		// The shims' own writes (with those of the runc create/start they
 		// reaped) before the task goes; an idle spare shim writes nothing.
+		// A shim serves many lifecycles (the spare is reused): count what
+		// it wrote since the last look, not its running total again.
 		for _, c := range children(pid) {
-			l.shim += procIOField(c, "write_bytes")
+			n := procIOField(c, "write_bytes")
+			l.shim += n - shimSeen[c]
+			shimSeen[c] = n
 		}
 		if err := edgectl("task", "rm", "-f", id); err != nil {
 			return l, err
