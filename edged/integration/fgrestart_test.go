@@ -35,6 +35,25 @@ func startForeground(t *testing.T, args ...string) *fgRun {
 	return r
 }
 
+// expectExit waits up to 30 s for the edgectl of r (called name) to exit
+// with code and checks it printed stdout: the output from before and after
+// the restarts.
+func (r *fgRun) expectExit(t *testing.T, name string, code int, stdout string) {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != code {
+			t.Errorf("%s: edgectl exit %v, want %d; stderr %q", name, err, code, r.stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: edgectl did not exit; stdout %q, stderr %q", name, r.stdout.String(), r.stderr.String())
+	}
+	if got := r.stdout.String(); got != stdout {
+		t.Errorf("%s: stdout %q, want %q (the output from before and after the restarts)", name, got, stdout)
+	}
+}
+
 // waitForRuns polls cond for up to 20 s, then fails with what and the
 // output of runs.
 func waitForRuns(t *testing.T, runs []*fgRun, what string, cond func() bool) {
@@ -112,18 +131,7 @@ func TestForegroundRunOutlivesEdgedRestarts(t *testing.T) {
 	d3 := startDaemonAt(t, d2)
 
 	for i, r := range runs {
-		select {
-		case err := <-r.done:
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != 7 {
-				t.Errorf("fg%d: edgectl exit %v, want 7; stderr %q", i+1, err, r.stderr.String())
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("fg%d: edgectl did not exit; stdout %q, stderr %q", i+1, r.stdout.String(), r.stderr.String())
-		}
-		if got := r.stdout.String(); got != "before\nafter\n" {
-			t.Errorf("fg%d: stdout %q, want the output from before and after the restarts", i+1, got)
-		}
+		r.expectExit(t, fmt.Sprintf("fg%d", i+1), 7, "before\nafter\n")
 		if !strings.HasSuffix(r.stderr.String(), "err\n") {
 			t.Errorf("fg%d: stderr %q", i+1, r.stderr.String())
 		}
@@ -368,18 +376,7 @@ func TestForegroundExecOutlivesEdgedRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, r := range runs {
-		select {
-		case err := <-r.done:
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != 6 {
-				t.Errorf("e%d: edgectl exit %v, want 6; stderr %q", i+1, err, r.stderr.String())
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("e%d: edgectl did not exit; stdout %q, stderr %q", i+1, r.stdout.String(), r.stderr.String())
-		}
-		if got := r.stdout.String(); got != "before\nafter\n" {
-			t.Errorf("e%d: stdout %q, want the output from before and after the restart", i+1, got)
-		}
+		r.expectExit(t, fmt.Sprintf("e%d", i+1), 6, "before\nafter\n")
 	}
 	// The container's init is untouched, and the execs are gone.
 	c2 := cli{t: t, env: []string{"EDGED_ADDRESS=" + d2.Address}}
