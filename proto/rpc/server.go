@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,8 +63,10 @@ const DefaultMaxCalls = 256
 // both directions, for the generated services (it is a Registrar).
 // ttrpc's own server runs three goroutines per connection and passes every
 // response through a channel to its writer, and encodes its envelopes
-// with protobuf-go; here a connection has one reading goroutine, each call
-// one more, and a call writes its own frames under the connection's lock.
+// with protobuf-go; here a connection has one reading goroutine, a unary
+// call runs on a pooled worker goroutine (see runUnary) and a stream on a
+// goroutine of its own, and a call writes its own frames under the
+// connection's lock.
 //
 // A call's error becomes its status: a *StatusError's code and message,
 // else (as ttrpc's server does) a code for the standard errors (io.EOF,
@@ -80,6 +83,31 @@ type Server struct {
 	// calls counts the calls and streams whose handler has not returned,
 	// on every connection, closed ones included.
 	calls int
+
+	// Unary calls run on pooled goroutines (see worker): an idle worker
+	// waits on work; idle counts those waiting; quit, closed by Stop,
+	// sends them away.
+	work     chan unaryCall
+	idle     atomic.Int32
+	quit     chan struct{}
+	quitOnce sync.Once
+}
+
+// maxIdleWorkers bounds the goroutines kept waiting for the next unary
+// call. A worker's stack stays grown between calls (and the garbage
+// collector halves idle ones), so a few are enough: they serve the calls
+// in flight at once, of every connection.
+const maxIdleWorkers = 8
+
+// unaryCall is one unary call handed to a worker.
+type unaryCall struct {
+	c       *serverConn
+	ctx     context.Context
+	cancel  context.CancelFunc
+	id      uint32
+	name    string
+	m       Method
+	payload []byte
 }
 
 // NewServer returns a server with no services.
@@ -87,7 +115,44 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.MaxCalls <= 0 {
 		cfg.MaxCalls = DefaultMaxCalls
 	}
-	return &Server{cfg: cfg, services: map[string]*ServiceDesc{}, conns: map[*serverConn]struct{}{}}
+	return &Server{cfg: cfg, services: map[string]*ServiceDesc{}, conns: map[*serverConn]struct{}{},
+		work: make(chan unaryCall), quit: make(chan struct{})}
+}
+
+// runUnary hands call to an idle worker, or starts one.
+//
+// Why not a goroutine per call: a new goroutine starts on a 2 KiB stack,
+// and decoding a container (gogo's Unmarshal of a message with maps has
+// large frames) then SQLite grow it several times, each growth a copy of
+// the whole stack: runtime.copystack was about 6% of edged's CPU during a
+// container create+delete burst. A worker keeps its grown stack for the
+// next call (as gRPC's server workers do).
+func (s *Server) runUnary(call unaryCall) {
+	select {
+	case s.work <- call:
+	default:
+		go s.worker(call)
+	}
+}
+
+// worker runs call, then the calls runUnary hands it while it waits idle;
+// it returns when maxIdleWorkers others already wait, or after Stop.
+func (s *Server) worker(call unaryCall) {
+	for {
+		call.c.unary(call.ctx, call.cancel, call.id, call.name, call.m, call.payload)
+		call = unaryCall{} // drop the references while idle
+		if s.idle.Add(1) > maxIdleWorkers {
+			s.idle.Add(-1)
+			return
+		}
+		select {
+		case call = <-s.work:
+			s.idle.Add(-1)
+		case <-s.quit:
+			s.idle.Add(-1)
+			return
+		}
+	}
 }
 
 // RegisterService adds a service; call it before Serve. A name registered
@@ -154,6 +219,7 @@ func (s *Server) isClosed() bool {
 // Stop stops accepting connections: Serve returns ErrServerClosed. Open
 // connections are served until Shutdown or Close.
 func (s *Server) Stop() {
+	s.quitOnce.Do(func() { close(s.quit) })
 	s.mu.Lock()
 	s.closed = true
 	l := s.listener
@@ -354,7 +420,7 @@ func (c *serverConn) request(ctx context.Context, id uint32, p []byte) {
 	}
 	ctx = withMD(ctx, req)
 	if unary {
-		go c.unary(ctx, cancel, id, string(req.Service)+"/"+string(req.Method), m, req.Payload)
+		c.srv.runUnary(unaryCall{c: c, ctx: ctx, cancel: cancel, id: id, name: string(req.Service) + "/" + string(req.Method), m: m, payload: req.Payload})
 		return
 	}
 	st := c.openStream(ctx, id, sd, req.Payload)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -1552,4 +1553,60 @@ func TestServerWaitIdle(t *testing.T) {
 	}
 	waitFor(t, "Serve to return", ts.served)
 	ts.served <- rpc.ErrServerClosed
+}
+
+// waitIdleWorkers waits until n workers wait for calls.
+func waitIdleWorkers(t *testing.T, srv *rpc.Server, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.IdleWorkers() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idle workers, want %d", srv.IdleWorkers(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Unary calls run on pooled workers: the pool bounds the idle ones, not
+// the calls in progress; Stop sends the idle ones away, and calls on the
+// connections still open are served after it.
+func TestServerWorkers(t *testing.T) {
+	ts := startServer(t, rpc.ServerConfig{})
+	c := dial(t, ts.path)
+	ctx := tctx(t)
+	n := 3 * rpc.MaxIdleWorkers
+	results := make(chan error, n)
+	for i := range n {
+		go func() {
+			var resp types.StringValue
+			v := strconv.Itoa(i)
+			err := c.Call(ctx, ssvc, "Gate", &types.StringValue{Value: v}, &resp)
+			if err == nil && resp.Value != "released "+v {
+				err = fmt.Errorf("Gate %s: %q", v, resp.Value)
+			}
+			results <- err
+		}()
+	}
+	for range n {
+		waitFor(t, "a call to start", ts.state.started)
+	}
+	if got := ts.srv.IdleWorkers(); got != 0 {
+		t.Errorf("%d idle workers while every call is in progress", got)
+	}
+	close(ts.state.release)
+	for range n {
+		if err := waitFor(t, "Gate", results); err != nil {
+			t.Error(err)
+		}
+	}
+	waitIdleWorkers(t, ts.srv, rpc.MaxIdleWorkers)
+	for i := range 50 {
+		wantEcho(t, c, strconv.Itoa(i))
+	}
+	waitIdleWorkers(t, ts.srv, rpc.MaxIdleWorkers)
+
+	ts.srv.Stop()
+	waitIdleWorkers(t, ts.srv, 0)
+	wantEcho(t, c, "after Stop")
+	waitIdleWorkers(t, ts.srv, 0)
 }
