@@ -271,12 +271,28 @@ func throughput(ctx context.Context, e *Env) ([]Row, error) {
 			return rows, err
 		}
 		cpu0, _ := measure.ReadCPUTimes()
+		edgedCPU0, err := measure.ProcessCPU(d.PID())
+		if err != nil {
+			return rows, err
+		}
+		selfCPU0, err := measure.SelfCPU()
+		if err != nil {
+			return rows, err
+		}
 		tp, err := measure.CreateDelete(ctx, d.Socket, "bench", e.Containers, clients, e.Window, spec)
 		if err != nil {
 			return rows, err
 		}
 		cpu1, _ := measure.ReadCPUTimes()
 		steal := measure.StealShare(cpu0, cpu1)
+		edgedCPU1, err := measure.ProcessCPU(d.PID())
+		if err != nil {
+			return rows, err
+		}
+		selfCPU1, err := measure.SelfCPU()
+		if err != nil {
+			return rows, err
+		}
 		after, err := measure.ReadIO(d.PID())
 		if err != nil {
 			return rows, err
@@ -292,6 +308,10 @@ func throughput(ctx context.Context, e *Env) ([]Row, error) {
 				with("", fmt.Sprintf("%d containers (%d-byte OCI spec, 2 labels) in %.2f s through the Go client%s",
 					tp.Ops, len(spec), tp.Elapsed.Seconds(), stealNote(steal))),
 			budget(fmt.Sprintf("  slowest %d-op window", e.Window), tp.SlowestRate(e.Window), "ops/s", ">=", budgetCreateDelete),
+			info("  edged CPU time per create+delete", float64(edgedCPU1-edgedCPU0)/n/1e3, "µs").
+				with("", "user + system, all threads (/proc/PID/stat); steadier than the rate on a busy host"),
+			info("  client CPU time per create+delete", float64(selfCPU1-selfCPU0)/n/1e3, "µs").
+				with("", "the benchmark process, which runs only the Go client meanwhile (getrusage)"),
 			budget("  disk write_bytes per create+delete", float64(io.WriteBytes)/n/1024, "KiB", "<=", budgetWriteKiBPerOp).
 				with(fmt.Sprintf("containerd ≈ %d KiB (ctr run --rm, issue)", containerdWriteKiBOp),
 					"/proc/PID/io write_bytes: page-cache pages dirtied, i.e. what reaches the device"),

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -125,6 +126,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	only := fs.String("sections", "", "comma-separated sections to run (default all)")
 	list := fs.Bool("list", false, "list the sections and exit")
 	quiet := fs.Bool("q", false, "no progress messages on stderr")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the benchmark process (the clients' side) to `file`")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -167,6 +169,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bench: keeping %s\n", work)
 	} else {
 		defer os.RemoveAll(work)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: -cpuprofile: %v\n", err)
+			return 1
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	e := &Env{Config: cfg, Work: work, Log: stderr}
 	if *quiet {

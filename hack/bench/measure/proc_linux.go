@@ -8,6 +8,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Memory is a process's memory from /proc/PID/smaps_rollup and
@@ -209,19 +211,68 @@ func ReadReferenced(pid int) (WorkingSet, error) {
 // MajorFaults returns the major page faults (pages read from disk) pid has
 // taken: field 12 of /proc/PID/stat.
 func MajorFaults(pid int) (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	fields, err := statFields(pid)
 	if err != nil {
 		return 0, err
 	}
-	// The command name (field 2) may contain spaces; fields after it
-	// start behind its closing parenthesis.
+	return strconv.ParseInt(fields[majfltField-3], 10, 64)
+}
+
+// ProcessCPU returns the CPU time pid has used, user plus system, all its
+// threads: fields 14 and 15 of /proc/PID/stat, in USER_HZ ticks (100 per
+// second on Linux whatever the kernel's HZ), so to 10 ms.
+func ProcessCPU(pid int) (time.Duration, error) {
+	fields, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
+	var ticks int64
+	for _, f := range []int{utimeField, stimeField} {
+		v, err := strconv.ParseInt(fields[f-3], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: field %d: %w", pid, f, err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * (time.Second / userHZ), nil
+}
+
+// SelfCPU returns the CPU time this process has used, user plus system.
+func SelfCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, err
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// Fields of /proc/PID/stat (numbered from 1 as in proc(5)).
+const (
+	majfltField = 12
+	utimeField  = 14
+	stimeField  = 15
+	userHZ      = 100
+)
+
+// statFields returns the fields of /proc/PID/stat from field 3 on. The
+// command name (field 2) may contain spaces; the fields after it start
+// behind its closing parenthesis.
+func statFields(pid int) ([]string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	return parseStat(pid, data)
+}
+
+func parseStat(pid int, data []byte) ([]string, error) {
 	i := bytes.LastIndexByte(data, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+		return nil, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
 	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 10 {
-		return 0, fmt.Errorf("/proc/%d/stat: malformed", pid)
+	if len(fields) < stimeField-2 {
+		return nil, fmt.Errorf("/proc/%d/stat: malformed", pid)
 	}
-	return strconv.ParseInt(fields[9], 10, 64) // field 12 is the 10th after ")"
+	return fields, nil
 }
