@@ -437,6 +437,16 @@ func sEcho(ctx context.Context, c rpc.Caller, v string) (string, error) {
 	return resp.Value, err
 }
 
+// gateCall calls Gate with v and checks the answer of a released call.
+func gateCall(ctx context.Context, c rpc.Caller, v string) error {
+	var resp types.StringValue
+	err := c.Call(ctx, ssvc, "Gate", &types.StringValue{Value: v}, &resp)
+	if err == nil && resp.Value != "released "+v {
+		err = fmt.Errorf("Gate %s: %q", v, resp.Value)
+	}
+	return err
+}
+
 func wantEcho(t *testing.T, c rpc.Caller, v string) {
 	t.Helper()
 	if got, err := sEcho(tctx(t), c, v); err != nil || got != v {
@@ -1235,14 +1245,7 @@ func TestServerMaxCalls(t *testing.T) {
 	ctx := tctx(t)
 	results := make(chan error, 2)
 	for _, v := range []string{"a", "b"} {
-		go func() {
-			var resp types.StringValue
-			err := c.Call(ctx, ssvc, "Gate", &types.StringValue{Value: v}, &resp)
-			if err == nil && resp.Value != "released "+v {
-				err = fmt.Errorf("Gate %s: %q", v, resp.Value)
-			}
-			results <- err
-		}()
+		go func() { results <- gateCall(ctx, c, v) }()
 	}
 	waitFor(t, "a call to start", ts.state.started)
 	waitFor(t, "a call to start", ts.state.started)
@@ -1309,14 +1312,7 @@ func TestServerShutdownWaits(t *testing.T) {
 			idle := newClient(t, kind, ts.path)
 			wantEcho(t, idle.c, "idle")
 			results := make(chan error, 1)
-			go func() {
-				var resp types.StringValue
-				err := c.c.Call(context.Background(), ssvc, "Gate", &types.StringValue{Value: "a"}, &resp)
-				if err == nil && resp.Value != "released a" {
-					err = fmt.Errorf("Gate: %q", resp.Value)
-				}
-				results <- err
-			}()
+			go func() { results <- gateCall(context.Background(), c.c, "a") }()
 			waitFor(t, "Gate to start", ts.state.started)
 			shut := make(chan error, 1)
 			go func() { shut <- ts.srv.Shutdown(context.Background()) }()
@@ -1577,15 +1573,7 @@ func TestServerWorkers(t *testing.T) {
 	n := 3 * rpc.MaxIdleWorkers
 	results := make(chan error, n)
 	for i := range n {
-		go func() {
-			var resp types.StringValue
-			v := strconv.Itoa(i)
-			err := c.Call(ctx, ssvc, "Gate", &types.StringValue{Value: v}, &resp)
-			if err == nil && resp.Value != "released "+v {
-				err = fmt.Errorf("Gate %s: %q", v, resp.Value)
-			}
-			results <- err
-		}()
+		go func() { results <- gateCall(ctx, c, strconv.Itoa(i)) }()
 	}
 	for range n {
 		waitFor(t, "a call to start", ts.state.started)
