@@ -155,10 +155,13 @@ func (s *Store) openWriter(ctx context.Context, ref string, opts WriterOpts) (*W
 	// locked is no longer the one in the ingest directory.
 	if w.expected != "" {
 		if _, err := os.Lstat(s.blobPath(w.expected)); err == nil {
+			// The blob is complete, so the ingest is of no use, whoever
+			// made it: ours, made for nothing, or what is left of the
+			// committed one, where the data file we created after the
+			// commit moved the old one away may have kept its writer's
+			// removal from finishing (see Commit).
+			os.RemoveAll(dir)
 			f.Close()
-			if st == nil {
-				os.RemoveAll(dir) // ours, made for nothing
-			}
 			return nil, fmt.Errorf("content %s: %w", w.expected, errdefs.ErrAlreadyExists)
 		}
 	}
@@ -446,9 +449,13 @@ func (w *Writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	if err := atomicfile.SyncDir(w.s.blobsDir); err != nil {
 		return fmt.Errorf("ingest %q: commit: %w", truncate(w.ref), err)
 	}
-	if err := os.RemoveAll(w.dir); err != nil {
+	if err := os.RemoveAll(w.dir); err != nil && !errors.Is(err, unix.ENOTEMPTY) {
 		return fmt.Errorf("ingest %q: committed, but removing the ingest failed: %w", truncate(w.ref), err)
 	}
+	// ENOTEMPTY: a writer in another process opening the same ingest
+	// created a data file in it after the commit moved ours away. That
+	// writer finds the blob complete once it holds its lock and removes
+	// the ingest (see openWriter).
 	return nil
 }
 
