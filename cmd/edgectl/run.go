@@ -233,9 +233,9 @@ func runCommand() *command {
 					fmt.Fprintln(e.stdout, req.Id)
 					return nil
 				}
-				code, err := foreground(e, c, req.Id, "", rf.tty, *interactive, *rm, func(o client.TaskOpts) (bool, error) {
+				code, err := foreground(e, c, req.Id, "", rf.tty, *interactive, *rm, true, func(ctx context.Context, o client.TaskOpts) (bool, error) {
 					o.Container = req
-					_, err := c.CreateTask(e.ctx, req.Id, o)
+					_, err := c.CreateTask(ctx, req.Id, o)
 					return o.Start, err
 				})
 				if err != nil {
@@ -261,8 +261,24 @@ func exitCode(code uint32) error {
 // exit status. create gets options with Start set when the process may be
 // started at once (no terminal, whose size must be set first) and reports
 // whether it was. The wait and the deletions are one call: edged deletes
-// once the process has exited, before it replies.
-func foreground(e *env, c *client.Client, id, execID string, tty, interactive, rmContainer bool, create func(client.TaskOpts) (started bool, err error)) (uint32, error) {
+// once the process has exited, before it replies. ownsContainer says that
+// create makes the container too (run), so that a Ctrl-C during the
+// create removes it with the task.
+//
+// Signals are caught from before the create, so that none is lost between
+// edged's reply and the forwarding loop. A SIGINT or SIGTERM while edged
+// creates the process does not cut the call short: edgectl cannot tell
+// whether edged finished the create before a reply it no longer reads, and
+// would report "not started" for a container left running. It lets the
+// create finish and removes what it made, so the outcome is the same
+// whenever the signal comes. A second one abandons the create, whose
+// connection then closes with edgectl's exit and edged undoes it; a
+// create that hangs does not hold edgectl.
+func foreground(e *env, c *client.Client, id, execID string, tty, interactive, rmContainer, ownsContainer bool, create func(context.Context, client.TaskOpts) (started bool, err error)) (uint32, error) {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+
 	var stdin io.Reader
 	if interactive {
 		stdin = e.stdin
@@ -276,20 +292,59 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 		return 0, err
 	}
 	defer fifos.Close()
-	started, err := create(client.TaskOpts{Stdin: fifos.Stdin, Stdout: fifos.Stdout, Stderr: fifos.Stderr, Terminal: tty, Start: !tty})
-	if err != nil {
-		if e.ctx.Err() != nil {
-			// Ctrl-C while edged creates it: edgectl's exit closes the
-			// connection, which cancels the create, and edged undoes it.
-			what := id
-			if execID != "" {
-				what = "exec " + execID + " in " + id
+	what := id
+	if execID != "" {
+		what = "exec " + execID + " in " + id
+	}
+	// The first SIGINT or SIGTERM cancels e.ctx (interruptContext); the
+	// create and start run under ctx, which only a second one cancels.
+	ctx, abandon := context.WithCancelCause(context.WithoutCancel(e.ctx))
+	defer abandon(nil)
+	type createResult struct {
+		started bool
+		err     error
+	}
+	created := make(chan createResult, 1)
+	go func() {
+		started, err := create(ctx, client.TaskOpts{Stdin: fifos.Stdin, Stdout: fifos.Stdout, Stderr: fifos.Stderr, Terminal: tty, Start: !tty})
+		created <- createResult{started, err}
+	}()
+	var (
+		stop    os.Signal   // the SIGINT or SIGTERM that came during the create
+		pending []os.Signal // other signals that came meanwhile, passed on after the start
+		res     createResult
+	)
+	for waiting := true; waiting; {
+		select {
+		case s := <-sigs:
+			switch s {
+			case syscall.SIGWINCH: // the terminal gets its size before the start
+			case syscall.SIGINT, syscall.SIGTERM:
+				if stop != nil {
+					abandon(interrupted(s.(syscall.Signal)))
+				}
+				stop = s
+			default:
+				pending = append(pending, s)
 			}
-			return 0, fmt.Errorf("%s: not started: %w", what, err)
+		case res = <-created:
+			waiting = false
 		}
-		return 0, err
 	}
 	cleanup := context.WithoutCancel(e.ctx)
+	if res.err != nil {
+		if stop != nil && errors.Is(res.err, context.Canceled) {
+			// Abandoned: edgectl's exit closes the connection, which
+			// cancels the create, and edged undoes it.
+			return 0, fmt.Errorf("%s: not started: %w", what, res.err)
+		}
+		return 0, res.err
+	}
+	if stop != nil {
+		undoCreate(cleanup, c, id, execID, res.started, ownsContainer)
+		return 0, fmt.Errorf("%s: removed: %w", what, context.Canceled)
+	}
+	started := res.started
 	// The process is driven through cur: when edged restarts during the
 	// run, edgectl connects again (see waitAcrossRestarts).
 	var mu sync.Mutex
@@ -327,15 +382,16 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 		resize()
 	}
 	if !started {
-		if _, err := c.StartTask(e.ctx, id, execID); err != nil {
+		if _, err := c.StartTask(ctx, id, execID); err != nil {
 			deleteIt()
 			return 0, err
 		}
 	}
-	// Forward signals to the process; keep the terminal size in step.
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGWINCH)
-	defer signal.Stop(sigs)
+	// Pass on what came during the create; from here on forward signals
+	// to the process and keep the terminal size in step.
+	for _, s := range pending {
+		c.Kill(cleanup, id, execID, uint32(s.(syscall.Signal)), false)
+	}
 
 	if done := fifos.StdinDone(); done != nil {
 		go func() {
@@ -389,6 +445,27 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 			waitOutput(fifos)
 			return r.st.Code, nil
 		}
+	}
+}
+
+// undoCreate removes a process that foreground created after a SIGINT or
+// SIGTERM asked it not to run: an exec is killed and deleted, a task
+// deleted by force (edged kills it) and, when the same call made it, its
+// container removed too. Errors are not reported: the interruption is, and
+// what is left is visible to `edgectl task ls`.
+func undoCreate(ctx context.Context, c *client.Client, id, execID string, started, ownsContainer bool) {
+	if execID != "" {
+		if started {
+			c.Kill(ctx, id, execID, uint32(syscall.SIGKILL), false)
+			c.WaitDelete(ctx, id, execID, false)
+			return
+		}
+		c.DeleteExec(ctx, id, execID)
+		return
+	}
+	c.DeleteTask(ctx, id, true)
+	if ownsContainer {
+		c.DeleteContainer(ctx, id)
 	}
 }
 

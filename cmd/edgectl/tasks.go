@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"strings"
@@ -170,8 +171,8 @@ func taskCommand() *command {
 						if eid == "" {
 							eid = fmt.Sprintf("exec-%d", nowNanos())
 						}
-						code, err := foreground(e, c, id, eid, *tty, *interactive, false, func(o client.TaskOpts) (bool, error) {
-							return false, c.Exec(e.ctx, id, eid, &p, o)
+						code, err := foreground(e, c, id, eid, *tty, *interactive, false, false, func(ctx context.Context, o client.TaskOpts) (bool, error) {
+							return false, c.Exec(ctx, id, eid, &p, o)
 						})
 						if err != nil {
 							return err

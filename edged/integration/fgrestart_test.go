@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/internal/testutil"
+	tasksapi "github.com/edged/edged/proto/services/tasks/v1"
 )
 
 // fgRun is a foreground edgectl started by startForeground.
@@ -24,8 +26,18 @@ type fgRun struct {
 // startForeground starts edgectl with args, killed at the end of the test.
 func startForeground(t *testing.T, args ...string) *fgRun {
 	t.Helper()
+	return startForegroundEnv(t, nil, args...)
+}
+
+// startForegroundEnv is startForeground with env added to edgectl's
+// environment.
+func startForegroundEnv(t *testing.T, env []string, args ...string) *fgRun {
+	t.Helper()
 	r := &fgRun{done: make(chan error, 1)}
 	r.cmd = exec.Command(filepath.Join(binDir, "edgectl"), args...)
+	if env != nil {
+		r.cmd.Env = append(os.Environ(), env...)
+	}
 	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -268,72 +280,119 @@ func TestForegroundRunReconnectGivesUp(t *testing.T) {
 	}
 }
 
-// Ctrl-C while edged is still creating a foreground run's container ends
-// edgectl with a message saying so and exit code 130 (128+SIGINT, as a
-// shell reports it), and leaves nothing behind: edgectl's exit cancels the
-// create and edged undoes it. Before, edgectl said "context canceled" and
-// exited 1.
-func TestForegroundRunCtrlCDuringCreate(t *testing.T) {
+// Ctrl-C while edged is still creating a foreground run's container (or
+// an exec). The create is held for as long as the test needs: the
+// container joins a shim group whose shim is stopped (SIGSTOP), so edged's
+// call to it waits.
+//
+//   - Once: edgectl lets the create finish and then removes the task and
+//     the container, and says so; exit 130 (128+SIGINT, as a shell reports
+//     it). Before, edgectl cut the call short and said "not started": when
+//     edged had finished the create before the signal but edgectl had not
+//     read the reply yet, the container kept running (with --rm never
+//     removed), or the signal was lost and edgectl waited for a container
+//     that never got it.
+//   - Twice: edgectl abandons the create at once, still held by the stopped
+//     shim, and says it did not start; its exit closes the connection, which
+//     cancels the create, and edged undoes it.
+//
+// Either way nothing of the run is left, and the group's other container
+// is untouched.
+func TestForegroundCtrlCDuringCreate(t *testing.T) {
 	requireRunc(t)
 	d := startDaemon(t)
 	rootfs := busybox(t)
-	var stderr testutil.SyncBuffer
-	cmd := exec.Command(filepath.Join(binDir, "edgectl"), "--address", d.Address, "run", "--rm", "--rootfs", rootfs, "early", "sleep", "300")
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
+	cl := newClient(t, d)
+	ctx := ctxT(t)
+	runDetached(t, cl, rootfs, "anchor", map[string]string{"edged.io/shim-group": "held"}, "sleep", "300")
+	p, err := cl.GetTask(ctx, "anchor", "")
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill() })
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	cl := newClient(t, d)
-	// The container record is the first thing the create makes; its task
-	// starts tens of milliseconds later.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := cl.GetContainer(ctxT(t), "early"); err == nil {
-			break
+	shim := shimOf(t, int(p.Pid))
+	t.Cleanup(func() { syscall.Kill(shim, syscall.SIGCONT) })
+	for _, tc := range []struct {
+		id      string
+		signals int
+		stderr  string
+	}{
+		{"once", 1, "edgectl: once: removed: interrupted (SIGINT)\n"},
+		{"twice", 2, "edgectl: twice: not started: interrupted (SIGINT)\n"},
+	} {
+		syscall.Kill(shim, syscall.SIGSTOP)
+		waitFor(t, func() bool { return allThreadsStopped(shim) })
+		r := startForeground(t, "--address", d.Address, "run", "--rm", "--shim-group", "held", "--rootfs", rootfs, tc.id, "sleep", "300")
+		// The container record is the first thing the create makes; the
+		// task's create then waits for the stopped shim.
+		waitForRuns(t, []*fgRun{r}, tc.id+"'s container record", func() bool {
+			_, err := cl.GetContainer(ctx, tc.id)
+			return err == nil
+		})
+		for range tc.signals {
+			r.cmd.Process.Signal(syscall.SIGINT)
+			time.Sleep(100 * time.Millisecond) // handled before the next
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("container not created; stderr %q", stderr.String())
+		if tc.signals == 1 {
+			// edgectl waits for the create, which the shim still holds.
+			select {
+			case err := <-r.done:
+				t.Fatalf("%s: edgectl exited (%v) before the create ended; stderr %q", tc.id, err, r.stderr.String())
+			case <-time.After(300 * time.Millisecond):
+			}
+			syscall.Kill(shim, syscall.SIGCONT)
+			r.expectExit(t, tc.id, 130, "")
+		} else {
+			// edgectl ends with the shim still stopped.
+			r.expectExit(t, tc.id, 130, "")
+			syscall.Kill(shim, syscall.SIGCONT)
 		}
-		time.Sleep(time.Millisecond)
+		if got := r.stderr.String(); got != tc.stderr {
+			t.Errorf("stderr %q, want %q", got, tc.stderr)
+		}
+		waitForRuns(t, []*fgRun{r}, "the removal of "+tc.id, func() bool {
+			_, cerr := cl.GetContainer(ctx, tc.id)
+			_, terr := cl.GetTask(ctx, tc.id, "")
+			return errdefs.IsNotFound(cerr) && errdefs.IsNotFound(terr)
+		})
 	}
-	if p, err := cl.GetTask(ctxT(t), "early", ""); err == nil && p.Pid > 0 {
-		t.Skip("the task had started before the signal could be sent")
+	// An exec the same way, with one Ctrl-C: edgectl removes it once its
+	// create is done. edgectl makes its fifos (in XDG_RUNTIME_DIR, a tmpfs)
+	// after it catches signals and before it sends the exec, which the
+	// stopped shim then holds.
+	fifoDir, err := os.MkdirTemp("/dev/shm", "edged-test-")
+	if err != nil {
+		t.Fatal(err)
 	}
-	cmd.Process.Signal(syscall.SIGINT)
-	var err error
+	defer os.RemoveAll(fifoDir)
+	syscall.Kill(shim, syscall.SIGSTOP)
+	waitFor(t, func() bool { return allThreadsStopped(shim) })
+	r := startForegroundEnv(t, []string{"XDG_RUNTIME_DIR=" + fifoDir}, "--address", d.Address, "task", "exec", "--exec-id", "held-exec", "anchor", "sleep", "300")
+	waitForRuns(t, []*fgRun{r}, "edgectl's fifos", func() bool {
+		m, _ := filepath.Glob(filepath.Join(fifoDir, "edgectl-io-*"))
+		return len(m) > 0
+	})
+	r.cmd.Process.Signal(syscall.SIGINT)
 	select {
-	case err = <-done:
-	case <-time.After(15 * time.Second):
-		t.Fatalf("edgectl did not end on Ctrl-C during the create; stderr %q", stderr.String())
+	case err := <-r.done:
+		t.Fatalf("exec: edgectl exited (%v) before the create ended; stderr %q", err, r.stderr.String())
+	case <-time.After(300 * time.Millisecond):
 	}
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
-		t.Errorf("edgectl exit %v, want 130", err)
-	}
-	if got, want := stderr.String(), "edgectl: early: not started: interrupted (SIGINT)\n"; got != want {
+	syscall.Kill(shim, syscall.SIGCONT)
+	r.expectExit(t, "exec", 130, "")
+	if got, want := r.stderr.String(), "edgectl: exec held-exec in anchor: removed: interrupted (SIGINT)\n"; got != want {
 		t.Errorf("stderr %q, want %q", got, want)
 	}
-	// Nothing is left once edged has undone the create.
-	for {
-		cs, err := cl.ListContainers(ctxT(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ts, err := cl.ListTasks(ctxT(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(cs) == 0 && len(ts) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("left behind: %d containers, %d tasks", len(cs), len(ts))
-		}
-		time.Sleep(50 * time.Millisecond)
+	if _, err := cl.GetTask(ctx, "anchor", "held-exec"); !errdefs.IsNotFound(err) {
+		t.Errorf("the exec after edgectl removed it: %v", err)
 	}
+	if pids, err := cl.Pids(ctx, "anchor"); err != nil || len(pids) != 1 {
+		t.Errorf("anchor's processes after the exec's removal: %+v, %v", pids, err)
+	}
+
+	if p, err := cl.GetTask(ctx, "anchor", ""); err != nil || p.Status != tasksapi.Status_RUNNING {
+		t.Errorf("the group's other container: %+v, %v", p, err)
+	}
+	cl.DeleteTask(ctx, "anchor", true)
 }
 
 // A foreground `edgectl task exec` rides out a kill -9 of edged the same
