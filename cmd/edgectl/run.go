@@ -313,6 +313,7 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 		stop    os.Signal   // the SIGINT or SIGTERM that came during the create
 		pending []os.Signal // other signals that came meanwhile, passed on after the start
 		res     createResult
+		slow    <-chan time.Time // fires when the create outlasts the signal by stopHint
 	)
 	for waiting := true; waiting; {
 		select {
@@ -322,11 +323,15 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 			case syscall.SIGINT, syscall.SIGTERM:
 				if stop != nil {
 					abandon(interrupted(s.(syscall.Signal)))
+				} else {
+					slow = time.After(stopHint)
 				}
 				stop = s
 			default:
 				pending = append(pending, s)
 			}
+		case <-slow:
+			fmt.Fprintf(e.stderr, "edgectl: %s: waiting for edged to finish creating it, then removing it (%s again to abandon)\n", what, signalKey(stop))
 		case res = <-created:
 			waiting = false
 		}
@@ -446,6 +451,18 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 			return r.st.Code, nil
 		}
 	}
+}
+
+// stopHint is how long a create may outlast a Ctrl-C before edgectl says
+// what it is waiting for.
+const stopHint = time.Second
+
+// signalKey names how a user sends s again: Ctrl-C for SIGINT.
+func signalKey(s os.Signal) string {
+	if s == syscall.SIGINT {
+		return "Ctrl-C"
+	}
+	return unix.SignalName(s.(syscall.Signal))
 }
 
 // undoCreate removes a process that foreground created after a SIGINT or
