@@ -507,6 +507,17 @@ func waitAcrossRestarts(ctx context.Context, e *env, c *client.Client, id, execI
 	for {
 		st, err := c.WaitDelete(ctx, id, execID, rmContainer)
 		if err == nil || !errors.Is(err, errdefs.ErrUnavailable) || ctx.Err() != nil {
+			if c != first && errdefs.IsNotFound(err) {
+				// Gone while edged was away: edged carried out our wait
+				// and its delete just before it went down, and its reply
+				// was lost with the connection (edged keeps no exit status
+				// once the process is deleted), or someone deleted it.
+				what := id
+				if execID != "" {
+					what = "exec " + execID + " in " + id
+				}
+				err = fmt.Errorf("%s was deleted while edged was away, so its exit status is lost: %w", what, err)
+			}
 			return st, err
 		}
 		// edged going away ends the connection: at once after a crash,

@@ -407,6 +407,46 @@ func TestForegroundCtrlCDuringCreate(t *testing.T) {
 	cl.DeleteTask(ctx, "anchor", true)
 }
 
+// A foreground run whose container is deleted while edged is away says
+// that its exit status is lost, instead of a bare "not found". The real
+// cause, a kill -9 of edged between a Wait{delete}'s delete and its reply,
+// is a window of microseconds; the test makes the same state for real:
+// edgectl is stopped (SIGSTOP) while edged is killed, started again and
+// the container deleted through another client, then edgectl resumes,
+// connects again and waits.
+func TestForegroundRunDeletedWhileEdgedAway(t *testing.T) {
+	requireRunc(t)
+	d := startDaemon(t)
+	rootfs := busybox(t)
+	r := startForeground(t, "--address", d.Address, "run", "--rm", "--rootfs", rootfs, "gone", "sleep", "300")
+	cl := newClient(t, d)
+	waitForRuns(t, []*fgRun{r}, "the container's start", func() bool {
+		p, err := cl.GetTask(ctxT(t), "gone", "")
+		return err == nil && p.Pid > 0
+	})
+	r.cmd.Process.Signal(syscall.SIGSTOP)
+	t.Cleanup(func() { r.cmd.Process.Signal(syscall.SIGCONT) })
+	d.Kill()
+	d2 := startDaemonAt(t, d)
+	cl2 := newClient(t, d2)
+	if _, err := cl2.DeleteTask(ctxT(t), "gone", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl2.DeleteContainer(ctxT(t), "gone"); err != nil {
+		t.Fatal(err)
+	}
+	r.cmd.Process.Signal(syscall.SIGCONT)
+	r.expectExit(t, "gone", 1, "")
+	for _, want := range []string{
+		"edgectl: lost edged",
+		"edgectl: gone was deleted while edged was away, so its exit status is lost: ",
+	} {
+		if !strings.Contains(r.stderr.String(), want) {
+			t.Errorf("stderr %q, want %q", r.stderr.String(), want)
+		}
+	}
+}
+
 // stopHint is what edgectl prints when a create outlasts a Ctrl-C by a
 // second.
 func stopHint(what string) string {
