@@ -292,10 +292,7 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 		return 0, err
 	}
 	defer fifos.Close()
-	what := id
-	if execID != "" {
-		what = "exec " + execID + " in " + id
-	}
+	what := processName(id, execID)
 	// The first SIGINT or SIGTERM cancels e.ctx (interruptContext); the
 	// create and start run under ctx, which only a second one cancels.
 	ctx, abandon := context.WithCancelCause(context.WithoutCancel(e.ctx))
@@ -346,7 +343,7 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 		return 0, res.err
 	}
 	if stop != nil {
-		undoCreate(cleanup, c, id, execID, res.started, ownsContainer)
+		undoCreate(cleanup, c, id, execID, ownsContainer)
 		return 0, fmt.Errorf("%s: removed: %w", what, context.Canceled)
 	}
 	started := res.started
@@ -466,17 +463,13 @@ func signalKey(s os.Signal) string {
 }
 
 // undoCreate removes a process that foreground created after a SIGINT or
-// SIGTERM asked it not to run: an exec is killed and deleted, a task
-// deleted by force (edged kills it) and, when the same call made it, its
-// container removed too. Errors are not reported: the interruption is, and
-// what is left is visible to `edgectl task ls`.
-func undoCreate(ctx context.Context, c *client.Client, id, execID string, started, ownsContainer bool) {
+// SIGTERM asked it not to run: an exec (created, never started by its
+// create) is deleted, a task deleted by force (edged kills it if it
+// started) and, when the same call made it, its container removed too.
+// Errors are not reported: the interruption is, and what is left is
+// visible to `edgectl task ls`.
+func undoCreate(ctx context.Context, c *client.Client, id, execID string, ownsContainer bool) {
 	if execID != "" {
-		if started {
-			c.Kill(ctx, id, execID, uint32(syscall.SIGKILL), false)
-			c.WaitDelete(ctx, id, execID, false)
-			return
-		}
 		c.DeleteExec(ctx, id, execID)
 		return
 	}
@@ -484,6 +477,15 @@ func undoCreate(ctx context.Context, c *client.Client, id, execID string, starte
 	if ownsContainer {
 		c.DeleteContainer(ctx, id)
 	}
+}
+
+// processName names a task's process in messages: its ID, or "exec E in
+// ID".
+func processName(id, execID string) string {
+	if execID == "" {
+		return id
+	}
+	return "exec " + execID + " in " + id
 }
 
 // defaultReconnect is how long a foreground edgectl waits for edged to
@@ -512,11 +514,7 @@ func waitAcrossRestarts(ctx context.Context, e *env, c *client.Client, id, execI
 				// and its delete just before it went down, and its reply
 				// was lost with the connection (edged keeps no exit status
 				// once the process is deleted), or someone deleted it.
-				what := id
-				if execID != "" {
-					what = "exec " + execID + " in " + id
-				}
-				err = fmt.Errorf("%s was deleted while edged was away, so its exit status is lost: %w", what, err)
+				err = fmt.Errorf("%s was deleted while edged was away, so its exit status is lost: %w", processName(id, execID), err)
 			}
 			return st, err
 		}
