@@ -187,12 +187,14 @@ func BenchmarkCreateDelete10k(b *testing.B) {
 }
 
 // benchOptions lets a benchmark run compare settings:
-// EDGED_BENCH_PAGESIZE, EDGED_BENCH_CACHEKIB, EDGED_BENCH_READCONNS.
+// EDGED_BENCH_PAGESIZE, EDGED_BENCH_CACHEKIB, EDGED_BENCH_READCONNS,
+// EDGED_BENCH_PLAINVFS=1 (SQLite's default VFS instead of walVFS).
 func benchOptions() Options {
 	o := Options{Logger: slog.New(slog.DiscardHandler)}
 	o.pageSize, _ = strconv.Atoi(os.Getenv("EDGED_BENCH_PAGESIZE"))
 	o.CacheSizeKiB, _ = strconv.Atoi(os.Getenv("EDGED_BENCH_CACHEKIB"))
 	o.checkpoint, _ = strconv.Atoi(os.Getenv("EDGED_BENCH_CHECKPOINT"))
 	o.ReadConns, _ = strconv.Atoi(os.Getenv("EDGED_BENCH_READCONNS"))
+	o.plainVFS = os.Getenv("EDGED_BENCH_PLAINVFS") == "1"
 	return o
 }

@@ -133,6 +133,9 @@ type Options struct {
 	// (benchmarks compare settings).
 	pageSize   int
 	checkpoint int
+	// plainVFS opens the file through SQLite's default VFS instead of
+	// walVFS (benchmarks and tests compare the two).
+	plainVFS bool
 }
 
 // DB is an open metadata database. It is safe for concurrent use.
@@ -154,6 +157,11 @@ type DB struct {
 	// wr runs the write transactions (see writer); nil until Open
 	// succeeded.
 	wr *writer
+	// vfsName is the name of the database's walVFS and unregisterVFS
+	// removes it from SQLite once no connection uses it; "" and nil with
+	// Options.plainVFS.
+	vfsName       string
+	unregisterVFS func()
 }
 
 // Open opens (creating if needed) the database file at path, typically
@@ -242,12 +250,28 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	// _txlock=immediate: every transaction on the writer begins with BEGIN
 	// IMMEDIATE, so it takes the write lock up front and never fails with
 	// SQLITE_BUSY half way through when it upgrades from read to write.
-	dsn := "file:" + (&url.URL{Path: path}).EscapedPath()
-	wconn, err := newConnector(dsn+"?_txlock=immediate", writer)
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?"
+	var (
+		vfsName    string
+		unregister func()
+	)
+	if !opts.plainVFS {
+		// See walVFS: a commit's WAL frames in one write(2).
+		name, unreg, err := registerWALVFS()
+		if err != nil {
+			return nil, fmt.Errorf("metadata: %w", err)
+		}
+		dsn += "vfs=" + url.QueryEscape(name) + "&"
+		vfsName, unregister = name, unreg
+	}
+	wconn, err := newConnector(dsn+"_txlock=immediate", writer)
 	if err != nil {
+		if unregister != nil {
+			unregister()
+		}
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
-	db := &DB{path: path, opts: opts, log: log, compressSpecs: opts.CompressSpecs}
+	db := &DB{path: path, opts: opts, log: log, compressSpecs: opts.CompressSpecs, vfsName: vfsName, unregisterVFS: unregister}
 	db.w = sql.OpenDB(wconn)
 	db.w.SetMaxOpenConns(1)
 	db.w.SetMaxIdleConns(1)
@@ -338,7 +362,15 @@ func (db *DB) closeAll() error {
 		db.rmu.Unlock()
 		errR = db.r.Close()
 	}
-	return errors.Join(errR, db.w.Close())
+	errW := db.w.Close()
+	// SQLite keeps a pointer to the VFS in every open connection; a
+	// connection still in use (through SQL()) after Close would close
+	// later, so the VFS, a few hundred bytes, is then left registered.
+	if db.unregisterVFS != nil && db.w.Stats().OpenConnections == 0 && db.r.Stats().OpenConnections == 0 {
+		db.unregisterVFS()
+		db.unregisterVFS = nil
+	}
+	return errors.Join(errR, errW)
 }
 
 // Update runs fn in one write transaction. If fn returns an error or

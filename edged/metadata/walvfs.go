@@ -1,0 +1,291 @@
+package metadata
+
+import (
+	"encoding/binary"
+	"fmt"
+	"unsafe"
+
+	"modernc.org/libc"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// A commit in WAL mode appends one frame per changed page to the -wal
+// file, and SQLite writes each frame with two write(2) calls: its 24-byte
+// header, then the page. A container create changes about seven 1 KiB
+// pages, a delete five, so a create+delete made 24 pwrite calls, each a
+// trip through the kernel's page cache that the caller waits for.
+//
+// walVFS is a SQLite VFS that wraps the default one ("unix") and changes
+// one thing: writes that append frames to a -wal file are gathered in a
+// buffer and reach the file in one pwrite when the commit frame (the last
+// frame of a transaction, whose header carries the database size) is
+// complete. Every commit's frames are therefore in the kernel, exactly as
+// before, when the commit returns: a kill of edged loses nothing more than
+// it did. What the buffer holds is written first, before anything else is
+// done to the file: another write that does not extend the buffer (SQLite
+// rewriting a frame in place, or its checksums), a read (a checkpoint, or
+// a page read back from the log), sync, truncate, size, file control and
+// close. Writes to the database file itself and its other files go to the
+// default VFS unchanged.
+//
+// What reaches the disk is the same bytes at the same offsets; only the
+// number of system calls changes: per container create+delete, 2 instead
+// of 24, and edged's CPU time per pair fell from 428-466 to 372-386 µs
+// (make bench; BenchmarkContainerCreateDelete: 221-235 to 173-176 µs).
+//
+// Frame padding: with synchronous=FULL and a device without powersafe
+// overwrite, SQLite pads a commit to a sector boundary with copies of the
+// commit frame and may split one at the sync point. Those copies are
+// commit frames too, and a commit frame's bytes are flushed as soon as
+// they arrive, so nothing stays behind the sync (the default unix VFS
+// reports powersafe overwrite, so this does not happen with edged's
+// settings anyway).
+type walVFS struct {
+	vfs    sqlite3.Tsqlite3_vfs // first: SQLite's pointer to the VFS points here
+	orig   uintptr              // the wrapped VFS
+	extOff int64                // where a file's walFile starts, past the wrapped VFS's part
+	name   [32]byte             // NUL-terminated; vfs.FzName points here
+}
+
+// walFile follows the wrapped VFS's file structure in every file this VFS
+// opens (see walVFS.vfs.FszOsFile); a -wal file's pMethods points to its
+// io, so that the methods find their state from the file alone.
+type walFile struct {
+	io   sqlite3.Tsqlite3_io_methods // first: the -wal file's pMethods points here
+	orig uintptr                     // the wrapped VFS's methods of this file
+	buf  uintptr                     // walBufSize bytes of SQLite memory, 0 until first needed
+	n    int32                       // bytes buffered
+	// commit: the last frame header seen was a commit frame's, so the
+	// writes that follow it (its page) are flushed at once.
+	commit int32
+	off    int64 // file offset of buf[0]
+	// end is the end of the log as written through this file: a write
+	// there appends a new frame, a write before it rewrites one. The WAL
+	// header (offset 0) starts a new log, whose end is then the header's.
+	end int64
+}
+
+const (
+	// walBufSize bounds what is gathered: a create's frames take about
+	// 7 KiB. A larger transaction (an image import) is written in pieces
+	// of this size.
+	walBufSize = 32 << 10
+	// walFrameHeader is the size of a WAL frame header; bytes 4-7 hold
+	// the database size in pages for a commit frame, 0 for others.
+	walFrameHeader = 24
+	// walHeader is the size of the WAL file header at offset 0.
+	walHeader = 32
+)
+
+// registerWALVFS registers a walVFS wrapping the default VFS under a name
+// of its own and returns that name (for the vfs= URI parameter) and a
+// function that unregisters it, to call after every connection using it
+// is closed.
+func registerWALVFS() (string, func(), error) {
+	tls := libc.NewTLS()
+	defer tls.Close()
+	orig := sqlite3.Xsqlite3_vfs_find(tls, 0)
+	if orig == 0 {
+		return "", nil, fmt.Errorf("no default SQLite VFS")
+	}
+	p := sqlite3.Xsqlite3_malloc64(tls, uint64(unsafe.Sizeof(walVFS{})))
+	if p == 0 {
+		return "", nil, fmt.Errorf("register SQLite VFS: out of memory")
+	}
+	v := (*walVFS)(cptr(p))
+	*v = walVFS{vfs: *(*sqlite3.Tsqlite3_vfs)(cptr(orig)), orig: orig}
+	// The wrapped VFS's file comes first, then ours, 8-byte aligned.
+	v.extOff = (int64(v.vfs.FszOsFile) + 7) &^ 7
+	v.vfs.FszOsFile = int32(v.extOff) + int32(unsafe.Sizeof(walFile{}))
+	v.vfs.FpNext = 0
+	// The address makes the name unique among the VFSes registered at a
+	// time (one per open database).
+	name := fmt.Sprintf("edged-wal-%x", p)
+	copy(v.name[:len(v.name)-1], name)
+	v.vfs.FzName = uintptr(unsafe.Pointer(&v.name[0]))
+	*(*func(*libc.TLS, uintptr, uintptr, uintptr, int32, uintptr) int32)(unsafe.Pointer(&v.vfs.FxOpen)) = walOpen
+	if rc := sqlite3.Xsqlite3_vfs_register(tls, p, 0); rc != sqlite3.SQLITE_OK {
+		sqlite3.Xsqlite3_free(tls, p)
+		return "", nil, fmt.Errorf("register SQLite VFS: error %d", rc)
+	}
+	return name, func() {
+		tls := libc.NewTLS()
+		defer tls.Close()
+		sqlite3.Xsqlite3_vfs_unregister(tls, p)
+		sqlite3.Xsqlite3_free(tls, p)
+	}, nil
+}
+
+// walOpen opens a file through the wrapped VFS and, for a -wal file,
+// interposes the buffering methods.
+func walOpen(tls *libc.TLS, pVfs, zName, pFile uintptr, flags int32, pOutFlags uintptr) int32 {
+	v := (*walVFS)(cptr(pVfs))
+	ov := (*sqlite3.Tsqlite3_vfs)(cptr(v.orig))
+	rc := (*(*func(*libc.TLS, uintptr, uintptr, uintptr, int32, uintptr) int32)(unsafe.Pointer(&ov.FxOpen)))(tls, v.orig, zName, pFile, flags, pOutFlags)
+	f := (*sqlite3.Tsqlite3_file)(cptr(pFile))
+	if rc != sqlite3.SQLITE_OK || f.FpMethods == 0 || flags&sqlite3.SQLITE_OPEN_WAL == 0 {
+		return rc
+	}
+	w := (*walFile)(cptr(pFile + uintptr(v.extOff)))
+	*w = walFile{io: *(*sqlite3.Tsqlite3_io_methods)(cptr(f.FpMethods)), orig: f.FpMethods}
+	// The log's current end: a write there appends.
+	if rc := w.callFileSize(tls, pFile, uintptr(unsafe.Pointer(&w.end))); rc != sqlite3.SQLITE_OK {
+		w.end = -1 // unknown: nothing is gathered until the next WAL header
+	}
+	*(*func(*libc.TLS, uintptr) int32)(unsafe.Pointer(&w.io.FxClose)) = walClose
+	*(*func(*libc.TLS, uintptr, uintptr, int32, int64) int32)(unsafe.Pointer(&w.io.FxRead)) = walRead
+	*(*func(*libc.TLS, uintptr, uintptr, int32, int64) int32)(unsafe.Pointer(&w.io.FxWrite)) = walWrite
+	*(*func(*libc.TLS, uintptr, int64) int32)(unsafe.Pointer(&w.io.FxTruncate)) = walTruncate
+	*(*func(*libc.TLS, uintptr, int32) int32)(unsafe.Pointer(&w.io.FxSync)) = walSync
+	*(*func(*libc.TLS, uintptr, uintptr) int32)(unsafe.Pointer(&w.io.FxFileSize)) = walFileSize
+	*(*func(*libc.TLS, uintptr, int32, uintptr) int32)(unsafe.Pointer(&w.io.FxFileControl)) = walFileControl
+	f.FpMethods = uintptr(unsafe.Pointer(&w.io))
+	return sqlite3.SQLITE_OK
+}
+
+func walOf(pFile uintptr) *walFile {
+	return (*walFile)(cptr((*sqlite3.Tsqlite3_file)(cptr(pFile)).FpMethods))
+}
+
+func (w *walFile) methods() *sqlite3.Tsqlite3_io_methods {
+	return (*sqlite3.Tsqlite3_io_methods)(cptr(w.orig))
+}
+
+func (w *walFile) callWrite(tls *libc.TLS, pFile, buf uintptr, n int32, off int64) int32 {
+	return (*(*func(*libc.TLS, uintptr, uintptr, int32, int64) int32)(unsafe.Pointer(&w.methods().FxWrite)))(tls, pFile, buf, n, off)
+}
+
+func (w *walFile) callFileSize(tls *libc.TLS, pFile, pSize uintptr) int32 {
+	return (*(*func(*libc.TLS, uintptr, uintptr) int32)(unsafe.Pointer(&w.methods().FxFileSize)))(tls, pFile, pSize)
+}
+
+// flush writes what is buffered.
+func (w *walFile) flush(tls *libc.TLS, pFile uintptr) int32 {
+	if w.n == 0 {
+		return sqlite3.SQLITE_OK
+	}
+	n := w.n
+	w.n = 0
+	return w.callWrite(tls, pFile, w.buf, n, w.off)
+}
+
+func walWrite(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
+	w := walOf(pFile)
+	if iOfst == 0 && iAmt == walHeader {
+		// A new log begins; its frames follow the header.
+		w.end = 0
+		w.commit = 0
+	}
+	if w.n > 0 && iOfst != w.off+int64(w.n) {
+		if rc := w.flush(tls, pFile); rc != sqlite3.SQLITE_OK {
+			return rc
+		}
+	}
+	if iOfst != w.end || iAmt <= 0 || iAmt > walBufSize {
+		// Not an append (a rewrite in place): written now, after what the
+		// buffer held.
+		if rc := w.flush(tls, pFile); rc != sqlite3.SQLITE_OK {
+			return rc
+		}
+		if e := iOfst + int64(iAmt); e > w.end && w.end >= 0 {
+			w.end = e
+		}
+		return w.callWrite(tls, pFile, zBuf, iAmt, iOfst)
+	}
+	if w.n+iAmt > walBufSize {
+		if rc := w.flush(tls, pFile); rc != sqlite3.SQLITE_OK {
+			return rc
+		}
+	}
+	if w.buf == 0 {
+		if w.buf = sqlite3.Xsqlite3_malloc64(tls, walBufSize); w.buf == 0 {
+			w.end += int64(iAmt)
+			return w.callWrite(tls, pFile, zBuf, iAmt, iOfst)
+		}
+	}
+	if w.n == 0 {
+		w.off = iOfst
+	}
+	src := unsafe.Slice((*byte)(cptr(zBuf)), iAmt)
+	copy(unsafe.Slice((*byte)(cptr(w.buf+uintptr(w.n))), iAmt), src)
+	w.n += iAmt
+	w.end += int64(iAmt)
+	if iAmt == walFrameHeader && iOfst >= walHeader {
+		// A frame header: is it a commit frame's?
+		w.commit = 0
+		if binary.BigEndian.Uint32(src[4:8]) != 0 {
+			w.commit = 1
+		}
+		return sqlite3.SQLITE_OK
+	}
+	if w.commit != 0 {
+		return w.flush(tls, pFile)
+	}
+	return sqlite3.SQLITE_OK
+}
+
+func walRead(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {
+	w := walOf(pFile)
+	if rc := w.flush(tls, pFile); rc != sqlite3.SQLITE_OK {
+		return rc
+	}
+	return (*(*func(*libc.TLS, uintptr, uintptr, int32, int64) int32)(unsafe.Pointer(&w.methods().FxRead)))(tls, pFile, zBuf, iAmt, iOfst)
+}
+
+func walTruncate(tls *libc.TLS, pFile uintptr, size int64) int32 {
+	w := walOf(pFile)
+	if rc := w.flush(tls, pFile); rc != sqlite3.SQLITE_OK {
+		return rc
+	}
+	rc := (*(*func(*libc.TLS, uintptr, int64) int32)(unsafe.Pointer(&w.methods().FxTruncate)))(tls, pFile, size)
+	if rc == sqlite3.SQLITE_OK && size < w.end {
+		w.end = size
+	}
+	return rc
+}
+
+func walSync(tls *libc.TLS, pFile uintptr, flags int32) int32 {
+	w := walOf(pFile)
+	if rc := w.flush(tls, pFile); rc != sqlite3.SQLITE_OK {
+		return rc
+	}
+	return (*(*func(*libc.TLS, uintptr, int32) int32)(unsafe.Pointer(&w.methods().FxSync)))(tls, pFile, flags)
+}
+
+func walFileSize(tls *libc.TLS, pFile, pSize uintptr) int32 {
+	w := walOf(pFile)
+	if rc := w.flush(tls, pFile); rc != sqlite3.SQLITE_OK {
+		return rc
+	}
+	return w.callFileSize(tls, pFile, pSize)
+}
+
+func walFileControl(tls *libc.TLS, pFile uintptr, op int32, pArg uintptr) int32 {
+	w := walOf(pFile)
+	if rc := w.flush(tls, pFile); rc != sqlite3.SQLITE_OK {
+		return rc
+	}
+	return (*(*func(*libc.TLS, uintptr, int32, uintptr) int32)(unsafe.Pointer(&w.methods().FxFileControl)))(tls, pFile, op, pArg)
+}
+
+func walClose(tls *libc.TLS, pFile uintptr) int32 {
+	w := walOf(pFile)
+	rc := w.flush(tls, pFile)
+	if w.buf != 0 {
+		sqlite3.Xsqlite3_free(tls, w.buf)
+		w.buf = 0
+	}
+	// The wrapped close gets the file as its VFS made it.
+	orig := w.orig
+	(*sqlite3.Tsqlite3_file)(cptr(pFile)).FpMethods = orig
+	if rc2 := (*(*func(*libc.TLS, uintptr) int32)(unsafe.Pointer(&(*sqlite3.Tsqlite3_io_methods)(cptr(orig)).FxClose)))(tls, pFile); rc == sqlite3.SQLITE_OK {
+		rc = rc2
+	}
+	return rc
+}
+
+// cptr converts the address of SQLite (C) memory, which the Go garbage
+// collector neither moves nor frees, to a pointer.
+func cptr(p uintptr) unsafe.Pointer {
+	return *(*unsafe.Pointer)(unsafe.Pointer(&p))
+}
