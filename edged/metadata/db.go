@@ -247,10 +247,7 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	}, common...)
 	reader := append([]string{"PRAGMA query_only = ON"}, common...)
 
-	// _txlock=immediate: every transaction on the writer begins with BEGIN
-	// IMMEDIATE, so it takes the write lock up front and never fails with
-	// SQLITE_BUSY half way through when it upgrades from read to write.
-	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?"
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath()
 	var (
 		vfsName    string
 		unregister func()
@@ -261,10 +258,13 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		if err != nil {
 			return nil, fmt.Errorf("metadata: %w", err)
 		}
-		dsn += "vfs=" + url.QueryEscape(name) + "&"
+		dsn += "?vfs=" + url.QueryEscape(name)
 		vfsName, unregister = name, unreg
 	}
-	wconn, err := newConnector(dsn+"_txlock=immediate", writer)
+	// BEGIN IMMEDIATE: every write transaction takes the write lock up
+	// front and never fails with SQLITE_BUSY half way through when it
+	// upgrades from read to write.
+	wconn, err := newConnector(dsn, writer, "IMMEDIATE")
 	if err != nil {
 		if unregister != nil {
 			unregister()
@@ -279,7 +279,7 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	db.w.SetConnMaxIdleTime(0)
 	db.r = db.w
 	if opts.ReadConns > 0 {
-		rconn, err := newConnector(dsn, reader)
+		rconn, err := newConnector(dsn, reader, "")
 		if err != nil {
 			db.w.Close()
 			return nil, fmt.Errorf("metadata: %w", err)
@@ -495,18 +495,21 @@ func isForeignKeyError(err error) bool {
 	return errors.As(err, &se) && se.Code() == 787
 }
 
-// connector runs the setup statements on every new connection.
+// connector runs the setup statements on every new connection and gives
+// it prepared transaction statements (see txConn); beginMode is the BEGIN
+// variant of its write transactions.
 type connector struct {
-	base  driver.Connector
-	setup []string
+	base      driver.Connector
+	setup     []string
+	beginMode string
 }
 
-func newConnector(dsn string, setup []string) (*connector, error) {
+func newConnector(dsn string, setup []string, beginMode string) (*connector, error) {
 	base, err := sqlite.NewConnector(dsn)
 	if err != nil {
 		return nil, err
 	}
-	return &connector{base: base, setup: setup}, nil
+	return &connector{base: base, setup: setup, beginMode: beginMode}, nil
 }
 
 func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
@@ -525,7 +528,12 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 			return nil, fmt.Errorf("%s: %w", q, err)
 		}
 	}
-	return conn, nil
+	tc, err := newTxConn(ctx, conn, c.beginMode)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 func (c *connector) Driver() driver.Driver { return c.base.Driver() }
