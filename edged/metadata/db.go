@@ -281,7 +281,7 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	if opts.ReadConns > 0 {
 		rconn, err := newConnector(dsn, reader, "")
 		if err != nil {
-			db.w.Close()
+			db.closeAll()
 			return nil, fmt.Errorf("metadata: %w", err)
 		}
 		db.r = sql.OpenDB(rconn)

@@ -26,7 +26,9 @@ import (
 // rewriting a frame in place, or its checksums), a read (a checkpoint, or
 // a page read back from the log), sync, truncate, size, file control and
 // close. Writes to the database file itself and its other files go to the
-// default VFS unchanged.
+// default VFS unchanged. Frames that a large transaction spills to the log
+// before its commit may wait in the buffer while the transaction goes on;
+// they are not committed, so losing them loses nothing.
 //
 // What reaches the disk is the same bytes at the same offsets; only the
 // number of system calls changes: per container create+delete, 2 instead
