@@ -77,7 +77,11 @@ test-go: build
 # storage: on the 9p share every page edged reads back after an idle
 # release (page_out_code) would be a 9p round trip through an emulated
 # virtio device, hundreds of milliseconds added to the first event after
-# idle (the OOM latency budget measures the OOM path, not that).
+# idle (the OOM latency budget measures the OOM path, not that). The test
+# binaries run from tmpfs too: once, under a busy host, a run printed
+# nothing for 14 minutes after "=== RUN", not even the test binary's own
+# timeout panic, as a process stalled on a page fault of its 9p-backed
+# code would.
 VMTEST_DIR ?= /tmp/edged-vmtest
 VMTEST_RUN ?= ^Test(CgroupLimitsMetricsUpdate|OOM50|RunForegroundExitCodeAndOutput|RestartRecovery)$$
 test-vm: deps build
@@ -85,9 +89,10 @@ test-vm: deps build
 	cp $(addprefix bin/,$(COMMANDS)) $(VMTEST_DIR)/bin/
 	CGO_ENABLED=0 $(GO) test -c -o $(VMTEST_DIR)/ ./cgroups/... ./edged/integration
 	hack/vm/run.sh --timeout 900 --share $(VMTEST_DIR) -- sh -c 'cd /tmp && rc=0; \
-		mkdir -p /tmp/edged-bin && cp $(VMTEST_DIR)/bin/* /tmp/edged-bin/ && export EDGED_TEST_BIN=/tmp/edged-bin || exit 1; \
-		for t in cgroups oom; do $(VMTEST_DIR)/$$t.test -test.timeout 5m || rc=1; done; \
-		$(VMTEST_DIR)/integration.test -test.v -test.timeout 10m -test.run "$(VMTEST_RUN)" || rc=1; exit $$rc'
+		mkdir -p /tmp/edged-bin /tmp/edged-tests && cp $(VMTEST_DIR)/bin/* /tmp/edged-bin/ && export EDGED_TEST_BIN=/tmp/edged-bin || exit 1; \
+		cp $(VMTEST_DIR)/*.test /tmp/edged-tests/ || exit 1; \
+		for t in cgroups oom; do /tmp/edged-tests/$$t.test -test.timeout 5m || rc=1; done; \
+		/tmp/edged-tests/integration.test -test.v -test.timeout 10m -test.run "$(VMTEST_RUN)" || rc=1; exit $$rc'
 
 bench: deps build
 	$(GO) run ./hack/bench
