@@ -19,23 +19,32 @@ import (
 // storage) and wchar (bytes passed to write syscalls) from /proc/self/io.
 func procIO(tb testing.TB) (writeBytes, wchar int64) {
 	tb.Helper()
+	f := procIOFields(tb)
+	return f["write_bytes"], f["wchar"]
+}
+
+// procIOFields returns the counters of /proc/self/io by name.
+func procIOFields(tb testing.TB) map[string]int64 {
+	tb.Helper()
 	f, err := os.Open("/proc/self/io")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer f.Close()
+	fields := map[string]int64{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		k, v, _ := strings.Cut(sc.Text(), ": ")
-		n, _ := strconv.ParseInt(v, 10, 64)
-		switch k {
-		case "write_bytes":
-			writeBytes = n
-		case "wchar":
-			wchar = n
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			tb.Fatalf("/proc/self/io: %q: %v", sc.Text(), err)
 		}
+		fields[k] = n
 	}
-	return writeBytes, wchar
+	if err := sc.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return fields
 }
 
 // procStatusKiB returns a "VmRSS"-style field of /proc/self/status in KiB.

@@ -1,7 +1,6 @@
 package metadata
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 
 	"modernc.org/libc"
@@ -22,23 +20,11 @@ import (
 // (/proc/self/io syscw).
 func syscw(tb testing.TB) int64 {
 	tb.Helper()
-	f, err := os.Open("/proc/self/io")
-	if err != nil {
-		tb.Fatal(err)
+	n, ok := procIOFields(tb)["syscw"]
+	if !ok {
+		tb.Fatal("no syscw in /proc/self/io")
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "syscw: "); ok {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				tb.Fatal(err)
-			}
-			return n
-		}
-	}
-	tb.Fatal("no syscw in /proc/self/io")
-	return 0
+	return n
 }
 
 // A commit's WAL frames reach the file in one write(2): a container create
