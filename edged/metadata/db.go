@@ -136,6 +136,9 @@ type Options struct {
 	// plainVFS opens the file through SQLite's default VFS instead of
 	// walVFS (benchmarks and tests compare the two).
 	plainVFS bool
+	// walSlowWrite overrides walSlowWrite, the duration of a slow raw
+	// write to the WAL (tests).
+	walSlowWrite time.Duration
 }
 
 // DB is an open metadata database. It is safe for concurrent use.
@@ -161,6 +164,7 @@ type DB struct {
 	// removes it from SQLite once no connection uses it; "" and nil with
 	// Options.plainVFS.
 	vfsName       string
+	vfs           *walVFS // in SQLite memory, freed by unregisterVFS
 	unregisterVFS func()
 }
 
@@ -250,16 +254,17 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath()
 	var (
 		vfsName    string
+		wvfs       *walVFS
 		unregister func()
 	)
 	if !opts.plainVFS {
 		// See walVFS: a commit's WAL frames in one write(2).
-		name, unreg, err := registerWALVFS()
+		name, vfs, unreg, err := registerWALVFS(opts.walSlowWrite)
 		if err != nil {
 			return nil, fmt.Errorf("metadata: %w", err)
 		}
 		dsn += "?vfs=" + url.QueryEscape(name)
-		vfsName, unregister = name, unreg
+		vfsName, wvfs, unregister = name, vfs, unreg
 	}
 	// BEGIN IMMEDIATE: every write transaction takes the write lock up
 	// front and never fails with SQLITE_BUSY half way through when it
@@ -271,7 +276,7 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		}
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
-	db := &DB{path: path, opts: opts, log: log, compressSpecs: opts.CompressSpecs, vfsName: vfsName, unregisterVFS: unregister}
+	db := &DB{path: path, opts: opts, log: log, compressSpecs: opts.CompressSpecs, vfsName: vfsName, vfs: wvfs, unregisterVFS: unregister}
 	db.w = sql.OpenDB(wconn)
 	db.w.SetMaxOpenConns(1)
 	db.w.SetMaxIdleConns(1)
@@ -368,7 +373,7 @@ func (db *DB) closeAll() error {
 	// later, so the VFS, a few hundred bytes, is then left registered.
 	if db.unregisterVFS != nil && db.w.Stats().OpenConnections == 0 && db.r.Stats().OpenConnections == 0 {
 		db.unregisterVFS()
-		db.unregisterVFS = nil
+		db.unregisterVFS, db.vfs = nil, nil
 	}
 	return errors.Join(errR, errW)
 }

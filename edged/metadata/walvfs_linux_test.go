@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"modernc.org/libc"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -73,83 +75,105 @@ func TestWALVFSOneWritePerCommit(t *testing.T) {
 // and WAL files taken right after each commit (what a kill -9 of edged
 // leaves) opens with exactly the committed containers and passes
 // SQLite's integrity check.
+//
+// Both ways of writing are covered: raw writes (a slow write threshold of
+// an hour keeps them on), and the ordinary path they fall back to after a
+// slow write (a threshold of 1 ns makes the first write slow).
 func TestWALVFSCommitsAreInTheFile(t *testing.T) {
-	for _, sync := range []string{"NORMAL", "FULL"} {
-		t.Run(sync, func(t *testing.T) {
-			ctx := context.Background()
-			// A small cache makes large transactions spill pages into the
-			// WAL before their commit; frequent checkpoints restart the log.
-			db, path := openTest(t, Options{Synchronous: sync, CacheSizeKiB: 16, checkpoint: 40})
-			want := map[string]bool{}
-			seq := 0
-			create := func(tx *Tx, n int) ([]string, error) {
-				var ids []string
-				for i := 0; i < n; i++ {
-					seq++
-					id := fmt.Sprintf("c%d", seq)
-					if _, err := tx.CreateContainer(ctx, "default", testContainer(t, id)); err != nil {
-						return nil, err
-					}
-					ids = append(ids, id)
-				}
-				return ids, nil
+	for _, tc := range []struct {
+		name string
+		slow time.Duration
+	}{{"raw", time.Hour}, {"ordinary", time.Nanosecond}} {
+		for _, sync := range []string{"NORMAL", "FULL"} {
+			t.Run(tc.name+"/"+sync, func(t *testing.T) { testCommitsInFile(t, sync, tc.slow) })
+		}
+	}
+}
+
+func testCommitsInFile(t *testing.T, sync string, slow time.Duration) {
+	ctx := context.Background()
+	// A small cache makes large transactions spill pages into the
+	// WAL before their commit; frequent checkpoints restart the log.
+	db, path := openTest(t, Options{Synchronous: sync, CacheSizeKiB: 16, checkpoint: 40, walSlowWrite: slow})
+	want := map[string]bool{}
+	seq := 0
+	create := func(tx *Tx, n int) ([]string, error) {
+		var ids []string
+		for i := 0; i < n; i++ {
+			seq++
+			id := fmt.Sprintf("c%d", seq)
+			if _, err := tx.CreateContainer(ctx, "default", testContainer(t, id)); err != nil {
+				return nil, err
 			}
-			errRollback := errors.New("roll back")
-			for round := 0; round < 60; round++ {
-				var added, removed []string
-				var err error
-				switch round % 6 {
-				case 0, 1, 2: // one container: a commit of a few frames
-					err = db.Update(ctx, func(tx *Tx) error { added, err = create(tx, 1); return err })
-				case 3: // 40 containers: more frames than the buffer holds, and a spill
-					err = db.Update(ctx, func(tx *Tx) error { added, err = create(tx, 40); return err })
-				case 4: // a spilled transaction rolled back, then a small commit
-					err = db.Update(ctx, func(tx *Tx) error {
-						if _, err := create(tx, 40); err != nil {
-							return err
-						}
-						return errRollback
-					})
-					if !errors.Is(err, errRollback) {
-						t.Fatalf("round %d: %v, want the rollback", round, err)
-					}
-					err = db.Update(ctx, func(tx *Tx) error { added, err = create(tx, 1); return err })
-				case 5: // deletes, and pages a spill wrote changed again before the commit
-					err = db.Update(ctx, func(tx *Tx) error {
-						for id := range want {
-							if err := tx.DeleteContainer(ctx, "default", id); err != nil {
-								return err
-							}
-							removed = append(removed, id)
-							if len(removed) == 20 {
-								break
-							}
-						}
-						more, err := create(tx, 30)
-						if err != nil {
-							return err
-						}
-						for _, id := range more[:15] {
-							if err := tx.DeleteContainer(ctx, "default", id); err != nil {
-								return err
-							}
-						}
-						added = more[15:]
-						return nil
-					})
+			ids = append(ids, id)
+		}
+		return ids, nil
+	}
+	errRollback := errors.New("roll back")
+	for round := 0; round < 60; round++ {
+		var added, removed []string
+		var err error
+		switch round % 6 {
+		case 0, 1, 2: // one container: a commit of a few frames
+			err = db.Update(ctx, func(tx *Tx) error { added, err = create(tx, 1); return err })
+		case 3: // 40 containers: more frames than the buffer holds, and a spill
+			err = db.Update(ctx, func(tx *Tx) error { added, err = create(tx, 40); return err })
+		case 4: // a spilled transaction rolled back, then a small commit
+			err = db.Update(ctx, func(tx *Tx) error {
+				if _, err := create(tx, 40); err != nil {
+					return err
 				}
+				return errRollback
+			})
+			if !errors.Is(err, errRollback) {
+				t.Fatalf("round %d: %v, want the rollback", round, err)
+			}
+			err = db.Update(ctx, func(tx *Tx) error { added, err = create(tx, 1); return err })
+		case 5: // deletes, and pages a spill wrote changed again before the commit
+			err = db.Update(ctx, func(tx *Tx) error {
+				for id := range want {
+					if err := tx.DeleteContainer(ctx, "default", id); err != nil {
+						return err
+					}
+					removed = append(removed, id)
+					if len(removed) == 20 {
+						break
+					}
+				}
+				more, err := create(tx, 30)
 				if err != nil {
-					t.Fatalf("round %d: %v", round, err)
+					return err
 				}
-				for _, id := range added {
-					want[id] = true
+				for _, id := range more[:15] {
+					if err := tx.DeleteContainer(ctx, "default", id); err != nil {
+						return err
+					}
 				}
-				for _, id := range removed {
-					delete(want, id)
-				}
-				checkCopy(t, path, round, want)
-			}
-		})
+				added = more[15:]
+				return nil
+			})
+		}
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		for _, id := range added {
+			want[id] = true
+		}
+		for _, id := range removed {
+			delete(want, id)
+		}
+		checkCopy(t, path, round, want)
+	}
+	raw, slowN := atomic.LoadInt64(&db.vfs.rawWrites), atomic.LoadInt64(&db.vfs.slowWrites)
+	t.Logf("raw writes %d, slow %d", raw, slowN)
+	if want := rawPwriteWorks; (raw > 0) != want {
+		t.Fatalf("%d raw writes; raw writes work here: %v", raw, want)
+	}
+	if slow == time.Nanosecond && (raw != 1 || slowN != 1) {
+		t.Fatalf("%d raw writes, %d slow: want 1 and 1 (after the first, slow, write the ordinary path for %v)", raw, slowN, walSlowPause)
+	}
+	if slow == time.Hour && slowN != 0 {
+		t.Fatalf("%d slow writes with a threshold of an hour", slowN)
 	}
 }
 

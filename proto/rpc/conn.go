@@ -111,6 +111,7 @@ func (s *stream) close(err error) {
 // nobody waits for yet are seen.
 type Conn struct {
 	conn net.Conn
+	rw   io.ReadWriter // conn's socket (see rawIO), else conn
 
 	wmu  sync.Mutex // orders stream ids with their first frame on the wire
 	next uint32
@@ -136,7 +137,8 @@ const idleReadDelay = 50 * time.Millisecond
 // NewConn returns a client on conn; Close closes conn.
 func NewConn(conn net.Conn) *Conn {
 	c := &Conn{conn: conn, next: 1, streams: map[uint32]*stream{}, done: make(chan struct{}), turn: make(chan struct{}, 1)}
-	c.fr.r = bufio.NewReaderSize(conn, readBufferSize)
+	c.rw = readWriter(conn)
+	c.fr.r = bufio.NewReaderSize(c.rw, readBufferSize)
 	c.idle.Store(time.AfterFunc(idleReadDelay, c.idleRead))
 	return c
 }
@@ -350,7 +352,7 @@ func (c *Conn) open(ctx context.Context, flags byte, service, method string, req
 // write sends one frame; the caller holds wmu. A failed write breaks the
 // connection (a frame may be half written).
 func (c *Conn) write(f []byte) error {
-	if _, err := c.conn.Write(f); err != nil {
+	if _, err := c.rw.Write(f); err != nil {
 		c.shut(err)
 		c.mu.Lock()
 		defer c.mu.Unlock()

@@ -197,7 +197,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return err
 		}
 		delay = 0
-		sc := &serverConn{srv: s, conn: c, streams: map[uint32]*serverStream{}}
+		sc := &serverConn{srv: s, conn: c, rw: readWriter(c), streams: map[uint32]*serverStream{}}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -305,7 +305,8 @@ func (s *Server) Close() error {
 type serverConn struct {
 	srv  *Server
 	conn net.Conn
-	wmu  sync.Mutex // one frame at a time
+	rw   io.ReadWriter // conn's socket (see rawIO), else conn
+	wmu  sync.Mutex    // one frame at a time
 
 	// active counts calls and streams in progress (under srv.mu).
 	active int
@@ -326,7 +327,7 @@ func (c *serverConn) run(ctx context.Context) {
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
 	}()
-	r := bufio.NewReaderSize(c.conn, readBufferSize)
+	r := bufio.NewReaderSize(c.rw, readBufferSize)
 	var hbuf [ttrpcwire.HeaderLen]byte
 	var last uint32
 	for {
@@ -564,7 +565,7 @@ func (c *serverConn) writeFrame(id uint32, typ, flags byte, p []byte) error {
 
 func (c *serverConn) write(f []byte) error {
 	c.wmu.Lock()
-	_, err := c.conn.Write(f)
+	_, err := c.rw.Write(f)
 	c.wmu.Unlock()
 	if err != nil {
 		c.conn.Close()
