@@ -105,9 +105,10 @@ const (
 )
 
 // registerWALVFS registers a walVFS wrapping the default VFS under a name
-// of its own and returns that name (for the vfs= URI parameter) and a
-// function that unregisters it, to call after every connection using it
-// is closed.
+// of its own and returns that name (for the vfs= URI parameter), the VFS
+// (in SQLite memory) and a function that unregisters and frees it, to call
+// after every connection using it is closed. slow is the duration of a
+// slow raw write (see walFile.writeRaw); 0 means walSlowWrite.
 func registerWALVFS(slow time.Duration) (string, *walVFS, func(), error) {
 	tls := libc.NewTLS()
 	defer tls.Close()
