@@ -3,7 +3,9 @@ package metadata
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -125,5 +127,53 @@ func TestUpdateTakesWriteLockAtBegin(t *testing.T) {
 			t.Fatalf("write lock after the Update: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// failAfterExec runs a statement, then reports err as if it had failed:
+// a BEGIN that took effect but whose caller got an error (its context
+// ended as it ran). That cannot be caused on purpose with a real
+// connection, so the statement is wrapped; the connection and the BEGIN
+// are real.
+type failAfterExec struct {
+	driver.StmtExecContext
+	err error
+}
+
+func (f failAfterExec) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	if _, err := f.StmtExecContext.ExecContext(ctx, args); err != nil {
+		return nil, err
+	}
+	return nil, f.err
+}
+
+// A BEGIN that took effect and then failed is rolled back: the connection
+// goes back to the pool outside any transaction, so the next BEGIN works
+// (without the rollback it fails with "cannot start a transaction within
+// a transaction").
+func TestFailedBeginRollsBack(t *testing.T) {
+	ctx := context.Background()
+	c, err := newConnector("file:"+filepath.Join(t.TempDir(), FileName), nil, "IMMEDIATE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := c.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc := conn.(*txConn)
+	realBegin := tc.begin
+	tc.begin = failAfterExec{realBegin, context.DeadlineExceeded}
+	if _, err := tc.BeginTx(ctx, driver.TxOptions{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("BeginTx: %v, want the BEGIN's error", err)
+	}
+	tc.begin = realBegin
+	tx, err := tc.BeginTx(ctx, driver.TxOptions{})
+	if err != nil {
+		t.Fatalf("BEGIN after the failed one: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
 	}
 }
