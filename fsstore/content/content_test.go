@@ -848,3 +848,60 @@ func TestWriterAfterBlobCommittedElsewhere(t *testing.T) {
 		t.Fatalf("ingests left: %+v", sts)
 	}
 }
+
+// A resumable ingest left behind (its writer closed, or its process gone)
+// for content that was then committed under another ref is removed by the
+// next Writer for its ref that expects that content: the caller gets
+// ErrAlreadyExists and no ingest stays until Cleanup finds it stale. An
+// ingest that expects other content, and one whose writer is open, stay.
+func TestWriterRemovesIngestOfCommittedContent(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	data := []byte("layer committed by another pull")
+	d := digest.FromBytes(data)
+	leftover := func(ref string, expected digest.Digest) *Writer {
+		t.Helper()
+		w, err := s.Writer(ctx, ref, WriterOpts{Expected: expected})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(data[:10]); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	w := leftover("pull-"+d.String(), d)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other := digest.FromBytes([]byte("something else"))
+	w = leftover("unrelated", other)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	open := leftover("pull-open", d)
+	defer open.Close()
+
+	writeBlob(t, s, "other", data)
+
+	_, err := s.Writer(ctx, "pull-"+d.String(), WriterOpts{Expected: d})
+	wantErr(t, err, errdefs.ErrAlreadyExists, d.String())
+	if _, err := s.Status(ctx, "pull-"+d.String()); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("the leftover ingest of committed content is still there: %v", err)
+	}
+
+	_, err = s.Writer(ctx, "unrelated", WriterOpts{Expected: d})
+	wantErr(t, err, errdefs.ErrAlreadyExists, d.String())
+	if st, err := s.Status(ctx, "unrelated"); err != nil || st.Expected != other || st.Offset != 10 {
+		t.Fatalf("the ingest expecting other content: %+v, %v; want it kept", st, err)
+	}
+
+	_, err = s.Writer(ctx, "pull-open", WriterOpts{Expected: d})
+	wantErr(t, err, errdefs.ErrAlreadyExists, d.String())
+	if st, err := s.Status(ctx, "pull-open"); err != nil || st.Offset != 10 {
+		t.Fatalf("the ingest with an open writer: %+v, %v; want it kept", st, err)
+	}
+	if _, err := open.Write(data[10:]); err != nil {
+		t.Fatalf("the open writer after the other Writer call: %v", err)
+	}
+}

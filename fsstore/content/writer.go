@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -69,6 +70,7 @@ func (s *Store) Writer(ctx context.Context, ref string, opts WriterOpts) (*Write
 			return nil, err
 		}
 		if _, err := os.Lstat(s.blobPath(opts.Expected)); err == nil {
+			s.dropDone(ctx, ref, opts.Expected)
 			return nil, fmt.Errorf("content %s: %w", opts.Expected, errdefs.ErrAlreadyExists)
 		}
 	}
@@ -90,6 +92,22 @@ func (s *Store) Writer(ctx context.Context, ref string, opts WriterOpts) (*Write
 		return nil, err
 	}
 	return w, nil
+}
+
+// dropDone removes the ingest of ref, if there is one that no writer has
+// open, once the blob it was to become (expected) exists: a writer that
+// stopped (a crash, a lost connection) after the same content was committed
+// by another ref left it, and it can only ever produce that blob again.
+// Without this it would stay until Cleanup finds it stale. An ingest that
+// expects another digest is not this content and stays.
+func (s *Store) dropDone(ctx context.Context, ref string, expected digest.Digest) {
+	st, err := s.Status(ctx, ref)
+	if err != nil || st.Expected != "" && st.Expected != expected {
+		return
+	}
+	if err := s.Abort(ctx, ref); err == nil {
+		slog.InfoContext(ctx, "content: removed an ingest whose blob exists", "ref", truncate(ref), "digest", expected, "offset", st.Offset)
+	}
 }
 
 func (s *Store) openWriter(ctx context.Context, ref string, opts WriterOpts) (*Writer, error) {
