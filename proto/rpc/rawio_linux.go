@@ -30,6 +30,21 @@ type rawIO struct {
 	// net.Conn's do.
 	net         string
 	local, peer net.Addr
+
+	// The Read and the Write in progress keep their state here, so that
+	// the functions handed to rc are made once, not a closure per call
+	// (4 allocations per RPC). There is one Read at a time (the
+	// connection's reader) and one Write at a time (the holder of the
+	// connection's write lock).
+	rbuf   []byte
+	rn     int
+	rerrno syscall.Errno
+	readFn func(fd uintptr) bool
+
+	wbuf    []byte
+	wn      int
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool
 }
 
 // newRawIO returns raw I/O on conn's socket, or nil when conn has none
@@ -43,27 +58,30 @@ func newRawIO(conn net.Conn) *rawIO {
 	if err != nil {
 		return nil
 	}
-	return &rawIO{rc: rc, net: conn.LocalAddr().Network(), local: conn.LocalAddr(), peer: conn.RemoteAddr()}
+	r := &rawIO{rc: rc, net: conn.LocalAddr().Network(), local: conn.LocalAddr(), peer: conn.RemoteAddr()}
+	r.readFn, r.writeFn = r.read, r.write
+	return r
+}
+
+// read reads into rbuf once the socket is readable; false: wait.
+func (r *rawIO) read(fd uintptr) bool {
+	for {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.rbuf[0])), uintptr(len(r.rbuf)))
+		if errno != syscall.EINTR {
+			r.rn, r.rerrno = int(n), errno
+			return errno != syscall.EAGAIN
+		}
+	}
 }
 
 func (r *rawIO) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var (
-		n     int
-		errno syscall.Errno
-	)
-	err := r.rc.Read(func(fd uintptr) bool {
-		for {
-			var rn uintptr
-			rn, _, errno = syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			if errno != syscall.EINTR {
-				n = int(rn)
-				return errno != syscall.EAGAIN
-			}
-		}
-	})
+	r.rbuf, r.rn, r.rerrno = p, 0, 0
+	err := r.rc.Read(r.readFn)
+	n, errno := r.rn, r.rerrno
+	r.rbuf = nil
 	switch {
 	case err != nil:
 		return 0, err
@@ -75,27 +93,30 @@ func (r *rawIO) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (r *rawIO) Write(p []byte) (int, error) {
-	var (
-		n     int
-		errno syscall.Errno
-	)
-	err := r.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			wn, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n))
-			switch e {
-			case 0:
-				n += int(wn)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
+// write writes what is left of wbuf while the socket takes it; false:
+// wait for room.
+func (r *rawIO) write(fd uintptr) bool {
+	for r.wn < len(r.wbuf) {
+		n, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.wbuf[r.wn])), uintptr(len(r.wbuf)-r.wn))
+		switch errno {
+		case 0:
+			r.wn += int(n)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			r.werrno = errno
+			return true
 		}
-		return true
-	})
+	}
+	return true
+}
+
+func (r *rawIO) Write(p []byte) (int, error) {
+	r.wbuf, r.wn, r.werrno = p, 0, 0
+	err := r.rc.Write(r.writeFn)
+	n, errno := r.wn, r.werrno
+	r.wbuf = nil
 	if err == nil && errno != 0 {
 		err = &net.OpError{Op: "write", Net: r.net, Source: r.local, Addr: r.peer, Err: os.NewSyscallError("write", errno)}
 	}
