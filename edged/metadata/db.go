@@ -139,6 +139,12 @@ type Options struct {
 	// walSlowWrite overrides walSlowWrite, the duration of a slow raw
 	// write to the WAL (tests).
 	walSlowWrite time.Duration
+	// walSlowTimeOnly makes a raw write slow on its duration alone,
+	// whether or not its thread slept (tests, see walVFS.timeOnly).
+	walSlowTimeOnly bool
+	// walSlowPause overrides walSlowPause, how long raw writes stay off
+	// after a slow one (tests).
+	walSlowPause time.Duration
 }
 
 // DB is an open metadata database. It is safe for concurrent use.
@@ -262,6 +268,12 @@ func open(ctx context.Context, path string, opts Options) (*DB, error) {
 		name, vfs, unreg, err := registerWALVFS(opts.walSlowWrite)
 		if err != nil {
 			return nil, fmt.Errorf("metadata: %w", err)
+		}
+		if opts.walSlowTimeOnly {
+			vfs.timeOnly = 1
+		}
+		if opts.walSlowPause > 0 {
+			vfs.pause = int64(opts.walSlowPause)
 		}
 		dsn += "?vfs=" + url.QueryEscape(name)
 		vfsName, wvfs, unregister = name, vfs, unreg

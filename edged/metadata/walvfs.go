@@ -3,6 +3,7 @@ package metadata
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -55,12 +56,21 @@ type walVFS struct {
 	// on this platform (see walFile.writeRaw).
 	raw int32
 	// slow is the duration in nanoseconds of a raw write that turns raw
-	// writes off for walSlowPause (see walFile.writeRaw).
+	// writes off for pause if its thread slept (see
+	// walFile.writeRaw).
 	slow int64
+	// pause is how long, in nanoseconds, raw writes stay off after a
+	// slow one: walSlowPause, or less in tests.
+	pause int64
+	// timeOnly, when 1, makes a write slow on its duration alone, as if
+	// its thread had slept (tests: a write that waits in the kernel
+	// cannot be caused on demand).
+	timeOnly int32
 	// rawWrites and slowWrites count raw writes and the slow ones among
-	// them, for tests (updated atomically).
-	rawWrites  int64
-	slowWrites int64
+	// them, for tests. atomic.Int64 is 8-byte aligned on 32-bit platforms
+	// too, which its atomic operations need there.
+	rawWrites  atomic.Int64
+	slowWrites atomic.Int64
 }
 
 // walFile follows the wrapped VFS's file structure in every file this VFS
@@ -96,8 +106,9 @@ const (
 	// walHeader is the size of the WAL file header at offset 0.
 	walHeader = 32
 	// walSlowWrite is the default of walVFS.slow: a write to the page
-	// cache takes microseconds; one that takes a millisecond waited for
-	// the disk (dirty page throttling, memory reclaim, the journal).
+	// cache takes microseconds; one that slept and took a millisecond
+	// waited for the disk (dirty page throttling, memory reclaim, the
+	// journal).
 	walSlowWrite = time.Millisecond
 	// walSlowPause is how long writes take the ordinary path after a slow
 	// raw write.
@@ -125,6 +136,7 @@ func registerWALVFS(slow time.Duration) (string, *walVFS, func(), error) {
 	if slow <= 0 {
 		v.slow = int64(walSlowWrite)
 	}
+	v.pause = int64(walSlowPause)
 	if rawPwriteWorks && libc.GoString(v.vfs.FzName) == "unix" && v.vfs.FszOsFile == int32(unsafe.Sizeof(sqlite3.TunixFile{})) {
 		v.raw = 1
 	}
@@ -229,11 +241,21 @@ func (w *walFile) flush(tls *libc.TLS, pFile uintptr) int32 {
 // collector waits for it. A write to the page cache takes microseconds,
 // but one that has to wait for the disk (dirty page throttling, memory
 // reclaim, a full journal) can take a good part of a second on an SD
-// card. So a raw write that takes w.vfs.slow or more turns raw writes off
-// for walSlowPause: while the disk is that slow, writes take the ordinary
-// path, which hands the P over.
+// card. So a raw write that waited (its thread slept in the kernel, see
+// threadSleeps) and took w.vfs.slow or more turns raw writes off for
+// w.vfs.pause (walSlowPause): while the disk is that slow, writes take the ordinary
+// path, which hands the P over. A write that took as long without
+// sleeping was preempted, not blocked: its thread was runnable and the
+// scheduler (or, in a VM, the hypervisor) ran something else. That says
+// nothing of the disk, and raw writes stay on; on a busy host that
+// happens every few seconds, and a pause on time alone kept raw writes
+// off most of the time. The thread is locked for the write so that the
+// two counts of its sleeps are of the same thread.
 func (w *walFile) writeRaw(pFile uintptr, n int32) int32 {
 	f := (*sqlite3.TunixFile)(cptr(pFile))
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	sleeps := threadSleeps()
 	start := time.Now()
 	buf, off := w.buf, w.off
 	for n > 0 {
@@ -252,12 +274,22 @@ func (w *walFile) writeRaw(pFile uintptr, n int32) int32 {
 		off += int64(wrote)
 		n -= wrote
 	}
-	atomic.AddInt64(&w.vfs.rawWrites, 1)
-	if d := time.Since(start); int64(d) >= w.vfs.slow {
-		atomic.AddInt64(&w.vfs.slowWrites, 1)
-		w.rawAfter = start.Add(d + walSlowPause).UnixNano()
+	w.vfs.rawWrites.Add(1)
+	if d := time.Since(start); int64(d) >= w.vfs.slow && w.vfs.slept(sleeps) {
+		w.vfs.slowWrites.Add(1)
+		w.rawAfter = start.Add(d).UnixNano() + w.vfs.pause
 	}
 	return sqlite3.SQLITE_OK
+}
+
+// slept reports whether the calling thread slept since threadSleeps
+// returned before; when that cannot be told, it did.
+func (v *walVFS) slept(before int64) bool {
+	if v.timeOnly != 0 || before < 0 {
+		return true
+	}
+	after := threadSleeps()
+	return after < 0 || after != before
 }
 
 func walWrite(tls *libc.TLS, pFile, zBuf uintptr, iAmt int32, iOfst int64) int32 {

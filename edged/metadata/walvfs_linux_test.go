@@ -8,8 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
-	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,7 +79,9 @@ func TestWALVFSOneWritePerCommit(t *testing.T) {
 //
 // Both ways of writing are covered: raw writes (a slow write threshold of
 // an hour keeps them on), and the ordinary path they fall back to after a
-// slow write (a threshold of 1 ns makes the first write slow).
+// slow write (a threshold of 1 ns, on time alone, makes the first write
+// slow: a write that really waits in the kernel, which is what turns raw
+// writes off in edged, cannot be caused on demand).
 func TestWALVFSCommitsAreInTheFile(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -94,7 +97,8 @@ func testCommitsInFile(t *testing.T, sync string, slow time.Duration) {
 	ctx := context.Background()
 	// A small cache makes large transactions spill pages into the
 	// WAL before their commit; frequent checkpoints restart the log.
-	db, path := openTest(t, Options{Synchronous: sync, CacheSizeKiB: 16, checkpoint: 40, walSlowWrite: slow})
+	db, path := openTest(t, Options{Synchronous: sync, CacheSizeKiB: 16, checkpoint: 40,
+		walSlowWrite: slow, walSlowTimeOnly: slow == time.Nanosecond})
 	want := map[string]bool{}
 	seq := 0
 	create := func(tx *Tx, n int) ([]string, error) {
@@ -164,7 +168,7 @@ func testCommitsInFile(t *testing.T, sync string, slow time.Duration) {
 		}
 		checkCopy(t, path, round, want)
 	}
-	raw, slowN := atomic.LoadInt64(&db.vfs.rawWrites), atomic.LoadInt64(&db.vfs.slowWrites)
+	raw, slowN := db.vfs.rawWrites.Load(), db.vfs.slowWrites.Load()
 	t.Logf("raw writes %d, slow %d", raw, slowN)
 	if want := rawPwriteWorks; (raw > 0) != want {
 		t.Fatalf("%d raw writes; raw writes work here: %v", raw, want)
@@ -269,5 +273,77 @@ func TestWALVFSUnregisteredAtClose(t *testing.T) {
 	}
 	if registered() {
 		t.Fatalf("VFS %s is still registered after Close", name)
+	}
+}
+
+// A raw write that takes longer than the slow threshold without its
+// thread sleeping is not slow: it was preempted (a busy host, a vCPU its
+// hypervisor descheduled), which says nothing of the disk. Only a write
+// that waited in the kernel is a slow disk. The threshold here is 1 ns,
+// so every write takes longer, and the pause after a slow write is 1 ns,
+// so every commit's write is raw and judged. On a tmpfs a write to the
+// page cache seldom sleeps (it can, on a lock, on a loaded host), so few
+// are slow; on time alone every one was.
+func TestWALRawWriteSlowOnlyIfItSlept(t *testing.T) {
+	if !rawPwriteWorks {
+		t.Skip("no raw writes on this platform")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=16m,mode=0700"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	db, err := Open(ctx, filepath.Join(dir, FileName), Options{Logger: slog.New(slog.DiscardHandler),
+		walSlowWrite: time.Nanosecond, walSlowPause: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const commits = 200
+	before := db.vfs.rawWrites.Load()
+	for i := 0; i < commits; i++ {
+		if err := db.Update(ctx, func(tx *Tx) error {
+			_, err := tx.CreateContainer(ctx, "default", testContainer(t, fmt.Sprintf("c%d", i)))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, slowN := db.vfs.rawWrites.Load()-before, db.vfs.slowWrites.Load()
+	t.Logf("%d commits: %d raw writes, %d slow", commits, raw, slowN)
+	if raw < commits || slowN > raw/4 {
+		t.Fatalf("%d commits made %d raw writes, %d of them slow: want a raw write per commit and only those whose thread slept slow (a few at most)", commits, raw, slowN)
+	}
+}
+
+// threadSleeps counts the calling thread's sleeps and nothing else.
+func TestThreadSleeps(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := threadSleeps()
+	if before < 0 {
+		t.Fatal("getrusage(RUSAGE_THREAD) failed")
+	}
+	// Busy for a millisecond: the thread may be preempted, but it does
+	// not sleep.
+	x := uint64(1)
+	for start := time.Now(); time.Since(start) < time.Millisecond; {
+		for i := 0; i < 1000; i++ {
+			x = x*6364136223846793005 + 1442695040888963407
+		}
+	}
+	if after := threadSleeps(); after != before {
+		t.Fatalf("a busy thread slept %d times (%x)", after-before, x)
+	}
+	ts := syscall.NsecToTimespec(int64(time.Millisecond))
+	if err := syscall.Nanosleep(&ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	if after := threadSleeps(); after <= before {
+		t.Fatalf("nanosleep(1 ms): %d sleeps before, %d after", before, after)
 	}
 }
