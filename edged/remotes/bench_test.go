@@ -53,7 +53,7 @@ func BenchmarkPull100MiB(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(maxDelta), "peakRSS-delta-KiB")
 
-	out, err := helperCmd(ref, filepath.Join(b.TempDir(), "content"), reg.addr).Output()
+	out, err := helperCmd(b, ref, filepath.Join(b.TempDir(), "content"), reg.addr).Output()
 	if err != nil {
 		b.Fatalf("helper: %v\n%s", err, out)
 	}

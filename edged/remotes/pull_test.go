@@ -407,9 +407,11 @@ func TestHelperPullProcess(t *testing.T) {
 	fmt.Printf("VmHWM-KiB=%d\n", vmHWM(t))
 }
 
-func helperCmd(ref, storeDir, plainHost string) *exec.Cmd {
+// helperCmd's child keeps its temporary files under tb's temporary
+// directory (TMPDIR): a child that is killed cannot remove them itself.
+func helperCmd(tb testing.TB, ref, storeDir, plainHost string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperPullProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperEnv+"="+ref+"|"+storeDir+"|"+plainHost)
+	cmd.Env = append(os.Environ(), helperEnv+"="+ref+"|"+storeDir+"|"+plainHost, "TMPDIR="+tb.TempDir())
 	return cmd
 }
 
@@ -426,7 +428,7 @@ func TestPullResumesAfterRestart(t *testing.T) {
 	px.mu.Unlock()
 	storeDir := filepath.Join(t.TempDir(), "content")
 	ref := px.addr() + "/team/app:v1"
-	cmd := helperCmd(ref, storeDir, px.addr())
+	cmd := helperCmd(t, ref, storeDir, px.addr())
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
