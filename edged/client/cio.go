@@ -140,8 +140,7 @@ func FIFODir() string {
 		if d == "" {
 			continue
 		}
-		var st unix.Statfs_t
-		if unix.Statfs(d, &st) == nil && st.Type == unix.TMPFS_MAGIC && unix.Access(d, unix.W_OK|unix.X_OK) == nil {
+		if inMemory(d) && unix.Access(d, unix.W_OK|unix.X_OK) == nil {
 			return d
 		}
 	}
