@@ -17,7 +17,9 @@ import (
 // call, and a Wait that deletes the task and the container before it
 // replies (what `edgectl run --rm` does): the output arrives, the exit
 // status is returned and nothing is left. A Create whose task fails leaves
-// no container; Wait without delete_container keeps the container.
+// no container; Wait without delete_container keeps the container; of two
+// Waits with delete, the one whose deletion fails still reports the exit
+// status in its error.
 func TestOneCallRunAndRemove(t *testing.T) {
 	requireRunc(t)
 	d := startDaemon(t)
@@ -110,6 +112,36 @@ func TestOneCallRunAndRemove(t *testing.T) {
 	if p, err := cl.GetTask(ctx, "ex", ""); err != nil || !strings.EqualFold(p.Status.String(), "RUNNING") {
 		t.Fatalf("task after its exec was deleted: %v %v", p, err)
 	}
+	// Two callers wait for the same exec with delete: one deletes it and
+	// gets the status; the other's deletion fails, and its error still
+	// carries the status. (The exec sleeps a second so that both waits
+	// are in edged before it exits.)
+	if err := cl.Exec(ctx, "ex", "e2", &specs.Process{Args: []string{"sh", "-c", "sleep 1; exit 4"}, Env: []string{"PATH=/bin"}, Cwd: "/"}, client.TaskOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.StartTask(ctx, "ex", "e2"); err != nil {
+		t.Fatal(err)
+	}
+	type waited struct {
+		st  client.ExitStatus
+		err error
+	}
+	results := make(chan waited, 2)
+	for range 2 {
+		go func() {
+			st, err := cl.WaitDelete(ctx, "ex", "e2", false)
+			results <- waited{st, err}
+		}()
+	}
+	won, lost := <-results, <-results
+	if won.err != nil {
+		won, lost = lost, won
+	}
+	if won.err != nil || won.st.Code != 4 {
+		t.Fatalf("WaitDelete(e2): %+v %v, want status 4", won.st, won.err)
+	}
+	wantErr(t, lost.err, errdefs.ErrNotFound, `"ex" exited with status 4; deleting its exec e2: `)
+
 	// delete_container needs delete and the task itself.
 	_, err = cl.WaitDelete(ctx, "ex", "e1", true)
 	wantErr(t, err, errdefs.ErrInvalidArgument, "delete_container: requires delete and no exec_id")
