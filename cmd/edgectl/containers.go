@@ -42,7 +42,7 @@ func containersCommand() *command {
 				},
 			},
 			{
-				name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]...", help: "list containers",
+				name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]... [-q]", help: "list containers",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					var filters stringList
 					fs.Var(&filters, "filter", `filter, e.g. image==busybox, labels."env"==prod, id==web (repeatable: any matches)`)

@@ -123,18 +123,13 @@ func imagesRmCommand() *command {
 				if len(args) == 0 {
 					return fmt.Errorf("give at least one image name: %w", errUsage)
 				}
-				c, err := e.connect()
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				for _, n := range args {
+				return e.eachArg(args, "give at least one image name", func(c *client.Client, n string) error {
 					if err := c.DeleteImage(e.ctx, n, client.DeleteImageOpts{Force: *force, Sync: *sync}); err != nil {
 						return err
 					}
 					fmt.Fprintln(e.stdout, n)
-				}
-				return nil
+					return nil
+				})
 			}
 		},
 	}
@@ -166,7 +161,7 @@ func imagesTagCommand() *command {
 
 func imagesPullCommand() *command {
 	return &command{
-		name: "pull", usage: "[--platform OS/ARCH[/VARIANT]] [--skip-unpack] REF", help: "pull an image from a registry",
+		name: "pull", usage: "[--platform OS/ARCH[/VARIANT]] [--skip-unpack] [--user USER:PASSWORD] REF", help: "pull an image from a registry",
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			platform := fs.String("platform", "", "platform to pull (default: the daemon's)")
 			skip := fs.Bool("skip-unpack", false, "only fetch the content")

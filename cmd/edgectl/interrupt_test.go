@@ -25,6 +25,13 @@ func TestInterruption(t *testing.T) {
 	if _, _, ok := interruption(plain, context.Canceled); ok {
 		t.Error("a plain cancel counts as an interruption")
 	}
+	// An error that carries the interruption itself (a command's own
+	// context cancelled with the signal as its cause) counts before ctx
+	// has seen the signal: both get it, in either order.
+	msg, code, ok = interruption(context.Background(), fmt.Errorf("x keeps running; edgectl stopped waiting for it while edged was away: %w", interrupted(syscall.SIGINT)))
+	if !ok || code != 130 || msg != "x keeps running; edgectl stopped waiting for it while edged was away: interrupted (SIGINT)" {
+		t.Errorf("interruption in the error: %q %d %v", msg, code, ok)
+	}
 	ctxInt, cancelInt := context.WithCancelCause(context.Background())
 	cancelInt(interrupted(syscall.SIGINT))
 	if msg, code, _ := interruption(ctxInt, context.Canceled); code != 130 || msg != "interrupted (SIGINT)" {

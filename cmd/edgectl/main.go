@@ -94,6 +94,10 @@ func (i interrupted) Error() string {
 	return "interrupted (" + syscall.Signal(i).String() + ")"
 }
 
+// Is makes an interruption a cancellation (the cause of a cancelled
+// context).
+func (i interrupted) Is(target error) bool { return target == context.Canceled }
+
 // interruptContext returns a context that SIGINT and SIGTERM cancel with
 // an interrupted cause. Like signal.NotifyContext, later signals are
 // caught too until stop (commands that pass signals on to a container
@@ -118,10 +122,11 @@ func interruptContext() (context.Context, func()) {
 }
 
 // interruption reports whether err ended a command because a signal
-// cancelled ctx, and what to print and exit with then.
+// cancelled ctx (or a context of the command's own, whose cause err
+// carries), and what to print and exit with then.
 func interruption(ctx context.Context, err error) (msg string, code int, ok bool) {
 	var i interrupted
-	if !errors.Is(err, context.Canceled) || !errors.As(context.Cause(ctx), &i) {
+	if !errors.Is(err, context.Canceled) || !errors.As(err, &i) && !errors.As(context.Cause(ctx), &i) {
 		return "", 0, false
 	}
 	msg = strings.ReplaceAll(oneLine(err.Error()), context.Canceled.Error(), i.Error())
@@ -204,10 +209,14 @@ func dispatch(e *env, path []string, cmds []*command, args []string) int {
 		fs.PrintDefaults()
 	}
 	rest := args[1:]
+	var err error
 	if !c.argv {
-		rest = interleave(fs, rest)
+		rest, err = interleave(fs, rest)
 	}
-	if err := fs.Parse(rest); err != nil {
+	if err == nil {
+		err = fs.Parse(rest)
+	}
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(e.stdout)
 			return 0
@@ -220,8 +229,14 @@ func dispatch(e *env, path []string, cmds []*command, args []string) int {
 		fmt.Fprintf(e.stderr, "edgectl: --format %q: must be table or json\n", e.format)
 		return 2
 	}
-	err := action(e, fs.Args())
+	err = action(e, fs.Args())
+	var sig interrupted
 	switch {
+	case err == nil && errors.As(context.Cause(e.ctx), &sig):
+		// A command that follows a stream (events, logs -f, stats) ends
+		// without error when a signal cancels it; it was still cut short.
+		fmt.Fprintf(e.stderr, "edgectl: %s\n", sig)
+		return 128 + int(sig)
 	case err == nil:
 		return 0
 	case errors.Is(err, errUsage):
@@ -248,8 +263,10 @@ type exitError int
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // interleave lets flags follow positional arguments ("rm a b -n x"), as
-// operators expect; "--" ends flags.
-func interleave(fs *flag.FlagSet, args []string) []string {
+// operators expect; "--" ends flags. A flag that needs a value and comes
+// last has none: that is an error (the "--" interleave adds must not be
+// taken for its value).
+func interleave(fs *flag.FlagSet, args []string) ([]string, error) {
 	var flags, pos []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -267,16 +284,17 @@ func interleave(fs *flag.FlagSet, args []string) []string {
 				if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
 					continue
 				}
-				if i+1 < len(args) {
-					flags = append(flags, args[i+1])
-					i++
+				if i+1 >= len(args) {
+					return nil, fmt.Errorf("flag needs an argument: %s", a)
 				}
+				flags = append(flags, args[i+1])
+				i++
 			}
 			continue
 		}
 		pos = append(pos, a)
 	}
-	return append(append(flags, "--"), pos...)
+	return append(append(flags, "--"), pos...), nil
 }
 
 func oneLine(s string) string {
@@ -284,8 +302,8 @@ func oneLine(s string) string {
 }
 
 func printUsage(w io.Writer, path []string, cmds []*command) {
-	prefix := strings.Join(append([]string{"edgectl"}, path...), " ")
-	fmt.Fprintf(w, "usage: %s [global flags] COMMAND [ARGS]\n\ncommands:\n", prefix)
+	prefix := strings.Join(append([]string{"edgectl", "[global flags]"}, path...), " ")
+	fmt.Fprintf(w, "usage: %s COMMAND [ARGS]\n\ncommands:\n", prefix)
 	sorted := append([]*command(nil), cmds...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].name < sorted[j].name })
 	for _, c := range sorted {

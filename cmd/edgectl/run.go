@@ -401,8 +401,8 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 			current().CloseStdin(cleanup, id, execID)
 		}()
 	}
-	waitCtx, cancelWait := context.WithCancel(context.Background())
-	defer cancelWait()
+	waitCtx, cancelWait := context.WithCancelCause(context.Background())
+	defer cancelWait(nil)
 	type result struct {
 		st  client.ExitStatus
 		err error
@@ -433,7 +433,7 @@ func foreground(e *env, c *client.Client, id, execID string, tty, interactive, r
 			}
 			if reconnecting.Load() && (s == syscall.SIGINT || s == syscall.SIGTERM) {
 				// No edged to pass it to: give up waiting instead.
-				cancelWait()
+				cancelWait(interrupted(s.(syscall.Signal)))
 				continue
 			}
 			current().Kill(cleanup, id, execID, uint32(s.(syscall.Signal)), false)
@@ -535,6 +535,9 @@ func waitAcrossRestarts(ctx context.Context, e *env, c *client.Client, id, execI
 		reconnecting.Store(true)
 		nc, rerr := reconnect(ctx, e)
 		reconnecting.Store(false)
+		if errors.Is(rerr, context.Canceled) {
+			return client.ExitStatus{}, fmt.Errorf("%s keeps running; edgectl stopped waiting for it %w", id, rerr)
+		}
 		if rerr != nil {
 			return client.ExitStatus{}, fmt.Errorf("%s keeps running, but edgectl cannot wait for it: %v: %w", id, rerr, errdefs.ErrUnavailable)
 		}
@@ -563,7 +566,7 @@ func reconnect(ctx context.Context, e *env) (*client.Client, error) {
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return nil, fmt.Errorf("edged did not come back within %v: %w", e.reconnect, err)
 			}
-			return nil, errors.New("interrupted while edged was away")
+			return nil, fmt.Errorf("while edged was away: %w", context.Cause(ctx))
 		case <-t.C:
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/edged/edged/edged/client"
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/protoconv"
 	ptypesapi "github.com/edged/edged/proto/types"
@@ -331,18 +332,13 @@ func updateCommand() *command {
 				if err != nil {
 					return err
 				}
-				c, err := e.connect()
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				for _, id := range args {
+				return e.eachArg(args, "update needs at least one ID", func(c *client.Client, id string) error {
 					if err := c.UpdateResources(e.ctx, id, res); err != nil {
 						return err
 					}
 					fmt.Fprintln(e.stdout, id)
-				}
-				return nil
+					return nil
+				})
 			}
 		},
 	}

@@ -84,17 +84,9 @@ func taskCommand() *command {
 						if err != nil {
 							return err
 						}
-						c, err := e.connect()
-						if err != nil {
-							return err
-						}
-						defer c.Close()
-						for _, id := range args {
-							if err := c.Kill(e.ctx, id, *exec, n, *all); err != nil {
-								return err
-							}
-						}
-						return nil
+						return e.eachArg(args, "kill needs at least one ID", func(c *client.Client, id string) error {
+							return c.Kill(e.ctx, id, *exec, n, *all)
+						})
 					}
 				},
 			},

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -129,9 +130,18 @@ func TestEdgectl(t *testing.T) {
 	c.fails(2, `label "oops": want KEY=VALUE`, "ns", "label", "prod", "oops")
 	c.fails(2, `--format "yaml": must be table or json`, "ns", "ls", "--format", "yaml")
 	c.fails(2, "flag provided but not defined: -bogus", "ns", "ls", "--bogus")
+	// A flag that needs a value and comes last has none (it must not take
+	// the "--" that ends the interleaved flags).
+	c.fails(2, "edgectl: flag needs an argument: --filter", "c", "ls", "--filter")
+	c.fails(2, "edgectl: flag needs an argument: -n", "c", "ls", "-n")
+	// Commands taking several names do every one and report each failure.
+	out, errOut, code := c.run("images", "rm", "nope1", "nope2")
+	if code != 1 || !strings.Contains(errOut, `"nope1"`) || !strings.Contains(errOut, `"nope2"`) || strings.Count(errOut, "\n") != 2 {
+		t.Fatalf("images rm of two missing images: exit %d, stderr %q, want both reported and exit 1", code, errOut)
+	}
 	// Namespace rm reports each failure and exits non-zero.
 	cl.CreateContainer(prodCtx, testContainer("pin"))
-	out, errOut, code := c.run("ns", "rm", "dev", "prod")
+	out, errOut, code = c.run("ns", "rm", "dev", "prod")
 	if code != 1 || out != "dev\n" || !strings.Contains(errOut, `namespace "prod" must be empty`) {
 		t.Fatalf("ns rm mixed: %d %q %q", code, out, errOut)
 	}
@@ -147,6 +157,14 @@ func TestEdgectl(t *testing.T) {
 	if out := c.ok("help"); !strings.Contains(out, "namespaces (namespace, ns)") {
 		t.Fatalf("help: %s", out)
 	}
+	// A group's usage puts the global flags where they are accepted:
+	// before the group.
+	if out := c.ok("task", "help"); !strings.Contains(out, "usage: edgectl [global flags] task COMMAND") {
+		t.Fatalf("task help: %s", out)
+	}
+	if out := c.ok("-n", "prod", "task", "ls"); !strings.HasPrefix(out, "ID") {
+		t.Fatalf("global flags before a group: %q", out)
+	}
 }
 
 func TestEdgectlEvents(t *testing.T) {
@@ -158,6 +176,8 @@ func TestEdgectlEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -191,6 +211,13 @@ func TestEdgectlEvents(t *testing.T) {
 		case l := <-lines:
 			if !strings.Contains(l, "/namespaces/create") || !strings.Contains(l, `"name":"ev`) {
 				t.Fatalf("event line: %q", l)
+			}
+			// Ctrl-C ends the stream; edgectl says so and exits 130, as a
+			// shell reports a command cut short by SIGINT.
+			cmd.Process.Signal(syscall.SIGINT)
+			err := cmd.Wait()
+			if cmd.ProcessState.ExitCode() != 130 || stderr.String() != "edgectl: interrupted (SIGINT)\n" {
+				t.Fatalf("events after SIGINT: %v, stderr %q; want exit 130 and the interruption", err, stderr.String())
 			}
 			return
 		case <-time.After(100 * time.Millisecond):

@@ -157,9 +157,9 @@ func TestForegroundRunOutlivesEdgedRestarts(t *testing.T) {
 	}
 }
 
-// While edged is away, Ctrl-C ends the wait: edgectl exits with an error
-// saying the container keeps running (there is no edged to pass the signal
-// to).
+// While edged is away, Ctrl-C ends the wait: edgectl says the container
+// keeps running (there is no edged to pass the signal to) and exits 130,
+// as for any command a SIGINT cuts short.
 func TestForegroundRunInterruptedWhileEdgedAway(t *testing.T) {
 	requireRunc(t)
 	d := startDaemon(t)
@@ -196,13 +196,13 @@ func TestForegroundRunInterruptedWhileEdgedAway(t *testing.T) {
 	select {
 	case err := <-done:
 		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-			t.Errorf("edgectl exit %v, want 1", err)
+		if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+			t.Errorf("edgectl exit %v, want 130", err)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("Ctrl-C did not end edgectl while edged was away; stderr %q", stderr.String())
 	}
-	if !strings.Contains(stderr.String(), "away keeps running, but edgectl cannot wait for it: interrupted while edged was away") {
+	if !strings.Contains(stderr.String(), "edgectl: away keeps running; edgectl stopped waiting for it while edged was away: interrupted (SIGINT)\n") {
 		t.Errorf("stderr %q", stderr.String())
 	}
 	// The container did keep running: the next edged has it.
