@@ -30,7 +30,7 @@ type GCResult struct {
 // config and layers. Configs give chain IDs (the snapshots of the image).
 type walker struct {
 	s         *Service
-	seen      map[digest.Digest]bool
+	seen      map[digest.Digest]visit
 	onBlob    func(d digest.Digest, size int64) // blobs present in the store
 	onChain   func(key string)                  // snapshot keys (chain IDs)
 	rowLabels map[digest.Digest]map[string]string
@@ -44,22 +44,44 @@ type node struct {
 	RootFS    *ocispec.RootFS      `json:"rootfs"`
 }
 
+// visit records how far the walker went with a digest.
+type visit uint8
+
+const (
+	visitedLeaf visit = 1 + iota // reached as a layer: labels and blob only
+	visitedDoc                   // also read as a document (index, manifest, config)
+)
+
 // walk visits d. Missing blobs are skipped (other platforms, discarded
 // layers); unreadable documents (bad JSON, too big) are leaves; other
 // errors (I/O) abort.
+//
+// The media type is only what the referrer claims: the same blob may be a
+// layer of one image and the config (or manifest, index) of another, and
+// the images are walked in name order. So a blob first reached as a layer
+// is walked again, once, when reached in another role; otherwise an image
+// listing another's config as a layer would hide that config's snapshots
+// from GC. Each digest is thus handled at most twice.
 func (w *walker) walk(ctx context.Context, d digest.Digest, mediaType string) error {
-	if w.seen[d] || d.Validate() != nil || d.Algorithm() != digest.SHA256 {
+	want := visitedDoc
+	if isLayerType(mediaType) {
+		want = visitedLeaf
+	}
+	prev := w.seen[d]
+	if prev >= want || d.Validate() != nil || d.Algorithm() != digest.SHA256 {
 		return nil
 	}
-	w.seen[d] = true
-	for k, v := range w.rowLabels[d] {
-		switch {
-		case strings.HasPrefix(k, LabelGCRefContent):
-			if err := w.walk(ctx, digest.Digest(v), ""); err != nil {
-				return err
+	w.seen[d] = want // before the children: documents may form cycles
+	if prev == 0 {
+		for k, v := range w.rowLabels[d] {
+			switch {
+			case strings.HasPrefix(k, LabelGCRefContent):
+				if err := w.walk(ctx, digest.Digest(v), ""); err != nil {
+					return err
+				}
+			case strings.HasPrefix(k, LabelGCRefSnapshot) && w.onChain != nil:
+				w.onChain(v)
 			}
-		case strings.HasPrefix(k, LabelGCRefSnapshot) && w.onChain != nil:
-			w.onChain(v)
 		}
 	}
 	info, err := w.s.cs.Info(ctx, d)
@@ -69,12 +91,18 @@ func (w *walker) walk(ctx context.Context, d digest.Digest, mediaType string) er
 	if err != nil {
 		return err
 	}
-	if w.onBlob != nil {
+	if prev == 0 && w.onBlob != nil {
 		w.onBlob(d, info.Size)
 	}
-	if isLayerType(mediaType) || info.Size > MaxJSONSize || info.Size < 2 {
+	if want == visitedLeaf || info.Size > MaxJSONSize || info.Size < 2 {
 		return nil
 	}
+	return w.walkDoc(ctx, d, mediaType)
+}
+
+// walkDoc reads d as a document (index, manifest or config), if it is one,
+// and walks its children.
+func (w *walker) walkDoc(ctx context.Context, d digest.Digest, mediaType string) error {
 	if mediaType == "" { // unknown: only JSON documents have children
 		ra, err := w.s.cs.ReaderAt(ctx, d)
 		if err != nil {
@@ -263,7 +291,7 @@ func (s *Service) markNamespace(ctx context.Context, tx *metadata.Tx, ns string,
 		return err
 	}
 	w := &walker{
-		s: s, seen: map[digest.Digest]bool{}, rowLabels: map[digest.Digest]map[string]string{},
+		s: s, seen: map[digest.Digest]visit{}, rowLabels: map[digest.Digest]map[string]string{},
 		onChain: func(k string) { snapRoots[k] = true },
 	}
 	for _, r := range rows {
@@ -324,7 +352,7 @@ func (s *Service) markNamespace(ctx context.Context, tx *metadata.Tx, ns string,
 		}
 	}
 	for _, r := range rows {
-		if w.seen[digest.Digest(r.Digest)] {
+		if w.seen[digest.Digest(r.Digest)] != 0 {
 			continue
 		}
 		if err := tx.DeleteContent(ctx, ns, r.Digest); err != nil && !errdefs.IsNotFound(err) {
@@ -505,7 +533,7 @@ func (s *Service) Usage(ctx context.Context, ns, name string) (ImageUsage, error
 	}
 	var u ImageUsage
 	keys := map[string]bool{}
-	w := &walker{s: s, seen: map[digest.Digest]bool{},
+	w := &walker{s: s, seen: map[digest.Digest]visit{},
 		onBlob:  func(_ digest.Digest, size int64) { u.ContentBytes += size },
 		onChain: func(k string) { keys[k] = true },
 	}

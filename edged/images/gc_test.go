@@ -3,12 +3,16 @@ package images
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/images/testimage"
@@ -286,4 +290,53 @@ func TestImportDir(t *testing.T) {
 	}
 	_, err = e.s.ImportDir(ctx, "default", filepath.Join(dir, "missing"))
 	wantErr(t, err, os.ErrNotExist, "import dir")
+}
+
+// TestGCBlobInTwoRoles checks that GC keeps what an image needs when
+// another image lists one of its documents (config or manifest) as a
+// layer, whichever image is walked first: the walker must not stop at a
+// blob it first reached as a layer (not parsed) when it is another image's
+// config or manifest. The hostile image is imported without unpacking (its
+// "layer" is not a tar).
+func TestGCBlobInTwoRoles(t *testing.T) {
+	for _, role := range []string{"config", "manifest"} {
+		for _, hostile := range []string{"a:1", "z:1"} { // sorts before/after b:1
+			t.Run(role+"/"+hostile, func(t *testing.T) {
+				ctx := context.Background()
+				e := newEnv(t, envOpts{})
+				b := smallImage(t, linuxAmd64, "b")
+				e.importBytes(t, "default", ociArchive(map[string]*testimage.Built{"b:1": b}, testimage.TarOptions{}), ImportOptions{})
+				snaps, blobs := e.snapshotNames(t, "default"), e.blobs(t)
+				shared := b.Blobs[b.Config.Digest]
+				if role == "manifest" {
+					shared = b.Blobs[b.Manifest.Digest]
+				}
+				evil, err := testimage.Build(testimage.Image{Layers: []testimage.Layer{{
+					Blob:      &shared,
+					DiffID:    digest.FromString("whatever"),
+					MediaType: ocispec.MediaTypeImageLayer,
+				}}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				e.importBytes(t, "default", ociArchive(map[string]*testimage.Built{hostile: evil}, testimage.TarOptions{}), ImportOptions{SkipUnpack: true})
+				if _, err := e.s.GarbageCollect(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if got := e.snapshotNames(t, "default"); !slices.Equal(got, snaps) || !slices.Contains(got, topChain(b)) {
+					t.Fatalf("GC removed snapshots of image b:1 still in use: before %v after %v", snaps, got)
+				}
+				got := e.blobs(t)
+				for _, d := range blobs {
+					if !slices.Contains(got, d) {
+						t.Fatalf("GC removed blob %s of image b:1: before %v after %v", d, blobs, got)
+					}
+				}
+				// b:1 is still whole: it can be exported.
+				if err := e.s.Export(ctx, "default", io.Discard, []string{"b:1"}, ExportOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
 }
