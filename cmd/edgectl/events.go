@@ -10,18 +10,26 @@ import (
 	"github.com/gogo/protobuf/proto"
 
 	"github.com/edged/edged/edged/client"
+	"github.com/edged/edged/edged/identifiers"
 	_ "github.com/edged/edged/proto/events" // registers event payload types for decoding
 )
 
 func eventsCommand() *command {
 	return &command{
-		name: "events", usage: "[--filter FILTER]...", help: "follow the event stream",
+		name: "events", usage: "[--filter FILTER]...", help: "follow the event stream (of every namespace, unless one is given)",
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			var filters stringList
 			fs.Var(&filters, "filter", `filter, e.g. topic==/tasks/exit, namespace==default, topic~=^/containers/ (repeatable: any matches)`)
 			return func(e *env, args []string) error {
 				if len(args) != 0 {
 					return fmt.Errorf("events takes no arguments: %w", errUsage)
+				}
+				if e.namespaceGiven {
+					scoped, err := inNamespace(filters, e.namespace)
+					if err != nil {
+						return err
+					}
+					filters = scoped
 				}
 				c, err := e.connect()
 				if err != nil {
@@ -42,6 +50,24 @@ func eventsCommand() *command {
 			}
 		},
 	}
+}
+
+// inNamespace narrows filters (any of which matches) to events of
+// namespace ns: each gets the condition too (a comma joins conditions
+// that must all hold).
+func inNamespace(filters []string, ns string) ([]string, error) {
+	if err := identifiers.Validate("namespace", ns); err != nil {
+		return nil, err
+	}
+	cond := `namespace=="` + ns + `"`
+	if len(filters) == 0 {
+		return []string{cond}, nil
+	}
+	out := make([]string, len(filters))
+	for i, f := range filters {
+		out[i] = f + "," + cond
+	}
+	return out, nil
 }
 
 // payload renders an event's payload as compact JSON when its type is known.

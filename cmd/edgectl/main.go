@@ -23,9 +23,12 @@ import (
 type globals struct {
 	address   string
 	namespace string
-	format    string
-	timeout   time.Duration
-	reconnect time.Duration // a foreground wait's time for edged to come back
+	// namespaceGiven: the namespace was chosen (-n, --namespace or
+	// $EDGED_NAMESPACE), not the default.
+	namespaceGiven bool
+	format         string
+	timeout        time.Duration
+	reconnect      time.Duration // a foreground wait's time for edged to come back
 }
 
 // env is what a command runs with.
@@ -141,15 +144,31 @@ var errUsage = errors.New("usage")
 
 func addGlobals(fs *flag.FlagSet, g *globals) {
 	fs.StringVar(&g.address, "address", g.address, "edged socket ($"+client.AddressEnv+")")
-	fs.StringVar(&g.namespace, "namespace", g.namespace, "namespace ($"+namespaces.EnvVar+")")
-	fs.StringVar(&g.namespace, "n", g.namespace, "namespace (short for --namespace)")
+	fs.Var(nsFlag{g}, "namespace", "namespace ($"+namespaces.EnvVar+")")
+	fs.Var(nsFlag{g}, "n", "namespace (short for --namespace)")
 	fs.StringVar(&g.format, "format", g.format, "output format: table or json")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline of each API call")
 	fs.DurationVar(&g.reconnect, "reconnect", g.reconnect, "how long run and exec in the foreground wait for edged to come back when it restarts (0: exit at once)")
 }
 
+// nsFlag sets the namespace and records that it was given.
+type nsFlag struct{ g *globals }
+
+func (f nsFlag) String() string {
+	if f.g == nil {
+		return ""
+	}
+	return f.g.namespace
+}
+
+func (f nsFlag) Set(s string) error {
+	f.g.namespace, f.g.namespaceGiven = s, true
+	return nil
+}
+
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	e := &env{globals: globals{address: client.AddressFromEnv(), namespace: namespaces.FromEnv(), format: "table", timeout: client.DefaultTimeout, reconnect: defaultReconnect}, stdout: stdout, stderr: stderr, stdin: stdin, ctx: ctx}
+	e := &env{globals: globals{address: client.AddressFromEnv(), namespace: namespaces.FromEnv(), namespaceGiven: os.Getenv(namespaces.EnvVar) != "",
+		format: "table", timeout: client.DefaultTimeout, reconnect: defaultReconnect}, stdout: stdout, stderr: stderr, stdin: stdin, ctx: ctx}
 	top := flag.NewFlagSet("edgectl", flag.ContinueOnError)
 	top.SetOutput(io.Discard)
 	addGlobals(top, &e.globals)

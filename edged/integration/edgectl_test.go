@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -250,5 +252,53 @@ func TestEdgedConfigDefault(t *testing.T) {
 	out, err = exec.Command(filepath.Join(binDir, "edged"), "frob").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "unknown command") {
 		t.Fatalf("unknown command: %v %s", err, out)
+	}
+}
+
+// edgectl events shows every namespace's events unless a namespace is
+// given (-n, --namespace or EDGED_NAMESPACE), as it is for every other
+// command; the given namespace narrows each --filter.
+func TestEdgectlEventsNamespace(t *testing.T) {
+	d := startDaemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "edgectl"), "--address", d.Address, "-n", "a", "events", "--filter", "topic~=^/containers/")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := make(chan string, 100)
+	go func() {
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			lines <- s.Text()
+		}
+	}()
+	cl := newClient(t, d)
+	// Containers in b, then in a, until edgectl shows three events: all of
+	// them a's (without the namespace, b's would come between).
+	var got []string
+	for i := 0; len(got) < 3; i++ {
+		for _, ns := range []string{"b", "a"} {
+			if _, err := cl.CreateContainer(cl.WithNamespace(ctx, ns), testContainer(fmt.Sprintf("c%d", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		select {
+		case l := <-lines:
+			got = append(got, l)
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("edgectl -n a events printed %q", got)
+		}
+	}
+	for _, l := range got {
+		if f := strings.Fields(l); len(f) < 3 || f[1] != "a" || f[2] != "/containers/create" {
+			t.Fatalf("edgectl -n a events printed %q; want only namespace a's container events", got)
+		}
 	}
 }
