@@ -39,7 +39,9 @@ type applier struct {
 	stale     bool
 
 	// created holds the physical paths created by this layer; only kept in
-	// WhiteoutRemove mode, where whiteouts must spare them.
+	// WhiteoutRemove mode, where whiteouts must spare them (and the
+	// pre-existing directories that hold them, found by walking: see
+	// removeLower).
 	created map[string]struct{}
 
 	dirTimes []dirTime
@@ -418,17 +420,13 @@ func lstat(dirfd int, name string) (st unix.Stat_t, ok bool, err error) {
 	return st, err == nil, err
 }
 
-// clear removes whatever is at dirfd/name, unless it is a directory and
-// keepDir is set; it reports whether a directory was kept.
-func (a *applier) clear(dirfd int, name string, keepDir bool) (bool, error) {
-	st, ok, err := lstat(dirfd, name)
+// clear removes whatever is at dirfd/name.
+func (a *applier) clear(dirfd int, name string) error {
+	_, ok, err := lstat(dirfd, name)
 	if err != nil || !ok {
-		return false, err
+		return err
 	}
-	if keepDir && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		return true, nil
-	}
-	return false, a.removeAll(dirfd, name)
+	return a.removeAll(dirfd, name)
 }
 
 // removeAll removes dirfd/name and, for a directory, everything below it,
@@ -485,9 +483,15 @@ func (a *applier) forEachChild(dirfd int, fn func(name string) error) error {
 }
 
 func (a *applier) dir(pfd int, name, phys string, m meta) error {
-	kept, err := a.clear(pfd, name, true)
+	st, found, err := lstat(pfd, name)
 	if err != nil {
 		return err
+	}
+	kept := found && st.Mode&unix.S_IFMT == unix.S_IFDIR // an existing directory is updated in place
+	if found && !kept {
+		if err := a.removeAll(pfd, name); err != nil {
+			return err
+		}
 	}
 	if !kept {
 		if err := retry(func() error { return unix.Mkdirat(pfd, name, 0o700) }); err != nil {
@@ -500,6 +504,16 @@ func (a *applier) dir(pfd int, name, phys string, m meta) error {
 		return fmt.Errorf("open directory: %w", err)
 	}
 	defer unix.Close(fd)
+	// In overlay mode the upper directory starts empty, so a non-directory
+	// replaced here (most often the whiteout device of ".wh.NAME") came from
+	// this layer and hid the lower NAME in full. The directory replacing it
+	// must hide the lower content too, as remove mode deletes it: make it
+	// opaque.
+	if found && !kept && a.opts.Whiteouts == WhiteoutOverlay {
+		if err := setOpaque(fd); err != nil {
+			return err
+		}
+	}
 	return a.dirMeta(fd, phys, m)
 }
 
@@ -629,7 +643,7 @@ func (a *applier) flushDirTimes() error {
 }
 
 func (a *applier) file(pfd int, name, phys string, content io.Reader, m meta) error {
-	if _, err := a.clear(pfd, name, false); err != nil {
+	if err := a.clear(pfd, name); err != nil {
 		return err
 	}
 	fd, err := retryFD(func() (int, error) {
@@ -676,7 +690,7 @@ func (a *applier) symlink(pfd int, name, phys, target string, m meta) error {
 	if target == "" || len(target) >= maxPathLen || strings.IndexByte(target, 0) >= 0 {
 		return fmt.Errorf("symlink target is empty, longer than %d bytes or contains NUL: %w", maxPathLen-1, errdefs.ErrInvalidArgument)
 	}
-	if _, err := a.clear(pfd, name, false); err != nil {
+	if err := a.clear(pfd, name); err != nil {
 		return err
 	}
 	if err := retry(func() error { return unix.Symlinkat(target, pfd, name) }); err != nil {
@@ -703,7 +717,7 @@ func (a *applier) node(pfd int, name, phys string, hdr *tar.Header, m meta) erro
 		}
 		dev = int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
 	}
-	if _, err := a.clear(pfd, name, false); err != nil {
+	if err := a.clear(pfd, name); err != nil {
 		return err
 	}
 	if err := retry(func() error { return unix.Mknodat(pfd, name, mode|m.mode, dev) }); err != nil {
@@ -756,7 +770,7 @@ func (a *applier) hardlink(comps []string, linkname string) error {
 	} else if ok && st.Dev == tst.Dev && st.Ino == tst.Ino {
 		return nil // already that file
 	}
-	if _, err := a.clear(pfd, name, false); err != nil {
+	if err := a.clear(pfd, name); err != nil {
 		return err
 	}
 	if err := retry(func() error { return unix.Linkat(tfd, tname, pfd, name, 0) }); err != nil {
@@ -777,8 +791,25 @@ func (a *applier) whiteout(dir []string, name string) error {
 		if err != nil {
 			return err
 		}
-		if _, ok, err := lstat(pfd, name); err != nil || ok {
-			return err // an entry of this same layer is never hidden
+		st, ok, err := lstat(pfd, name)
+		if err != nil {
+			return err
+		}
+		if ok {
+			// Whatever is there was made by this layer (the upper directory
+			// starts empty) and is never hidden; the whiteout still hides
+			// the lower NAME. A file, symlink or device in the upper
+			// directory already does; a directory must be made opaque, or
+			// the lower directory's content would show through it.
+			if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				return nil
+			}
+			fd, err := retryFD(func() (int, error) { return unix.Openat(pfd, name, dirFlags, 0) })
+			if err != nil {
+				return fmt.Errorf("open directory %q: %w", name, err)
+			}
+			defer unix.Close(fd)
+			return setOpaque(fd)
 		}
 		if err := retry(func() error { return unix.Mknodat(pfd, name, unix.S_IFCHR, 0) }); err != nil {
 			return fmt.Errorf("create whiteout %q: %w", name, err)
@@ -797,10 +828,7 @@ func (a *applier) whiteout(dir []string, name string) error {
 			unix.Close(pfd)
 		}
 	}()
-	if _, mine := a.created[join(phys, name)]; mine {
-		return nil
-	}
-	return a.removeAll(pfd, name)
+	return a.removeLower(pfd, name, join(phys, name))
 }
 
 // opaque handles ".wh..wh..opq" in the directory dir.
@@ -810,21 +838,57 @@ func (a *applier) opaque(dir []string) error {
 		if err != nil {
 			return err
 		}
-		if err := retry(func() error { return unix.Fsetxattr(fd, "trusted.overlay.opaque", []byte("y"), 0) }); err != nil {
-			return fmt.Errorf("mark directory opaque: %w", err)
-		}
-		return nil
+		return setOpaque(fd)
 	}
 	fd, phys, err := a.parent(dir)
 	if err != nil {
 		return err
 	}
-	return a.forEachChild(fd, func(child string) error {
-		if _, mine := a.created[join(phys, child)]; mine {
-			return nil
-		}
-		return a.removeAll(fd, child)
-	})
+	return a.forEachChild(fd, func(child string) error { return a.removeLower(fd, child, join(phys, child)) })
+}
+
+// setOpaque marks the directory fd opaque for overlayfs: lower layers'
+// entries of that directory no longer show through it.
+func setOpaque(fd int) error {
+	if err := retry(func() error { return unix.Fsetxattr(fd, "trusted.overlay.opaque", []byte("y"), 0) }); err != nil {
+		return fmt.Errorf("mark directory opaque: %w", err)
+	}
+	return nil
+}
+
+// removeLower removes what a whiteout hides in remove mode: dirfd/name, at
+// physical path phys, and for a directory everything below it, except the
+// entries this layer created, which a whiteout never hides, and the
+// directories that hold them. It walks the pre-existing tree instead of
+// keeping an index of created prefixes, so memory stays what created holds.
+func (a *applier) removeLower(dirfd int, name, phys string) error {
+	if _, mine := a.created[phys]; mine {
+		return nil
+	}
+	a.stale = true
+	err := retry(func() error { return unix.Unlinkat(dirfd, name, 0) })
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) {
+		return fmt.Errorf("remove %q: %w", phys, err)
+	}
+	fd, err := retryFD(func() (int, error) { return unix.Openat(dirfd, name, dirFlags, 0) })
+	if err != nil {
+		return fmt.Errorf("open %q: %w", phys, err)
+	}
+	err = a.forEachChild(fd, func(child string) error { return a.removeLower(fd, child, phys+"/"+child) })
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	// ENOTEMPTY (or EEXIST, its POSIX alias): it holds entries of this
+	// layer, spared above, and stays.
+	err = retry(func() error { return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR) })
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("remove directory %q: %w", phys, err)
+	}
+	return nil
 }
 
 // typed adds an errdefs kind to a bare errno met while applying an entry:

@@ -864,3 +864,96 @@ func TestApplySparseRefused(t *testing.T) {
 	}
 	e.checkOutside(t)
 }
+
+// TestApplySameLayerWhiteouts checks the OCI rule that a whiteout hides only
+// lower layers, never what its own layer creates, before or after it in the
+// tar. Each case applies base then top twice: in overlay mode, mounted with
+// the kernel's overlayfs, and in remove mode onto one directory. Both views
+// must show want.
+func TestApplySameLayerWhiteouts(t *testing.T) {
+	if !hasOverlay() {
+		t.Skip("overlayfs is not available in this kernel")
+	}
+	for _, tc := range []struct {
+		name      string
+		base, top []item
+		want      []string
+		contents  map[string]string // file contents checked in both views
+	}{
+		{
+			name: "directory recreated after its whiteout",
+			base: []item{dir("d/"), file("d/old", "o")},
+			top:  []item{whiteout(".wh.d"), dir("d/"), file("d/new", "n")},
+			want: []string{"d:d", "d/new:f"},
+		},
+		{
+			name: "whiteout after the directory it names",
+			base: []item{dir("d/"), file("d/old", "o")},
+			top:  []item{dir("d/"), file("d/new", "n"), whiteout(".wh.d")},
+			want: []string{"d:d", "d/new:f"},
+		},
+		{
+			name: "whiteout after a directory created implicitly",
+			base: []item{dir("d/"), file("d/old", "o"), dir("d/sub/"), file("d/sub/old", "o")},
+			top:  []item{file("d/sub/new", "n"), whiteout(".wh.d")},
+			want: []string{"d:d", "d/sub:d", "d/sub/new:f"},
+		},
+		{
+			name:     "whiteout after a regular file",
+			base:     []item{file("f", "old"), dir("d/"), file("d/old", "o")},
+			top:      []item{file("f", "new"), whiteout(".wh.f"), file("d", "file"), whiteout(".wh.d")},
+			want:     []string{"d:f", "f:f"},
+			contents: map[string]string{"f": "new", "d": "file"},
+		},
+		{
+			name: "directory replacing a file of the same layer",
+			base: []item{dir("d/"), file("d/old", "o")},
+			top:  []item{file("d", "file"), dir("d/"), file("d/new", "n")},
+			want: []string{"d:d", "d/new:f"},
+		},
+		{
+			name: "opaque marker after a nested child",
+			base: []item{dir("d/"), dir("d/sub/"), file("d/sub/old", "o"), file("d/old", "o")},
+			top:  []item{dir("d/"), dir("d/sub/"), file("d/sub/new", "n"), whiteout("d/.wh..wh..opq")},
+			want: []string{"d:d", "d/sub:d", "d/sub/new:f"},
+		},
+		{
+			name: "opaque marker before a nested child",
+			base: []item{dir("d/"), dir("d/sub/"), file("d/sub/old", "o"), file("d/old", "o")},
+			top:  []item{dir("d/"), whiteout("d/.wh..wh..opq"), dir("d/sub/"), file("d/sub/new", "n")},
+			want: []string{"d:d", "d/sub:d", "d/sub/new:f"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			ctx := context.Background()
+			base, top := tarOf(t, tc.base...), tarOf(t, tc.top...)
+			l1, l2, mnt, native := filepath.Join(e.root, "l1"), filepath.Join(e.root, "l2"), filepath.Join(e.root, "mnt"), filepath.Join(e.root, "native")
+			for _, d := range []string{l1, l2, mnt, native} {
+				mustNoErr(t, os.Mkdir(d, 0o755))
+			}
+			_, err := Apply(ctx, l1, bytes.NewReader(base), ApplyOptions{})
+			mustNoErr(t, err)
+			_, err = Apply(ctx, l2, bytes.NewReader(top), ApplyOptions{})
+			mustNoErr(t, err)
+			mustNoErr(t, unix.Mount("overlay", mnt, "overlay", unix.MS_RDONLY, "lowerdir="+l2+":"+l1))
+			t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+			_, err = Apply(ctx, native, bytes.NewReader(base), ApplyOptions{Whiteouts: WhiteoutRemove})
+			mustNoErr(t, err)
+			_, err = Apply(ctx, native, bytes.NewReader(top), ApplyOptions{Whiteouts: WhiteoutRemove})
+			mustNoErr(t, err)
+
+			for _, v := range []struct{ mode, dir string }{{"overlay", mnt}, {"remove", native}} {
+				view, dir := v.mode, v.dir
+				if got := tree(t, dir); !reflect.DeepEqual(got, tc.want) {
+					t.Errorf("%s mode: tree = %v\nwant %v", view, got, tc.want)
+				}
+				for p, want := range tc.contents {
+					if got := readFile(t, filepath.Join(dir, p)); got != want {
+						t.Errorf("%s mode: %s = %q, want %q", view, p, got, want)
+					}
+				}
+			}
+		})
+	}
+}

@@ -12,9 +12,14 @@
 // upper/diff directory: ".wh.NAME" becomes a 0:0 character device NAME and
 // ".wh..wh..opq" sets trusted.overlay.opaque=y on its directory. WhiteoutRemove
 // is for applying onto a copy of the parent snapshot: ".wh.NAME" deletes NAME
-// and ".wh..wh..opq" deletes the directory's pre-existing children. In both
-// modes a whiteout never hides an entry created earlier by the same layer, as
-// the OCI spec requires.
+// and ".wh..wh..opq" deletes the directory's pre-existing children. As the OCI
+// spec requires, a whiteout applies only to lower layers: it never hides an
+// entry of its own layer, whether before or after it in the tar. In overlay
+// mode a directory of the layer is made opaque when a whiteout names it or
+// when it replaces a whiteout (or any other non-directory) of the same layer,
+// so only the layer's own content of it shows. In remove mode the
+// pre-existing content is deleted but the entries the layer created, and the
+// directories holding them, stay.
 //
 // On error the directory is left half-written: the caller must discard it
 // (os.RemoveAll is safe: it does not follow symlinks). Nothing is fsynced
