@@ -1,11 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 
 	"github.com/edged/edged/internal/buildinfo"
-	versionapi "github.com/edged/edged/proto/services/version/v1"
 )
 
 func versionCommand() *command {
@@ -26,7 +26,18 @@ func versionCommand() *command {
 					return err
 				}
 				if e.format == "json" {
-					return writeJSON(e.stdout, []*versionapi.VersionResponse{v}, false)
+					server, err := protoJSON(v)
+					if err != nil {
+						return err
+					}
+					type clientVersion struct {
+						Version  string `json:"version"`
+						Revision string `json:"revision"`
+					}
+					return writeValue(e.stdout, struct {
+						Client clientVersion   `json:"client"`
+						Server json.RawMessage `json:"server"`
+					}{clientVersion{buildinfo.Version, buildinfo.Revision}, server})
 				}
 				fmt.Fprintf(e.stdout, "Client:\n  Version:  %s\n  Revision: %s\nServer:\n  Version:  %s\n  Revision: %s\n  API:      %s\n  Go:       %s\n  Platform: %s\n",
 					buildinfo.Version, buildinfo.Revision, v.Version, v.Revision, v.Api, v.GoVersion, v.OsArch)

@@ -112,13 +112,14 @@ func containersCommand() *command {
 				name: "rm", aliases: []string{"remove", "delete"}, usage: "ID...", help: "remove containers",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					return func(e *env, args []string) error {
-						return e.eachArg(args, "rm needs at least one ID", func(c *client.Client, id string) error {
+						done := names{e: e}
+						return done.flush(e.eachArg(args, "rm needs at least one ID", func(c *client.Client, id string) error {
 							if err := c.DeleteContainer(e.ctx, id); err != nil {
 								return err
 							}
-							fmt.Fprintln(e.stdout, id)
+							done.add(id)
 							return nil
-						})
+						}))
 					}
 				},
 			},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -88,7 +89,7 @@ func mediaKind(mt string) string {
 
 func imagesInspectCommand() *command {
 	return &command{
-		name: "inspect", usage: "NAME...", help: "print images as JSON",
+		name: "inspect", usage: "NAME...", help: "print images as a JSON array",
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			return func(e *env, args []string) error {
 				if len(args) == 0 {
@@ -107,7 +108,7 @@ func imagesInspectCommand() *command {
 					}
 					out = append(out, im)
 				}
-				return writeJSON(e.stdout, out, len(out) > 1)
+				return writeJSON(e.stdout, out, true) // an array, however many names
 			}
 		},
 	}
@@ -123,13 +124,14 @@ func imagesRmCommand() *command {
 				if len(args) == 0 {
 					return fmt.Errorf("give at least one image name: %w", errUsage)
 				}
-				return e.eachArg(args, "give at least one image name", func(c *client.Client, n string) error {
+				done := names{e: e}
+				return done.flush(e.eachArg(args, "give at least one image name", func(c *client.Client, n string) error {
 					if err := c.DeleteImage(e.ctx, n, client.DeleteImageOpts{Force: *force, Sync: *sync}); err != nil {
 						return err
 					}
-					fmt.Fprintln(e.stdout, n)
+					done.add(n)
 					return nil
-				})
+				}))
 			}
 		},
 	}
@@ -151,6 +153,9 @@ func imagesTagCommand() *command {
 				im, err := c.TagImage(e.ctx, args[0], args[1])
 				if err != nil {
 					return err
+				}
+				if e.format == "json" {
+					return writeJSON(e.stdout, []*client.Image{im}, false)
 				}
 				fmt.Fprintln(e.stdout, im.Name)
 				return nil
@@ -179,11 +184,14 @@ func imagesPullCommand() *command {
 					return err
 				}
 				defer c.Close()
-				pr := newProgressPrinter(e.stdout)
+				pr := newProgressPrinter(e.stderr)
 				im, err := c.Pull(e.ctx, args[0], client.PullOpts{Platform: *platform, SkipUnpack: *skip, Progress: pr.update, Credentials: creds})
 				pr.finish()
 				if err != nil {
 					return err
+				}
+				if e.format == "json" {
+					return writeJSON(e.stdout, []*client.Image{im}, false)
 				}
 				fmt.Fprintln(e.stdout, im.Name)
 				return nil
@@ -214,7 +222,7 @@ func imagesPushCommand() *command {
 					return err
 				}
 				defer c.Close()
-				pr := newProgressPrinter(e.stdout)
+				pr := newProgressPrinter(e.stderr)
 				im, err := c.Push(e.ctx, args[0], client.PushOpts{RemoteRef: remote, Progress: pr.update, Credentials: creds})
 				pr.finish()
 				if err != nil {
@@ -222,6 +230,9 @@ func imagesPushCommand() *command {
 				}
 				if remote == "" {
 					remote = im.Name
+				}
+				if e.format == "json" {
+					return writeValue(e.stdout, map[string]string{"name": im.Name, "remote": remote})
 				}
 				fmt.Fprintln(e.stdout, remote)
 				return nil
@@ -335,7 +346,18 @@ func imagesUsageCommand() *command {
 					list = append(list, u)
 				}
 				if e.format == "json" {
-					return writeJSON(e.stdout, list, true)
+					items := make([]map[string]any, len(list))
+					for i, u := range list {
+						raw, err := protoJSON(u)
+						if err != nil {
+							return err
+						}
+						if err := json.Unmarshal(raw, &items[i]); err != nil {
+							return fmt.Errorf("encode json: %w", err)
+						}
+						items[i]["name"] = args[i]
+					}
+					return writeValue(e.stdout, items)
 				}
 				tw := newTable(e.stdout, "NAME", "CONTENT", "SNAPSHOTS", "INODES")
 				for i, u := range list {

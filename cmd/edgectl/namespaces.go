@@ -82,13 +82,14 @@ func namespacesCommand() *command {
 				name: "rm", aliases: []string{"remove", "delete"}, usage: "NAME...", help: "remove empty namespaces",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					return func(e *env, args []string) error {
-						return e.eachArg(args, "rm needs at least one NAME", func(c *client.Client, name string) error {
+						done := names{e: e}
+						return done.flush(e.eachArg(args, "rm needs at least one NAME", func(c *client.Client, name string) error {
 							if err := c.DeleteNamespace(e.ctx, name); err != nil {
 								return err
 							}
-							fmt.Fprintln(e.stdout, name)
+							done.add(name)
 							return nil
-						})
+						}))
 					}
 				},
 			},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -16,7 +17,57 @@ import (
 	"github.com/edged/edged/edged/protoconv"
 )
 
-var jsonMarshaler = jsonpb.Marshaler{OrigName: true, Indent: "  "}
+// jsonMarshaler writes every field, zero values too: a script reading
+// "exit_status" of a task that exited 0 must find it.
+var jsonMarshaler = jsonpb.Marshaler{OrigName: true, EmitDefaults: true, Indent: "  "}
+
+// protoJSON renders m as a JSON value to embed in another (compact; the
+// enclosing writeValue indents).
+func protoJSON(m proto.Message) (json.RawMessage, error) {
+	var buf bytes.Buffer
+	if err := (&jsonpb.Marshaler{OrigName: true, EmitDefaults: true}).Marshal(&buf, m); err != nil {
+		return nil, fmt.Errorf("encode json: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// writeValue writes v as indented JSON (what commands print with
+// --format json that is not a single API message or a list of them).
+func writeValue(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode json: %w", err)
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// names prints what a command acted on: a name per line, or with --format
+// json one array of them when the command is done (flush).
+type names struct {
+	e    *env
+	list []string
+}
+
+func (n *names) add(name string) {
+	if n.e.format == "json" {
+		n.list = append(n.list, name)
+		return
+	}
+	fmt.Fprintln(n.e.stdout, name)
+}
+
+// flush writes the JSON array; err is the command's result, returned
+// as it is (a failed command prints what it did before failing).
+func (n *names) flush(err error) error {
+	if n.e.format != "json" {
+		return err
+	}
+	if werr := writeValue(n.e.stdout, append([]string{}, n.list...)); werr != nil && err == nil {
+		return werr
+	}
+	return err
+}
 
 // writeJSON writes one message, or a list of messages as a JSON array.
 func writeJSON[T proto.Message](w io.Writer, msgs []T, list bool) error {

@@ -230,6 +230,9 @@ func runCommand() *command {
 					if _, err := c.CreateTask(e.ctx, req.Id, client.TaskOpts{Start: true, Container: req}); err != nil {
 						return err
 					}
+					if e.format == "json" {
+						return writeValue(e.stdout, map[string]string{"id": req.Id})
+					}
 					fmt.Fprintln(e.stdout, req.Id)
 					return nil
 				}

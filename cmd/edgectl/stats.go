@@ -332,13 +332,14 @@ func updateCommand() *command {
 				if err != nil {
 					return err
 				}
-				return e.eachArg(args, "update needs at least one ID", func(c *client.Client, id string) error {
+				done := names{e: e}
+				return done.flush(e.eachArg(args, "update needs at least one ID", func(c *client.Client, id string) error {
 					if err := c.UpdateResources(e.ctx, id, res); err != nil {
 						return err
 					}
-					fmt.Fprintln(e.stdout, id)
+					done.add(id)
 					return nil
-				})
+				}))
 			}
 		},
 	}

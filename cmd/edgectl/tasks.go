@@ -18,9 +18,14 @@ func taskCommand() *command {
 			name: name, usage: "ID...", help: help,
 			flags: func(fs *flag.FlagSet) func(*env, []string) error {
 				return func(e *env, args []string) error {
-					return e.eachArg(args, name+" needs at least one ID", func(c *client.Client, id string) error {
-						return fn(e, c, id)
-					})
+					done := names{e: e}
+					return done.flush(e.eachArg(args, name+" needs at least one ID", func(c *client.Client, id string) error {
+						if err := fn(e, c, id); err != nil {
+							return err
+						}
+						done.add(id)
+						return nil
+					}))
 				}
 			},
 		}
@@ -64,11 +69,8 @@ func taskCommand() *command {
 			},
 			simple("start", "start a container's task in the background (output to its log)", func(e *env, c *client.Client, id string) error {
 				// Created and started in one call; a failure leaves no task.
-				if _, err := c.CreateTask(e.ctx, id, client.TaskOpts{Start: true}); err != nil {
-					return err
-				}
-				fmt.Fprintln(e.stdout, id)
-				return nil
+				_, err := c.CreateTask(e.ctx, id, client.TaskOpts{Start: true})
+				return err
 			}),
 			{
 				name: "kill", usage: "[-s SIGNAL] [--all] [--exec-id EXEC] ID...", help: "signal tasks (default SIGTERM)",
@@ -180,14 +182,29 @@ func taskCommand() *command {
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					force := fs.Bool("f", false, "kill running tasks first")
 					return func(e *env, args []string) error {
-						return e.eachArg(args, "rm needs at least one ID", func(c *client.Client, id string) error {
+						type deleted struct {
+							ID         string `json:"id"`
+							ExitStatus uint32 `json:"exit_status"`
+						}
+						var list []deleted
+						err := e.eachArg(args, "rm needs at least one ID", func(c *client.Client, id string) error {
 							st, err := c.DeleteTask(e.ctx, id, *force)
 							if err != nil {
 								return err
 							}
+							if e.format == "json" {
+								list = append(list, deleted{id, st.Code})
+								return nil
+							}
 							fmt.Fprintf(e.stdout, "%s\t%d\n", id, st.Code)
 							return nil
 						})
+						if e.format == "json" {
+							if werr := writeValue(e.stdout, append([]deleted{}, list...)); werr != nil && err == nil {
+								err = werr
+							}
+						}
+						return err
 					}
 				},
 			},

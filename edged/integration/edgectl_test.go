@@ -54,9 +54,12 @@ func TestEdgectl(t *testing.T) {
 	if !strings.Contains(out, "Server:") || !strings.Contains(out, "API:      1") {
 		t.Fatalf("version output: %s", out)
 	}
-	var v map[string]any
-	if err := json.Unmarshal([]byte(c.ok("version", "--format", "json")), &v); err != nil || v["api"] != "1" {
-		t.Fatalf("version json: %v %v", v, err)
+	var v struct {
+		Client map[string]string `json:"client"`
+		Server map[string]string `json:"server"`
+	}
+	if err := json.Unmarshal([]byte(c.ok("version", "--format", "json")), &v); err != nil || v.Server["api"] != "1" || v.Client["version"] == "" {
+		t.Fatalf("version json: %+v %v", v, err)
 	}
 
 	c.ok("namespaces", "create", "prod", "--label", "site=a")
@@ -118,6 +121,18 @@ func TestEdgectl(t *testing.T) {
 	withNS.ok("c", "rm", "web", "db")
 	if got := withNS.ok("c", "ls", "-q"); got != "" {
 		t.Fatalf("after rm: %q", got)
+	}
+
+	// JSON output is one JSON document whatever the command, with zero
+	// values too.
+	var gc map[string]any
+	if err := json.Unmarshal([]byte(c.ok("gc", "--format", "json")), &gc); err != nil || gc["removed_blobs"] == nil {
+		t.Fatalf("gc json: %v %v", gc, err)
+	}
+	c.ok("ns", "create", "gone1")
+	var removed []string
+	if err := json.Unmarshal([]byte(c.ok("ns", "rm", "gone1", "--format", "json")), &removed); err != nil || len(removed) != 1 || removed[0] != "gone1" {
+		t.Fatalf("ns rm json: %v %v", removed, err)
 	}
 
 	// Errors: one clear line, non-zero exit.

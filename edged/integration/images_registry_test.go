@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -84,31 +85,42 @@ func TestImagesPullPushWithAuth(t *testing.T) {
 	d := registryDaemon(t, "", dcfg, reg.Addr)
 	c := cli{t: t, env: []string{"EDGED_ADDRESS=" + d.Address}}
 	ref := reg.Addr + "/lib/busybox:1"
-	out := c.ok("images", "pull", ref)
-	lines := testutil.Lines(out)
-	if lines[len(lines)-1] != ref {
-		t.Fatalf("pull did not end with the image name: %q", out)
+	// The image's name on stdout, the progress on stderr (so that
+	// $(edgectl images pull REF) is the name); not a terminal: plain
+	// lines, one per state change.
+	out, progress, code := c.run("images", "pull", ref)
+	if code != 0 || out != ref+"\n" {
+		t.Fatalf("pull: exit %d, stdout %q, want the image name", code, out)
 	}
-	// Not a terminal: plain lines, one per state change.
-	if !strings.Contains(out, " done ") || strings.Contains(out, "\r") {
-		t.Fatalf("pull progress %q", out)
+	if !strings.Contains(progress, " done ") || strings.Contains(progress, "\r") {
+		t.Fatalf("pull progress %q", progress)
 	}
 	if got := c.ok("run", "--rm", ref, "p1", "echo", "pulled"); got != "pulled\n" {
 		t.Fatalf("run pulled image: %q", got)
 	}
 	// Pulling again transfers nothing.
-	if out := c.ok("images", "pull", ref); !strings.Contains(out, " exists ") || strings.Contains(out, "downloading") {
-		t.Fatalf("second pull %q", out)
+	if _, progress, _ := c.run("images", "pull", ref); !strings.Contains(progress, " exists ") || strings.Contains(progress, "downloading") {
+		t.Fatalf("second pull %q", progress)
 	}
 
 	// Push to another repository, then again (everything exists).
 	dst := reg.Addr + "/copies/busybox:2"
-	out = c.ok("images", "push", ref, dst)
-	if !strings.HasSuffix(out, dst+"\n") || !strings.Contains(out, " done ") {
-		t.Fatalf("push %q", out)
+	out, progress, code = c.run("images", "push", ref, dst)
+	if code != 0 || out != dst+"\n" || !strings.Contains(progress, " done ") {
+		t.Fatalf("push: exit %d, stdout %q, stderr %q", code, out, progress)
 	}
-	if out := c.ok("images", "push", ref, dst); !strings.Contains(out, " exists ") || strings.Contains(out, "uploading") {
-		t.Fatalf("second push %q", out)
+	if _, progress, _ := c.run("images", "push", ref, dst); !strings.Contains(progress, " exists ") || strings.Contains(progress, "uploading") {
+		t.Fatalf("second push %q", progress)
+	}
+	// --format json: the image as JSON, nothing else on stdout.
+	var pulled struct {
+		Name   string `json:"name"`
+		Target struct {
+			Digest string `json:"digest"`
+		} `json:"target"`
+	}
+	if err := json.Unmarshal([]byte(c.ok("images", "pull", "--format", "json", ref)), &pulled); err != nil || pulled.Name != ref || !strings.HasPrefix(pulled.Target.Digest, "sha256:") {
+		t.Fatalf("pull --format json: %+v %v", pulled, err)
 	}
 	// Pull it back into a fresh root and run it.
 	d2 := registryDaemon(t, "", dcfg, reg.Addr)
