@@ -147,7 +147,7 @@ func addGlobals(fs *flag.FlagSet, g *globals) {
 	fs.Var(nsFlag{g}, "namespace", "namespace ($"+namespaces.EnvVar+")")
 	fs.Var(nsFlag{g}, "n", "namespace (short for --namespace)")
 	fs.StringVar(&g.format, "format", g.format, "output format: table or json")
-	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline of each API call")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "deadline of each API call (not of waits, follows and image transfers, which last as long as they need)")
 	fs.DurationVar(&g.reconnect, "reconnect", g.reconnect, "how long run and exec in the foreground wait for edged to come back when it restarts (0: exit at once)")
 }
 
