@@ -39,7 +39,7 @@ func eventsCommand() *command {
 				envs, errc := c.Subscribe(e.ctx, filters...)
 				for env := range envs {
 					if e.format == "json" {
-						if err := writeJSON(e.stdout, []*client.Envelope{env}, false); err != nil {
+						if err := writeJSONLine(e.stdout, []*client.Envelope{env}, false); err != nil {
 							return err
 						}
 						continue

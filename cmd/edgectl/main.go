@@ -162,6 +162,9 @@ func (f nsFlag) String() string {
 }
 
 func (f nsFlag) Set(s string) error {
+	if s == "" {
+		return errors.New("the namespace must not be empty")
+	}
 	f.g.namespace, f.g.namespaceGiven = s, true
 	return nil
 }

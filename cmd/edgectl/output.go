@@ -71,22 +71,37 @@ func (n *names) flush(err error) error {
 
 // writeJSON writes one message, or a list of messages as a JSON array.
 func writeJSON[T proto.Message](w io.Writer, msgs []T, list bool) error {
+	return writeJSONWith(w, &jsonMarshaler, msgs, list)
+}
+
+// writeJSONLine writes like writeJSON on one line: a command that follows
+// a stream (events, stats) prints one JSON document per line, which a
+// reader can split without parsing.
+func writeJSONLine[T proto.Message](w io.Writer, msgs []T, list bool) error {
+	return writeJSONWith(w, &jsonpb.Marshaler{OrigName: true, EmitDefaults: true}, msgs, list)
+}
+
+func writeJSONWith[T proto.Message](w io.Writer, jm *jsonpb.Marshaler, msgs []T, list bool) error {
+	sep := ",\n"
+	if jm.Indent == "" {
+		sep = ","
+	}
 	var buf bytes.Buffer
 	if list {
 		buf.WriteString("[")
 	}
 	for i, m := range msgs {
 		if i > 0 {
-			buf.WriteString(",\n")
-		} else if list {
+			buf.WriteString(sep)
+		} else if list && jm.Indent != "" {
 			buf.WriteString("\n")
 		}
-		if err := jsonMarshaler.Marshal(&buf, m); err != nil {
+		if err := jm.Marshal(&buf, m); err != nil {
 			return fmt.Errorf("encode json: %w", err)
 		}
 	}
 	if list {
-		if len(msgs) > 0 {
+		if len(msgs) > 0 && jm.Indent != "" {
 			buf.WriteString("\n")
 		}
 		buf.WriteString("]")

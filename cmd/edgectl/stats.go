@@ -104,7 +104,11 @@ func statsCommand() *command {
 						if err != nil {
 							return err
 						}
-						if err := writeJSON(e.stdout, ms, true); err != nil {
+						write := writeJSONLine[*ptypesapi.Metrics] // a sample per line
+						if *noStream {
+							write = writeJSON[*ptypesapi.Metrics]
+						}
+						if err := write(e.stdout, ms, true); err != nil {
 							return err
 						}
 						timer.end(len(ms))

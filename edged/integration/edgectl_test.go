@@ -151,6 +151,7 @@ func TestEdgectl(t *testing.T) {
 	// the "--" that ends the interleaved flags).
 	c.fails(2, "edgectl: flag needs an argument: --filter", "c", "ls", "--filter")
 	c.fails(2, "edgectl: flag needs an argument: -n", "c", "ls", "-n")
+	c.fails(2, `invalid value "" for flag -n: the namespace must not be empty`, "c", "ls", "-n", "")
 	// Commands taking several names do every one and report each failure.
 	out, errOut, code := c.run("images", "rm", "nope1", "nope2")
 	if code != 1 || !strings.Contains(errOut, `"nope1"`) || !strings.Contains(errOut, `"nope2"`) || strings.Count(errOut, "\n") != 2 {
