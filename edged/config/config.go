@@ -6,9 +6,12 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -59,6 +62,15 @@ type Images struct {
 	// RegistryHelper is the edged-remote binary that runs registry pulls
 	// and pushes; "" is the one next to edged, else from PATH.
 	RegistryHelper string `toml:"registry_helper"`
+	// MaxLayerSize is the most one layer may unpack to (its uncompressed
+	// tar stream); 0 is no limit. It stops decompression bombs.
+	MaxLayerSize Size `toml:"max_layer_size"`
+	// MaxLayerEntries is the most entries (files, directories, links, ...)
+	// one layer may have; 0 is the unpacker's default (2097152).
+	MaxLayerEntries int64 `toml:"max_layer_entries"`
+	// MinFreeSpace is the free space unpacking leaves on the filesystem of
+	// the snapshots: a layer that would go below it fails. 0 is no check.
+	MinFreeSpace Size `toml:"min_free_space"`
 }
 
 // Registry is the configuration of one registry host.
@@ -135,6 +147,54 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Size is a number of bytes, written in TOML as an integer ("1048576") or
+// as a string of an integer with an optional binary unit: "8GiB",
+// "128 MiB"; the units are B, KiB, MiB, GiB and TiB.
+type Size int64
+
+// ParseSize parses a size string as Size does.
+func ParseSize(s string) (Size, error) {
+	num, shift := strings.TrimSpace(s), uint(0)
+	for _, u := range [...]struct {
+		suffix string
+		shift  uint
+	}{{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"TiB", 40}, {"B", 0}} {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, shift = strings.TrimSpace(n), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size: want a non-negative integer with an optional unit (B, KiB, MiB, GiB, TiB), e.g. \"128MiB\"", s)
+	}
+	if n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return Size(n << shift), nil
+}
+
+// UnmarshalTOML implements toml.Unmarshaler: an integer is bytes, a string
+// is parsed by ParseSize.
+func (sz *Size) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		if v < 0 {
+			return fmt.Errorf("%d is not a size: it must not be negative", v)
+		}
+		*sz = Size(v)
+		return nil
+	case string:
+		n, err := ParseSize(v)
+		if err != nil {
+			return err
+		}
+		*sz = n
+		return nil
+	}
+	return fmt.Errorf("%v is not a size: want a number of bytes or a string like \"128MiB\"", v)
+}
 
 // Default returns the embedded defaults.
 func Default() *Config {
@@ -241,6 +301,16 @@ func (im *Images) validate() error {
 	}
 	if im.ImportNamespace == "" {
 		return errdefs.InvalidArgument("images.import_namespace", "must not be empty")
+	}
+	// Below 1 MiB no real layer fits: most likely a unit was left out.
+	if im.MaxLayerSize != 0 && im.MaxLayerSize < 1<<20 {
+		return errdefs.InvalidArgument("images.max_layer_size", "%d bytes is below the minimum of 1MiB (0 is no limit)", im.MaxLayerSize)
+	}
+	if im.MaxLayerEntries < 0 {
+		return errdefs.InvalidArgument("images.max_layer_entries", "%d must not be negative", im.MaxLayerEntries)
+	}
+	if im.MinFreeSpace < 0 {
+		return errdefs.InvalidArgument("images.min_free_space", "%d must not be negative", im.MinFreeSpace)
 	}
 	return nil
 }

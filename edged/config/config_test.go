@@ -38,15 +38,24 @@ func TestLoadOverrides(t *testing.T) {
 func TestLoadErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]string{
-		"bogus = 1\n":                         `unknown setting "bogus"`,
-		"root = \"relative\"\n":               "root: \"relative\" must be an absolute path",
-		"[log]\nlevel = \"loud\"\n":           "log.level",
-		"[metadata]\nsynchronous = \"off\"\n": "metadata.synchronous",
-		"[api]\ndefault_timeout = \"soon\"\n": "invalid duration",
-		"root = [\n":                          "config",
-		"[events]\nsubscriber_queue = 0\n":    "events.subscriber_queue",
-		"max_procs = -1\n":                    "max_procs: -1 must not be negative",
-		"[memory]\nidle_release = \"-1s\"\n":  "memory.idle_release: must not be negative",
+		"bogus = 1\n":                                  `unknown setting "bogus"`,
+		"root = \"relative\"\n":                        "root: \"relative\" must be an absolute path",
+		"[log]\nlevel = \"loud\"\n":                    "log.level",
+		"[metadata]\nsynchronous = \"off\"\n":          "metadata.synchronous",
+		"[api]\ndefault_timeout = \"soon\"\n":          "invalid duration",
+		"root = [\n":                                   "config",
+		"[events]\nsubscriber_queue = 0\n":             "events.subscriber_queue",
+		"max_procs = -1\n":                             "max_procs: -1 must not be negative",
+		"[memory]\nidle_release = \"-1s\"\n":           "memory.idle_release: must not be negative",
+		"[images]\nmax_layer_size = \"8 GB\"\n":        "images.max_layer_size",
+		"[images]\nmax_layer_size = \"-1MiB\"\n":       "images.max_layer_size",
+		"[images]\nmax_layer_size = -1\n":              "images.max_layer_size",
+		"[images]\nmax_layer_size = 8\n":               "images.max_layer_size: 8 bytes is below the minimum of 1MiB",
+		"[images]\nmax_layer_size = true\n":            "images.max_layer_size",
+		"[images]\nmax_layer_size = \"99999999TiB\"\n": "too large",
+		"[images]\nmax_layer_entries = -1\n":           "images.max_layer_entries: -1 must not be negative",
+		"[images]\nmax_layer_entries = \"1M\"\n":       "max_layer_entries",
+		"[images]\nmin_free_space = \"lots\"\n":        "images.min_free_space",
 	}
 	i := 0
 	for text, want := range cases {
@@ -63,5 +72,42 @@ func TestLoadErrors(t *testing.T) {
 	}
 	if c, err := Load(filepath.Join(dir, "missing.toml"), true); err != nil || c.Root != "/var/lib/edged" {
 		t.Errorf("missing optional file: %v %v", c, err)
+	}
+}
+
+func TestImageLimitDefaults(t *testing.T) {
+	im := Default().Images
+	if im.MaxLayerSize != 8<<30 || im.MaxLayerEntries != 1<<20 || im.MinFreeSpace != 128<<20 {
+		t.Fatalf("image limits: max_layer_size %d, max_layer_entries %d, min_free_space %d", im.MaxLayerSize, im.MaxLayerEntries, im.MinFreeSpace)
+	}
+}
+
+func TestImageLimitsLoad(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "edged.toml")
+	if err := os.WriteFile(p, []byte("[images]\nmax_layer_size = 0\nmax_layer_entries = 0\nmin_free_space = \"512 KiB\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im := c.Images; im.MaxLayerSize != 0 || im.MaxLayerEntries != 0 || im.MinFreeSpace != 512<<10 {
+		t.Fatalf("0 must turn the limits off: %+v", im)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]Size{
+		"0": 0, "4096": 4096, "17B": 17, "1KiB": 1 << 10, "128MiB": 128 << 20, "128 MiB": 128 << 20,
+		" 8GiB ": 8 << 30, "2TiB": 2 << 40, "8191PiB": -1, "": -1, "1.5GiB": -1, "8G": -1, "8GB": -1, "8gib": -1,
+		"-1": -1, "MiB": -1, "9223372036854775807": 1<<63 - 1, "8388608TiB": -1,
+	} {
+		got, err := ParseSize(in)
+		switch {
+		case want < 0 && err == nil:
+			t.Errorf("ParseSize(%q) = %d, want an error", in, got)
+		case want >= 0 && (err != nil || got != want):
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
 	}
 }

@@ -104,6 +104,26 @@ type Options struct {
 	// Registry runs registry pulls and pushes (in the edged-remote helper);
 	// nil means Pull and Push fail with ErrNotImplemented.
 	Registry *registry.Client
+
+	// The limits below bound what one layer may write when it is
+	// unpacked: the layer blob is small, compressed and chosen by whoever
+	// built the image (who also writes the diffIDs that are checked), and
+	// a decompression bomb would otherwise fill the flash that holds the
+	// database and the rest of the system. Exceeding one fails the unpack
+	// with ErrResourceExhausted naming the layer and the setting; the
+	// snapshot being prepared is removed, the stored blob kept.
+
+	// MaxLayerSize is the most one layer may unpack to, in bytes of its
+	// uncompressed tar stream (file contents plus headers); 0 is no limit.
+	// Config: images.max_layer_size.
+	MaxLayerSize int64
+	// MaxLayerEntries is the most entries one layer may have; 0 is
+	// archive.DefaultMaxEntries. Config: images.max_layer_entries.
+	MaxLayerEntries int64
+	// MinFreeSpace is the free space, in bytes, that unpacking leaves on
+	// the filesystem of the snapshots; 0 is no check. Config:
+	// images.min_free_space.
+	MinFreeSpace int64
 }
 
 // Service imports, unpacks, exports and collects images. It is safe for
@@ -142,6 +162,9 @@ type testHooks struct {
 func New(db *metadata.DB, cs *content.Store, sn snapshots.Snapshotter, opts Options) (*Service, error) {
 	if db == nil || cs == nil || sn == nil {
 		return nil, errdefs.InvalidArgument("images", "database, content store and snapshotter are required")
+	}
+	if opts.MaxLayerSize < 0 || opts.MaxLayerEntries < 0 || opts.MinFreeSpace < 0 {
+		return nil, errdefs.InvalidArgument("images", "layer limits must not be negative")
 	}
 	p := platforms.Default()
 	if opts.Platform != "" {

@@ -105,7 +105,7 @@ func (im *importer) stageLayer(ctx context.Context, name string, dgst digest.Dig
 	if err != nil {
 		return false, nil, fmt.Errorf("archive entry %q: %w", name, err)
 	}
-	res, applyErr := archive.Apply(ctx, dir, zr, archive.ApplyOptions{Whiteouts: mode})
+	res, applyErr := archive.Apply(ctx, dir, zr, s.applyOptions(mode))
 	zr.Close()
 	if applyErr != nil {
 		var se *srcError
@@ -127,7 +127,7 @@ func (im *importer) stageLayer(ctx context.Context, name string, dgst digest.Dig
 	if applyErr != nil {
 		// Not a valid layer. An error only if an image needs it as one.
 		s.removeStaged(im.ns, st)
-		st.err = fmt.Errorf("archive entry %q: %w", name, applyErr)
+		st.err = fmt.Errorf("archive entry %q: %w", name, limitError(dgst, applyErr))
 		ok = true
 		return true, nil, nil
 	}

@@ -2,6 +2,7 @@ package images
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -92,8 +93,8 @@ func (s *Service) applyLayer(ctx context.Context, ns string, l *lease, parent, c
 		return err
 	}
 	defer ra.Close()
-	if _, err := archive.ApplyVerified(ctx, dir, io.NewSectionReader(ra, 0, ra.Size()), layer.MediaType, diffID, archive.ApplyOptions{Whiteouts: mode}); err != nil {
-		return err
+	if _, err := archive.ApplyVerified(ctx, dir, io.NewSectionReader(ra, 0, ra.Size()), layer.MediaType, diffID, s.applyOptions(mode)); err != nil {
+		return limitError(layer.Digest, err)
 	}
 	if s.hooks.afterApply != nil {
 		s.hooks.afterApply(chainKey)
@@ -108,6 +109,51 @@ func (s *Service) applyLayer(ctx context.Context, ns string, l *lease, parent, c
 		return nil
 	}
 	return err
+}
+
+// applyOptions are the options every layer is applied with.
+func (s *Service) applyOptions(mode archive.WhiteoutMode) archive.ApplyOptions {
+	return archive.ApplyOptions{
+		Whiteouts:  mode,
+		MaxSize:    s.opts.MaxLayerSize,
+		MaxEntries: s.opts.MaxLayerEntries,
+		MinFree:    s.opts.MinFreeSpace,
+	}
+}
+
+// limitError restates an *archive.LimitError in the terms of the operator:
+// the layer and the setting to raise. Other errors are returned as they are.
+func limitError(layer digest.Digest, err error) error {
+	var le *archive.LimitError
+	if !errors.As(err, &le) {
+		return err
+	}
+	var msg string
+	switch le.Limit {
+	case archive.LimitSize:
+		msg = fmt.Sprintf("layer %s unpacks to more than %s (images.max_layer_size)", layer, formatBytes(le.Value))
+	case archive.LimitEntries:
+		msg = fmt.Sprintf("layer %s has more than %d entries (images.max_layer_entries)", layer, le.Value)
+	case archive.LimitFree:
+		msg = fmt.Sprintf("layer %s would leave less than %s free on %s (images.min_free_space)", layer, formatBytes(le.Value), le.Path)
+	default:
+		return err
+	}
+	return fmt.Errorf("%s: %w", msg, errdefs.ErrResourceExhausted)
+}
+
+// formatBytes writes n in the largest binary unit that divides it, as
+// the settings are usually written ("8 GiB").
+func formatBytes(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.size && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // applyTarget returns the directory a layer is written into, without

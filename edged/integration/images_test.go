@@ -244,3 +244,18 @@ func TestImagesErrors(t *testing.T) {
 	_, err = cl.ContentInfo(ctx, "sha256:nothex")
 	wantErr(t, err, errdefs.ErrInvalidArgument, "digest")
 }
+
+// The daemon's [images] limits reach the unpacker: a layer that unpacks to
+// more than max_layer_size fails the import with a message naming the
+// setting (the demo image's layer is a few MiB).
+func TestImagesLayerLimitFromConfig(t *testing.T) {
+	dir := testutil.ShortTempDir(t)
+	p := filepath.Join(dir, "edged.toml")
+	if err := os.WriteFile(p, []byte("[images]\nmax_layer_size = \"1MiB\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := testutil.StartDaemon(t, testutil.DaemonConfig{Bin: binDir, Dir: dir, Args: []string{"--config", p}})
+	c := cli{t: t, env: []string{"EDGED_ADDRESS=" + d.Address}}
+	tarPath := demoImage(t, t.TempDir(), testimage.DemoName)
+	c.fails(1, "unpacks to more than 1 MiB (images.max_layer_size)", "images", "import", tarPath)
+}

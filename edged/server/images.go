@@ -69,7 +69,8 @@ func (s *Server) setupImages(ctx context.Context) (*imageStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registries: %w", err)
 	}
-	svc, err := images.New(s.db, cs, sn, images.Options{DiscardLayers: cfg.Images.DiscardLayers, Platform: cfg.Images.Platform, Logger: s.log, Registry: reg})
+	svc, err := images.New(s.db, cs, sn, images.Options{DiscardLayers: cfg.Images.DiscardLayers, Platform: cfg.Images.Platform, Logger: s.log, Registry: reg,
+		MaxLayerSize: int64(cfg.Images.MaxLayerSize), MaxLayerEntries: cfg.Images.MaxLayerEntries, MinFreeSpace: int64(cfg.Images.MinFreeSpace)})
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}

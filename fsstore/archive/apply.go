@@ -45,23 +45,77 @@ func (m WhiteoutMode) String() string {
 // DefaultMaxEntries is the entry limit used when ApplyOptions.MaxEntries is 0.
 const DefaultMaxEntries = 1 << 21
 
+// MinFreeInterval is how much a layer may write between two free-space
+// checks of ApplyOptions.MinFree: a statfs(2) per file would cost more than
+// small files do, and one per few MiB is noise next to writing them. The
+// free space can end up to this much below MinFree.
+const MinFreeInterval = 4 << 20
+
+// minFreeEntryCost is what each entry is counted as towards MinFreeInterval
+// besides its content: an empty directory still takes a block on most
+// filesystems, so a layer of a million of them is not free.
+const minFreeEntryCost = 4096
+
 // ApplyOptions tune Apply. The zero value is valid: overlay whiteouts, no size
-// limit, DefaultMaxEntries, no sync.
+// limit, DefaultMaxEntries, no free-space check, no sync.
 type ApplyOptions struct {
 	// Whiteouts selects overlay or remove whiteout handling.
 	Whiteouts WhiteoutMode
 	// MaxSize is the largest uncompressed tar stream accepted, in bytes;
-	// 0 means unlimited. Exceeding it fails with errdefs.ErrResourceExhausted.
+	// 0 means unlimited. Exceeding it fails with a *LimitError.
 	MaxSize int64
 	// MaxEntries is the largest number of tar entries accepted; 0 means
-	// DefaultMaxEntries. Exceeding it fails with errdefs.ErrResourceExhausted.
+	// DefaultMaxEntries. Exceeding it fails with a *LimitError.
 	MaxEntries int64
+	// MinFree is the free space, in bytes, that the filesystem holding root
+	// must keep (statfs f_bavail, what df shows as available); 0 means no
+	// check. It is checked before the first entry and then every
+	// MinFreeInterval bytes written; falling below it fails with a
+	// *LimitError, so a layer that would fill the disk stops first.
+	MinFree int64
 	// Sync calls syncfs on root's file system after a successful apply.
 	Sync bool
 
 	// pendingTimes overrides maxPendingTimes (tests only).
 	pendingTimes int
 }
+
+// Limit names the option of ApplyOptions a layer exceeded.
+type Limit string
+
+// The limits of ApplyOptions.
+const (
+	LimitSize    Limit = "MaxSize"
+	LimitEntries Limit = "MaxEntries"
+	LimitFree    Limit = "MinFree"
+)
+
+// LimitError reports that a layer exceeded a limit of ApplyOptions. It wraps
+// errdefs.ErrResourceExhausted; callers that know under which name the limit
+// was configured find it with errors.As to say so.
+type LimitError struct {
+	Limit Limit
+	// Value is the limit: bytes for LimitSize and LimitFree, entries for
+	// LimitEntries.
+	Value int64
+	// Path is, for LimitFree, the mount point of the filesystem that ran low.
+	Path string
+}
+
+func (e *LimitError) Error() string {
+	switch e.Limit {
+	case LimitSize:
+		return fmt.Sprintf("layer is larger than the %d byte limit", e.Value)
+	case LimitEntries:
+		return fmt.Sprintf("layer has more than %d entries", e.Value)
+	case LimitFree:
+		return fmt.Sprintf("layer would leave less than %d bytes free on %s", e.Value, e.Path)
+	}
+	return fmt.Sprintf("layer exceeds %s %d", e.Limit, e.Value)
+}
+
+// Unwrap makes errors.Is(err, errdefs.ErrResourceExhausted) true.
+func (e *LimitError) Unwrap() error { return errdefs.ErrResourceExhausted }
 
 // ApplyResult describes an applied layer.
 type ApplyResult struct {
@@ -160,7 +214,7 @@ func (l *layerReader) Read(p []byte) (int, error) {
 		l.h.Write(p[:n])
 		l.n += int64(n)
 		if l.max > 0 && l.n > l.max {
-			return n, fmt.Errorf("layer is larger than the %d byte limit: %w", l.max, errdefs.ErrResourceExhausted)
+			return n, &LimitError{Limit: LimitSize, Value: l.max}
 		}
 	}
 	return n, err

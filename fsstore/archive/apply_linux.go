@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -25,10 +26,11 @@ const (
 
 // applier holds the state of one Apply call.
 type applier struct {
-	ctx  context.Context
-	opts ApplyOptions
-	root int    // fd of root, O_RDONLY|O_DIRECTORY
-	buf  []byte // copy buffer, also used for getdents
+	ctx      context.Context
+	opts     ApplyOptions
+	root     int    // fd of root, O_RDONLY|O_DIRECTORY
+	rootPath string // root as given, for messages
+	buf      []byte // copy buffer, also used for getdents
 
 	// One-entry cache of the last parent directory (consecutive entries
 	// usually share it). stale is set by every removal, because a removal can
@@ -45,6 +47,10 @@ type applier struct {
 	created map[string]struct{}
 
 	dirTimes []dirTime
+
+	// unchecked counts the bytes (content, plus minFreeEntryCost per entry)
+	// written since the last free-space check (ApplyOptions.MinFree).
+	unchecked int64
 }
 
 type dirTime struct {
@@ -60,10 +66,13 @@ func applyTar(ctx context.Context, root string, lr *layerReader, buf []byte, opt
 		}
 		return 0, fmt.Errorf("open layer root %s: %w", root, err)
 	}
-	a := &applier{ctx: ctx, opts: opts, root: fd, buf: buf, cacheFD: -1}
+	a := &applier{ctx: ctx, opts: opts, root: fd, rootPath: root, buf: buf, cacheFD: -1}
 	defer a.close()
 	if opts.Whiteouts == WhiteoutRemove {
 		a.created = make(map[string]struct{})
+	}
+	if err := a.checkFree(); err != nil {
+		return 0, err
 	}
 
 	tr := tar.NewReader(lr)
@@ -84,7 +93,10 @@ func applyTar(ctx context.Context, root string, lr *layerReader, buf []byte, opt
 		}
 		entries++
 		if entries > opts.MaxEntries {
-			return entries, fmt.Errorf("layer has more than %d entries: %w", opts.MaxEntries, errdefs.ErrResourceExhausted)
+			return entries, &LimitError{Limit: LimitEntries, Value: opts.MaxEntries}
+		}
+		if err := a.spend(minFreeEntryCost); err != nil {
+			return entries, err
 		}
 		if err := a.entry(hdr, tr); err != nil {
 			if isReadError(err) {
@@ -669,6 +681,9 @@ func (a *applier) file(pfd int, name, phys string, content io.Reader, m meta) er
 func (a *applier) copy(fd int, r io.Reader) error {
 	for {
 		n, rerr := r.Read(a.buf)
+		if err := a.spend(int64(n)); err != nil {
+			return err
+		}
 		for b := a.buf[:n]; len(b) > 0; {
 			var w int
 			err := retry(func() (err error) { w, err = unix.Write(fd, b); return err })
@@ -684,6 +699,58 @@ func (a *applier) copy(fd int, r io.Reader) error {
 			return &readErr{err: rerr}
 		}
 	}
+}
+
+// spend counts n bytes about to be written and, every MinFreeInterval
+// bytes, checks the free space (ApplyOptions.MinFree).
+func (a *applier) spend(n int64) error {
+	if a.opts.MinFree <= 0 {
+		return nil
+	}
+	a.unchecked += n
+	if a.unchecked < MinFreeInterval {
+		return nil
+	}
+	return a.checkFree()
+}
+
+// checkFree fails with a *LimitError when the filesystem holding root has
+// less than MinFree bytes available.
+func (a *applier) checkFree() error {
+	if a.opts.MinFree <= 0 {
+		return nil
+	}
+	a.unchecked = 0
+	var st unix.Statfs_t
+	if err := retry(func() error { return unix.Fstatfs(a.root, &st) }); err != nil {
+		return fmt.Errorf("statfs: %w", err)
+	}
+	// Bavail, not Bfree: the blocks reserved for root are the system's
+	// margin, not the layer's.
+	if free := uint64(st.Bavail) * uint64(st.Bsize); free < uint64(a.opts.MinFree) {
+		return &LimitError{Limit: LimitFree, Value: a.opts.MinFree, Path: a.mountPoint()}
+	}
+	return nil
+}
+
+// mountPoint returns the mount point of root's filesystem, found by walking
+// up until the device changes, to name it in an error; on failure the path
+// of root itself.
+func (a *applier) mountPoint() string {
+	var st unix.Stat_t
+	if err := unix.Fstat(a.root, &st); err != nil {
+		return a.rootPath
+	}
+	dir := filepath.Clean(a.rootPath)
+	for dir != "/" {
+		parent := filepath.Dir(dir)
+		var pst unix.Stat_t
+		if err := unix.Stat(parent, &pst); err != nil || pst.Dev != st.Dev {
+			return dir
+		}
+		dir = parent
+	}
+	return dir
 }
 
 func (a *applier) symlink(pfd int, name, phys, target string, m meta) error {

@@ -66,8 +66,11 @@
 //   - GNU sparse entries are refused (errdefs.ErrNotImplemented): archive/tar
 //     would expand a tiny sparse map into terabytes of zeros. No Go-based
 //     image builder (Docker, BuildKit, ...) writes them.
-//   - Limits: ApplyOptions.MaxSize bounds the uncompressed bytes and
-//     MaxEntries the number of entries (errdefs.ErrResourceExhausted).
+//   - Limits: ApplyOptions.MaxSize bounds the uncompressed bytes,
+//     MaxEntries the number of entries, and MinFree keeps that much space
+//     free on root's filesystem (checked with statfs every MinFreeInterval
+//     bytes written), so a decompression bomb stops before the disk is
+//     full. Each fails with a *LimitError (errdefs.ErrResourceExhausted).
 //   - A stream that ends early, including a tar without its end-of-archive
 //     marker, returns an error wrapping io.ErrUnexpectedEOF and
 //     errdefs.ErrDataLoss; it never hangs.
