@@ -59,12 +59,14 @@ proto-check: deps
 	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
 		echo "generated protobuf code is stale: run 'make proto' and commit"; git status --porcelain -- proto; exit 1; fi
 
-# lint also vets the client package for macOS: it is for fleet agents and
-# tools, which may be built on another system, and must compile there.
+# lint also vets everything for 32-bit ARM (armv7 devices: the tests too
+# must build there), and the client package for macOS: it is for fleet
+# agents and tools, which may be built on another system.
 lint:
 	@bad=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$bad" ]; then echo "gofmt needed:"; echo "$$bad"; exit 1; fi
 	$(GO) vet ./...
+	GOARCH=arm GOARM=7 $(GO) vet ./...
 	GOOS=darwin $(GO) vet ./edged/client
 
 test: deps lint proto-check build cross test-go test-arm test-vm

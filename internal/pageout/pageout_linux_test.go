@@ -19,14 +19,14 @@ func TestExecutableRanges(t *testing.T) {
 02000000-02001000 r--p 00000000 fd:01 1235 /usr/bin/other
 03000000-03001000 r--p 00000000 fd:02 1234 /mnt/same-inode-other-device
 04000000-04001000 r--s 00000000 fd:01 1234 /usr/bin/edged
-7f0000000000-7f0000021000 r-xp 00000000 fd:01 1234 /usr/bin/edged (deleted)
-7ffd1c1f1000-7ffd1c212000 rw-p 00000000 00:00 0                          [stack]
+b7000000-b7021000 r-xp 00000000 fd:01 1234 /usr/bin/edged (deleted)
+bffd1000-bffd2000 rw-p 00000000 00:00 0                          [stack]
 `
 	got, err := executableRanges(strings.NewReader(maps), 0xfd, 1, 1234)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []addrRange{{0x400000, 0xc5c000}, {0xc5c000, 0x1a1f000}, {0x7f0000000000, 0x7f0000021000}}
+	want := []addrRange{{0x400000, 0xc5c000}, {0xc5c000, 0x1a1f000}, {0xb7000000, 0xb7021000}}
 	if len(got) != len(want) {
 		t.Fatalf("ranges = %x, want %x", got, want)
 	}
