@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edged/edged/edged/errdefs"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 )
 
@@ -22,8 +23,9 @@ type RecoverResult struct {
 // Recover reads the bootstrap data of the tasks of a previous edged,
 // reconnects to their shims in parallel (each with ConnectTimeout) and
 // cleans up tasks whose shim is gone: their runc containers, mounts,
-// bundles and bootstrap files. Bundles without bootstrap data (a crash
-// during Create) are removed too.
+// bundles and bootstrap files. Tasks a live shim no longer has are dropped
+// (see reconnect). Bundles without bootstrap data (a crash in Create before
+// the shim was asked to create the task) are removed too.
 func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
 	start := time.Now()
 	m.removeStaleSpares(ctx)
@@ -62,14 +64,11 @@ func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
 		wg.Add(1)
 		go func(address string, ts []*task) {
 			defer wg.Done()
-			sc := m.reconnect(ctx, address, ts)
+			kept := m.reconnect(ctx, address, ts)
 			mu.Lock()
 			defer mu.Unlock()
-			if sc == nil {
-				res.Dead += len(ts)
-				return
-			}
-			res.Reconnected += len(ts)
+			res.Reconnected += kept
+			res.Dead += len(ts) - kept
 		}(address, ts)
 	}
 	wg.Wait()
@@ -97,20 +96,50 @@ func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
 	return res, nil
 }
 
-// reconnect connects to one shim and checks that it still serves the
-// tasks; otherwise the tasks are cleaned up and nil is returned.
-func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) *shimConn {
+// reconnect connects to one shim, checks that it is alive and asks it
+// about each of its tasks; it returns how many tasks it kept. A shim that
+// is gone or does not answer has all its tasks cleaned up. A task the live
+// shim does not have is one whose Delete the previous edged got through to
+// the shim but was killed before it removed the bootstrap: only its
+// bootstrap and bundle are removed, the shim's other tasks (a shim group)
+// are kept, and a shim left with no task is shut down.
+func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int {
 	first := ts[0]
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.ConnectTimeout)
 	defer cancel()
 	c, svc, err := dialShim(cctx, first.Namespace, address, m.cfg.ConnectTimeout)
 	if err == nil {
-		_, err = svc.Connect(cctx, &taskapi.ConnectRequest{Id: first.ID})
+		// Without an Id: whether the shim is alive, not whether it
+		// has one particular task.
+		_, err = svc.Connect(cctx, &taskapi.ConnectRequest{})
+	}
+	var live []*task
+	for _, t := range ts {
 		if err != nil {
-			c.Close()
+			break
+		}
+		// State, not Connect with the task's Id: a containerd shim's
+		// Connect does not fail for a task it does not have.
+		st, serr := svc.State(cctx, &taskapi.StateRequest{Id: t.ID})
+		switch serr = errdefs.FromStatus(serr); {
+		case serr == nil:
+			if st.Pid != 0 {
+				// Create saves the bootstrap before the shim knows the pid.
+				t.Pid = st.Pid
+			}
+			live = append(live, t)
+		case errdefs.IsNotFound(serr):
+			m.log.Info("task was deleted in its shim before edged stopped; removing its bootstrap", "namespace", t.Namespace, "id", t.ID, "address", address)
+			m.removeBundle(t.Bundle)
+			os.Remove(m.bootstrapPath(t.Namespace, t.ID))
+		default:
+			err = serr
 		}
 	}
 	if err != nil {
+		if c != nil {
+			c.Close()
+		}
 		m.log.Warn("shim of a previous edged is gone; cleaning up its tasks", "address", address, "tasks", len(ts), "error", err)
 		for _, t := range ts {
 			m.cleanupTask(ctx, t)
@@ -119,8 +148,23 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) *sh
 			os.Remove(address)
 			os.Remove(address + ".log")
 		}
-		return nil
+		return 0
 	}
+	if len(live) == 0 {
+		// Shutdown without Now: the shim exits only if it has no
+		// container indeed.
+		m.log.Info("shutting down a shim of a previous edged left with no task", "address", address)
+		if _, err := svc.Shutdown(cctx, &taskapi.ShutdownRequest{Id: first.ID}); err != nil {
+			m.log.Warn("shim shutdown failed", "address", address, "error", errdefs.FromStatus(err))
+		}
+		c.Close()
+		if first.Native {
+			os.Remove(address)
+			os.Remove(address + ".log")
+		}
+		return 0
+	}
+	first = live[0]
 	sc := &shimConn{key: first.Namespace + "/" + first.Group, ns: first.Namespace, group: first.Group, address: address,
 		pid: first.ShimPid, native: first.Native, binary: first.Binary, client: c, task: svc, refs: map[string]bool{}}
 	if !first.Native {
@@ -129,10 +173,10 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) *sh
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.shims[sc.key] = sc
-	for _, t := range ts {
+	for _, t := range live {
 		t.shim = sc
 		sc.refs[t.ID] = true
 		m.tasks[key(t.Namespace, t.ID)] = t
 	}
-	return sc
+	return len(live)
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
+	"github.com/edged/edged/edged/protoconv"
 	"github.com/edged/edged/internal/atomicfile"
 	"github.com/edged/edged/proto/rpc"
 	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
@@ -296,6 +297,16 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 	if o.Start && sc.native && !sc.noFuse.Load() {
 		req.Options, started = startOptions(o.Options)
 	}
+	// The bootstrap is saved before the shim creates the task, not after:
+	// an edged killed in between would leave the task in a live shim (a
+	// group's, or one a restarted edged reuses for the group) that no
+	// bootstrap names, so the restarted edged would neither know it nor
+	// let its ID be created again. Saved first, a restarted edged asks the
+	// shim about it: kept when the shim has it, dropped when not. The pid
+	// is not known yet; Recover takes it from the shim.
+	if err := m.saveBootstrap(t); err != nil {
+		return 0, fmt.Errorf("save task bootstrap: %w", err)
+	}
 	resp, err := sc.task.Create(cctx, req)
 	if err != nil && started && unknownCreateAndStart(errdefs.FromStatus(err)) {
 		// An edged-shim from before CreateAndStart: create, then start.
@@ -308,22 +319,31 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		return 0, m.callError(ctx, sc, "create", err)
 	}
 	t.Pid = resp.Pid
-	if err := m.saveBootstrap(t); err != nil {
-		sc.task.Delete(context.WithoutCancel(ctx), &taskapi.DeleteRequest{Id: id})
-		return 0, err
-	}
 	if o.Start && !started {
 		sctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
 		defer cancel()
 		if _, err := sc.task.Start(sctx, &taskapi.StartRequest{Id: id}); err != nil {
 			err = m.callError(ctx, sc, "start", err)
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.CallTimeout)
-			defer cancel()
-			sc.task.Delete(dctx, &taskapi.DeleteRequest{Id: id})
+			m.abandonTask(context.WithoutCancel(ctx), sc, id)
 			return 0, err
 		}
 	}
 	return resp.Pid, nil
+}
+
+// abandonTask removes from its shim a task whose Start failed after the
+// shim created it (Delete kills a created init), within the call timeout.
+// When that fails the shim still holds the task: it is treated as dead
+// (killed, its containers force-deleted), so that the deferred release
+// never recycles it as a spare with a container in it.
+func (m *Manager) abandonTask(ctx context.Context, sc *shimConn, id string) {
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	_, err := sc.task.Delete(cctx, &taskapi.DeleteRequest{Id: id})
+	if err = errdefs.FromStatus(err); err != nil && !errdefs.IsNotFound(err) {
+		m.log.Error("could not delete the task of a failed create in its shim; treating the shim as dead", "shim", sc.key, "id", id, "error", err)
+		m.shimDead(ctx, sc)
+	}
 }
 
 // startOptions wraps the create options a into edged.shim.v1.CreateAndStart
@@ -489,7 +509,19 @@ func (m *Manager) call(ctx context.Context, ns, id, op string, fn func(context.C
 // shim dead and cleans up its tasks.
 func (m *Manager) callError(ctx context.Context, sc *shimConn, op string, err error) error {
 	err = errdefs.FromStatus(err)
-	if ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || isConnError(err)) {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	// A closed connection means the shim is gone (it exited or was
+	// killed), usually noticed at once: saying it did not answer within
+	// the call timeout would send whoever reads the error looking for a
+	// hung shim.
+	if isConnError(err) {
+		m.log.Error("shim connection closed; treating it as dead", "shim", sc.key, "op", op, "error", err)
+		go m.shimDead(context.WithoutCancel(ctx), sc)
+		return fmt.Errorf("shim %s exited (connection closed) before answering %s (%v); it is treated as dead: %w", sc.key, op, err, errdefs.ErrUnavailable)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
 		m.log.Error("shim did not answer; treating it as dead", "shim", sc.key, "op", op, "error", err)
 		go m.shimDead(context.WithoutCancel(ctx), sc)
 		return fmt.Errorf("shim %s did not answer %s within %v (%v); it is treated as dead: %w", sc.key, op, m.cfg.CallTimeout, err, errdefs.ErrUnavailable)
@@ -617,19 +649,34 @@ func (m *Manager) Wait(ctx context.Context, ns, id, exec string) (*taskapi.WaitR
 
 // Delete deletes an exited task (or exec): the shim deletes the runc
 // container and unmounts the rootfs; edged removes the bundle and the
-// bootstrap, and lets the shim go when it serves nothing else.
+// bootstrap, and lets the shim go when it serves nothing else. An init the
+// shim does not have (any more) is released and reported deleted.
 func (m *Manager) Delete(ctx context.Context, ns, id, exec string) (*taskapi.DeleteResponse, error) {
 	t, err := m.get(ns, id)
 	if err != nil {
 		return nil, err
 	}
-	var r *taskapi.DeleteResponse
-	err = m.call(ctx, ns, id, "delete", func(ctx context.Context, s taskapi.TaskService) (err error) {
-		r, err = s.Delete(ctx, &taskapi.DeleteRequest{Id: id, ExecId: exec})
-		return err
-	})
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	r, err := t.shim.task.Delete(cctx, &taskapi.DeleteRequest{Id: id, ExecId: exec})
 	if err != nil {
-		return nil, err
+		err = errdefs.FromStatus(err)
+		if exec == "" && errdefs.IsNotFound(err) {
+			// The shim no longer has the init: it was deleted there (by an
+			// edged killed before it removed the task's bootstrap, or by
+			// another client of the shim). Deleting it is done; only edged's
+			// record of it is left to release, else the task could never
+			// be deleted, nor its container removed.
+			if !m.release(ctx, t) {
+				// A concurrent Delete released it first.
+				return nil, fmt.Errorf("task %q in namespace %q: %w", id, ns, errdefs.ErrNotFound)
+			}
+			m.log.Warn("task already deleted in its shim; released it", "namespace", ns, "id", id, "shim", t.shim.key)
+			// Its exit status is not known any more: 255, as for a task
+			// of a dead shim.
+			return &taskapi.DeleteResponse{Pid: t.Pid, ExitStatus: 255, ExitedAt: protoconv.Timestamp(time.Now())}, nil
+		}
+		return nil, m.callError(ctx, t.shim, "delete", err)
 	}
 	if exec != "" {
 		return r, nil
@@ -638,26 +685,35 @@ func (m *Manager) Delete(ctx context.Context, ns, id, exec string) (*taskapi.Del
 	return r, nil
 }
 
-// release forgets a deleted task and shuts its shim down when idle.
-func (m *Manager) release(ctx context.Context, t *task) {
+// release forgets a deleted task and shuts its shim down when idle. It
+// reports false, doing nothing, when the task was released already.
+func (m *Manager) release(ctx context.Context, t *task) bool {
 	m.mu.Lock()
+	if m.tasks[key(t.Namespace, t.ID)] != t {
+		// Released already (two deletes of a task its shim no longer
+		// has), or its shim was found dead and shimDead cleaned it up: a
+		// second release would let the shim go again, or remove the
+		// files of a new task of the same ID.
+		m.mu.Unlock()
+		return false
+	}
 	delete(m.tasks, key(t.Namespace, t.ID))
 	m.mu.Unlock()
 	os.Remove(m.bootstrapPath(t.Namespace, t.ID))
 	m.discardBundle(t.Bundle)
 	sc := t.shim
 	if sc == nil {
-		return
+		return true
 	}
 	sc.mu.Lock()
 	delete(sc.refs, t.ID)
 	idle := len(sc.refs) == 0
 	sc.mu.Unlock()
 	if !idle {
-		return
+		return true
 	}
 	if m.recycle(sc) {
-		return
+		return true
 	}
 	m.mu.Lock()
 	if m.shims[sc.key] == sc {
@@ -668,7 +724,7 @@ func (m *Manager) release(ctx context.Context, t *task) {
 		// A containerd shim's `start` hands out the socket of a shim still
 		// listening at its address: this one must be gone first.
 		m.stopShim(ctx, sc, t.ID)
-		return
+		return true
 	}
 	// An edged-shim is let go in the background (its exit takes a few ms
 	// nobody needs to wait for). Its socket path and log go first: a new
@@ -677,6 +733,7 @@ func (m *Manager) release(ctx context.Context, t *task) {
 	os.Remove(sc.address)
 	os.Remove(sc.address + ".log")
 	m.background(func() { m.stopShim(context.WithoutCancel(ctx), sc, t.ID) })
+	return true
 }
 
 // background runs fn in a goroutine Close waits for; once the manager is

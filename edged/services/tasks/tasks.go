@@ -222,10 +222,15 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteTaskRequest) (*api.De
 	}
 	if r.Force {
 		st, err := s.Runtime.State(ctx, ns, r.ContainerId, "")
-		if err != nil {
+		switch {
+		case errdefs.IsNotFound(err):
+			// No such task, or its shim no longer has it (deleted there):
+			// nothing to kill; Runtime.Delete says which, and releases
+			// the latter.
+		case err != nil:
 			return nil, err
-		}
-		if st.Status != 3 /* stopped */ && st.Status != 1 /* created: delete kills it */ {
+		case st.Status != 3 && st.Status != 1:
+			// Neither stopped nor created (Delete kills a created init).
 			if err := s.Runtime.Kill(ctx, ns, r.ContainerId, "", 9, true); err != nil && !errdefs.IsNotFound(err) {
 				return nil, err
 			}
