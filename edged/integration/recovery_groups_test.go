@@ -452,3 +452,37 @@ func TestRecoverTaskCreatedWhileEdgedWasKilled(t *testing.T) {
 		}
 	}
 }
+
+// TestListWithDeadShim: a shim that died fails its own task's calls, not
+// the namespace's task list: the list, asked before edged noticed the
+// death, shows that task as UNKNOWN and the others as they are.
+func TestListWithDeadShim(t *testing.T) {
+	requireRunc(t)
+	d := startDaemon(t)
+	cleanupShimsOf(t, d.State)
+	cl := newClient(t, d)
+	ctx := ctxT(t)
+	rootfs := busybox(t)
+	runDetached(t, cl, rootfs, "z", nil, "sleep", "300")
+	runDetached(t, cl, rootfs, "w", nil, "sleep", "300")
+	p, err := cl.GetTask(ctx, "z", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(shimOf(t, int(p.Pid)), syscall.SIGKILL)
+	time.Sleep(200 * time.Millisecond)
+	list, err := cl.ListTasks(ctx)
+	if err != nil {
+		t.Fatalf("task list with one dead shim: %v", err)
+	}
+	got := map[string]string{}
+	for _, p := range list {
+		got[p.ContainerId] = p.Status.String()
+	}
+	if got["w"] != "RUNNING" || (got["z"] != "UNKNOWN" && got["z"] != "") {
+		t.Fatalf("task list with z's shim dead: %v; want w RUNNING and z UNKNOWN (or gone)", got)
+	}
+	if _, err := cl.DeleteTask(ctx, "w", true); err != nil {
+		t.Fatal(err)
+	}
+}

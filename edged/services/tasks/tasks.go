@@ -320,7 +320,16 @@ func (s *service) List(ctx context.Context, r *api.ListTasksRequest) (*api.ListT
 			if errdefs.IsNotFound(err) {
 				continue // deleted meanwhile
 			}
-			return nil, err
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			// A shim that died or does not answer fails its own tasks'
+			// calls (and is being cleaned up), not the list of all: its
+			// task is listed with status UNKNOWN.
+			if s.Log != nil {
+				s.Log.Warn("task listed as unknown", "namespace", ns, "id", id, "error", err)
+			}
+			st = &taskapi.StateResponse{Pid: s.Runtime.Pid(ns, id)}
 		}
 		p := s.toProcess(ns, id, "", st)
 		if set.Match(filters.AdaptorFunc(func(path []string) (string, bool) {
