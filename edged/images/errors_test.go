@@ -74,6 +74,8 @@ func TestImportHostile(t *testing.T) {
 			ImportOptions{}, errdefs.ErrInvalidArgument, "absolute name"},
 		{"bad blob name", good().Bytes(testimage.TarOptions{Extra: []testimage.Entry{{Name: "blobs/sha512/abc", Data: []byte("x")}}}),
 			ImportOptions{}, errdefs.ErrInvalidArgument, "blob names must be blobs/sha256/<64 lowercase hex digits>"},
+		{"escaping link", good().Bytes(testimage.TarOptions{Extra: []testimage.Entry{{Name: "x/link", Type: '2', Linkname: "../../etc/passwd"}}}),
+			ImportOptions{}, errdefs.ErrInvalidArgument, `archive entry "x/link": link target "../../etc/passwd" escapes the archive`},
 		{"blob symlink", good().Bytes(testimage.TarOptions{Extra: []testimage.Entry{{Name: "blobs/sha256/" + strings.Repeat("a", 64), Type: '2', Linkname: "/etc/shadow"}}}),
 			ImportOptions{}, errdefs.ErrInvalidArgument, "blobs must be regular files"},
 		{"oversized index.json", good().Bytes(testimage.TarOptions{IndexJSON: bytes.Repeat([]byte(" "), MaxJSONSize+1)}),
@@ -121,6 +123,19 @@ func TestImportHostile(t *testing.T) {
 				t.Fatalf("ingests left: %v", st)
 			}
 		})
+	}
+}
+
+// A link whose target only starts with ".." ("..foo") stays inside the
+// archive: the import does not refuse it.
+func TestImportLinkTargetStartingWithDots(t *testing.T) {
+	img := smallImage(t, linuxAmd64, "x")
+	l := testimage.NewLayout()
+	l.AddImage(img, map[string]string{AnnotationRefName: "a:1"})
+	e := newEnv(t, envOpts{})
+	arch := l.Bytes(testimage.TarOptions{Extra: []testimage.Entry{{Name: "link", Type: '2', Linkname: "..foo"}}})
+	if _, err := e.s.Import(context.Background(), "default", bytes.NewReader(arch), ImportOptions{}); err != nil {
+		t.Fatalf("import with a link to \"..foo\": %v", err)
 	}
 }
 

@@ -403,7 +403,7 @@ func (im *importer) entry(ctx context.Context, hdr *tar.Header, r io.Reader) err
 			target = path.Join(path.Dir(name), target)
 		}
 		t, err := cleanEntryName(strings.TrimPrefix(path.Clean(target), "/"))
-		if err != nil || strings.HasPrefix(path.Clean(target), "..") {
+		if c := path.Clean(target); err != nil || c == ".." || strings.HasPrefix(c, "../") {
 			return fmt.Errorf("archive entry %q: link target %.100q escapes the archive: %w", name, hdr.Linkname, errdefs.ErrInvalidArgument)
 		}
 		im.links[name] = t
