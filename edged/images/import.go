@@ -498,9 +498,8 @@ func (im *importer) writeKnown(ctx context.Context, name string, dgst digest.Dig
 	ref := fmt.Sprintf("%s-%d", im.lease.id, im.nref)
 	w, err := s.cs.Writer(ctx, ref, content.WriterOpts{Expected: dgst, Total: size})
 	if errdefs.IsAlreadyExists(err) { // written meanwhile by a concurrent import
-		im.blobs[dgst] = size
 		im.skipped += size
-		return nil
+		return im.recordStored(ctx, name, dgst)
 	}
 	if err != nil {
 		return fmt.Errorf("archive entry %q: %w", name, err)
@@ -521,6 +520,8 @@ func (im *importer) writeKnown(ctx context.Context, name string, dgst digest.Dig
 		im.written += size
 	case errdefs.IsAlreadyExists(err):
 		im.skipped += size
+		committed = true
+		return im.recordStored(ctx, name, dgst)
 	case errdefs.IsFailedPrecondition(err) && w.Digest() != dgst:
 		return fmt.Errorf("archive entry %q: blob content does not match its digest %s (got %s): %w", name, dgst, w.Digest(), errdefs.ErrDataLoss)
 	default:
@@ -528,6 +529,19 @@ func (im *importer) writeKnown(ctx context.Context, name string, dgst digest.Dig
 	}
 	committed = true
 	im.blobs[dgst] = size
+	return nil
+}
+
+// recordStored records blob dgst, which a concurrent writer stored, with its
+// size in the store: the archive entry's own size was not checked against
+// the content (it was not read, or not kept), and the descriptors that
+// name the blob are checked against what is recorded here.
+func (im *importer) recordStored(ctx context.Context, name string, dgst digest.Digest) error {
+	info, err := im.s.cs.Info(ctx, dgst)
+	if err != nil {
+		return fmt.Errorf("archive entry %q: %w", name, err)
+	}
+	im.blobs[dgst] = info.Size
 	return nil
 }
 
