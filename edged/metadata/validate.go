@@ -1,21 +1,22 @@
 package metadata
 
 import (
-	"slices"
 	"strconv"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/metadata/labels"
 	"github.com/opencontainers/go-digest"
 )
 
-// Limits on what one object may carry.
+// Limits on what one object may carry. The label limits are package
+// labels', shared with the snapshotter.
 const (
-	MaxLabelKeySize    = 256      // bytes of one label key
-	MaxLabelSize       = 4096     // bytes of one key plus its value
-	MaxLabels          = 256      // labels per object
-	MaxLabelsTotalSize = 64 << 10 // bytes of all keys and values of one object
+	MaxLabelKeySize    = labels.MaxKeySize   // bytes of one label key
+	MaxLabelSize       = labels.MaxSize      // bytes of one key plus its value
+	MaxLabels          = labels.MaxCount     // labels per object
+	MaxLabelsTotalSize = labels.MaxTotalSize // bytes of all keys and values of one object
 
 	MaxImageNameSize      = 512     // bytes of an image name (a reference)
 	MaxSpecSize           = 1 << 20 // bytes of a container's spec
@@ -26,33 +27,8 @@ const (
 
 // validateLabels checks the label limits; field names the map ("labels",
 // "target.annotations") in the error, which also names the offending key.
-func validateLabels(field string, labels map[string]string) error {
-	if len(labels) == 0 {
-		return nil
-	}
-	if len(labels) > MaxLabels {
-		return errdefs.InvalidArgument(field, "%d labels is more than the maximum of %d", len(labels), MaxLabels)
-	}
-	keys := make([]string, 0, len(labels))
-	for k := range labels {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys) // deterministic error messages
-	total := 0
-	for _, k := range keys {
-		v := labels[k]
-		if len(k) == 0 || len(k) > MaxLabelKeySize {
-			return errdefs.InvalidArgument(field, "key %s is %d bytes, must be 1 to %d", shortQuote(k), len(k), MaxLabelKeySize)
-		}
-		if len(k)+len(v) > MaxLabelSize {
-			return errdefs.InvalidArgument(field, "key %s: key and value are %d bytes, more than the maximum of %d", shortQuote(k), len(k)+len(v), MaxLabelSize)
-		}
-		total += len(k) + len(v)
-		if total > MaxLabelsTotalSize {
-			return errdefs.InvalidArgument(field, "key %s: labels total more than the maximum of %d bytes", shortQuote(k), MaxLabelsTotalSize)
-		}
-	}
-	return nil
+func validateLabels(field string, m map[string]string) error {
+	return labels.Validate(field, m)
 }
 
 // validateExtensions checks extension names like label keys and the total

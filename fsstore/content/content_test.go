@@ -905,3 +905,45 @@ func TestWriterRemovesIngestOfCommittedContent(t *testing.T) {
 		t.Fatalf("the open writer after the other Writer call: %v", err)
 	}
 }
+
+// TestResumeWithoutExpectedAfterBlobCommittedElsewhere: an ingest started
+// with an expected digest, resumed by a Writer that does not repeat it, after
+// the same content was committed under another ref: Writer fails with an
+// *ExistsError naming the digest the ingest stored, since the caller does not
+// know it and needs it to reference the blob, and the ingest is gone.
+func TestResumeWithoutExpectedAfterBlobCommittedElsewhere(t *testing.T) {
+	s := newStore(t)
+	ctx := context.Background()
+	data := []byte("content the ingest expected")
+	d := digest.FromBytes(data)
+	w, err := s.Writer(ctx, "resume", WriterOpts{Expected: d})
+	must(t, err)
+	if _, err := w.Write(data[:5]); err != nil {
+		t.Fatal(err)
+	}
+	must(t, w.Close())
+	writeBlob(t, s, "other", data)
+
+	_, err = s.Writer(ctx, "resume", WriterOpts{})
+	var exists *ExistsError
+	if !errors.As(err, &exists) || exists.Digest != d || !errors.Is(err, errdefs.ErrAlreadyExists) ||
+		err.Error() != "content "+d.String()+": already exists" {
+		t.Fatalf("Writer resuming without expected: %v, want an *ExistsError for %s", err, d)
+	}
+	if _, err := s.Status(ctx, "resume"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("the ingest of committed content is still there: %v", err)
+	}
+	// The other ways to find the blob there name it the same way.
+	_, err = s.Writer(ctx, "again", WriterOpts{Expected: d})
+	if !errors.As(err, &exists) || exists.Digest != d {
+		t.Fatalf("Writer with expected: %v, want an *ExistsError for %s", err, d)
+	}
+	w, err = s.Writer(ctx, "no-expectation", WriterOpts{})
+	must(t, err)
+	if _, err := w.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(ctx, 0, ""); !errors.As(err, &exists) || exists.Digest != d {
+		t.Fatalf("Commit: %v, want an *ExistsError for %s", err, d)
+	}
+}

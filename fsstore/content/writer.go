@@ -26,13 +26,29 @@ import (
 // WriterOpts are the optional expectations of a new ingest.
 type WriterOpts struct {
 	// Expected is the digest the content must have. When set and the blob
-	// already exists, Writer fails with ErrAlreadyExists (nothing to write),
+	// already exists, Writer fails with an *ExistsError (nothing to write),
 	// and Commit refuses any other digest.
 	Expected digest.Digest
 	// Total is the expected size in bytes, 0 when unknown. Writes past it
 	// and a Commit at any other size are refused.
 	Total int64
 }
+
+// ExistsError is the error of Writer and Commit when the blob an ingest
+// would become is already in the store. It names the blob because the caller
+// may not know it: a Writer resuming an ingest without repeating the
+// expected digest the ingest was started with learns it only here, and
+// needs it to reference the blob. It wraps errdefs.ErrAlreadyExists.
+type ExistsError struct {
+	Digest digest.Digest
+}
+
+func (e *ExistsError) Error() string {
+	return "content " + e.Digest.String() + ": " + errdefs.ErrAlreadyExists.Error()
+}
+
+// Unwrap makes errors.Is(err, errdefs.ErrAlreadyExists) hold.
+func (e *ExistsError) Unwrap() error { return errdefs.ErrAlreadyExists }
 
 // Writer writes one blob through the ingest area. Writes are not fsynced; the
 // data is fsynced once on Commit. A Writer is not safe for concurrent use.
@@ -71,7 +87,7 @@ func (s *Store) Writer(ctx context.Context, ref string, opts WriterOpts) (*Write
 		}
 		if _, err := os.Lstat(s.blobPath(opts.Expected)); err == nil {
 			s.dropDone(ctx, ref, opts.Expected)
-			return nil, fmt.Errorf("content %s: %w", opts.Expected, errdefs.ErrAlreadyExists)
+			return nil, &ExistsError{Digest: opts.Expected}
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -180,7 +196,7 @@ func (s *Store) openWriter(ctx context.Context, ref string, opts WriterOpts) (*W
 			// removal from finishing (see Commit).
 			os.RemoveAll(dir)
 			f.Close()
-			return nil, fmt.Errorf("content %s: %w", w.expected, errdefs.ErrAlreadyExists)
+			return nil, &ExistsError{Digest: w.expected}
 		}
 	}
 	if !sameFile(f, filepath.Join(dir, fileData)) {
@@ -413,7 +429,7 @@ func (w *Writer) Truncate(size int64) error {
 // mismatch nothing becomes visible, the error (ErrFailedPrecondition) names
 // the expected and the actual value, and the writer stays open so that the
 // caller can Truncate and rewrite, or Close and Abort. When the blob already
-// exists Commit returns ErrAlreadyExists and removes the ingest. After any
+// exists Commit returns an *ExistsError and removes the ingest. After any
 // other outcome the writer is closed.
 func (w *Writer) Commit(ctx context.Context, size int64, expected digest.Digest) error {
 	if err := w.checkOpen(); err != nil {
@@ -457,9 +473,9 @@ func (w *Writer) Commit(ctx context.Context, size int64, expected digest.Digest)
 	err := renameNoReplace(filepath.Join(w.dir, fileData), target)
 	if errors.Is(err, fs.ErrExist) {
 		if rerr := os.RemoveAll(w.dir); rerr != nil {
-			return fmt.Errorf("content %s: %w (removing ingest: %v)", actual, errdefs.ErrAlreadyExists, rerr)
+			return fmt.Errorf("%w (removing ingest: %v)", &ExistsError{Digest: actual}, rerr)
 		}
-		return fmt.Errorf("content %s: %w", actual, errdefs.ErrAlreadyExists)
+		return &ExistsError{Digest: actual}
 	}
 	if err != nil {
 		return fmt.Errorf("ingest %q: commit: %w", truncate(w.ref), err)

@@ -27,6 +27,7 @@ import (
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
+	"github.com/edged/edged/edged/metadata/labels"
 	"github.com/edged/edged/fsstore/snapshots/mount"
 )
 
@@ -104,8 +105,10 @@ const (
 const (
 	// MaxKeyLength is the longest snapshot key or name, in bytes.
 	MaxKeyLength = 1024
-	// MaxLabelSize is the largest label, key plus value, in bytes.
-	MaxLabelSize = 4096
+	// MaxLabelSize is the largest label, key plus value, in bytes. The
+	// other label limits (count, key size, total size) are package labels'
+	// too: snapshots follow the rule of every object's labels.
+	MaxLabelSize = labels.MaxSize
 )
 
 // MaxDepth is the longest parent chain an overlay snapshot can be mounted
@@ -144,7 +147,9 @@ type Snapshotter interface {
 	Stat(ctx context.Context, ns, key string) (Info, error)
 	// Update changes labels of a snapshot: fieldpaths "labels" (or none)
 	// replace them all, "labels.<key>" sets or (if absent from info)
-	// deletes one. Other fields cannot be changed.
+	// deletes one. Other fields cannot be changed. The label set it
+	// produces must be within the limits of package labels, as the labels
+	// given to Prepare, View and Commit must (ErrInvalidArgument).
 	Update(ctx context.Context, ns string, info Info, fieldpaths ...string) (Info, error)
 	// Walk calls fn for each snapshot of the namespace matching any of the
 	// filters (see ParseFilter); no filters means all.
@@ -179,17 +184,25 @@ func validateNamespace(ns string) error {
 	return identifiers.Validate("namespace", ns)
 }
 
-func validateLabels(labels map[string]string) error {
-	for k, v := range labels {
+// validateLabels checks a snapshot's whole label set: the limits of every
+// object's labels (package labels, as the metadata database applies them),
+// and text SQLite can store as it is.
+func validateLabels(m map[string]string) error {
+	if err := labels.Validate("labels", m); err != nil {
+		return err
+	}
+	return validateLabelText(m)
+}
+
+// validateLabelText checks that keys and values are valid UTF-8 without NUL
+// bytes.
+func validateLabelText(m map[string]string) error {
+	for k, v := range m {
 		switch {
-		case k == "":
-			return errdefs.InvalidArgument("label", "key must not be empty")
-		case len(k)+len(v) > MaxLabelSize:
-			return errdefs.InvalidArgument("label", "%q: key and value are %d bytes, more than the maximum of %d", short(k), len(k)+len(v), MaxLabelSize)
 		case strings.IndexByte(k, 0) >= 0 || strings.IndexByte(v, 0) >= 0:
-			return errdefs.InvalidArgument("label", "%q contains a NUL byte", short(k))
+			return errdefs.InvalidArgument("labels", "%q contains a NUL byte", short(k))
 		case !utf8.ValidString(k) || !utf8.ValidString(v):
-			return errdefs.InvalidArgument("label", "%q is not valid UTF-8", short(k))
+			return errdefs.InvalidArgument("labels", "%q is not valid UTF-8", short(k))
 		}
 	}
 	return nil

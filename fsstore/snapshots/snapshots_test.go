@@ -376,7 +376,7 @@ func TestErrors(t *testing.T) {
 		wantErr(t, err, errdefs.ErrInvalidArgument, "namespace")
 	}
 	_, err = s.Prepare(ctx, ns, "lbl", "", map[string]string{"": "v"})
-	wantErr(t, err, errdefs.ErrInvalidArgument, "label", "key must not be empty")
+	wantErr(t, err, errdefs.ErrInvalidArgument, "labels", `key "" is 0 bytes, must be 1 to 256`)
 	_, err = s.Prepare(ctx, ns, "lbl", "", map[string]string{"k": strings.Repeat("v", MaxLabelSize)})
 	wantErr(t, err, errdefs.ErrInvalidArgument, "more than the maximum of 4096")
 	_, err = s.Update(ctx, ns, Info{Name: "active"}, "parent")

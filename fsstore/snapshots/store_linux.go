@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -680,7 +681,9 @@ func (s *snapshotter) Update(ctx context.Context, ns string, info Info, fieldpat
 	if err := validateKey("name", info.Name); err != nil {
 		return Info{}, err
 	}
-	if err := validateLabels(info.Labels); err != nil {
+	// Only the text is checked here: the limits apply to the label set
+	// the update produces, known inside the transaction.
+	if err := validateLabelText(info.Labels); err != nil {
 		return Info{}, err
 	}
 	if len(fieldpaths) == 0 {
@@ -700,23 +703,32 @@ func (s *snapshotter) Update(ctx context.Context, ns string, info Info, fieldpat
 	if err != nil {
 		return Info{}, err
 	}
+	// Merge, then check the result: checking only the labels of the
+	// request would let "labels.<key>" updates grow the set without end.
+	merged, err := s.labels(ctx, tx, r.id)
+	if err != nil {
+		return Info{}, err
+	}
 	for _, fp := range fieldpaths {
 		if fp == "labels" {
-			if err := setLabels(ctx, tx, r.id, info.Labels); err != nil {
-				return Info{}, err
-			}
+			merged = maps.Clone(info.Labels)
 			continue
 		}
 		k := strings.TrimPrefix(fp, "labels.")
 		if v, ok := info.Labels[k]; ok {
-			_, err = tx.ExecContext(ctx, `INSERT INTO snapshot_labels(snapshot_id, key, value) VALUES (?, ?, ?)
-				ON CONFLICT(snapshot_id, key) DO UPDATE SET value = excluded.value`, r.id, k, v)
+			if merged == nil {
+				merged = make(map[string]string)
+			}
+			merged[k] = v
 		} else {
-			_, err = tx.ExecContext(ctx, `DELETE FROM snapshot_labels WHERE snapshot_id = ? AND key = ?`, r.id, k)
+			delete(merged, k)
 		}
-		if err != nil {
-			return Info{}, fmt.Errorf("snapshot %q: labels: %w", short(info.Name), err)
-		}
+	}
+	if err := validateLabels(merged); err != nil {
+		return Info{}, err
+	}
+	if err := setLabels(ctx, tx, r.id, merged); err != nil {
+		return Info{}, fmt.Errorf("snapshot %q: %w", short(info.Name), err)
 	}
 	now := time.Now().UnixNano()
 	if _, err := tx.ExecContext(ctx, `UPDATE snapshots SET updated = ? WHERE id = ?`, now, r.id); err != nil {

@@ -7,6 +7,7 @@ package content
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -374,17 +375,21 @@ func (s *service) write(ctx context.Context, stream api.Content_WriteServer) (*a
 	}
 	labels := m.Labels
 	w, err := s.cs.Writer(ctx, ref, content.WriterOpts{Expected: expected, Total: m.Total})
-	if errdefs.IsAlreadyExists(err) {
+	if exists, ok := errors.AsType[*content.ExistsError](err); ok {
 		// The blob is in the store (maybe from another namespace): only
-		// the reference is new; no byte is written.
-		if err := s.addRef(ctx, ns, expected, labels); err != nil {
+		// the reference is new; no byte is written. The digest is the
+		// store's: a write resuming an ingest need not repeat the expected
+		// digest the ingest was started with, and the store removed the
+		// ingest, so this is the only time the write can be completed.
+		d := exists.Digest
+		if err := s.addRef(ctx, ns, d, labels); err != nil {
 			return nil, err
 		}
-		info, err := s.cs.Info(ctx, expected)
+		info, err := s.cs.Info(ctx, d)
 		if err != nil {
 			return nil, err
 		}
-		return &api.WriteContentResponse{Digest: expected.String(), Offset: info.Size, Total: info.Size, Committed: true}, nil
+		return &api.WriteContentResponse{Digest: d.String(), Offset: info.Size, Total: info.Size, Committed: true}, nil
 	}
 	if err != nil {
 		return nil, err

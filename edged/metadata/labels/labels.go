@@ -1,0 +1,62 @@
+// Package labels holds the limits on the labels of one object (a container,
+// an image, a content reference, a namespace, a lease, a snapshot) and the
+// one check of them. It is its own package, importing only errdefs, so that
+// the metadata database and the snapshotter in fsstore, which keeps its
+// labels in tables of its own, enforce the same rule.
+package labels
+
+import (
+	"slices"
+	"strconv"
+
+	"github.com/edged/edged/edged/errdefs"
+)
+
+// Limits on the labels of one object.
+const (
+	MaxKeySize   = 256      // bytes of one label key
+	MaxSize      = 4096     // bytes of one key plus its value
+	MaxCount     = 256      // labels per object
+	MaxTotalSize = 64 << 10 // bytes of all keys and values of one object
+)
+
+// Validate checks the limits; field names the map ("labels",
+// "target.annotations") in the error, an errdefs.ErrInvalidArgument that
+// also names the offending key and the limit.
+func Validate(field string, m map[string]string) error {
+	if len(m) == 0 {
+		return nil
+	}
+	if len(m) > MaxCount {
+		return errdefs.InvalidArgument(field, "%d labels is more than the maximum of %d", len(m), MaxCount)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // deterministic error messages
+	total := 0
+	for _, k := range keys {
+		v := m[k]
+		if len(k) == 0 || len(k) > MaxKeySize {
+			return errdefs.InvalidArgument(field, "key %s is %d bytes, must be 1 to %d", shortQuote(k), len(k), MaxKeySize)
+		}
+		if len(k)+len(v) > MaxSize {
+			return errdefs.InvalidArgument(field, "key %s: key and value are %d bytes, more than the maximum of %d", shortQuote(k), len(k)+len(v), MaxSize)
+		}
+		total += len(k) + len(v)
+		if total > MaxTotalSize {
+			return errdefs.InvalidArgument(field, "key %s: labels total more than the maximum of %d bytes", shortQuote(k), MaxTotalSize)
+		}
+	}
+	return nil
+}
+
+// shortQuote quotes s for an error message, cut to 64 bytes.
+func shortQuote(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(s[:max]) + "..."
+}
