@@ -126,8 +126,14 @@ type process struct {
 	startMu sync.Mutex
 
 	// guarded by Service.mu
-	pid        int
-	started    bool
+	pid     int
+	started bool
+	// reaped is set, with exitStatus and exitedAt, as soon as the reaper
+	// has collected the process: its pid is free from then on and may
+	// belong to another process, so nothing may signal it any more. The
+	// exit is complete (output copied, TaskExit published) once exited
+	// is closed, up to 2 s later.
+	reaped     bool
 	exited     chan struct{} // closed after the exit is recorded and published
 	exitStatus int
 	exitedAt   time.Time
@@ -140,12 +146,31 @@ func (p *process) id() string {
 	return p.execID
 }
 
-func (p *process) hasExited() bool {
-	select {
-	case <-p.exited:
-		return true
-	default:
-		return false
+// Per-exec files in the bundle. Each kind has a prefix or suffix of its own
+// that no other file of the bundle shares ("exec-"…".pid", "exec-spec-",
+// "exec-log-"), so an exec ID cannot name the file of another exec (IDs X
+// and X-log once shared one) or of the container or shim (init.pid,
+// shim.pid, log.json).
+func (p *process) pidFile() string {
+	if p.execID == "" {
+		return filepath.Join(p.c.bundle, "init.pid")
+	}
+	return filepath.Join(p.c.bundle, "exec-"+p.execID+".pid")
+}
+
+func (p *process) specFile() string {
+	return filepath.Join(p.c.bundle, "exec-spec-"+p.execID+".json")
+}
+
+func (p *process) runcLogFile() string {
+	return filepath.Join(p.c.bundle, "exec-log-"+p.execID+".json")
+}
+
+// removeExecFiles removes the files an exec left in the bundle: they would
+// otherwise pile up there for as long as the container lives.
+func (p *process) removeExecFiles() {
+	for _, f := range []string{p.pidFile(), p.specFile(), p.runcLogFile()} {
+		_ = os.Remove(f)
 	}
 }
 
@@ -246,8 +271,16 @@ func (s *Service) handleExit(e reaper.Exit) {
 		return
 	}
 	delete(s.byPid, e.Pid)
+	p.markReaped(e)
 	s.mu.Unlock()
 	go s.finishExit(p, e)
+}
+
+// markReaped records that p's exit was collected (s.mu held): its pid must
+// not be signalled from now on, although its output may still be copied.
+func (p *process) markReaped(e reaper.Exit) {
+	p.reaped = true
+	p.exitStatus, p.exitedAt = e.Status, e.At
 }
 
 // setPid records the pid of a started process; an exit already reaped for it
@@ -258,6 +291,7 @@ func (s *Service) setPid(p *process, pid int) {
 	for i, e := range s.early {
 		if e.Pid == pid {
 			s.early = append(s.early[:i], s.early[i+1:]...)
+			p.markReaped(e)
 			s.mu.Unlock()
 			go s.finishExit(p, e)
 			return
@@ -307,9 +341,6 @@ func (s *Service) finishExit(p *process, e reaper.Exit) {
 	}
 	p.startMu.Lock() // a Start in progress publishes its event first
 	defer p.startMu.Unlock()
-	s.mu.Lock()
-	p.exitStatus, p.exitedAt = e.Status, e.At
-	s.mu.Unlock()
 	s.publish(TopicExit, &eventtypes.TaskExit{
 		ContainerId: p.c.id,
 		Id:          p.id(),
@@ -591,10 +622,7 @@ func (s *Service) startProcess(ctx context.Context, p *process, run func([3]*os.
 		}
 		defer console.Close()
 	}
-	pidFile := filepath.Join(p.c.bundle, "init.pid")
-	if p.execID != "" {
-		pidFile = filepath.Join(p.c.bundle, p.execID+".pid")
-	}
+	pidFile := p.pidFile()
 	_ = os.Remove(pidFile)
 	consolePath := ""
 	if console != nil {
@@ -639,7 +667,7 @@ func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskap
 	defer p.startMu.Unlock()
 	defer s.trimSoon()
 	s.mu.Lock()
-	started, initExited := p.started, c.init.hasExited()
+	started, initExited := p.started, c.init.reaped
 	if !started {
 		p.started = true // claimed; reset on failure
 	}
@@ -663,7 +691,7 @@ func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskap
 		s.publish(TopicStart, &eventtypes.TaskStart{ContainerId: c.id, Pid: uint32(p.pid)})
 		return &taskapi.StartResponse{Pid: uint32(p.pid)}, nil
 	}
-	specFile := filepath.Join(c.bundle, "exec-"+p.execID+".json")
+	specFile := p.specFile()
 	if err := atomicfile.WriteFile(specFile, p.spec, 0o600); err != nil {
 		return fail(fmt.Errorf("exec spec: %w", err))
 	}
@@ -672,13 +700,15 @@ func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskap
 		return c.runc.Exec(ctx, c.id, specFile, runc.ExecOpts{
 			PidFile:       pidFile,
 			ConsoleSocket: console,
-			LogFile:       filepath.Join(c.bundle, "exec-"+p.execID+"-log.json"),
+			LogFile:       p.runcLogFile(),
 			Stdio:         files,
 		})
 	}, nil, nil); err != nil {
 		if p.io != nil {
 			p.io.Close()
 		}
+		// runc's error was read from its log already.
+		p.removeExecFiles()
 		return fail(err)
 	}
 	s.mu.Lock()
@@ -696,7 +726,7 @@ func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*task
 		return nil, toStatus(err)
 	}
 	s.mu.Lock()
-	running := p.started && !p.hasExited()
+	running := p.started && !p.reaped
 	if req.ExecId == "" && c.deleting {
 		s.mu.Unlock()
 		return nil, toStatus(fmt.Errorf("container %q is being deleted: %w", c.id, errdefs.ErrFailedPrecondition))
@@ -706,15 +736,33 @@ func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*task
 		return nil, toStatus(fmt.Errorf("process %q of container %q is running; kill it first: %w", p.id(), c.id, errdefs.ErrFailedPrecondition))
 	}
 	if req.ExecId != "" {
+		started := p.started
+		s.mu.Unlock()
+		if started {
+			// Reaped: its output is being copied and its TaskExit is
+			// not published yet; Delete answers after both, as Wait.
+			select {
+			case <-p.exited:
+			case <-ctx.Done():
+				return nil, toStatus(fmt.Errorf("exec %q of container %q: wait for its exit: %w", p.execID, c.id, ctx.Err()))
+			}
+		}
+		s.mu.Lock()
+		if c.execs[req.ExecId] != p {
+			s.mu.Unlock()
+			return nil, toStatus(fmt.Errorf("exec %q of container %q: %w", req.ExecId, c.id, errdefs.ErrNotFound))
+		}
 		delete(c.execs, req.ExecId)
+		resp := &taskapi.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.exitStatus), ExitedAt: timestamp(p.exitedAt)}
 		s.mu.Unlock()
 		if p.io != nil {
 			p.io.Close()
 		}
-		return &taskapi.DeleteResponse{Pid: uint32(p.pid), ExitStatus: uint32(p.exitStatus), ExitedAt: timestamp(p.exitedAt)}, nil
+		p.removeExecFiles()
+		return resp, nil
 	}
 	c.deleting = true
-	exited := p.hasExited()
+	exited := p.reaped
 	s.mu.Unlock()
 	defer s.trimSoon()
 	if exited {
@@ -729,12 +777,16 @@ func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*task
 		return nil, toStatus(err)
 	}
 	// A created, never started init is killed by delete --force; its exit
-	// (and output) follow shortly.
+	// (and output) follow shortly. Not waited for past the caller's
+	// deadline: the container is gone from runc, so the shim forgets it
+	// too rather than fail a Delete that could not be retried.
 	t := time.NewTimer(10 * time.Second)
 	select {
 	case <-p.exited:
 	case <-t.C:
 		s.cfg.Log.Warn("init exit not seen after delete", "id", c.id, "pid", p.pid)
+	case <-ctx.Done():
+		s.cfg.Log.Warn("init exit not seen before the delete's deadline", "id", c.id, "pid", p.pid, "error", ctx.Err())
 	}
 	t.Stop()
 	if p.io != nil {
@@ -747,9 +799,15 @@ func (s *Service) Delete(ctx context.Context, req *taskapi.DeleteRequest) (*task
 	}
 	s.mu.Lock()
 	delete(s.containers, c.id)
-	delete(s.byPid, p.pid)
+	// A pid of this container may already be another container's: its
+	// entry is removed only if it is still this container's process.
+	if s.byPid[p.pid] == p {
+		delete(s.byPid, p.pid)
+	}
 	for _, e := range c.execs {
-		delete(s.byPid, e.pid)
+		if s.byPid[e.pid] == e {
+			delete(s.byPid, e.pid)
+		}
 		if e.io != nil {
 			e.io.Close()
 		}
@@ -773,7 +831,9 @@ func (s *Service) State(ctx context.Context, req *taskapi.StateRequest) (*taskap
 		Id: c.id, ExecId: p.execID, Bundle: c.bundle, Pid: uint32(p.pid),
 		Stdin: p.stdin, Stdout: p.stdout, Stderr: p.stderr, Terminal: p.terminal,
 	}
-	exited, started, paused := p.hasExited(), p.started, c.paused
+	// A reaped process is STOPPED even while its output is still copied:
+	// its pid is gone.
+	exited, started, paused := p.reaped, p.started, c.paused
 	if exited {
 		resp.ExitStatus, resp.ExitedAt = uint32(p.exitStatus), timestamp(p.exitedAt)
 	}
@@ -868,24 +928,37 @@ func (s *Service) Kill(ctx context.Context, req *taskapi.KillRequest) (*types.Em
 	if req.Signal == 0 || req.Signal > 64 {
 		return nil, toStatus(errdefs.InvalidArgument("signal", "%d is not a signal number", req.Signal))
 	}
-	s.mu.Lock()
-	exited, pid, started := p.hasExited(), p.pid, p.started
-	s.mu.Unlock()
-	if exited && !(req.All && req.ExecId == "") {
-		return nil, toStatus(fmt.Errorf("process %q of container %q already finished: %w", p.id(), c.id, errdefs.ErrNotFound))
+	finished := func() error {
+		return fmt.Errorf("process %q of container %q already finished: %w", p.id(), c.id, errdefs.ErrNotFound)
 	}
 	if req.ExecId != "" {
-		if !started || pid == 0 {
+		// Signalled under s.mu: once the exec is reaped (handleExit marks
+		// it under s.mu) its pid is free and may be another process's.
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		switch {
+		case p.reaped:
+			return nil, toStatus(finished())
+		case !p.started || p.pid == 0:
 			return nil, toStatus(fmt.Errorf("exec %q of container %q is not started: %w", p.execID, c.id, errdefs.ErrFailedPrecondition))
 		}
-		if err := killPid(pid, int(req.Signal)); err != nil {
+		if err := killPid(p.pid, int(req.Signal)); err != nil {
 			return nil, toStatus(err)
 		}
 		return &types.Empty{}, nil
 	}
+	s.mu.Lock()
+	reaped := p.reaped
+	s.mu.Unlock()
+	if reaped && !req.All {
+		return nil, toStatus(finished())
+	}
 	if err := c.runc.Kill(ctx, c.id, int(req.Signal), req.All); err != nil {
-		if p.hasExited() {
-			return nil, toStatus(fmt.Errorf("process %q of container %q already finished: %w", p.id(), c.id, errdefs.ErrNotFound))
+		s.mu.Lock()
+		reaped = p.reaped
+		s.mu.Unlock()
+		if reaped {
+			return nil, toStatus(finished())
 		}
 		return nil, toStatus(err)
 	}
@@ -933,7 +1006,7 @@ func (s *Service) exec(req *taskapi.ExecProcessRequest) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c.init.hasExited() || c.deleting {
+	if c.init.reaped || c.deleting {
 		return fmt.Errorf("container %q is not running: %w", c.id, errdefs.ErrFailedPrecondition)
 	}
 	if _, ok := c.execs[req.ExecId]; ok {

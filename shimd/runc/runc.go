@@ -146,7 +146,9 @@ func (r *Runc) run(ctx context.Context, stdin []byte, args ...string) ([]byte, e
 		closeAfterStart = append(closeAfterStart, in)
 	}
 	argv := append([]string{bin}, r.args("", args...)...)
-	_, exitc, err := r.Starter.Start(bin, argv, &os.ProcAttr{Files: []*os.File{in, outW, errW}})
+	// A process group of its own, so that a runc (and whatever it started:
+	// hooks) outliving the caller's deadline can be killed as a whole.
+	pid, exitc, err := r.Starter.Start(bin, argv, &os.ProcAttr{Files: []*os.File{in, outW, errW}, Sys: &syscall.SysProcAttr{Setpgid: true}})
 	for _, f := range closeAfterStart {
 		f.Close()
 	}
@@ -157,6 +159,15 @@ func (r *Runc) run(ctx context.Context, stdin []byte, args ...string) ([]byte, e
 		}
 		return nil, fmt.Errorf("%s %s: %w", bin, args[0], err)
 	}
+	// A runc that hangs (a frozen cgroup, a stuck hook, a slow disk) must
+	// not go on after the caller gave up: a pause or kill carried out
+	// later would surprise it. Killed when ctx ends, as containerd's
+	// go-runc does. No goroutine waits for that (context.AfterFunc).
+	stopKill := context.AfterFunc(ctx, func() {
+		if pid > 0 { // -0 would be the shim's own group
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	})
 	if inW != nil {
 		go func() {
 			_, _ = inW.Write(stdin)
@@ -168,6 +179,11 @@ func (r *Runc) run(ctx context.Context, stdin []byte, args ...string) ([]byte, e
 	out := readBounded(outR)
 	errOut := <-errc
 	e := <-exitc
+	if !stopKill() {
+		// Killed (or the kill raced with the exit): the caller's deadline
+		// is what failed.
+		return out, fmt.Errorf("%s %s: %w", bin, args[0], ctx.Err())
+	}
 	if e.Status != 0 {
 		msg := strings.TrimSpace(string(errOut))
 		if msg == "" {

@@ -19,13 +19,22 @@ const (
 // and so on) and a new file is started. At most MaxFiles files are kept, the
 // active one included. Writes are split at a line boundary when possible, so
 // no file ever exceeds MaxSize.
+//
+// A failed write (a full or failing filesystem) loses only what it could
+// not write: the next Write tries again, reopening the file or redoing a
+// rotation that failed, so logging resumes once the filesystem recovers.
 type RotatingFile struct {
 	mu       sync.Mutex
 	path     string
 	maxSize  int64
 	maxFiles int
-	f        *os.File
+	f        *os.File // nil after a failed rotation or reopen, or Close
 	size     int64
+	// rotating is set while a rotation's renames are not all done: the
+	// next Write redoes them before opening a new file.
+	rotating bool
+	closed   bool
+	dropped  int64 // bytes Write could not write
 }
 
 // OpenRotatingFile opens (appends to) the log at path. maxSize <= 0 and
@@ -58,12 +67,40 @@ func (l *RotatingFile) open() error {
 	return nil
 }
 
-// Write appends p, rotating as needed.
+// Write appends p, rotating as needed. On error, what was not written is
+// dropped (and counted, see Dropped); later writes go on.
 func (l *RotatingFile) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f == nil {
+	if l.closed {
 		return 0, os.ErrClosed
+	}
+	n, err := l.write(p)
+	if err != nil {
+		l.dropped += int64(len(p) - n)
+	}
+	return n, err
+}
+
+// Dropped returns how many bytes failed writes dropped.
+func (l *RotatingFile) Dropped() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.dropped
+}
+
+func (l *RotatingFile) write(p []byte) (int, error) {
+	if l.f == nil {
+		// An earlier rotation or reopen failed: try again.
+		var err error
+		if l.rotating {
+			err = l.rotate()
+		} else {
+			err = l.open()
+		}
+		if err != nil {
+			return 0, err
+		}
 	}
 	written := 0
 	for len(p) > 0 {
@@ -98,10 +135,15 @@ func (l *RotatingFile) Write(p []byte) (int, error) {
 }
 
 func (l *RotatingFile) rotate() error {
-	if err := l.f.Close(); err != nil {
-		return fmt.Errorf("close log: %w", err)
+	l.rotating = true
+	if l.f != nil {
+		// Released even on error (close(2) frees the fd regardless).
+		err := l.f.Close()
+		l.f = nil
+		if err != nil {
+			return fmt.Errorf("close log: %w", err)
+		}
 	}
-	l.f = nil
 	name := func(i int) string {
 		if i == 0 {
 			return l.path
@@ -113,11 +155,14 @@ func (l *RotatingFile) rotate() error {
 			return fmt.Errorf("rotate log: %w", err)
 		}
 	}
+	// Redone from the start after a failure: a rename that was done left
+	// its source missing, which is skipped.
 	for i := l.maxFiles - 1; i >= 1; i-- {
 		if err := os.Rename(name(i-1), name(i)); err != nil && !os.IsNotExist(err) {
 			return fmt.Errorf("rotate log: %w", err)
 		}
 	}
+	l.rotating = false
 	return l.open()
 }
 
@@ -125,6 +170,7 @@ func (l *RotatingFile) rotate() error {
 func (l *RotatingFile) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.closed = true
 	if l.f == nil {
 		return nil
 	}

@@ -72,3 +72,46 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// A rotation that fails (here: a directory where path.1 goes) must not end
+// logging: later writes redo it and go on once it can be done.
+func TestRotatingFileRetriesFailedRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	l, err := OpenRotatingFile(path, 100, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	line := strings.Repeat("x", 59) + "\n" // 60 bytes: every second write rotates
+	if _, err := l.Write([]byte(line)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(path+".1", "busy"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Write([]byte(line)); err == nil {
+		t.Fatal("rotation onto a directory succeeded")
+	}
+	if _, err := l.Write([]byte(line)); err == nil {
+		t.Fatal("rotation onto a directory succeeded")
+	}
+	if got := l.Dropped(); got != 120 {
+		t.Fatalf("dropped %d bytes, want 120", got)
+	}
+	if err := os.RemoveAll(path + ".1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Write([]byte("after\n")); err != nil {
+		t.Fatalf("write once the rotation can be done: %v", err)
+	}
+	if cur, _ := os.ReadFile(path); string(cur) != "after\n" {
+		t.Fatalf("active file %q, want the write after the recovery", cur)
+	}
+	if old, _ := os.ReadFile(path + ".1"); string(old) != line {
+		t.Fatalf("rotated file %q, want the first line", old)
+	}
+	l.Close()
+	if _, err := l.Write([]byte("x\n")); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("write after Close: %v, want ErrClosed", err)
+	}
+}

@@ -272,9 +272,12 @@ func (p *IO) ChildStarted() {
 	p.child = [3]*os.File{}
 }
 
-// copy streams r to w until r ends. After a write error the rest is
-// discarded so that the container never blocks on a vanished reader.
+// copy streams r to w until r ends. After a write error to a fifo the rest
+// is discarded so that the container never blocks on a vanished reader. A
+// log file only loses the chunk that failed: a full filesystem recovers,
+// and the container's later output must be logged again when it does.
 func (p *IO) copy(w io.Writer, r io.Reader) {
+	logFile, _ := w.(*RotatingFile)
 	var small [smallBuffer]byte
 	var big *[BufferSize]byte
 	defer func() {
@@ -289,10 +292,20 @@ func (p *IO) copy(w io.Writer, r io.Reader) {
 			buf = big[:]
 		}
 		n, err := r.Read(buf)
-		if n > 0 && !werr {
-			if _, err := w.Write(buf[:n]); err != nil {
+		if n > 0 && (!werr || logFile != nil) {
+			_, err := w.Write(buf[:n])
+			switch {
+			case err != nil && logFile != nil:
+				if !werr { // once per run of failures
+					p.log.Warn("log write failed, dropping output until writes succeed again", "error", err)
+				}
+				werr = true
+			case err != nil:
 				werr = true
 				p.log.Warn("stdio write failed, discarding output", "error", err)
+			case werr: // a log file recovered
+				werr = false
+				p.log.Info("log writes resumed", "dropped_bytes_total", logFile.Dropped())
 			}
 		}
 		switch {
