@@ -174,6 +174,10 @@ func (r *Resolver) fetchToken(ctx context.Context, ep *endpoint, c challenge, sc
 	if err != nil || (realm.Scheme != "https" && realm.Scheme != "http") || realm.Host == "" {
 		return "", 0, fmt.Errorf("registry %s: bad token realm %q: %w", ep.host, c.realm, errdefs.ErrUnavailable)
 	}
+	// As in send: the request's own context lets the watchdog end a stalled
+	// token response without ending the caller's context.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	scopes := []string{scope}
 	if c.scope != "" && c.scope != scope {
 		scopes = append(scopes, c.scope)
@@ -187,7 +191,7 @@ func (r *Resolver) fetchToken(ctx context.Context, ep *endpoint, c challenge, sc
 			"client_id":     {"edged"},
 			"scope":         {strings.Join(scopes, " ")},
 		}
-		req, err = http.NewRequestWithContext(ctx, http.MethodPost, realm.String(), strings.NewReader(form.Encode()))
+		req, err = http.NewRequestWithContext(rctx, http.MethodPost, realm.String(), strings.NewReader(form.Encode()))
 		if err != nil {
 			return "", 0, err
 		}
@@ -201,7 +205,7 @@ func (r *Resolver) fetchToken(ctx context.Context, ep *endpoint, c challenge, sc
 			q.Add("scope", s)
 		}
 		realm.RawQuery = q.Encode()
-		req, err = http.NewRequestWithContext(ctx, http.MethodGet, realm.String(), nil)
+		req, err = http.NewRequestWithContext(rctx, http.MethodGet, realm.String(), nil)
 		if err != nil {
 			return "", 0, err
 		}
@@ -212,11 +216,21 @@ func (r *Resolver) fetchToken(ctx context.Context, ep *endpoint, c challenge, sc
 	req.Header.Set("User-Agent", r.userAgent)
 	resp, err := ep.client.Do(req)
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return "", 0, cerr
+		}
+		if rerr := refusedRedirect(err); rerr != nil {
+			return "", 0, fmt.Errorf("registry %s: token endpoint %s: %w", ep.host, realm.Host, rerr)
+		}
 		return "", 0, fmt.Errorf("registry %s: token endpoint %s: %w: %w", ep.host, realm.Host, err, errdefs.ErrUnavailable)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse+1))
+	rb := watchBody(ctx, cancel, resp.Body, ep.idle)
+	defer rb.Close()
+	body, err := io.ReadAll(io.LimitReader(rb, maxTokenResponse+1))
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return "", 0, cerr
+		}
 		return "", 0, fmt.Errorf("registry %s: token endpoint %s: %w: %w", ep.host, realm.Host, err, errdefs.ErrUnavailable)
 	}
 	switch {

@@ -15,6 +15,11 @@
 // "Range: bytes=<offset>-" request from the bytes already in the ingest, and
 // so is a Pull after a restart of the process, since the ingest survives.
 // 206 continues, 200 (range ignored) restarts the blob, 416 restarts it.
+// Transfers have no overall deadline; instead every response body
+// (blobs, manifests, tokens, errors) must bring 16 KiB, or its end, in
+// each IdleTimeout (60 s by default), else the request is dropped as
+// ErrUnavailable and retried (blobs resume), so neither a dead connection
+// nor a server trickling a byte now and then can hang a pull.
 // Digests are verified before content becomes visible; wrong bytes give
 // ErrDataLoss. Push uploads the blobs the registry lacks (HEAD first,
 // monolithic PUT or PATCH chunks), then the manifests, then the root under
@@ -23,14 +28,18 @@
 // Authentication: anonymous, Basic, and Bearer tokens (realm/service/scope
 // from WWW-Authenticate, fetched with Basic credentials, an identity token
 // or anonymously, cached in memory per host and scope for their lifetime).
+// Credentials go only to the registry's own origin (scheme, host and
+// port): a redirect elsewhere, even to another port of the same host, is
+// followed without them, and a redirect or an upload location from HTTPS
+// to plain HTTP is refused (ErrFailedPrecondition).
 // Credentials come from a docker config.json ("auths" with "auth" or
 // username/password, "identitytoken"); credential helpers and stores are
 // not supported and say so. Per-registry mirrors are tried in order before
 // the origin for pulls.
 //
 // Memory: everything is streamed with one 32 KiB buffer per download;
-// manifests are capped at 4 MiB; the HTTP transport is HTTP/1.1 only with
-// at most two idle connections per host.
+// manifests are capped at 4 MiB, response headers at 1 MiB; the HTTP
+// transport is HTTP/1.1 only with at most two idle connections per host.
 //
 // # Why a small client of our own
 //

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -68,8 +67,10 @@ type PullOptions struct {
 	RetryBackoff time.Duration
 	// Concurrency bounds parallel blob downloads (default 3).
 	Concurrency int
-	// IdleTimeout: a blob download that receives nothing for this long is
-	// dropped and resumed (default DefaultIdleTimeout).
+	// IdleTimeout: a blob download that receives less than 16 KiB in this
+	// long is dropped and resumed; a manifest, token or error response is
+	// dropped (and retried) when it does not arrive whole or bring 16 KiB in
+	// this long (default DefaultIdleTimeout).
 	IdleTimeout time.Duration
 	// BeforeBlob, when set, is called with every blob (manifests, config,
 	// layers) before Pull looks for it in the store or writes it; an error
@@ -101,9 +102,8 @@ func Pull(ctx context.Context, ref string, store *content.Store, opts PullOption
 	defer s.close()
 	s.store = store
 	s.before = opts.BeforeBlob
-	s.idle = opts.IdleTimeout
-	if s.idle <= 0 {
-		s.idle = DefaultIdleTimeout
+	if opts.IdleTimeout > 0 {
+		s.setIdle(opts.IdleTimeout)
 	}
 	pm := opts.Platform
 	if pm == nil {
@@ -240,7 +240,7 @@ type session struct {
 	eps    []*endpoint
 	scope  string
 	rt     retrier
-	idle   time.Duration // pulls: stall limit of a blob download
+	idle   time.Duration // stall limit of responses (PullOptions.IdleTimeout)
 	report func(ProgressEvent)
 	pmu    sync.Mutex
 	before func(context.Context, ocispec.Descriptor) error // pulls: PullOptions.BeforeBlob
@@ -263,7 +263,17 @@ func newSession(ref string, r *Resolver, retries int, backoff time.Duration, pro
 	}
 	s.eps = s.r.endpoints(pr.Registry, pull)
 	s.scope = scopeFor(pr.Repository, !pull)
+	s.setIdle(DefaultIdleTimeout)
 	return s, nil
+}
+
+// setIdle sets the stall limit of the session's responses, which send's
+// body watchdog applies per endpoint.
+func (s *session) setIdle(d time.Duration) {
+	s.idle = d
+	for _, ep := range s.eps {
+		ep.idle = d
+	}
 }
 
 func (s *session) close() {
@@ -438,8 +448,31 @@ func (s *session) readStored(ctx context.Context, dgst digest.Digest) ([]byte, e
 }
 
 // getManifest GETs a manifest by tag or digest. When want has a digest the
-// bytes must match it.
+// bytes must match it. A body that fails to arrive (connection lost, or
+// stalled: see watchBody) is retried with backoff, as do retries failures
+// before the body; not from mirrors, which the caller skips instead.
 func (s *session) getManifest(ctx context.Context, ep *endpoint, object string, want ocispec.Descriptor) (ocispec.Descriptor, []byte, error) {
+	for n := 0; ; n++ {
+		d, data, err := s.getManifestOnce(ctx, ep, object, want)
+		var be *bodyError
+		if err == nil || !errors.As(err, &be) || ep.mirror || n+1 >= s.rt.attempts {
+			return d, data, err
+		}
+		slog.InfoContext(ctx, "remotes: manifest download interrupted, retrying", "ref", s.ref.String(), "manifest", object, "error", err)
+		if werr := s.rt.wait(ctx, n); werr != nil {
+			return d, nil, werr
+		}
+	}
+}
+
+// bodyError marks a failure to read a response body: the request itself
+// succeeded, so do did not retry it.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }
+
+func (s *session) getManifestOnce(ctx context.Context, ep *endpoint, object string, want ocispec.Descriptor) (ocispec.Descriptor, []byte, error) {
 	rq := &request{method: http.MethodGet, path: s.ref.Repository + "/manifests/" + object,
 		header: http.Header{"Accept": {acceptManifests}}, scope: s.scope}
 	resp, err := s.r.do(ctx, ep, rq, s.rt)
@@ -456,7 +489,10 @@ func (s *session) getManifest(ctx context.Context, ep *endpoint, object string, 
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxManifestSize+1))
 	if err != nil {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("registry %s: reading manifest %s: %w: %w", ep.host, what, err, errdefs.ErrUnavailable)
+		if cerr := ctx.Err(); cerr != nil {
+			return ocispec.Descriptor{}, nil, cerr
+		}
+		return ocispec.Descriptor{}, nil, &bodyError{fmt.Errorf("registry %s: reading manifest %s: %w: %w", ep.host, what, err, errdefs.ErrUnavailable)}
 	}
 	if len(data) > MaxManifestSize {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%s: manifest exceeds the limit of %d bytes: %w", what, MaxManifestSize, errdefs.ErrResourceExhausted)
@@ -486,7 +522,7 @@ func (s *session) storeBytes(ctx context.Context, desc ocispec.Descriptor, data 
 	if err := s.beforeBlob(ctx, desc); err != nil {
 		return err
 	}
-	w, err := s.openWriter(ctx, "pull-"+desc.Digest.String(), content.WriterOpts{Expected: desc.Digest, Total: int64(len(data))})
+	w, err := s.openIngest(ctx, "pull-"+desc.Digest.String(), content.WriterOpts{Expected: desc.Digest, Total: int64(len(data))})
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
 		return nil
 	}
@@ -540,6 +576,23 @@ func (s *session) openWriter(ctx context.Context, ref string, opts content.Write
 	}
 }
 
+// openIngest is openWriter, discarding an ingest of ref that was started
+// with another total: that size came from a different (wrong) manifest,
+// or an interrupted pull was told another size; the bytes written now are
+// checked against the digest anyway. Without this the stale ingest would
+// fail every pull of that blob.
+func (s *session) openIngest(ctx context.Context, ref string, opts content.WriterOpts) (*content.Writer, error) {
+	w, err := s.openWriter(ctx, ref, opts)
+	if errors.Is(err, errdefs.ErrFailedPrecondition) {
+		slog.WarnContext(ctx, "remotes: discarding inconsistent ingest", "ref", ref, "error", err)
+		if aerr := s.store.Abort(ctx, ref); aerr != nil && !errors.Is(aerr, errdefs.ErrNotFound) {
+			return nil, aerr
+		}
+		w, err = s.openWriter(ctx, ref, opts)
+	}
+	return w, err
+}
+
 func (s *session) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error {
 	if err := s.beforeBlob(ctx, desc); err != nil {
 		return err
@@ -550,16 +603,7 @@ func (s *session) fetchBlob(ctx context.Context, desc ocispec.Descriptor) error 
 	}
 	ref := "pull-" + desc.Digest.String()
 	opts := content.WriterOpts{Expected: desc.Digest, Total: desc.Size}
-	w, err := s.openWriter(ctx, ref, opts)
-	if errors.Is(err, errdefs.ErrFailedPrecondition) {
-		// An ingest of this digest started with another size: the size
-		// came from a different (wrong) manifest. Start over.
-		slog.WarnContext(ctx, "remotes: discarding inconsistent ingest", "ref", ref, "error", err)
-		if aerr := s.store.Abort(ctx, ref); aerr != nil {
-			return aerr
-		}
-		w, err = s.openWriter(ctx, ref, opts)
-	}
+	w, err := s.openIngest(ctx, ref, opts)
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
 		s.emit(desc, desc.Size, ProgressExists)
 		return nil
@@ -654,18 +698,24 @@ func (s *session) downloadOnce(ctx context.Context, ep *endpoint, w *content.Wri
 	if off > 0 {
 		rq.header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
 	}
-	// A watchdog cancels the request when no bytes arrive for s.idle: a
-	// silently dead connection must not hang the pull.
+	// A watchdog cancels the request when no answer comes for s.idle (the
+	// transport alone would wait ResponseHeaderTimeout): a silently dead
+	// connection must not hang the pull. Once the answer is there, send's
+	// body watchdog bounds the transfer.
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var stalled atomic.Bool
-	watchdog := time.AfterFunc(s.idle, func() { stalled.Store(true); cancel() })
-	defer watchdog.Stop()
+	watchdog := time.AfterFunc(s.idle, cancel)
 	resp, err := s.r.send(rctx, ep, rq)
-	if err != nil {
-		if stalled.Load() && ctx.Err() == nil {
-			return fmt.Errorf("registry %s: blob %s: no answer for %s: %w", ep.host, desc.Digest, s.idle, errdefs.ErrUnavailable)
+	if !watchdog.Stop() {
+		if err == nil {
+			resp.Body.Close()
 		}
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		return fmt.Errorf("registry %s: blob %s: no answer for %s: %w", ep.host, desc.Digest, s.idle, errdefs.ErrUnavailable)
+	}
+	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
@@ -708,7 +758,7 @@ func (s *session) downloadOnce(ctx context.Context, ep *endpoint, w *content.Wri
 	default:
 		return s.notFound(statusError(ep, rq, resp))
 	}
-	pw := &progressWriter{w: w, s: s, desc: desc, last: time.Now(), watchdog: watchdog, idle: s.idle}
+	pw := &progressWriter{w: w, s: s, desc: desc, last: time.Now()}
 	_, err = io.CopyBuffer(pw, io.LimitReader(resp.Body, desc.Size-off), buf)
 	if pw.err != nil {
 		return fmt.Errorf("blob %s: %w", desc.Digest, pw.err)
@@ -717,8 +767,9 @@ func (s *session) downloadOnce(ctx context.Context, ep *endpoint, w *content.Wri
 		if cerr := ctx.Err(); cerr != nil {
 			return cerr
 		}
-		if stalled.Load() {
-			return fmt.Errorf("registry %s: blob %s: no data for %s at byte %d of %d: %w", ep.host, desc.Digest, s.idle, w.Offset(), desc.Size, errdefs.ErrUnavailable)
+		var se *stallError
+		if errors.As(err, &se) {
+			return fmt.Errorf("registry %s: blob %s: at byte %d of %d: %w: %w", ep.host, desc.Digest, w.Offset(), desc.Size, err, errdefs.ErrUnavailable)
 		}
 		return fmt.Errorf("registry %s: blob %s: connection lost at byte %d of %d: %w: %w", ep.host, desc.Digest, w.Offset(), desc.Size, err, errdefs.ErrUnavailable)
 	}
@@ -763,17 +814,14 @@ func parseContentRange(v string) (start, total int64, ok bool) {
 
 // progressWriter writes into an ingest and reports progress, throttled.
 type progressWriter struct {
-	w        *content.Writer
-	s        *session
-	desc     ocispec.Descriptor
-	last     time.Time
-	err      error
-	watchdog *time.Timer
-	idle     time.Duration
+	w    *content.Writer
+	s    *session
+	desc ocispec.Descriptor
+	last time.Time
+	err  error
 }
 
 func (p *progressWriter) Write(b []byte) (int, error) {
-	p.watchdog.Reset(p.idle)
 	n, err := p.w.Write(b)
 	if err != nil {
 		p.err = err

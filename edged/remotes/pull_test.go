@@ -1,10 +1,13 @@
 package remotes
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -664,5 +667,35 @@ func TestPullStalledConnection(t *testing.T) {
 		if !strings.HasPrefix(r, "bytes=") || r == "bytes=0-" {
 			t.Fatalf("ranges %q: a retry restarted instead of resuming", ranges)
 		}
+	}
+}
+
+// TestPullReplacesStaleManifestIngest: an ingest "pull-<manifest digest>"
+// left with another total (by an interrupted pull that was told another
+// size) is discarded, not returned as an error on every pull.
+func TestPullReplacesStaleManifestIngest(t *testing.T) {
+	img := newFakeImage(t)
+	srv := httptest.NewServer(http.HandlerFunc(img.serve))
+	defer srv.Close()
+	host := srv.Listener.Addr().String()
+	store := newStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ref := "pull-" + img.md.String()
+	w, err := store.Writer(ctx, ref, content.WriterOpts{Expected: img.md, Total: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("ab")); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	_, m, err := Pull(ctx, host+"/a/b:v1", store, PullOptions{Resolver: plainResolver(t, "", host), Retries: 1})
+	if err != nil {
+		t.Fatalf("pull fails on a stale manifest ingest: %v", err)
+	}
+	checkBlob(t, store, m)
+	if _, err := store.Status(ctx, ref); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("ingest %s after the pull: %v", ref, err)
 	}
 }

@@ -233,6 +233,9 @@ func (s *session) upload(ctx context.Context, ep *endpoint, desc ocispec.Descrip
 	if err != nil {
 		return fmt.Errorf("registry %s: upload of %s: no usable Location: %v: %w", ep.host, desc.Digest, err, errdefs.ErrUnavailable)
 	}
+	if err := checkLocation(ep, desc, loc); err != nil {
+		return err
+	}
 	put := func(u *url.URL, off, n int64) *request {
 		q := u.Query()
 		q.Set("digest", desc.Digest.String())
@@ -264,6 +267,9 @@ func (s *session) upload(ctx context.Context, ep *endpoint, desc ocispec.Descrip
 			if err != nil {
 				return fmt.Errorf("registry %s: upload of %s: no usable Location after a chunk: %v: %w", ep.host, desc.Digest, err, errdefs.ErrUnavailable)
 			}
+			if err := checkLocation(ep, desc, next); err != nil {
+				return err
+			}
 			loc = next
 			off += n
 		}
@@ -279,6 +285,18 @@ func (s *session) upload(ctx context.Context, ep *endpoint, desc ocispec.Descrip
 		return statusError(ep, rq, resp)
 	}
 	discard(resp)
+	return nil
+}
+
+// checkLocation refuses an upload location over plain HTTP from a registry
+// reached over HTTPS: the blob, and the credentials when the location is
+// on the registry's host and port, would go in clear text. (send gives
+// credentials only to the registry's own origin, scheme included.)
+func checkLocation(ep *endpoint, desc ocispec.Descriptor, loc *url.URL) error {
+	if ep.base.Scheme == "https" && loc.Scheme != "https" {
+		return fmt.Errorf("registry %s: upload of %s: the registry gave an upload location over plain HTTP (%s); refusing to send the blob unencrypted: %w",
+			ep.host, desc.Digest, redactURL(loc), errdefs.ErrFailedPrecondition)
+	}
 	return nil
 }
 

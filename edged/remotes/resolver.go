@@ -26,6 +26,9 @@ const (
 	maxRetryBackoff     = 8 * time.Second
 	// maxErrorBody bounds how much of an error response is read.
 	maxErrorBody = 64 << 10
+	// maxResponseHeader bounds the headers of a response (Go's default is
+	// 10 MB, much for a device with 256 MB; registries send a few KiB).
+	maxResponseHeader = 1 << 20
 )
 
 // Resolver talks to registries: it holds the configuration, the
@@ -73,6 +76,7 @@ type endpoint struct {
 	host   string // base.Host: key for credentials and tokens
 	client *http.Client
 	mirror bool
+	idle   time.Duration // stall limit of response bodies (watchBody), set by the session
 }
 
 // NewResolver validates cfg and reads the docker config file.
@@ -117,30 +121,88 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 // newHTTPClient builds a client with a small transport: HTTP/1.1 only (Go's
 // HTTP/2 transport lets a server push up to 4 MiB per stream before the
 // reader consumes it, which alone would blow the daemon's memory budget
-// with three parallel downloads), at most two idle connections per host.
+// with three parallel downloads), at most two idle connections per host,
+// response headers of at most 1 MiB. Redirects keep credentials within
+// their origin (checkRedirect).
 func newHTTPClient(insecure bool) *http.Client {
 	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   15 * time.Second,
-		ResponseHeaderTimeout: 60 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		MaxIdleConns:          4,
-		MaxIdleConnsPerHost:   2,
-		IdleConnTimeout:       30 * time.Second,
-		ForceAttemptHTTP2:     false,
-		TLSNextProto:          map[string]func(string, *tls.Conn) http.RoundTripper{},
-		TLSClientConfig:       &tls.Config{InsecureSkipVerify: insecure, MinVersion: tls.VersionTLS12}, //nolint:gosec // only when configured
+		Proxy:                  http.ProxyFromEnvironment,
+		DialContext:            (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:    15 * time.Second,
+		ResponseHeaderTimeout:  60 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: maxResponseHeader,
+		MaxIdleConns:           4,
+		MaxIdleConnsPerHost:    2,
+		IdleConnTimeout:        30 * time.Second,
+		ForceAttemptHTTP2:      false,
+		TLSNextProto:           map[string]func(string, *tls.Conn) http.RoundTripper{},
+		TLSClientConfig:        &tls.Config{InsecureSkipVerify: insecure, MinVersion: tls.VersionTLS12}, //nolint:gosec // only when configured
 	}
-	return &http.Client{
-		Transport: tr,
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) >= 10 {
-				return errors.New("stopped after 10 redirects")
-			}
-			return nil
-		},
+	return &http.Client{Transport: tr, CheckRedirect: checkRedirect}
+}
+
+// checkRedirect bounds redirects and keeps credentials within their
+// origin. Go's client forwards Authorization to any URL whose host name is
+// the same (or a subdomain), whatever its port or scheme, so another
+// service on the registry's machine, or anyone on the path of a plain HTTP
+// connection, could receive credentials meant for the registry. Here a
+// redirect to another origin (scheme, host or port) is followed without
+// Authorization, the only credential the resolver sets (blob redirects to
+// a storage service carry their own signature in the URL), and a redirect
+// from HTTPS to plain HTTP is refused: what was asked over TLS must not be
+// answered in clear text.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
 	}
+	if prev := via[len(via)-1].URL; prev.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("redirected from %s to %s: refusing to leave HTTPS for plain HTTP: %w",
+			redactURL(prev), redactURL(req.URL), errdefs.ErrFailedPrecondition)
+	}
+	if !sameOrigin(req.URL, via[0].URL) {
+		req.Header.Del("Authorization")
+	}
+	return nil
+}
+
+// sameOrigin reports whether a and b have the same scheme, host and port
+// (a missing port being the scheme's default).
+func sameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Scheme, b.Scheme) && hostPort(a) == hostPort(b)
+}
+
+func hostPort(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		switch strings.ToLower(u.Scheme) {
+		case "https":
+			port = "443"
+		case "http":
+			port = "80"
+		}
+	}
+	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// redactURL shows u without its query (signed URLs of blob storage carry
+// secrets there) or user info, for error messages.
+func redactURL(u *url.URL) string {
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+}
+
+// refusedRedirect returns the error of checkRedirect in err, or nil:
+// retrying cannot help, so it must not be reported as ErrUnavailable.
+func refusedRedirect(err error) error {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		return nil
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		// url.Error quotes the whole target URL, query included.
+		return ue.Err
+	}
+	return err
 }
 
 // Close drops idle connections.
@@ -207,85 +269,113 @@ func (rq *request) target(ep *endpoint) *url.URL {
 // a 401 records the challenge (Basic, or Bearer with realm/service/scope),
 // and the request is repeated once with credentials or a token. Further
 // requests to the host authenticate up front. Credentials are only sent to
-// ep's own host.
+// ep's own origin (scheme, host and port). The body of the response is
+// bounded by an idle watchdog (watchBody): reading it fails with a
+// *stallError when it makes too little progress.
 func (r *Resolver) send(ctx context.Context, ep *endpoint, rq *request) (*http.Response, error) {
 	u := rq.target(ep)
-	sameHost := u.Host == ep.base.Host
+	own := sameOrigin(u, ep.base)
 	for try := 0; ; try++ {
-		req, err := http.NewRequestWithContext(ctx, rq.method, u.String(), nil)
-		if err != nil {
-			return nil, fmt.Errorf("registry %s: %w", ep.host, err)
-		}
-		for k, v := range rq.header {
-			req.Header[k] = v
-		}
-		req.Header.Set("User-Agent", r.userAgent)
-		if rq.body != nil {
-			b, err := rq.body()
-			if err != nil {
-				return nil, err
-			}
-			req.Body, req.ContentLength = b, rq.length
-			if rq.length == 0 {
-				b.Close()
-				req.Body = http.NoBody
-			}
-		}
-		sentAuth := false
-		var cred Credentials
-		if c, ok := r.auth.challenge(ep.host); ok && sameHost {
-			if cred, err = r.credentials(ep.host); err != nil {
-				closeBody(req)
-				return nil, err
-			}
-			switch c.scheme {
-			case "basic":
-				if !cred.Empty() {
-					req.SetBasicAuth(cred.Username, cred.Password)
-					sentAuth = true
-				}
-			case "bearer":
-				tok, err := r.token(ctx, ep, c, rq.scope, cred)
-				if err != nil {
-					closeBody(req)
-					return nil, err
-				}
-				req.Header.Set("Authorization", "Bearer "+tok)
-				sentAuth = true
-			}
-		}
-		resp, err := ep.client.Do(req)
-		if err != nil {
-			if cerr := ctx.Err(); cerr != nil {
-				return nil, cerr
-			}
-			return nil, fmt.Errorf("registry %s: %s %s: %w: %w", ep.host, rq.method, u.Path, err, errdefs.ErrUnavailable)
-		}
-		if resp.StatusCode != http.StatusUnauthorized || !sameHost {
-			return resp, nil
-		}
-		c, ok := parseChallenges(resp.Header.Values("Www-Authenticate"))
-		discard(resp)
-		if !ok {
-			return nil, fmt.Errorf("registry %s: %s %s: %s without a Basic or Bearer challenge: %w",
-				ep.host, rq.method, u.Path, resp.Status, errdefs.ErrPermissionDenied)
-		}
-		r.auth.setChallenge(ep.host, c)
-		if try > 0 || (sentAuth && c.scheme == "basic") {
-			return nil, fmt.Errorf("registry %s: %s %s: %s: access denied for %s (credentials from %s): %w",
-				ep.host, rq.method, u.Path, resp.Status, r.who(cred), r.docker.path, errdefs.ErrPermissionDenied)
-		}
-		if sentAuth {
-			r.auth.invalidate(ep.host, rq.scope)
-		}
-		if cred, err = r.credentials(ep.host); err != nil {
-			return nil, err
-		}
-		if c.scheme == "basic" && cred.Empty() {
-			return nil, fmt.Errorf("registry %s: %s %s: authentication required and no credentials for %s in %s: %w",
-				ep.host, rq.method, u.Path, ep.host, r.docker.path, errdefs.ErrPermissionDenied)
+		resp, again, err := r.sendOnce(ctx, ep, rq, u, own, try)
+		if !again {
+			return resp, err
 		}
 	}
+}
+
+// sendOnce is one try of send; again says that the registry answered 401
+// and the request is to be repeated with the credentials it asked for.
+func (r *Resolver) sendOnce(ctx context.Context, ep *endpoint, rq *request, u *url.URL, own bool, try int) (_ *http.Response, again bool, _ error) {
+	// The request has its own context so that the body's watchdog can end
+	// it without ending the caller's; closing the body releases it.
+	rctx, cancel := context.WithCancel(ctx)
+	req, err := http.NewRequestWithContext(rctx, rq.method, u.String(), nil)
+	if err != nil {
+		cancel()
+		return nil, false, fmt.Errorf("registry %s: %w", ep.host, err)
+	}
+	for k, v := range rq.header {
+		req.Header[k] = v
+	}
+	req.Header.Set("User-Agent", r.userAgent)
+	if rq.body != nil {
+		b, err := rq.body()
+		if err != nil {
+			cancel()
+			return nil, false, err
+		}
+		req.Body, req.ContentLength = b, rq.length
+		if rq.length == 0 {
+			b.Close()
+			req.Body = http.NoBody
+		}
+	}
+	sentAuth := false
+	var cred Credentials
+	if c, ok := r.auth.challenge(ep.host); ok && own {
+		if cred, err = r.credentials(ep.host); err != nil {
+			closeBody(req)
+			cancel()
+			return nil, false, err
+		}
+		switch c.scheme {
+		case "basic":
+			if !cred.Empty() {
+				req.SetBasicAuth(cred.Username, cred.Password)
+				sentAuth = true
+			}
+		case "bearer":
+			tok, err := r.token(ctx, ep, c, rq.scope, cred)
+			if err != nil {
+				closeBody(req)
+				cancel()
+				return nil, false, err
+			}
+			req.Header.Set("Authorization", "Bearer "+tok)
+			sentAuth = true
+		}
+	}
+	resp, err := ep.client.Do(req)
+	if err != nil {
+		cancel()
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, false, cerr
+		}
+		if rerr := refusedRedirect(err); rerr != nil {
+			return nil, false, fmt.Errorf("registry %s: %s %s: %w", ep.host, rq.method, u.Path, rerr)
+		}
+		return nil, false, fmt.Errorf("registry %s: %s %s: %w: %w", ep.host, rq.method, u.Path, err, errdefs.ErrUnavailable)
+	}
+	// From here the body owns rctx: closing it cancels rctx.
+	resp.Body = watchBody(ctx, cancel, resp.Body, ep.idle)
+	// Only a 401 of the registry's own origin is its challenge; one from a
+	// redirect target elsewhere could name a token realm of its choosing,
+	// to which credentials would then be sent.
+	if resp.StatusCode != http.StatusUnauthorized || !own || !sameOrigin(resp.Request.URL, ep.base) {
+		return resp, false, nil
+	}
+	c, ok := parseChallenges(resp.Header.Values("Www-Authenticate"))
+	discard(resp)
+	if !ok {
+		return nil, false, fmt.Errorf("registry %s: %s %s: %s without a Basic or Bearer challenge: %w",
+			ep.host, rq.method, u.Path, resp.Status, errdefs.ErrPermissionDenied)
+	}
+	r.auth.setChallenge(ep.host, c)
+	if try > 0 || (sentAuth && c.scheme == "basic") {
+		return nil, false, fmt.Errorf("registry %s: %s %s: %s: access denied for %s (credentials from %s): %w",
+			ep.host, rq.method, u.Path, resp.Status, r.who(cred), r.docker.path, errdefs.ErrPermissionDenied)
+	}
+	if sentAuth {
+		r.auth.invalidate(ep.host, rq.scope)
+	}
+	if cred, err = r.credentials(ep.host); err != nil {
+		return nil, false, err
+	}
+	if c.scheme == "basic" && cred.Empty() {
+		return nil, false, fmt.Errorf("registry %s: %s %s: authentication required and no credentials for %s in %s: %w",
+			ep.host, rq.method, u.Path, ep.host, r.docker.path, errdefs.ErrPermissionDenied)
+	}
+	return nil, true, nil
 }
 
 func closeBody(req *http.Request) {
