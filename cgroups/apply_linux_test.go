@@ -306,13 +306,13 @@ func TestV2Writes(t *testing.T) {
 		},
 		HugepageLimits: []specs.LinuxHugepageLimit{{Pagesize: "1GB", Limit: 1 << 30}},
 	}
-	got, err := v2Writes(r, false)
+	got, err := v2Writes(r, false, fixedQuota("30000"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := [][2]string{
 		{"memory.swap.max", "200"}, {"memory.max", "100"}, {"memory.low", "max"},
-		{"cpu.weight", "1"}, {"cpu.max", "max 20000"}, {"cpu.max.burst", "5"}, {"cpu.idle", "1"},
+		{"cpu.weight", "1"}, {"cpu.max", "30000 20000"}, {"cpu.max.burst", "5"}, {"cpu.idle", "1"},
 		{"io.weight", "default 10000"}, {"io.weight", "8:16 1"},
 		{"io.max", "8:0 rbps=max"}, {"io.max", "8:0 wbps=7"}, {"io.max", "8:0 riops=8"}, {"io.max", "8:0 wiops=9"},
 		{"hugetlb.1GB.max", "1073741824"},
@@ -320,8 +320,148 @@ func TestV2Writes(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("writes\n%v\nwant\n%v", got, want)
 	}
-	got, _ = v2Writes(&specs.LinuxResources{BlockIO: r.BlockIO}, true)
+	got, _ = v2Writes(&specs.LinuxResources{BlockIO: r.BlockIO}, true, fixedQuota("30000"))
 	if fmt.Sprint(got[:2]) != "[[io.bfq.weight default 1000] [io.bfq.weight 8:16 10]]" {
 		t.Fatalf("bfq writes %v", got[:2])
+	}
+}
+
+// fixedQuota is a v2Writes cpuQuota reading q from cpu.max.
+func fixedQuota(q string) func() (string, error) {
+	return func() (string, error) { return q, nil }
+}
+
+// TestV2WritesPeriodOnlyKeepsQuota: Apply leaves nil fields alone, so a
+// CPU period without a quota keeps the quota in cpu.max; writing
+// "max <period>" used to lift the CPU limit.
+func TestV2WritesPeriodOnlyKeepsQuota(t *testing.T) {
+	for _, tc := range []struct {
+		quota *int64
+		cur   string
+		want  string
+	}{
+		{nil, "20000", "20000 50000"},
+		{ptr(int64(0)), "20000", "20000 50000"}, // 0 is unset, as everywhere
+		{nil, "max", "max 50000"},
+		{ptr(int64(-1)), "20000", "max 50000"},
+		{ptr(int64(10000)), "20000", "10000 50000"},
+	} {
+		read := false
+		got, err := v2Writes(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: tc.quota, Period: ptr(uint64(50000))}}, false,
+			func() (string, error) { read = true; return tc.cur, nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint([][2]string{{"cpu.max", tc.want}}) {
+			t.Errorf("quota %v, cpu.max quota %s: writes %v, want cpu.max %q", tc.quota, tc.cur, got, tc.want)
+		}
+		if wantRead := tc.quota == nil || *tc.quota == 0; read != wantRead {
+			t.Errorf("quota %v: read cpu.max %v, want %v", tc.quota, read, wantRead)
+		}
+	}
+	_, err := v2Writes(&specs.LinuxResources{CPU: &specs.LinuxCPU{Period: ptr(uint64(50000))}}, false,
+		func() (string, error) { return "", fmt.Errorf("read cpu.max: %w", errdefs.ErrNotImplemented) })
+	if !errors.Is(err, errdefs.ErrNotImplemented) || !strings.Contains(err.Error(), "cpu.period") {
+		t.Errorf("unreadable cpu.max: %v", err)
+	}
+}
+
+// TestApplyV2PeriodOnlyKeepsQuota is TestV2WritesPeriodOnlyKeepsQuota on a
+// cgroup v2 kernel (make test-vm).
+func TestApplyV2PeriodOnlyKeepsQuota(t *testing.T) {
+	mode := needV2(t)
+	m := newCgroup(t, mode, "period")
+	if err := m.Apply(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: ptr(int64(50000)), Period: ptr(uint64(100000))}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Apply(&specs.LinuxResources{CPU: &specs.LinuxCPU{Period: ptr(uint64(50000))}}); err != nil {
+		t.Fatalf("period only: %v", err)
+	}
+	want(t, m, "", map[string]string{"cpu.max": "50000 50000"})
+	if err := m.Apply(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: ptr(int64(-1))}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Apply(&specs.LinuxResources{CPU: &specs.LinuxCPU{Period: ptr(uint64(20000))}}); err != nil {
+		t.Fatalf("period only, no quota: %v", err)
+	}
+	want(t, m, "", map[string]string{"cpu.max": "max 20000"})
+}
+
+// TestApplyV1ShrinkPeriodUnderParentQuota: the kernel checks each CFS write
+// against the parent's bandwidth with the other value as it is; moving
+// from 50000/100000 to 5000/10000 (0.5 CPU both) under a 1-CPU parent
+// passes through 50000/10000 (5 CPUs) when the period is written first,
+// which used to fail with EINVAL.
+func TestApplyV1ShrinkPeriodUnderParentQuota(t *testing.T) {
+	mode := needV1(t)
+	m := newCgroup(t, mode, "cpuorder")
+	parentDir := filepath.Dir(m.Dir("cpu"))
+	if err := write(parentDir, "cpu.cfs_quota_us", "100000"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { write(parentDir, "cpu.cfs_quota_us", "-1") })
+	for _, qp := range [][2]int64{{50000, 100000}, {5000, 10000}, {50000, 100000}} {
+		if err := m.Apply(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: ptr(qp[0]), Period: ptr(uint64(qp[1]))}}); err != nil {
+			t.Fatalf("Apply %d/%d (0.5 CPU, parent 1 CPU): %v", qp[0], qp[1], err)
+		}
+		want(t, m, "cpu", map[string]string{"cpu.cfs_quota_us": fmt.Sprint(qp[0]), "cpu.cfs_period_us": fmt.Sprint(qp[1])})
+	}
+	// Beyond the parent the error stays.
+	err := m.Apply(&specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: ptr(int64(20000)), Period: ptr(uint64(10000))}})
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("Apply 2 CPUs under a 1-CPU parent: %v, want invalid argument", err)
+	}
+}
+
+// TestApplyV1LimitOnlyKeepsSwapAllowance: with swap accounting, a memory
+// limit without a swap limit moves memsw with it, keeping memsw minus
+// memory (the swap allowance) as it is, as v2's memory.swap.max stays.
+// Raising the limit alone of a container without swap (memsw = limit)
+// used to fail with EINVAL.
+func TestApplyV1LimitOnlyKeepsSwapAllowance(t *testing.T) {
+	mode := needV1(t)
+	m := newCgroup(t, mode, "raise")
+	if !exists(filepath.Join(m.Dir("memory"), "memory.memsw.limit_in_bytes")) {
+		t.Skip("no swap accounting (swapaccount=0)")
+	}
+	const mb = 1 << 20
+	apply := func(limit, swap int64) {
+		t.Helper()
+		mem := &specs.LinuxMemory{Limit: ptr(limit * mb)}
+		if swap != 0 {
+			mem.Swap = ptr(swap * mb)
+		}
+		if err := m.Apply(&specs.LinuxResources{Memory: mem}); err != nil {
+			t.Fatalf("Apply limit %d MiB swap %d MiB: %v", limit, swap, err)
+		}
+	}
+	check := func(limit, memsw int64) {
+		t.Helper()
+		want(t, m, "memory", map[string]string{
+			"memory.limit_in_bytes":       fmt.Sprint(limit * mb),
+			"memory.memsw.limit_in_bytes": fmt.Sprint(memsw * mb),
+		})
+	}
+	apply(64, 64) // no swap
+	apply(96, 0)
+	check(96, 96)
+	apply(32, 0)
+	check(32, 32)
+	apply(64, 96) // 32 MiB of swap
+	apply(128, 0)
+	check(128, 160)
+	apply(16, 0)
+	check(16, 48)
+	// Unlimited memsw stays unlimited.
+	if err := m.Apply(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: ptr(int64(-1))}}); err != nil {
+		t.Fatal(err)
+	}
+	apply(64, 0)
+	var s Stats
+	if err := m.Stat(&s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Memory.Limit != 64*mb || s.Memory.SwapLimit != Unlimited {
+		t.Errorf("after limit 64 MiB with unlimited memsw: limit %d swap limit %d, want 64 MiB and unlimited", s.Memory.Limit, s.Memory.SwapLimit)
 	}
 }

@@ -7,7 +7,11 @@ import (
 )
 
 // SharesToWeight converts v1 cpu.shares (2..262144) to v2 cpu.weight
-// (1..10000) with the formula runc and crun use; 0 stays 0 (unset).
+// (1..10000) with the linear formula of runc before 1.3.2 and crun before
+// 1.23 (1024, the v1 default, gives 39); 0 stays 0 (unset). Newer runc and
+// crun use a quadratic formula on log2(shares) that maps 1024 to 100, the
+// v2 default: a cgroup edged updates can get a different weight from the
+// one such a runc created it with.
 func SharesToWeight(shares uint64) uint64 {
 	if shares == 0 {
 		return 0

@@ -39,6 +39,10 @@ type Manager interface {
 	Thaw(ctx context.Context) error
 	// Apply writes the limits set in r (nil fields are left alone).
 	// Devices, Network and Rdma are not handled (runc owns devices).
+	// A memory limit without Swap keeps the swap allowance as it is: on
+	// v1, where Swap is the memsw (memory+swap) limit, memsw moves with
+	// the memory limit, as memory.swap.max stays on v2. A CPU period
+	// without a quota keeps the quota.
 	Apply(r *specs.LinuxResources) error
 	// Stat fills s with the cgroup's accounting, reusing s.IO. Missing
 	// optional files leave their fields zero; a missing cgroup is an

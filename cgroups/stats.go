@@ -25,8 +25,10 @@ type Stats struct {
 // v1 mapping: Usage is memory.usage_in_bytes, Peak memory.max_usage_in_bytes,
 // Limit memory.limit_in_bytes, SwapUsage memsw usage minus usage, Anon is
 // total_rss, File total_cache, FileMapped total_mapped_file, Kernel
-// memory.kmem.usage_in_bytes, Events.Max memory.failcnt, Events.OOMKill and
-// Events.UnderOOM memory.oom_control; Events.Low, High and OOM stay 0.
+// memory.kmem.usage_in_bytes, Events.Max memory.failcnt, Events.UnderOOM
+// memory.oom_control, Events.OOMKill the oom_kill of memory.oom_control
+// summed over the cgroup and its sub-cgroups (see V1OOMKills); Events.Low,
+// High and OOM stay 0.
 type MemoryStats struct {
 	Usage uint64
 	// Peak is the high-water mark (v2 memory.peak, kernels >= 5.19).
@@ -69,10 +71,14 @@ type MemoryStats struct {
 // MemoryEvents are the counters of memory.events (v2) or
 // memory.oom_control (v1: only OOMKill and UnderOOM).
 type MemoryEvents struct {
-	Low     uint64
-	High    uint64
-	Max     uint64
-	OOM     uint64
+	Low  uint64
+	High uint64
+	Max  uint64
+	OOM  uint64
+	// OOMKill is the number of processes of the cgroup and of its
+	// sub-cgroups killed by the OOM killer: hierarchical on v1 too, where
+	// it is summed over the sub-cgroups that exist at the time of the read
+	// (see V1OOMKills).
 	OOMKill uint64
 	// UnderOOM is the v1 under_oom flag.
 	UnderOOM bool

@@ -2,14 +2,19 @@ package cgroups
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/edged/edged/edged/errdefs"
 )
@@ -21,6 +26,7 @@ const v1Controllers = "memory cpu cpuacct cpuset pids blkio hugetlb freezer"
 // controller is not mounted.
 type v1files struct {
 	memUsage, memMaxUsage, memLimit, memSoft, memswLimit, kmemUsage, memFailcnt, memStat, oomControl cfile
+	memDir                                                                                           cfile // the memory cgroup directory itself
 	cpuacctUsage, cpuacctUser, cpuacctSys, cpuacctStat, cpuStat                                      cfile
 	pidsCurrent, pidsMax, blkioBytes, blkioIOs                                                       cfile
 }
@@ -65,6 +71,7 @@ func newV1(root, mainPath string, paths map[string]string) *v1 {
 		memLimit: c("memory", "memory.limit_in_bytes"), memSoft: c("memory", "memory.soft_limit_in_bytes"),
 		memswLimit: c("memory", "memory.memsw.limit_in_bytes"), kmemUsage: c("memory", "memory.kmem.usage_in_bytes"),
 		memFailcnt: c("memory", "memory.failcnt"), memStat: c("memory", "memory.stat"), oomControl: c("memory", "memory.oom_control"),
+		memDir:       c("memory", "."),
 		cpuacctUsage: c("cpuacct", "cpuacct.usage"), cpuacctUser: c("cpuacct", "cpuacct.usage_user"),
 		cpuacctSys: c("cpuacct", "cpuacct.usage_sys"), cpuacctStat: c("cpuacct", "cpuacct.stat"), cpuStat: c("cpu", "cpu.stat"),
 		pidsCurrent: c("pids", "pids.current"), pidsMax: c("pids", "pids.max"),
@@ -214,19 +221,8 @@ func (m *v1) Apply(r *specs.LinuxResources) error {
 				return err
 			}
 		}
-		if c.Period != nil && *c.Period != 0 {
-			if err := m.write("cpu", "cpu.cfs_period_us", strconv.FormatUint(*c.Period, 10)); err != nil {
-				return err
-			}
-		}
-		if c.Quota != nil && *c.Quota != 0 {
-			q := *c.Quota
-			if q < 0 {
-				q = -1
-			}
-			if err := m.write("cpu", "cpu.cfs_quota_us", strconv.FormatInt(q, 10)); err != nil {
-				return err
-			}
+		if err := m.applyCFS(c); err != nil {
+			return err
 		}
 		if c.Burst != nil {
 			if err := m.write("cpu", "cpu.cfs_burst_us", strconv.FormatUint(*c.Burst, 10)); err != nil {
@@ -279,6 +275,42 @@ func (m *v1) Apply(r *specs.LinuxResources) error {
 	return nil
 }
 
+// applyCFS writes the CFS period and quota. The kernel checks every write
+// against the parent's bandwidth, with the other value as it is: shrinking
+// the period under the current quota can exceed the parent (50000/100000
+// to 5000/10000 under a 1-CPU parent briefly asks for 5 CPUs) and fails
+// with EINVAL. Then, as runc does, the quota is written first and the
+// period retried.
+func (m *v1) applyCFS(c *specs.LinuxCPU) error {
+	var quota int64
+	if c.Quota != nil {
+		quota = *c.Quota
+	}
+	if quota < 0 {
+		quota = -1
+	}
+	period := ""
+	if c.Period != nil && *c.Period != 0 {
+		period = strconv.FormatUint(*c.Period, 10)
+		if err := m.write("cpu", "cpu.cfs_period_us", period); err != nil {
+			if !errors.Is(err, unix.EINVAL) || quota == 0 {
+				return err
+			}
+		} else {
+			period = ""
+		}
+	}
+	if quota != 0 {
+		if err := m.write("cpu", "cpu.cfs_quota_us", strconv.FormatInt(quota, 10)); err != nil {
+			return err
+		}
+	}
+	if period != "" {
+		return m.write("cpu", "cpu.cfs_period_us", period)
+	}
+	return nil
+}
+
 func (m *v1) applyMemory(mem *specs.LinuxMemory) error {
 	if mem == nil {
 		return nil
@@ -320,6 +352,19 @@ func (m *v1) applyMemory(mem *specs.LinuxMemory) error {
 	}
 	if limit > 0 && mem.CheckBeforeUpdate != nil && *mem.CheckBeforeUpdate {
 		if err := checkUsage(m.f.memUsage, limit); err != nil {
+			return err
+		}
+	}
+	if limit > 0 && swap == 0 && exists(filepath.Join(d, "memory.memsw.limit_in_bytes")) {
+		// A memory limit without a swap limit keeps the swap allowance
+		// (memsw minus memory) as it is, as v2's separate
+		// memory.swap.max does: the kernel keeps memsw >= limit, so
+		// raising the limit alone above memsw would fail (EINVAL, the
+		// common case of a container without swap, memsw = limit), and
+		// lowering it alone would let the container swap what it gave
+		// up.
+		var err error
+		if swap, err = m.keepSwapAllowance(limit); err != nil {
 			return err
 		}
 	}
@@ -381,6 +426,30 @@ func (m *v1) applyMemory(mem *specs.LinuxMemory) error {
 		}
 	}
 	return nil
+}
+
+// keepSwapAllowance returns the memsw limit that keeps the current swap
+// allowance with the new memory limit, or 0 (leave memsw alone) when swap
+// is unlimited.
+func (m *v1) keepSwapAllowance(limit int64) (int64, error) {
+	var buf []byte
+	curLimit, err := m.f.memLimit.readUint(&buf)
+	if err != nil {
+		return 0, err
+	}
+	curMemsw, err := m.f.memswLimit.readUint(&buf)
+	if err != nil {
+		return 0, err
+	}
+	curLimit, curMemsw = v1Unlimited(curLimit), v1Unlimited(curMemsw)
+	if curMemsw == Unlimited || curLimit == Unlimited || curMemsw < curLimit {
+		return 0, nil
+	}
+	allowance := curMemsw - curLimit
+	if allowance > uint64(math.MaxInt64-limit) {
+		return -1, nil
+	}
+	return limit + int64(allowance), nil
 }
 
 func (m *v1) applyBlkio(b *specs.LinuxBlockIO) error {
@@ -506,6 +575,13 @@ func (m *v1) Stat(s *Stats) error {
 	}
 	if b := r.read(m.f.oomControl); b != nil {
 		parseOOMControl(b, &mem.Events)
+		// Hierarchical, as v2's memory.events: kills in sub-cgroups are
+		// the container's kills too (see V1OOMKills).
+		sub, err := m.subtreeOOMKills()
+		if err != nil && r.err == nil {
+			r.err = err
+		}
+		mem.Events.OOMKill += sub
 	}
 	s.CPU.UsageUsec = r.uint(m.f.cpuacctUsage) / 1000
 	if u := r.read(m.f.cpuacctUser); u != nil {
@@ -551,18 +627,152 @@ func (m *v1) Stat(s *Stats) error {
 	return r.done(d)
 }
 
-// parseOOMControl parses v1 memory.oom_control:
+// parseOOMControl parses v1 memory.oom_control and reports whether it has
+// the oom_kill counter (kernels >= 4.13):
 //
 //	oom_kill_disable 0
 //	under_oom 0
 //	oom_kill 0
-func parseOOMControl(b []byte, e *MemoryEvents) {
+func parseOOMControl(b []byte, e *MemoryEvents) (hasKill bool) {
 	eachKV(b, func(k []byte, v uint64) {
 		switch string(k) {
 		case "under_oom":
 			e.UnderOOM = v != 0
 		case "oom_kill":
-			e.OOMKill = v
+			e.OOMKill, hasKill = v, true
 		}
 	})
+	return hasKill
+}
+
+// v1OOMWalkLimit bounds the number of cgroups below a container's cgroup
+// whose oom_kill counters are added up, so that a container creating
+// cgroups without end cannot make Stat or the OOM monitor's reads
+// unbounded. Kills in cgroups past the limit are not counted.
+const v1OOMWalkLimit = 1024
+
+// V1OOMKills returns the OOM kills of the v1 memory cgroup dir and of every
+// cgroup below it (at most v1OOMWalkLimit of them), the number v2's
+// memory.events oom_kill gives: v1's memory.oom_control counts a kill only
+// in the victim's own memory cgroup (the kernel propagates memory events to
+// the parents on v2 only), while a container's processes may live in
+// sub-cgroups (systemd, a nested engine) and be killed at the container's
+// limit. A sub-cgroup removed since takes its kills with it: the sum can
+// go down.
+//
+// ok is false when dir's memory.oom_control has no oom_kill counter
+// (kernel < 4.13). each, when not nil, is called for every counter read
+// (dir's first) with the inode number of its cgroup directory, so that a
+// caller can tell a recreated sub-cgroup (new inode, counter from 0) from
+// an unchanged one. A sub-cgroup removed during the walk is skipped; an
+// error reading dir's own file is returned as is (fs.ErrNotExist when dir
+// is gone).
+func V1OOMKills(dir string, each func(ino, kills uint64)) (total uint64, ok bool, err error) {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return 0, false, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "memory.oom_control"))
+	if err != nil {
+		return 0, false, err
+	}
+	var e MemoryEvents
+	if !parseOOMControl(b, &e) {
+		return 0, false, nil
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if each != nil {
+		each(st.Ino, e.OOMKill)
+	}
+	total = e.OOMKill
+	budget := v1OOMWalkLimit
+	err = walkV1OOMKills(dir, uint64(st.Nlink), &budget, &total, each)
+	return total, true, err
+}
+
+// walkV1OOMKills adds to *total the oom_kill counters of the cgroups below
+// dir (not dir's own), depth first, reading at most *budget cgroups.
+// nlink is dir's link count: cgroupfs (kernfs) gives a directory 2 + its
+// number of subdirectories, so a cgroup without children (the common
+// case) is not listed.
+func walkV1OOMKills(dir string, nlink uint64, budget *int, total *uint64, each func(ino, kills uint64)) error {
+	if nlink <= 2 {
+		return nil
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return ignoreGone(err)
+	}
+	for _, ent := range ents {
+		if !ent.IsDir() {
+			continue
+		}
+		if *budget <= 0 {
+			return nil
+		}
+		*budget--
+		sub := filepath.Join(dir, ent.Name())
+		fi, err := os.Lstat(sub)
+		if err != nil {
+			if err = ignoreGone(err); err != nil {
+				return err
+			}
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(sub, "memory.oom_control"))
+		if err != nil {
+			if err = ignoreGone(err); err != nil {
+				return err
+			}
+			continue
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		var e MemoryEvents
+		if parseOOMControl(b, &e) {
+			*total += e.OOMKill
+			if each != nil {
+				each(st.Ino, e.OOMKill)
+			}
+		}
+		if err := walkV1OOMKills(sub, uint64(st.Nlink), budget, total, each); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ignoreGone returns nil for the error of a cgroup removed meanwhile.
+func ignoreGone(err error) error {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENODEV) {
+		return nil
+	}
+	return err
+}
+
+// subtreeOOMKills returns the oom_kill counters of the cgroups below the
+// memory cgroup (see V1OOMKills). Without sub-cgroups it costs an open and
+// an fstat of the directory, and allocates nothing.
+func (m *v1) subtreeOOMKills() (uint64, error) {
+	if m.f.memDir == nil {
+		return 0, nil
+	}
+	fd, err := m.f.memDir.open()
+	if err != nil {
+		return 0, ignoreGone(err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	for {
+		err = unix.Fstat(fd, &st)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return 0, &fs.PathError{Op: "fstat", Path: m.f.memDir.String(), Err: err}
+	}
+	var total uint64
+	budget := v1OOMWalkLimit
+	err = walkV1OOMKills(m.dirs["memory"], uint64(st.Nlink), &budget, &total, nil)
+	return total, err
 }

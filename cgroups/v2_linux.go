@@ -142,7 +142,7 @@ func (m *v2) Apply(r *specs.LinuxResources) error {
 	}
 	// BFQ-only kernels have io.bfq.weight (v1 range) instead of io.weight.
 	bfq := !exists(filepath.Join(m.dir, "io.weight")) && exists(filepath.Join(m.dir, "io.bfq.weight"))
-	w, err := v2Writes(r, bfq)
+	w, err := v2Writes(r, bfq, m.cpuQuota)
 	if err != nil {
 		return err
 	}
@@ -172,9 +172,25 @@ func checkUsage(usageFile cfile, limit int64) error {
 	return nil
 }
 
+// cpuQuota returns the quota field of cpu.max ("max" or microseconds).
+func (m *v2) cpuQuota() (string, error) {
+	s, err := readString(m.dir, "cpu.max")
+	if err != nil {
+		return "", fmt.Errorf("read the current CPU quota: %w: %w", err, writeKind(err))
+	}
+	q, _, _ := strings.Cut(s, " ")
+	if q != "max" {
+		if _, ok := parseUint([]byte(q)); !ok {
+			return "", fmt.Errorf("%s/cpu.max: unexpected content %q: %w", m.dir, s, errdefs.ErrDataLoss)
+		}
+	}
+	return q, nil
+}
+
 // v2Writes converts r into the ordered list of {file, value} writes. bfq
-// writes block I/O weights to io.bfq.weight, unconverted.
-func v2Writes(r *specs.LinuxResources, bfq bool) ([][2]string, error) {
+// writes block I/O weights to io.bfq.weight, unconverted. cpuQuota returns
+// the quota now in cpu.max; it is called only for a period without a quota.
+func v2Writes(r *specs.LinuxResources, bfq bool, cpuQuota func() (string, error)) ([][2]string, error) {
 	var w [][2]string
 	add := func(k, v string) { w = append(w, [2]string{k, v}) }
 	if mem := r.Memory; mem != nil {
@@ -222,8 +238,18 @@ func v2Writes(r *specs.LinuxResources, bfq bool) ([][2]string, error) {
 		}
 		if quota != 0 || period != 0 {
 			v := "max"
-			if quota > 0 {
+			switch {
+			case quota > 0:
 				v = strconv.FormatInt(quota, 10)
+			case quota == 0:
+				// cpu.max takes the quota with the period, never the
+				// period alone: a period without a quota rewrites
+				// the current quota ("max" would lift the limit).
+				cur, err := cpuQuota()
+				if err != nil {
+					return nil, fmt.Errorf("cpu.period: %w", err)
+				}
+				v = cur
 			}
 			if period != 0 {
 				v += " " + strconv.FormatUint(period, 10)

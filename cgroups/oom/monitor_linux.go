@@ -12,8 +12,17 @@
 // cgroup v1: an eventfd per container is registered through
 // cgroup.event_control against memory.oom_control. The kernel signals it
 // when the cgroup enters OOM (just before the kill) and when the cgroup is
-// removed. A wake-up re-reads the oom_kill counter of memory.oom_control
-// (kernels >= 4.13); since the notification can precede the kill, a wake-up
+// removed. A wake-up re-reads the oom_kill counters of memory.oom_control
+// (kernels >= 4.13) of the cgroup and of every cgroup below it: v1 counts a
+// kill only in the victim's own cgroup, and a container's processes may
+// live in sub-cgroups (systemd, a nested engine) while the kernel signals
+// the container's eventfd when the container hits its limit. The counters
+// are compared per cgroup directory inode, so that a sub-cgroup removed or
+// recreated since the last read (systemd restarting a killed service) hides
+// no kill. (A sub-cgroup hitting a limit of its own signals only its own
+// eventfd and those below it: such kills are counted by the next
+// notification of the container's cgroup, or by Stats.) Since the
+// notification can precede the kill, a wake-up
 // that finds no new kill re-reads five times over about 1.5 s (2 ms to
 // 1.25 s apart). This is the only time the loop uses a timeout. A removed cgroup
 // drops the watch.
@@ -51,7 +60,10 @@ type Event struct {
 	// (at least 1). On v1 kernels older than 4.13, which have no kill
 	// counter, it is the number of OOM notifications instead.
 	OOMKills uint64
-	// Total is the cgroup's oom_kill counter after these kills.
+	// Total is the cgroup's oom_kill counter after these kills,
+	// including its sub-cgroups' (as cgroups.MemoryEvents.OOMKill). On v1
+	// it is the sum at Add plus the kills seen since, which stays above
+	// the current sum once a sub-cgroup with kills is removed.
 	Total uint64
 }
 
@@ -90,9 +102,10 @@ type watch struct {
 	// v1
 	efd       int
 	token     uint32
-	noCounter bool      // kernel < 4.13: no oom_kill in memory.oom_control
-	step      int       // next re-read (see recheckDelay); -1 when none pending
-	recheckAt time.Time // when step is >= 0
+	noCounter bool              // kernel < 4.13: no oom_kill in memory.oom_control
+	kills     map[uint64]uint64 // oom_kill per cgroup directory inode, the cgroup's and its sub-cgroups', at the last read
+	step      int               // next re-read (see recheckDelay); -1 when none pending
+	recheckAt time.Time         // when step is >= 0
 }
 
 // Monitor watches container cgroups for OOM kills. Create it with New, call
@@ -280,7 +293,8 @@ func inotifyAdd(ifd int, path string) (int32, error) {
 
 func (m *Monitor) addV1(w *watch) error {
 	w.file = filepath.Join(w.dir, "memory.oom_control")
-	total, ok, err := readCounter(w.file, "oom_kill")
+	w.kills = map[uint64]uint64{}
+	total, ok, err := cgroups.V1OOMKills(w.dir, func(ino, n uint64) { w.kills[ino] = n })
 	if err != nil {
 		return notImplementedIfMissing(err)
 	}
@@ -557,6 +571,9 @@ func (m *Monitor) checkV2(w *watch, wd int32, mask uint32, out []Event) []Event 
 // readKills reads w's counter and appends an event for new kills. It
 // reports whether there were any; an unreadable file drops w.
 func (m *Monitor) readKills(w *watch, out []Event) []Event {
+	if w.version == 1 {
+		return m.readKillsV1(w, out)
+	}
 	total, ok, err := readCounter(w.file, "oom_kill")
 	if err != nil {
 		m.drop(w)
@@ -565,6 +582,34 @@ func (m *Monitor) readKills(w *watch, out []Event) []Event {
 	if ok && total > w.last {
 		out = append(out, Event{ID: w.id, OOMKills: total - w.last, Total: total})
 		w.last = total
+	}
+	return out
+}
+
+// readKillsV1 is readKills on v1: it reads the counters of w's cgroup and
+// of its sub-cgroups and counts the kills per cgroup directory inode. A
+// sub-cgroup that appeared since the last read brings all its kills, a
+// removed one takes none away, and a recreated one starts from 0 under a
+// new inode (kernfs allocates inode numbers cyclically).
+func (m *Monitor) readKillsV1(w *watch, out []Event) []Event {
+	var kills uint64
+	seen := make(map[uint64]uint64, len(w.kills))
+	_, _, err := cgroups.V1OOMKills(w.dir, func(ino, n uint64) {
+		if prev, ok := w.kills[ino]; ok && n >= prev {
+			kills += n - prev
+		} else {
+			kills += n // new cgroup, or a reused inode
+		}
+		seen[ino] = n
+	})
+	if err != nil {
+		m.drop(w)
+		return out
+	}
+	w.kills = seen
+	if kills > 0 {
+		w.last += kills
+		out = append(out, Event{ID: w.id, OOMKills: kills, Total: w.last})
 	}
 	return out
 }

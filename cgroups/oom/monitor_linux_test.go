@@ -485,3 +485,88 @@ func TestErrors(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+// newSubCgroup creates the cgroup parent/name below a container's cgroup,
+// without limits of its own, and removes it at the end (before the
+// container's cgroup: cleanups run last-registered first).
+func newSubCgroup(t *testing.T, mode cgroups.Mode, path string) cgroups.Manager {
+	t.Helper()
+	sub, err := cgroups.New("", mode, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Create(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := sub.Delete(ctx); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return sub
+}
+
+// TestOOMKillInSubCgroup: a container whose process lives in a sub-cgroup
+// (systemd or an engine inside the container) is OOM-killed at the
+// container's limit: one event. On v1 the kill is counted only in the
+// sub-cgroup's memory.oom_control while the kernel signals the container's
+// eventfd; the event used to be dropped as a false alarm.
+func TestOOMKillInSubCgroup(t *testing.T) {
+	mode := hostMode(t)
+	mon, ch := startMonitor(t, nil)
+	parent := newParent(t, mode)
+	cg := newCgroup(t, mode, parent, "c1") // 16 MiB limit
+	sub := newSubCgroup(t, mode, parent+"/c1/sub")
+	if err := mon.Add("c1", cg); err != nil {
+		t.Fatal(err)
+	}
+	cmd, in := startHog(t, sub)
+	in.Write([]byte("go\n"))
+	waitKilled(t, cmd)
+	got := collect(t, ch, 1, 15*time.Second, 2*time.Second)
+	if len(got) != 1 || got[0].ID != "c1" || got[0].OOMKills != 1 || got[0].Total != 1 {
+		t.Fatalf("events %+v, want one {c1 1 1}", got)
+	}
+	// Stats count it too (the shim's baseline and final read use them).
+	var st cgroups.Stats
+	if err := cg.Stat(&st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Memory.Events.OOMKill != 1 {
+		t.Fatalf("c1 Stats OOMKill %d, want 1 (the kill in c1/sub)", st.Memory.Events.OOMKill)
+	}
+}
+
+// TestOOMKillRecreatedSubCgroupV1: on v1 the kills are counted per
+// sub-cgroup; a sub-cgroup removed and recreated after a kill (systemd
+// restarting a killed service) starts again from 0, and its next kill is
+// reported although the sum of the counters did not change.
+func TestOOMKillRecreatedSubCgroupV1(t *testing.T) {
+	mode := hostMode(t)
+	if mode == cgroups.Unified {
+		// On v2 the counters are hierarchical in the kernel, and the
+		// container's cgroup empties (the watch ends) with the kill.
+		t.Skip("cgroup v1 test")
+	}
+	mon, ch := startMonitor(t, nil)
+	parent := newParent(t, mode)
+	cg := newCgroup(t, mode, parent, "c1")
+	if err := mon.Add("c1", cg); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 2; i++ {
+		sub := newSubCgroup(t, mode, parent+"/c1/svc")
+		cmd, in := startHog(t, sub)
+		in.Write([]byte("go\n"))
+		waitKilled(t, cmd)
+		got := collect(t, ch, 1, 15*time.Second, 2*time.Second)
+		if len(got) != 1 || got[0].OOMKills != 1 || got[0].Total != uint64(i) {
+			t.Fatalf("kill %d: events %+v, want one {c1 1 %d}", i, got, i)
+		}
+		if err := sub.Delete(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
