@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/internal/atomicfile"
@@ -29,6 +30,11 @@ import (
 // Releasing (CNI DEL and removing the namespace) happens in the background
 // after a container's record is gone; whatever a crash leaves is found by
 // Cleanup: every namespace file no record names is released.
+
+// backgroundTimeout bounds each plugin run of the background work
+// (releases, making spares), which has no caller's context: a hung plugin
+// must not hold Close, Cleanup or the spares forever.
+const backgroundTimeout = time.Minute
 
 // spare is the record of a spare attachment.
 type spare struct {
@@ -60,6 +66,8 @@ func (n *Network) attach(ctx context.Context, cniID, path string, ports []cni.Po
 	}
 	res, err := cn.Setup(ctx, cniID, path, cni.Options{PortMappings: ports})
 	if err != nil {
+		// No plugin runs here (cni.Setup undid its ADD): unmounting and
+		// removing the file cannot hang.
 		if derr := netns.DeleteAt(context.WithoutCancel(ctx), path); derr != nil {
 			err = errors.Join(err, derr)
 		}
@@ -89,7 +97,8 @@ func (n *Network) releaseAsync(cniID, path string, ports []cni.PortMapping) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		ctx := context.Background()
+		ctx, cancel := context.WithTimeout(context.Background(), backgroundTimeout)
+		defer cancel()
 		if err := n.release(ctx, cniID, path, ports); err != nil {
 			n.cfg.Log.Warn("network: releasing a container's network failed; edged retries at its next start", "cni_id", cniID, "error", err)
 		}
@@ -170,7 +179,6 @@ func (n *Network) refill() {
 			n.refilling = false
 			n.mu.Unlock()
 		}()
-		ctx := context.Background()
 		for {
 			n.mu.Lock()
 			closed := n.closed
@@ -187,21 +195,51 @@ func (n *Network) refill() {
 				n.cfg.Log.Warn("network: making a spare failed", "error", err)
 				return
 			}
-			res, err := n.attach(ctx, sp.CNIID, sp.Netns, nil)
-			if err == nil {
-				sp.Result = res
-				err = n.writeSpare(sp)
-			}
-			if err != nil {
-				n.cfg.Log.Warn("network: making a spare failed", "error", err)
-				if res != nil {
-					_ = n.release(ctx, sp.CNIID, sp.Netns, nil)
-				}
-				os.Remove(filepath.Join(n.sparesDir, sp.CNIID+".json"))
+			if !n.makeSpare(sp) {
 				return
 			}
 		}
 	}()
+}
+
+// makeSpare attaches the spare sp, whose record (without result) exists,
+// and records its result. On failure it undoes what it did, logs, and
+// returns false.
+func (n *Network) makeSpare(sp *spare) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), backgroundTimeout)
+	defer cancel()
+	res, err := n.attach(ctx, sp.CNIID, sp.Netns, nil)
+	if err == nil {
+		sp.Result = res
+		err = n.writeSpare(sp)
+	}
+	if err == nil {
+		return true
+	}
+	n.cfg.Log.Warn("network: making a spare failed", "error", err)
+	if res != nil {
+		rctx, rcancel := context.WithTimeout(context.Background(), backgroundTimeout)
+		defer rcancel()
+		_ = n.release(rctx, sp.CNIID, sp.Netns, nil)
+	}
+	os.Remove(filepath.Join(n.sparesDir, sp.CNIID+".json"))
+	return false
+}
+
+// waitBackground waits for the background work started so far, or until
+// ctx is done (a plugin may hang for up to backgroundTimeout).
+func (n *Network) waitBackground(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		n.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("network: background releases still running: %w", ctx.Err())
+	}
 }
 
 // releaseSpares releases every spare whose attachment no container record
@@ -249,14 +287,17 @@ func (n *Network) sweep(ctx context.Context, referenced map[string]bool) error {
 	return errors.Join(errs...)
 }
 
-// Close stops making spares, releases them and waits for background
-// releases. The network must not be used afterwards.
+// Close stops making spares, waits for background releases (until ctx is
+// done: an error then, and the spares are left to the next Cleanup) and
+// releases the spares. The network must not be used afterwards.
 func (n *Network) Close(ctx context.Context) error {
 	n.mu.Lock()
 	n.closed = true
 	n.mu.Unlock()
-	n.wg.Wait()
-	if n.cni == nil {
+	if err := n.waitBackground(ctx); err != nil {
+		return err
+	}
+	if n.loadedCNI() == nil {
 		return nil // bridge never used
 	}
 	return n.releaseSpares(ctx, n.referenced())

@@ -111,6 +111,11 @@ type Network struct {
 	spareMu sync.Mutex // spare records
 	wg      sync.WaitGroup
 
+	// cniLoading is held (a send) while the CNI network is loaded, which
+	// runs every plugin's VERSION: outside mu, so that a slow plugin holds
+	// up only the containers that need the CNI network.
+	cniLoading chan struct{}
+
 	mu    sync.Mutex
 	locks map[string]*keyLock
 	cni   *cni.Network // created on first use of bridge
@@ -166,7 +171,7 @@ func New(ctx context.Context, cfg Config) (*Network, error) {
 	cfg.CNI.StateDir = filepath.Join(cfg.StateDir, "cni")
 	return &Network{cfg: cfg, containers: filepath.Join(cfg.StateDir, "containers"),
 		netnsDir: filepath.Join(cfg.StateDir, "netns"), sparesDir: filepath.Join(cfg.StateDir, "spares"),
-		locks: map[string]*keyLock{}}, nil
+		locks: map[string]*keyLock{}, cniLoading: make(chan struct{}, 1)}, nil
 }
 
 // NetnsDir is where the bridge attachments' namespace files are bind
@@ -190,19 +195,36 @@ func (n *Network) prepareMountDir() error {
 	return nil
 }
 
-// cniNetwork returns the CNI network, loading it on first use.
+// cniNetwork returns the CNI network, loading it on first use. One caller
+// loads it at a time; the others wait for it, or for their ctx.
 func (n *Network) cniNetwork(ctx context.Context) (*cni.Network, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.cni != nil {
-		return n.cni, nil
+	if c := n.loadedCNI(); c != nil {
+		return c, nil
+	}
+	select {
+	case n.cniLoading <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("bridge network: waiting for the CNI network to load: %w", ctx.Err())
+	}
+	defer func() { <-n.cniLoading }()
+	if c := n.loadedCNI(); c != nil {
+		return c, nil
 	}
 	c, err := cni.New(ctx, n.cfg.CNI)
 	if err != nil {
 		return nil, fmt.Errorf("bridge network: %w", err)
 	}
+	n.mu.Lock()
 	n.cni = c
+	n.mu.Unlock()
 	return c, nil
+}
+
+// loadedCNI returns the CNI network if it was loaded, or nil.
+func (n *Network) loadedCNI() *cni.Network {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cni
 }
 
 // lock serialises work on one container's network.
@@ -280,6 +302,13 @@ func (n *Network) Setup(ctx context.Context, ns string, c metadata.Container, sp
 	if len(ports) > 0 && mode != ModeBridge {
 		return errdefs.InvalidArgument("ports", "container %q: publishing ports needs the bridge network, not %q", c.ID, mode)
 	}
+	// Checked before anything is set up: with bridge, the hosts file is
+	// written only after the CNI ADD.
+	if spec.Hostname != "" && !hasMount(spec, hostsPath) && writesHosts(mode) {
+		if err := cni.ValidateHostname(spec.Hostname); err != nil {
+			return fmt.Errorf("network %q of container %q: %w", mode, c.ID, err)
+		}
+	}
 	start := time.Now()
 	unlock := n.lock(ns, c.ID)
 	defer unlock()
@@ -324,6 +353,13 @@ func (n *Network) Setup(ctx context.Context, ns string, c metadata.Container, sp
 	}
 	n.cfg.Log.DebugContext(ctx, "network set up", "namespace", ns, "id", c.ID, "mode", mode, "duration", time.Since(start))
 	return nil
+}
+
+// writesHosts reports whether mode generates an /etc/hosts naming the
+// container's hostname (host shares the host's, container:ID the joined
+// container's).
+func writesHosts(mode string) bool {
+	return mode == ModeNone || mode == ModeBridge || strings.HasPrefix(mode, ModeNSPrefix)
 }
 
 // setupNone gives the container a network namespace of its own with only
@@ -569,6 +605,22 @@ func (n *Network) Teardown(ctx context.Context, ns, id string) error {
 	return n.teardownLocked(ctx, ns, id)
 }
 
+// TeardownGone is Teardown for a container whose task is gone without
+// being deleted through the API (its shim died): as Cleanup does at
+// start-up, it logs what it undoes.
+func (n *Network) TeardownGone(ctx context.Context, ns, id string) error {
+	if err := identifiers.Validate("container id", id); err != nil {
+		return err
+	}
+	unlock := n.lock(ns, id)
+	defer unlock()
+	if !fileExists(filepath.Join(n.dir(ns, id), "state.json")) {
+		return nil
+	}
+	n.cfg.Log.InfoContext(ctx, "network: cleaning up after a task that is gone", "namespace", ns, "id", id)
+	return n.teardownLocked(ctx, ns, id)
+}
+
 func (n *Network) teardownLocked(ctx context.Context, ns, id string) error {
 	st, err := n.readState(ns, id)
 	if errdefs.IsNotFound(err) {
@@ -671,8 +723,8 @@ func (n *Network) IPs(ns, id string) []string {
 // Cleanup tears down the networks of containers whose task is not alive
 // any more (after a crash of edged, tasks that died meanwhile were never
 // deleted through the API), releases the spares and every attachment no
-// record names. Call it after the runtime recovered its tasks, before
-// serving.
+// record names. It waits for the releases it starts until ctx is done.
+// Call it after the runtime recovered its tasks, before serving.
 func (n *Network) Cleanup(ctx context.Context, alive func(ns, id string) bool) error {
 	var errs []error
 	nss, err := os.ReadDir(n.containers)
@@ -701,7 +753,11 @@ func (n *Network) Cleanup(ctx context.Context, alive func(ns, id string) bool) e
 		}
 		_ = os.Remove(filepath.Join(n.containers, ns))
 	}
-	n.wg.Wait()
+	// The releases must be done before the sweep, which would release
+	// the same attachments again.
+	if err := n.waitBackground(ctx); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
 	if _, err := os.Stat(n.netnsDir); err == nil {
 		// Bridge mode was used: the CNI network is needed to release.
 		ref := n.referenced()
@@ -850,7 +906,11 @@ func appendUnique(list []string, s string) []string {
 }
 
 // NamedUsers returns the containers ("ns/id") whose tasks joined the named
-// namespace name with ns:NAME and were not torn down yet.
+// namespace name with ns:NAME and were not torn down yet. A record whose
+// task is gone (its shim died; Cleanup removes the record at the next
+// start) does not count, unless its container's network is being set up
+// or torn down right now: the record of a task being created exists
+// before the task does.
 func (n *Network) NamedUsers(name string) []string {
 	var users []string
 	nss, _ := os.ReadDir(n.containers)
@@ -858,10 +918,23 @@ func (n *Network) NamedUsers(name string) []string {
 		ids, _ := os.ReadDir(filepath.Join(n.containers, nsEnt.Name()))
 		for _, idEnt := range ids {
 			st, err := n.readState(nsEnt.Name(), idEnt.Name())
-			if err == nil && st.Mode == ModeNSPrefix+name {
-				users = append(users, st.Namespace+"/"+st.ID)
+			if err != nil || st.Mode != ModeNSPrefix+name {
+				continue
 			}
+			if !n.busy(st.Namespace, st.ID) {
+				if _, _, err := n.cfg.Task(context.Background(), st.Namespace, st.ID); errdefs.IsNotFound(err) {
+					continue
+				}
+			}
+			users = append(users, st.Namespace+"/"+st.ID)
 		}
 	}
 	return users
+}
+
+// busy reports whether work on container id's network holds its lock.
+func (n *Network) busy(ns, id string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.locks[ns+"/"+id] != nil
 }

@@ -83,6 +83,29 @@ func (s *Server) cleanupNetworks(ctx context.Context) {
 	}
 }
 
+// deadTaskTeardownTimeout is the deadline of the network teardown of a
+// task whose shim died. The teardown only removes records; the CNI DEL runs
+// in the background with a deadline of its own (network.backgroundTimeout).
+const deadTaskTeardownTimeout = time.Minute
+
+// taskDead is the runtime's OnDead hook: a task whose shim died is never
+// deleted through the API, so its network (namespace, address, iptables
+// rules, record) is torn down here rather than left until edged restarts.
+// The runtime calls it off any request path (the shim's watcher, or
+// Recover). The teardown comes before the exit events, so that a client
+// recreating the task on them does not race it; a task of the container
+// that exists again meanwhile owns the network and keeps it.
+func (s *Server) taskDead(ns, id string, pid uint32) {
+	if s.network != nil && !s.rt.Has(ns, id) {
+		ctx, cancel := context.WithTimeout(context.Background(), deadTaskTeardownTimeout)
+		if err := s.network.TeardownGone(ctx, ns, id); err != nil {
+			s.log.Warn("network teardown of a task whose shim died failed; edged retries at its next start", "namespace", ns, "id", id, "error", err)
+		}
+		cancel()
+	}
+	s.publishDeadTask(ns, id, pid)
+}
+
 // closeNetwork releases the spare attachments and waits for background
 // releases.
 func (s *Server) closeNetwork() {

@@ -6,7 +6,9 @@
 // firewall) and returns the container's addresses; Teardown runs DEL and is
 // idempotent; Check runs CHECK. Everything the plugins remember lives under
 // the state directory: libcni's result cache in <state>/cache and host-local's
-// address allocations in <state>/networks.
+// address allocations in <state>/networks. Plugins run in a process group
+// of their own, killed whole when the context is done, and their output is
+// bounded (see pluginExec).
 //
 // The package also builds the /etc/resolv.conf and /etc/hosts content for a
 // container (see ResolvConf and Hosts).
@@ -23,11 +25,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 
 	cniconf "github.com/edged/edged/configs/cni"
 	"github.com/edged/edged/edged/errdefs"
@@ -37,6 +41,11 @@ import (
 // DefaultIfName is the interface name inside the container when
 // Options.IfName is empty.
 const DefaultIfName = "eth0"
+
+// rollbackTimeout bounds the DEL that undoes a failed ADD. It runs even
+// when the caller's context is done (so that nothing is left), but a hung
+// plugin must not hold the caller forever.
+const rollbackTimeout = time.Minute
 
 // maxConfListSize bounds a conflist read from a file.
 const maxConfListSize = 1 << 20
@@ -189,7 +198,7 @@ func New(ctx context.Context, cfg Config) (*Network, error) {
 		return nil, errdefs.InvalidArgument("cni conflist", "cniVersion is missing")
 	}
 	n := &Network{
-		cni:  libcni.NewCNIConfigWithCacheDir(dirs, cacheDir, nil),
+		cni:  libcni.NewCNIConfigWithCacheDir(dirs, cacheDir, &pluginExec{}),
 		list: list,
 	}
 	if _, err := n.cni.ValidateNetworkList(ctx, list); err != nil {
@@ -230,19 +239,27 @@ func (n *Network) Setup(ctx context.Context, containerID, netnsPath string, opts
 	res, err := n.cni.AddNetworkList(ctx, n.list, rt)
 	if err != nil {
 		err = n.classify(fmt.Errorf("cni: add container %s to network %q: %w", containerID, n.list.Name, err))
-		if derr := n.cni.DelNetworkList(context.WithoutCancel(ctx), n.list, rt); derr != nil {
+		if derr := n.rollback(ctx, rt); derr != nil {
 			err = errors.Join(err, fmt.Errorf("cni: undo failed add of %s: %w", containerID, derr))
 		}
 		return nil, err
 	}
 	out, err := convertResult(res)
 	if err != nil {
-		if derr := n.cni.DelNetworkList(context.WithoutCancel(ctx), n.list, rt); derr != nil {
+		if derr := n.rollback(ctx, rt); derr != nil {
 			err = errors.Join(err, derr)
 		}
 		return nil, fmt.Errorf("cni: container %s: %w", containerID, err)
 	}
 	return out, nil
+}
+
+// rollback runs the DEL undoing a failed ADD: also when ctx is done (the
+// usual reason the ADD failed), within rollbackTimeout.
+func (n *Network) rollback(ctx context.Context, rt *libcni.RuntimeConf) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	return n.cni.DelNetworkList(ctx, n.list, rt)
 }
 
 // Teardown detaches container containerID from the network: removes its
@@ -266,7 +283,7 @@ func (n *Network) Teardown(ctx context.Context, containerID, netnsPath string, o
 			rt.CapabilityArgs = cached.CapabilityArgs
 		}
 	}
-	if _, err := os.Stat(netnsPath); errors.Is(err, os.ErrNotExist) {
+	if !isNetns(netnsPath) {
 		return n.teardownWithoutNetns(ctx, rt)
 	}
 	if err := n.cni.DelNetworkList(ctx, n.list, rt); err != nil {
@@ -495,12 +512,26 @@ func convertResult(res types.Result) (*Result, error) {
 	return out, nil
 }
 
+// isNetns reports whether path is a network namespace (an nsfs file, as
+// bind mounted by netns.CreateAt or under /proc). A path that is missing,
+// or a plain file (a crash between creating the file and mounting the
+// namespace on it), is not: the plugins refuse such a CNI_NETNS ("unknown
+// FS magic").
+func isNetns(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
+}
+
 // teardownWithoutNetns runs DEL for a container whose network namespace is
-// gone. The kernel removed the veth with the namespace, but the bridge
+// gone, or never was mounted, with an empty CNI_NETNS (which the spec
+// allows for DEL). The kernel removed the veth with the namespace, but the bridge
 // plugin (v1.1) learns which masquerade rules to remove only from the
 // addresses it finds on the container's interface, so without the namespace
 // it leaves its per-container NAT chain behind. Remove it after DEL.
 func (n *Network) teardownWithoutNetns(ctx context.Context, rt *libcni.RuntimeConf) error {
+	nsless := *rt
+	nsless.NetNS = ""
+	rt = &nsless
 	if err := n.cni.DelNetworkList(ctx, n.list, rt); err != nil {
 		return fmt.Errorf("cni: remove container %s from network %q: %w", rt.ContainerID, n.list.Name, err)
 	}

@@ -139,10 +139,11 @@ func ResolvConf(host []byte, res *Result, fallback []netip.Addr) []byte {
 // Hosts returns the /etc/hosts content for a container: the loopback and
 // IPv6 standard entries, and hostname (if not empty) on each of the
 // container's addresses. A dotted hostname also gets its first label as
-// alias. ErrInvalidArgument if hostname is not a valid DNS name.
+// alias (unless that label is empty). ErrInvalidArgument if hostname would
+// break the file (see ValidateHostname).
 func Hosts(hostname string, res *Result) ([]byte, error) {
 	if hostname != "" {
-		if err := validHostname(hostname); err != nil {
+		if err := ValidateHostname(hostname); err != nil {
 			return nil, err
 		}
 	}
@@ -158,7 +159,7 @@ func Hosts(hostname string, res *Result) ([]byte, error) {
 		return b.Bytes(), nil
 	}
 	names := hostname
-	if short, _, ok := strings.Cut(hostname, "."); ok {
+	if short, _, ok := strings.Cut(hostname, "."); ok && short != "" {
 		names += " " + short
 	}
 	wrote := false
@@ -175,22 +176,27 @@ func Hosts(hostname string, res *Result) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-func validHostname(h string) error {
-	if len(h) > 253 {
-		return errdefs.InvalidArgument("hostname", "%d characters is longer than 253", len(h))
+// ValidateHostname checks that hostname can be written to /etc/hosts.
+// It does not require a DNS name: the default hostname is the container ID
+// (which may hold '_', a trailing '-' or "..") and oci.WithHostname accepts
+// '_' and '.', so only what would break the file is refused: whitespace
+// (which separates names), '#' (which starts a comment), control
+// characters, and more than 253 bytes.
+func ValidateHostname(hostname string) error {
+	if len(hostname) > maxHostnameLen {
+		return errdefs.InvalidArgument("hostname", "%d characters is longer than %d", len(hostname), maxHostnameLen)
 	}
-	for _, label := range strings.Split(h, ".") {
-		ok := len(label) >= 1 && len(label) <= 63 && label[0] != '-' && label[len(label)-1] != '-'
-		for i := 0; ok && i < len(label); i++ {
-			c := label[i]
-			ok = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-'
-		}
-		if !ok {
-			return errdefs.InvalidArgument("hostname", "%q must be dot-separated labels of 1 to 63 letters, digits or '-', not starting or ending with '-'", h)
+	for i := 0; i < len(hostname); i++ {
+		if c := hostname[i]; c <= ' ' || c == '#' || c == 0x7f {
+			return errdefs.InvalidArgument("hostname", "%q: character %q at position %d cannot be written to /etc/hosts", hostname, c, i)
 		}
 	}
 	return nil
 }
+
+// maxHostnameLen is the longest name /etc/hosts resolvers accept (a DNS
+// name's limit); the kernel's hostname limit is 64.
+const maxHostnameLen = 253
 
 func parseNameservers(conf []byte) []netip.Addr {
 	var out []netip.Addr

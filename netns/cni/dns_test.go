@@ -103,7 +103,15 @@ func TestHosts(t *testing.T) {
 	if err != nil || strings.Contains(string(got), "10.213.0.7") {
 		t.Fatalf("Hosts without hostname = %q, %v", got, err)
 	}
-	for _, bad := range []string{"a b", "evil\n1.2.3.4 bank", "-x", "x-", "a..b", strings.Repeat("a", 64), strings.Repeat("a.", 127) + "a", "under_score"} {
+	// Valid container IDs are default hostnames: accepted, and a leading
+	// dot gives no empty alias.
+	for _, ok := range []string{"x-", "a..b", "under_score", "v1.", strings.Repeat("a", 64), ".x"} {
+		got, err := Hosts(ok, nil)
+		if err != nil || !strings.HasSuffix(string(got), "127.0.1.1\t"+ok+"\n") && !strings.Contains(string(got), "127.0.1.1\t"+ok+" ") {
+			t.Errorf("Hosts(%q) = %q, %v", ok, got, err)
+		}
+	}
+	for _, bad := range []string{"a b", "evil\n1.2.3.4 bank", "tab\tx", "x#comment", "nul\x00", strings.Repeat("a.", 127) + "a"} {
 		_, err := Hosts(bad, v4Result())
 		if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "hostname") {
 			t.Errorf("Hosts(%q) = %v, want invalid hostname", bad, err)

@@ -247,16 +247,22 @@ func (s *service) Delete(ctx context.Context, r *api.DeleteTaskRequest) (*api.De
 }
 
 // deleteTask deletes a task whose init is not running and tears down its
-// network.
+// network. The network is torn down also when the task is gone already (its
+// shim died): its record would otherwise stay until edged restarts. Unless
+// a task of the container exists again (created meanwhile): the network is
+// then that task's.
 func (s *service) deleteTask(ctx context.Context, ns, id string) (*taskapi.DeleteResponse, error) {
 	d, err := s.Runtime.Delete(ctx, ns, id, "")
-	if err != nil {
+	if err != nil && (!errdefs.IsNotFound(err) || s.Runtime.Has(ns, id)) {
 		return nil, err
 	}
 	if s.Network != nil {
-		if err := s.Network.Teardown(ctx, ns, id); err != nil {
-			s.Log.Warn("network teardown failed", "namespace", ns, "id", id, "error", err)
+		if terr := s.Network.Teardown(ctx, ns, id); terr != nil {
+			s.Log.Warn("network teardown failed", "namespace", ns, "id", id, "error", terr)
 		}
+	}
+	if err != nil {
+		return nil, err
 	}
 	return d, nil
 }
