@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -53,10 +54,43 @@ type ServerConfig struct {
 	// connection (each holds a goroutine); a request beyond it is refused
 	// at once with ResourceExhausted. Zero means DefaultMaxCalls.
 	MaxCalls int
+	// FrameTimeout bounds how long a frame may take to arrive once its
+	// first byte has: a client that stalls mid-frame is disconnected.
+	// A connection waiting for the next frame has no deadline. Zero means
+	// DefaultFrameTimeout.
+	FrameTimeout time.Duration
+	// WriteTimeout bounds how long a frame's write may wait for the
+	// client to make room (or until the call's deadline, if later): a
+	// client that stops reading is disconnected, which ends its calls.
+	// Zero means DefaultWriteTimeout.
+	WriteTimeout time.Duration
 }
 
 // DefaultMaxCalls is the default of ServerConfig.MaxCalls.
 const DefaultMaxCalls = 256
+
+// DefaultFrameTimeout is the default of ServerConfig.FrameTimeout: ample
+// for 4 MiB from a live client, short enough that clients stalled
+// mid-frame do not pile up.
+const DefaultFrameTimeout = 20 * time.Second
+
+// DefaultWriteTimeout is the default of ServerConfig.WriteTimeout.
+const DefaultWriteTimeout = 20 * time.Second
+
+// payloadChunk is the first allocation for a payload larger than it: the
+// buffer then doubles as the bytes arrive, so a header announcing 4 MiB
+// costs the server what the client has sent, not what it announced.
+const payloadChunk = 64 << 10
+
+// maxStreamQueuedBytes bounds the bytes of a client stream's messages
+// waiting for its handler (see serverStream.deliver); one message is
+// always taken, whatever its size.
+const maxStreamQueuedBytes = 8 << 20
+
+// streamFullWait is how long a message of a client stream waits for room
+// in the stream's queue, the connection unread meanwhile, before it is
+// refused with ErrStreamFull (ttrpc's figure).
+const streamFullWait = time.Second
 
 // Server is edged's ttrpc server: the wire protocol of
 // github.com/containerd/ttrpc (PROTOCOL.md), unary calls and streams in
@@ -91,6 +125,8 @@ type Server struct {
 	idle     atomic.Int32
 	quit     chan struct{}
 	quitOnce sync.Once
+
+	streamWait time.Duration // see streamFullWait; a field for tests
 }
 
 // maxIdleWorkers bounds the goroutines kept waiting for the next unary
@@ -115,8 +151,14 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.MaxCalls <= 0 {
 		cfg.MaxCalls = DefaultMaxCalls
 	}
+	if cfg.FrameTimeout <= 0 {
+		cfg.FrameTimeout = DefaultFrameTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
 	return &Server{cfg: cfg, services: map[string]*ServiceDesc{}, conns: map[*serverConn]struct{}{},
-		work: make(chan unaryCall), quit: make(chan struct{})}
+		work: make(chan unaryCall), quit: make(chan struct{}), streamWait: streamFullWait}
 }
 
 // runUnary hands call to an idle worker, or starts one.
@@ -198,6 +240,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		}
 		delay = 0
 		sc := &serverConn{srv: s, conn: c, rw: readWriter(c), streams: map[uint32]*serverStream{}}
+		sc.bw, _ = sc.rw.(boundedWriter)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
@@ -306,6 +349,7 @@ type serverConn struct {
 	srv  *Server
 	conn net.Conn
 	rw   io.ReadWriter // conn's socket (see rawIO), else conn
+	bw   boundedWriter // rw when it sets write deadlines itself, else nil
 	wmu  sync.Mutex    // one frame at a time
 
 	// active counts calls and streams in progress (under srv.mu).
@@ -331,23 +375,40 @@ func (c *serverConn) run(ctx context.Context) {
 	var hbuf [ttrpcwire.HeaderLen]byte
 	var last uint32
 	for {
+		// Wait for the next frame as long as it takes (an idle
+		// connection stays open), then give the rest of it
+		// FrameTimeout. A frame already in the read buffer, as small
+		// ones mostly are, needs no deadline (nor its cost).
+		if _, err := r.Peek(1); err != nil {
+			return
+		}
+		deadline := false
+		if r.Buffered() < ttrpcwire.HeaderLen {
+			deadline = c.setFrameDeadline()
+		}
 		h, err := ttrpcwire.ReadHeader(r, &hbuf)
 		if err != nil {
 			return
+		}
+		if !deadline && r.Buffered() < int(min(h.Length, ttrpcwire.MaxMessage+1)) {
+			deadline = c.setFrameDeadline()
 		}
 		if h.Length > ttrpcwire.MaxMessage {
 			if ttrpcwire.Discard(r, int64(h.Length)) != nil {
 				return
 			}
+			if deadline && c.conn.SetReadDeadline(time.Time{}) != nil {
+				return
+			}
 			c.sendStatus(h.Stream, CodeResourceExhausted, tooLarge(int64(h.Length)))
 			continue
 		}
-		var p []byte
-		if h.Length > 0 {
-			p = make([]byte, h.Length)
-			if _, err := io.ReadFull(r, p); err != nil {
-				return
-			}
+		p, err := readPayload(r, int(h.Length))
+		if err != nil {
+			return
+		}
+		if deadline && c.conn.SetReadDeadline(time.Time{}) != nil {
+			return
 		}
 		if h.Stream%2 != 1 {
 			c.sendStatus(h.Stream, CodeInvalidArgument, "StreamID must be odd for client initiated streams")
@@ -367,6 +428,46 @@ func (c *serverConn) run(ctx context.Context) {
 		// Other types are ignored, for compatibility with later versions
 		// of the protocol (as ttrpc does).
 	}
+}
+
+// setFrameDeadline bounds the time left to receive the frame begun; it
+// reports whether the deadline is set (false: conn has no deadlines,
+// net.Pipe in tests).
+func (c *serverConn) setFrameDeadline() bool {
+	return c.conn.SetReadDeadline(time.Now().Add(c.srv.cfg.FrameTimeout)) == nil
+}
+
+// readPayload reads a payload of n bytes. A payload larger than
+// payloadChunk that is not already buffered goes into a buffer that
+// starts at payloadChunk and doubles, up to n, as its bytes arrive (at
+// most twice the bytes of one allocation, in all): the header alone
+// commits nothing.
+func readPayload(r *bufio.Reader, n int) ([]byte, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	if n <= payloadChunk || r.Buffered() >= n {
+		p := make([]byte, n)
+		if _, err := io.ReadFull(r, p); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	p := make([]byte, 0, payloadChunk)
+	for len(p) < n {
+		if len(p) == cap(p) {
+			p = slices.Grow(p, min(cap(p), n-len(p)))
+		}
+		k, err := r.Read(p[len(p):min(cap(p), n)])
+		p = p[:len(p)+k]
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
 }
 
 // data hands a Data frame to its stream.
@@ -480,7 +581,8 @@ func (c *serverConn) unary(ctx context.Context, cancel context.CancelFunc, id ui
 		c.sendStatus(id, code, msg)
 		return
 	}
-	c.sendResponse(id, CodeOK, "", p)
+	dl, _ := ctx.Deadline()
+	c.sendResponse(id, CodeOK, "", p, dl)
 }
 
 // openStream registers the stream of a Request on id and queues the
@@ -493,7 +595,11 @@ func (c *serverConn) openStream(ctx context.Context, id uint32, sd Stream, paylo
 		n = 1
 	}
 	st := &serverStream{conn: c, id: id, ctx: ctx, recv: make(chan []byte, n), done: make(chan struct{})}
+	if sd.StreamingClient {
+		st.taken = make(chan struct{}, 1)
+	}
 	if len(payload) > 0 || !sd.StreamingClient {
+		st.queued.Add(int64(len(payload)))
 		st.recv <- payload
 	}
 	if !sd.StreamingClient {
@@ -532,19 +638,19 @@ func (c *serverConn) stream(ctx context.Context, cancel context.CancelFunc, st *
 		if p == nil {
 			flags |= ttrpcwire.FlagNoData
 		}
-		c.writeFrame(st.id, ttrpcwire.TypeData, flags, p)
+		c.writeFrame(st.id, ttrpcwire.TypeData, flags, p, st.deadline())
 	default:
-		c.sendResponse(st.id, CodeOK, "", p)
+		c.sendResponse(st.id, CodeOK, "", p, st.deadline())
 	}
 }
 
 func (c *serverConn) sendStatus(id uint32, code uint32, msg string) {
-	c.sendResponse(id, code, msg, nil)
+	c.sendResponse(id, code, msg, nil, time.Time{})
 }
 
-// sendResponse writes a Response frame; a failed write closes the
-// connection (its reader then ends).
-func (c *serverConn) sendResponse(id uint32, code uint32, msg string, payload []byte) {
+// sendResponse writes a Response frame (see write for callDeadline); a
+// failed write closes the connection (its reader then ends).
+func (c *serverConn) sendResponse(id uint32, code uint32, msg string, payload []byte, callDeadline time.Time) {
 	size := ttrpcwire.ResponseSize(code, msg, payload)
 	if size > ttrpcwire.MaxMessage {
 		code, payload = CodeResourceExhausted, nil
@@ -552,26 +658,55 @@ func (c *serverConn) sendResponse(id uint32, code uint32, msg string, payload []
 		size = ttrpcwire.ResponseSize(code, msg, nil)
 	}
 	f := ttrpcwire.AppendResponse(ttrpcwire.NewFrame(id, ttrpcwire.TypeResponse, 0, size), code, msg, payload)
-	c.write(f)
+	c.write(f, callDeadline)
 }
 
-// writeFrame writes a frame with payload p.
-func (c *serverConn) writeFrame(id uint32, typ, flags byte, p []byte) error {
+// writeFrame writes a frame with payload p (see write for callDeadline).
+func (c *serverConn) writeFrame(id uint32, typ, flags byte, p []byte, callDeadline time.Time) error {
 	if len(p) > ttrpcwire.MaxMessage {
 		return &StatusError{Code: CodeResourceExhausted, Message: tooLarge(int64(len(p)))}
 	}
-	return c.write(append(ttrpcwire.NewFrame(id, typ, flags, len(p)), p...))
+	return c.write(append(ttrpcwire.NewFrame(id, typ, flags, len(p)), p...), callDeadline)
 }
 
-func (c *serverConn) write(f []byte) error {
+// boundedWriter writes with a deadline it sets only when the write has
+// to wait for room (see rawIO.writeWithin).
+type boundedWriter interface {
+	writeWithin(p []byte, timeout time.Duration, notBefore time.Time) (int, error)
+}
+
+// write writes frame f. When the client makes no room for it within
+// WriteTimeout (or before callDeadline, if later), the connection is
+// closed: a client that stops reading would otherwise pin the frame, the
+// handler and every frame waiting for wmu, for ever. Its reader then ends,
+// which cancels the calls' contexts, and their streams' sends fail.
+func (c *serverConn) write(f []byte, callDeadline time.Time) error {
+	timeout := c.srv.cfg.WriteTimeout
 	c.wmu.Lock()
-	_, err := c.rw.Write(f)
+	var err error
+	if c.bw != nil {
+		_, err = c.bw.writeWithin(f, timeout, callDeadline)
+	} else {
+		// No raw socket: a deadline for every write.
+		err = c.conn.SetWriteDeadline(laterOf(time.Now().Add(timeout), callDeadline))
+		if err == nil || errors.Is(err, os.ErrNoDeadline) {
+			_, err = c.rw.Write(f)
+		}
+	}
 	c.wmu.Unlock()
 	if err != nil {
 		c.conn.Close()
 		return fmt.Errorf("%w: %w", ErrClosed, err)
 	}
 	return nil
+}
+
+// laterOf returns the later of a and b.
+func laterOf(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // serverStream is the server's end of one stream.
@@ -581,15 +716,32 @@ type serverStream struct {
 	ctx  context.Context
 	recv chan []byte
 
+	// queued is the bytes of the messages in recv. taken, of a client
+	// stream, receives a value when the handler takes one, for deliver
+	// waiting for room.
+	queued atomic.Int64
+	taken  chan struct{}
+
 	done chan struct{} // closed when the handler has returned
 
 	mu         sync.Mutex
 	recvClosed bool // no more messages from the client
 }
 
-// deliver queues a message from the client; when the handler does not
-// take one for a second while the queue is full, the message is dropped
-// with ErrStreamFull (as ttrpc does).
+// deliver queues a message from the client. The queue holds
+// streamRecvBuffer messages and maxStreamQueuedBytes bytes (but always
+// one message): when it is full, deliver waits for the handler to take
+// messages, and the connection is not read meanwhile (back-pressure:
+// the client's writes then block, instead of the server buffering up to
+// 64 messages of 4 MiB per stream). The wait is bounded: after
+// streamWait (a second, ttrpc's figure) without room, the message is
+// dropped with ErrStreamFull and reading goes on.
+//
+// The trade-off: while one stream's handler lags, the other calls and
+// streams of its connection wait too, up to streamWait per message. The
+// bound keeps this from becoming a deadlock when the lagging handler
+// waits for one of them (ttrpc's server has the same stall, on its
+// message count alone).
 func (s *serverStream) deliver(p []byte) error {
 	s.mu.Lock()
 	closed := s.recvClosed
@@ -597,23 +749,37 @@ func (s *serverStream) deliver(p []byte) error {
 	if closed {
 		return errStreamClosed
 	}
-	select {
-	case s.recv <- p:
-		return nil
-	default:
+	n := int64(len(p))
+	var t *time.Timer
+	for {
+		if q := s.queued.Add(n); q == n || q <= maxStreamQueuedBytes {
+			select {
+			case s.recv <- p:
+				return nil
+			default:
+			}
+		}
+		s.queued.Add(-n)
+		if t == nil {
+			t = time.NewTimer(s.conn.srv.streamWait)
+			defer t.Stop()
+		}
+		select {
+		case <-s.taken:
+		case <-s.done:
+			return errStreamClosed
+		case <-s.ctx.Done():
+			return s.ctx.Err()
+		case <-t.C:
+			return ErrStreamFull
+		}
 	}
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
-	select {
-	case s.recv <- p:
-		return nil
-	case <-s.done:
-		return errStreamClosed
-	case <-s.ctx.Done():
-		return s.ctx.Err()
-	case <-t.C:
-		return ErrStreamFull
-	}
+}
+
+// deadline returns the stream's deadline, or zero.
+func (s *serverStream) deadline() time.Time {
+	dl, _ := s.ctx.Deadline()
+	return dl
 }
 
 // closeRecv marks the end of the client's messages.
@@ -651,7 +817,7 @@ func (s *serverStream) SendMsg(m Message) error {
 	}
 	// An empty message is a Data frame of length zero, which the client
 	// decodes (the no data flag would mean no message).
-	return s.conn.writeFrame(s.id, ttrpcwire.TypeData, 0, p)
+	return s.conn.writeFrame(s.id, ttrpcwire.TypeData, 0, p, s.deadline())
 }
 
 // RecvMsg receives the client's next message; io.EOF after the last.
@@ -660,6 +826,13 @@ func (s *serverStream) RecvMsg(m Message) error {
 	case p, ok := <-s.recv:
 		if !ok {
 			return io.EOF
+		}
+		s.queued.Add(-int64(len(p)))
+		if s.taken != nil {
+			select {
+			case s.taken <- struct{}{}:
+			default: // deliver is told already
+			}
 		}
 		return unmarshalPayload(p, m)
 	case <-s.ctx.Done():

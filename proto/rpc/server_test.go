@@ -316,14 +316,19 @@ func sockDir(t *testing.T) string {
 	return dir
 }
 
-func startServer(t *testing.T, cfg rpc.ServerConfig) *testServer {
-	return startServerCtx(t, context.Background(), cfg)
+// startServer starts a testServer; setup functions see its server before
+// it serves.
+func startServer(t *testing.T, cfg rpc.ServerConfig, setup ...func(*rpc.Server)) *testServer {
+	return startServerCtx(t, context.Background(), cfg, setup...)
 }
 
-func startServerCtx(t *testing.T, ctx context.Context, cfg rpc.ServerConfig) *testServer {
+func startServerCtx(t *testing.T, ctx context.Context, cfg rpc.ServerConfig, setup ...func(*rpc.Server)) *testServer {
 	t.Helper()
 	ts := &testServer{srv: rpc.NewServer(cfg), path: filepath.Join(sockDir(t), "s.sock"), state: newSrvState(), served: make(chan error, 1)}
 	ts.srv.RegisterService(ssvc, serverService(ts.state))
+	for _, f := range setup {
+		f(ts.srv)
+	}
 	l, err := net.Listen("unix", ts.path)
 	if err != nil {
 		t.Fatal(err)
