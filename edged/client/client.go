@@ -49,7 +49,7 @@ type Client struct {
 
 	version    versionapi.VersionService
 	namespaces namespacesapi.NamespacesService
-	containers containersapi.ContainersService
+	containers containersapi.ContainersClient
 	events     eventsapi.EventsClient
 }
 

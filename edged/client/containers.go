@@ -2,9 +2,12 @@ package client
 
 import (
 	"context"
+	"errors"
+	"io"
 
 	ptypes "github.com/gogo/protobuf/types"
 
+	"github.com/edged/edged/edged/errdefs"
 	api "github.com/edged/edged/proto/services/containers/v1"
 )
 
@@ -32,12 +35,39 @@ func (c *Client) GetContainer(ctx context.Context, id string) (*Container, error
 
 // ListContainers lists containers matching any filter, e.g.
 // `labels."env"==prod`, `image==busybox`, `id==web`.
+//
+// It uses ListStream, one container per message, since the containers of
+// a namespace can take more than List's single 4 MiB message; with an
+// edged older than ListStream it uses List.
 func (c *Client) ListContainers(ctx context.Context, filters ...string) ([]*Container, error) {
-	r, err := c.containers.List(c.nsctx(ctx), &api.ListContainersRequest{Filters: filters})
-	if err != nil {
-		return nil, convertError(err)
+	if _, ok := ctx.Deadline(); !ok && c.timeout > 0 {
+		// A list is one API call, bounded as unary calls are.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
 	}
-	return r.Containers, nil
+	req := &api.ListContainersRequest{Filters: filters, Namespace: c.streamNamespace(ctx)}
+	var out []*Container
+	s, err := c.containers.ListStream(ctx, req)
+	for err == nil {
+		var m *api.ListContainerMessage
+		if m, err = s.Recv(); err == nil {
+			out = append(out, m.Container)
+		}
+	}
+	if err == io.EOF {
+		return out, nil
+	}
+	err = convertError(err)
+	if errors.Is(err, errdefs.ErrNotImplemented) && len(out) == 0 {
+		req.Namespace = "" // List takes it from the call's metadata
+		r, err := c.containers.List(c.nsctx(ctx), req)
+		if err != nil {
+			return nil, convertError(err)
+		}
+		return r.Containers, nil
+	}
+	return nil, err
 }
 
 // SetContainerLabels sets labels of a container; an empty value removes

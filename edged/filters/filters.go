@@ -12,8 +12,10 @@
 package filters
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 
 	"github.com/edged/edged/edged/errdefs"
@@ -21,6 +23,17 @@ import (
 
 // MaxLength bounds one filter string.
 const MaxLength = 4096
+
+// MaxFilters bounds the filters of one request: a subscriber keeps its
+// parsed filters, and each event is matched against all of them.
+const MaxFilters = 32
+
+// MaxRegexpInsts bounds the compiled size (regexp/syntax instructions) of
+// the regular expressions of one request, all together: a 4 KiB filter
+// such as `.{1000}` repeated 584 times compiles to 584,000 instructions,
+// about 140 MiB to compile and 25 MiB to keep. Filters of everyday use
+// compile to tens of instructions; a 4 KiB literal to about 4,100.
+const MaxRegexpInsts = 10000
 
 // Adaptor exposes an object's fields to a filter.
 type Adaptor interface {
@@ -77,9 +90,13 @@ type Set []Filter
 
 // Parse parses filter strings into a Set.
 func Parse(filters ...string) (Set, error) {
+	if len(filters) > MaxFilters {
+		return nil, errdefs.InvalidArgument("filters", "%d filters are more than the maximum of %d per request", len(filters), MaxFilters)
+	}
 	var set Set
+	budget := MaxRegexpInsts
 	for _, s := range filters {
-		f, err := parseOne(s)
+		f, err := parseOne(s, &budget)
 		if err != nil {
 			return nil, err
 		}
@@ -127,7 +144,9 @@ func (f Filter) Match(a Adaptor) bool {
 	return true
 }
 
-func parseOne(s string) (Filter, error) {
+// parseOne parses one filter; its regular expressions take their compiled
+// size from *budget.
+func parseOne(s string, budget *int) (Filter, error) {
 	if len(s) > MaxLength {
 		return nil, errdefs.InvalidArgument("filter", "%d bytes is longer than the maximum of %d", len(s), MaxLength)
 	}
@@ -135,9 +154,12 @@ func parseOne(s string) (Filter, error) {
 		return nil, errdefs.InvalidArgument("filter", "empty filter")
 	}
 	var f Filter
-	p := parser{s: s}
+	p := parser{s: s, budget: budget}
 	for {
 		c, err := p.condition()
+		if errors.Is(err, errRegexpTooLarge) {
+			return nil, errdefs.InvalidArgument("filter", "%v (the regular expressions of a request may compile to at most %d instructions)", err, MaxRegexpInsts)
+		}
 		if err != nil {
 			return nil, errdefs.InvalidArgument("filter", "%q: %v", s, err)
 		}
@@ -153,8 +175,9 @@ func parseOne(s string) (Filter, error) {
 }
 
 type parser struct {
-	s string
-	i int
+	s      string
+	i      int
+	budget *int // instructions the request's regular expressions may still use
 }
 
 func (p *parser) eof() bool { return p.i >= len(p.s) }
@@ -194,13 +217,88 @@ func (p *parser) condition() (condition, error) {
 	}
 	c.value = v
 	if c.op == OpMatch {
-		re, err := regexp.Compile(v)
+		re, err := compileBounded(v, p.budget)
 		if err != nil {
-			return c, fmt.Errorf("bad regular expression %q: %v", v, err)
+			return c, err
 		}
 		c.re = re
 	}
 	return c, nil
+}
+
+// errRegexpTooLarge marks a regular expression over the request's budget.
+var errRegexpTooLarge = errors.New("too large")
+
+// compileBounded compiles the regular expression v if its compiled size
+// fits in *budget, and takes that size from *budget. The size is
+// estimated on the parsed expression (progSize) before regexp.Compile
+// expands its repetitions: for `.{1000}` repeated 584 times that expansion
+// alone (Simplify, syntax.Compile) allocates 140 MiB.
+func compileBounded(v string, budget *int) (*regexp.Regexp, error) {
+	tree, err := syntax.Parse(v, syntax.Perl) // regexp.Compile's flags
+	if err != nil {
+		return nil, fmt.Errorf("bad regular expression %q: %v", v, err)
+	}
+	size := progSize(tree, *budget)
+	if size > *budget {
+		return nil, fmt.Errorf("regular expression %q is %w", v, errRegexpTooLarge)
+	}
+	re, err := regexp.Compile(v)
+	if err != nil {
+		return nil, fmt.Errorf("bad regular expression %q: %v", v, err)
+	}
+	*budget -= size
+	return re, nil
+}
+
+// progSize returns an upper bound of the number of instructions
+// syntax.Compile makes of re after Simplify (as regexp.Compile does), or a
+// number above limit once it is over limit. It follows syntax.Compile: one
+// instruction per rune of a literal, per character class and per empty
+// width assertion; a repetition x{n,m} becomes n copies of x and m-n
+// optional ones (one more instruction each), x{n,} n copies and a loop.
+// It is exact for most expressions, at most twice the size for any.
+func progSize(re *syntax.Regexp, limit int) int {
+	const progOverhead = 2 // the fail and match instructions
+	return progOverhead + subSize(re, limit)
+}
+
+func subSize(re *syntax.Regexp, limit int) int {
+	sum := func(subs []*syntax.Regexp) int {
+		n := 0
+		for _, sub := range subs {
+			if n += subSize(sub, limit); n > limit {
+				return limit + 1
+			}
+		}
+		return n
+	}
+	switch re.Op {
+	case syntax.OpLiteral:
+		return max(len(re.Rune), 1)
+	case syntax.OpCapture:
+		return 2 + sum(re.Sub)
+	case syntax.OpStar, syntax.OpPlus, syntax.OpQuest:
+		return 1 + sum(re.Sub)
+	case syntax.OpConcat:
+		return max(sum(re.Sub), 1)
+	case syntax.OpAlternate:
+		return len(re.Sub) + sum(re.Sub)
+	case syntax.OpRepeat:
+		// The parser keeps Min and Max at most 1000 and sum keeps s at
+		// most limit+1, so these int64 products do not overflow, even
+		// where int has 32 bits.
+		s := int64(sum(re.Sub))
+		n := int64(re.Min) * s
+		if re.Max < 0 {
+			n++ // the loop
+		} else {
+			n += int64(re.Max-re.Min) * (s + 1)
+		}
+		return int(min(max(n, 1), int64(limit)+1))
+	default: // character classes, any character, empty width, no match
+		return 1
+	}
 }
 
 func (p *parser) fieldPart() (string, error) {

@@ -6,15 +6,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
-	"strconv"
+	"github.com/edged/edged/edged/errdefs"
 )
 
 // Listen returns the API listener: the socket systemd passed in when edged
-// is socket-activated, or a new unix path socket at address (its directory
-// 0711, the socket 0660 owned by root:gid).
+// is socket-activated, or a new unix path socket at address (the socket
+// 0660 owned by root:gid; see prepareSocketDir for its directory).
 //
 // Under socket activation the listening socket exists before edged starts
 // and connections queue in its backlog, so the first request of a client
@@ -28,8 +29,13 @@ func Listen(address string, gid int) (l net.Listener, activated bool, err error)
 		if l == nil {
 			continue
 		}
-		if _, ok := l.(*net.UnixListener); !ok {
-			return nil, false, fmt.Errorf("systemd passed fd %d as a %s socket; edged needs a unix stream socket", 3+i, l.Addr().Network())
+		if err := checkStreamListener(l); err != nil {
+			for _, o := range ls[i:] {
+				if o != nil {
+					o.Close()
+				}
+			}
+			return nil, false, fmt.Errorf("systemd passed fd %d as a %w", listenFdsStart+i, err)
 		}
 		for _, other := range ls[i+1:] {
 			if other != nil {
@@ -42,13 +48,56 @@ func Listen(address string, gid int) (l net.Listener, activated bool, err error)
 	return l, false, err
 }
 
+// checkStreamListener returns an error, completing "systemd passed fd N as
+// a …", unless l is a listening unix stream socket. net.FileListener
+// returns a *net.UnixListener for unix datagram and seqpacket sockets too,
+// and for a stream socket nobody called listen(2) on: a datagram socket
+// failed every Accept, and a seqpacket one broke the framing, only after
+// edged had told systemd READY=1.
+func checkStreamListener(l net.Listener) error {
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		return fmt.Errorf("%s socket; edged needs a unix stream socket", l.Addr().Network())
+	}
+	rc, err := ul.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("%s socket whose type cannot be read: %w", l.Addr().Network(), err)
+	}
+	var typ, listening int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		typ, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_TYPE)
+		if serr == nil {
+			listening, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN)
+		}
+	}); err != nil {
+		serr = err
+	}
+	switch {
+	case serr != nil:
+		return fmt.Errorf("%s socket whose type cannot be read: %w", l.Addr().Network(), serr)
+	case typ != syscall.SOCK_STREAM:
+		return fmt.Errorf("%s socket; edged needs a unix stream socket", l.Addr().Network())
+	case listening == 0:
+		return fmt.Errorf("unix stream socket that is not listening; edged needs a listening unix stream socket")
+	}
+	return nil
+}
+
+// defaultSocketDir is the directory of the default address
+// (configs/edged.toml), edged's own: configs/edged.socket makes it with
+// DirectoryMode=0711, and edged creates it as its default state directory
+// before it listens, under the umask.
+const defaultSocketDir = "/run/edged"
+
+// socketDirMode lets clients in the socket's group reach the socket (0660)
+// without letting anyone list or change the directory.
+const socketDirMode = 0o711
+
 func listenUnix(address string, gid int) (net.Listener, error) {
 	dir := filepath.Dir(address)
-	if err := os.MkdirAll(dir, 0o711); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	if err := os.Chmod(dir, 0o711); err != nil {
-		return nil, fmt.Errorf("chmod socket directory: %w", err)
+	if err := prepareSocketDir(dir, dir == defaultSocketDir); err != nil {
+		return nil, err
 	}
 	if err := removeStaleSocket(address); err != nil {
 		return nil, err
@@ -66,6 +115,84 @@ func listenUnix(address string, gid int) (net.Listener, error) {
 		return nil, fmt.Errorf("chown %s: %w", address, err)
 	}
 	return l, nil
+}
+
+// prepareSocketDir creates the missing components of dir with
+// socketDirMode (set explicitly: MkdirAll's mode is cut by the umask) and
+// sets that mode on dir itself only when dedicated (edged's own directory).
+// An existing directory is otherwise left as it is: an --address in /tmp
+// or /run once turned them 0711, without the sticky bit and world write
+// the host relies on.
+//
+// The deepest existing directory must then be private: writable only by
+// root or edged's user, or sticky (as /tmp is: others cannot rename or
+// remove what they do not own). Otherwise another user could replace
+// edged's socket, or a directory above it, with their own and answer
+// edged's clients, so edged refuses to start rather than warn in a log
+// nobody may read.
+func prepareSocketDir(dir string, dedicated bool) error {
+	var missing []string
+	existing := dir
+	for {
+		_, err := os.Stat(existing)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("stat socket directory %s: %w", existing, err)
+		}
+		missing = append(missing, existing)
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			break
+		}
+		existing = parent
+	}
+	if len(missing) == 0 {
+		if dedicated {
+			if err := os.Chmod(dir, socketDirMode); err != nil {
+				return fmt.Errorf("chmod socket directory: %w", err)
+			}
+		}
+		return checkPrivateDir(dir)
+	}
+	if err := checkPrivateDir(existing); err != nil {
+		return err
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		err := os.Mkdir(missing[i], socketDirMode)
+		if errors.Is(err, os.ErrExist) {
+			continue // made by someone else meanwhile: not ours to change
+		}
+		if err != nil {
+			return fmt.Errorf("create socket directory: %w", err)
+		}
+		if err := os.Chmod(missing[i], socketDirMode); err != nil {
+			return fmt.Errorf("chmod socket directory: %w", err)
+		}
+	}
+	return checkPrivateDir(dir)
+}
+
+// checkPrivateDir returns an ErrFailedPrecondition error when users other
+// than root and edged's own can replace entries of dir.
+func checkPrivateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("stat socket directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("socket directory %s is not a directory: %w", dir, errdefs.ErrFailedPrecondition)
+	}
+	if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
+		return fmt.Errorf("socket directory %s is not private (mode %v: others can write it and it has no sticky bit, so they could replace edged's socket); use a directory only root can write, such as %s: %w",
+			dir, fi.Mode(), defaultSocketDir, errdefs.ErrFailedPrecondition)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("socket directory %s is not private (owned by uid %d, who could replace edged's socket); use a directory only root can write, such as %s: %w",
+			dir, st.Uid, defaultSocketDir, errdefs.ErrFailedPrecondition)
+	}
+	return nil
 }
 
 // removeStaleSocket removes a socket left by a previous edged, refusing to

@@ -15,6 +15,7 @@ import (
 	"github.com/edged/edged/edged/metadata"
 	"github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/edged/protoconv"
+	"github.com/edged/edged/internal/ttrpcwire"
 	eventtypes "github.com/edged/edged/proto/events"
 	"github.com/edged/edged/proto/rpc"
 	api "github.com/edged/edged/proto/services/containers/v1"
@@ -225,20 +226,67 @@ func Adaptor(c *metadata.Container) filters.Adaptor {
 	})
 }
 
+// listResponseLimit is the largest List response edged sends: the API's
+// message limit less room for ttrpc's response envelope (a status and the
+// payload's tag and length, under 16 bytes).
+const listResponseLimit = ttrpcwire.MaxMessage - 16
+
 func (s *service) List(ctx context.Context, r *api.ListContainersRequest) (*api.ListContainersResponse, error) {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
 		return nil, err
 	}
-	storeFilters, post, err := ParseFilters(r.Filters)
+	list, err := s.list(ctx, ns, r.Filters)
 	if err != nil {
 		return nil, err
 	}
-	resp := &api.ListContainersResponse{}
+	resp := &api.ListContainersResponse{Containers: list}
+	// Containers of up to a 1 MiB spec each soon take more than a message
+	// may carry; say what to do instead of rpc's bare "message length
+	// exceeds the maximum".
+	if size := resp.Size(); size > listResponseLimit {
+		return nil, fmt.Errorf("%d containers of namespace %q take %d bytes, more than the %d byte message limit of List: use ListStream (edged/client's ListContainers does), or filters that match fewer: %w",
+			len(list), ns, size, ttrpcwire.MaxMessage, errdefs.ErrResourceExhausted)
+	}
+	return resp, nil
+}
+
+// ListStream sends the containers List would return one per message, so
+// that any number of them fits: each container is below the message limit.
+func (s *service) ListStream(ctx context.Context, r *api.ListContainersRequest, stream api.Containers_ListStreamServer) error {
+	err := func() error {
+		ns, err := streamNamespace(ctx, r.Namespace)
+		if err != nil {
+			return err
+		}
+		// Read them all first: sending to a slow client inside the read
+		// transaction would keep the WAL from being checkpointed.
+		list, err := s.list(ctx, ns, r.Filters)
+		if err != nil {
+			return err
+		}
+		for i, c := range list {
+			if err := stream.Send(&api.ListContainerMessage{Container: c}); err != nil {
+				return err
+			}
+			list[i] = nil // sent: let it go
+		}
+		return nil
+	}()
+	return errdefs.ToStatus(err)
+}
+
+// list returns the containers of namespace ns matching any filter.
+func (s *service) list(ctx context.Context, ns string, fs []string) ([]*api.Container, error) {
+	storeFilters, post, err := ParseFilters(fs)
+	if err != nil {
+		return nil, err
+	}
+	var list []*api.Container
 	err = s.db.View(ctx, func(tx *metadata.Tx) error {
 		return tx.WalkContainers(ctx, ns, func(c metadata.Container) error {
 			if post.Match(Adaptor(&c)) {
-				resp.Containers = append(resp.Containers, ToProto(c))
+				list = append(list, ToProto(c))
 			}
 			return nil
 		}, storeFilters...)
@@ -246,7 +294,20 @@ func (s *service) List(ctx context.Context, r *api.ListContainersRequest) (*api.
 	if err != nil {
 		return nil, err
 	}
-	return resp, nil
+	return list, nil
+}
+
+// streamNamespace is the namespace of a streaming call: its request's
+// field, which ttrpc streams need as they carry no metadata, else the
+// context's.
+func streamNamespace(ctx context.Context, field string) (string, error) {
+	if field == "" {
+		return namespaces.NamespaceRequired(ctx)
+	}
+	if err := identifiers.Validate("namespace", field); err != nil {
+		return "", err
+	}
+	return field, nil
 }
 
 func (s *service) Create(ctx context.Context, r *api.CreateContainerRequest) (*api.CreateContainerResponse, error) {

@@ -11,10 +11,24 @@ import (
 type ContainersService interface {
 	Get(context.Context, *GetContainerRequest) (*GetContainerResponse, error)
 	List(context.Context, *ListContainersRequest) (*ListContainersResponse, error)
+	ListStream(context.Context, *ListContainersRequest, Containers_ListStreamServer) error
 	Create(context.Context, *CreateContainerRequest) (*CreateContainerResponse, error)
 	Update(context.Context, *UpdateContainerRequest) (*UpdateContainerResponse, error)
 	Delete(context.Context, *DeleteContainerRequest) (*types.Empty, error)
 	CreateFromImage(context.Context, *CreateFromImageRequest) (*CreateContainerResponse, error)
+}
+
+type Containers_ListStreamServer interface {
+	Send(*ListContainerMessage) error
+	rpc.StreamServer
+}
+
+type containersListStreamServer struct {
+	rpc.StreamServer
+}
+
+func (x *containersListStreamServer) Send(m *ListContainerMessage) error {
+	return x.StreamServer.SendMsg(m)
 }
 
 func RegisterContainersService(srv rpc.Registrar, svc ContainersService) {
@@ -105,14 +119,37 @@ func RegisterContainersService(srv rpc.Registrar, svc ContainersService) {
 				return resp, nil
 			},
 		},
+		Streams: map[string]rpc.Stream{
+			"ListStream": {
+				Handler: func(ctx context.Context, stream rpc.StreamServer) (rpc.Message, error) {
+					m := new(ListContainersRequest)
+					if err := stream.RecvMsg(m); err != nil {
+						return nil, err
+					}
+					return nil, svc.ListStream(ctx, m, &containersListStreamServer{stream})
+				},
+				StreamingClient: false,
+				StreamingServer: true,
+			},
+		},
 	})
+}
+
+type ContainersClient interface {
+	Get(context.Context, *GetContainerRequest) (*GetContainerResponse, error)
+	List(context.Context, *ListContainersRequest) (*ListContainersResponse, error)
+	ListStream(context.Context, *ListContainersRequest) (Containers_ListStreamClient, error)
+	Create(context.Context, *CreateContainerRequest) (*CreateContainerResponse, error)
+	Update(context.Context, *UpdateContainerRequest) (*UpdateContainerResponse, error)
+	Delete(context.Context, *DeleteContainerRequest) (*types.Empty, error)
+	CreateFromImage(context.Context, *CreateFromImageRequest) (*CreateContainerResponse, error)
 }
 
 type containersClient struct {
 	client rpc.Caller
 }
 
-func NewContainersClient(client rpc.Caller) ContainersService {
+func NewContainersClient(client rpc.Caller) ContainersClient {
 	return &containersClient{
 		client: client,
 	}
@@ -132,6 +169,35 @@ func (c *containersClient) List(ctx context.Context, req *ListContainersRequest)
 		return nil, err
 	}
 	return &resp, nil
+}
+
+func (c *containersClient) ListStream(ctx context.Context, req *ListContainersRequest) (Containers_ListStreamClient, error) {
+	stream, err := c.client.NewStream(ctx, &rpc.StreamDesc{
+		StreamingClient: false,
+		StreamingServer: true,
+	}, "edged.services.containers.v1.Containers", "ListStream", req)
+	if err != nil {
+		return nil, err
+	}
+	x := &containersListStreamClient{stream}
+	return x, nil
+}
+
+type Containers_ListStreamClient interface {
+	Recv() (*ListContainerMessage, error)
+	rpc.ClientStream
+}
+
+type containersListStreamClient struct {
+	rpc.ClientStream
+}
+
+func (x *containersListStreamClient) Recv() (*ListContainerMessage, error) {
+	m := new(ListContainerMessage)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 func (c *containersClient) Create(ctx context.Context, req *CreateContainerRequest) (*CreateContainerResponse, error) {

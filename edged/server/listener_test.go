@@ -1,0 +1,182 @@
+package server
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edged/edged/edged/config"
+	"github.com/edged/edged/edged/errdefs"
+)
+
+// An --address in a shared directory such as /tmp must not change that
+// directory: it once lost its sticky bit and world write (0711).
+func TestListenUnixKeepsModeOfSharedStickyParent(t *testing.T) {
+	shared := t.TempDir()
+	if err := os.Chmod(shared, os.ModePerm|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := listenUnix(filepath.Join(shared, "edged.sock"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	after, err := os.Stat(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Mode() != before.Mode() {
+		t.Errorf("listenUnix changed the mode of an existing shared directory: %v -> %v", before.Mode(), after.Mode())
+	}
+}
+
+// The directories listenUnix creates get 0711 whatever the umask; the
+// existing directory they hang from keeps its mode.
+func TestListenUnixSetsModeOfCreatedDirsOnly(t *testing.T) {
+	base := t.TempDir()
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	addr := filepath.Join(base, "a", "b", "edged.sock")
+	l, err := listenUnix(addr, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for dir, want := range map[string]os.FileMode{
+		base:                          os.ModeDir | 0o755,
+		filepath.Join(base, "a"):      os.ModeDir | 0o711,
+		filepath.Join(base, "a", "b"): os.ModeDir | 0o711,
+	} {
+		if fi, err := os.Stat(dir); err != nil || fi.Mode() != want {
+			t.Errorf("%s: mode %v (%v), want %v", dir, fi.Mode(), err, want)
+		}
+	}
+}
+
+// edged's dedicated socket directory (the default address's) is set to
+// 0711 even when it exists already (edged creates it as its state
+// directory first, under the umask).
+func TestPrepareSocketDirSetsModeOfDedicatedDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "edged")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := prepareSocketDir(dir, true); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(dir); fi.Mode() != os.ModeDir|0o711 {
+		t.Fatalf("dedicated directory mode %v, want 0711", fi.Mode())
+	}
+}
+
+func TestDefaultSocketDirIsTheDefaultAddressDir(t *testing.T) {
+	if want := filepath.Dir(config.Default().Address); defaultSocketDir != want {
+		t.Fatalf("defaultSocketDir %q, want %q (the directory of the default address)", defaultSocketDir, want)
+	}
+}
+
+// A directory others can write without the sticky bit lets them replace
+// edged's socket with theirs: listenUnix refuses it and leaves it alone.
+func TestListenUnixRefusesParentWritableByOthers(t *testing.T) {
+	for _, mode := range []os.FileMode{0o777, 0o775} {
+		dir := t.TempDir()
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		for _, addr := range []string{filepath.Join(dir, "edged.sock"), filepath.Join(dir, "sub", "edged.sock")} {
+			l, err := listenUnix(addr, 0)
+			if err == nil {
+				l.Close()
+				t.Fatalf("%v: %s accepted", mode, addr)
+			}
+			if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "is not private") {
+				t.Errorf("%v: %s: %v", mode, addr, err)
+			}
+			if _, err := os.Lstat(addr); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("%v: %s created: %v", mode, addr, err)
+			}
+		}
+		if fi, _ := os.Stat(dir); fi.Mode().Perm() != mode {
+			t.Errorf("mode of %s changed to %v", dir, fi.Mode())
+		}
+	}
+}
+
+// envActivationChild makes the test binary run TestActivationChild: fd 3
+// is then the socket the parent passed, as systemd passes it.
+const envActivationChild = "EDGED_TEST_ACTIVATION_CHILD"
+
+func TestActivationChild(t *testing.T) {
+	if os.Getenv(envActivationChild) == "" {
+		t.Skip("run by TestListenRefusesActivationSocketNotUnixStream")
+	}
+	os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	os.Setenv("LISTEN_FDS", "1")
+	l, activated, err := Listen(filepath.Join(t.TempDir(), "unused.sock"), 0)
+	if err != nil {
+		t.Logf("RESULT refused: %v", err)
+		return
+	}
+	defer l.Close()
+	t.Logf("RESULT accepted: activated=%v network=%s", activated, l.Addr().Network())
+}
+
+// systemd can pass a unix datagram or seqpacket socket (ListenDatagram=,
+// ListenSequentialPacket= in a wrong edged.socket), or a stream socket not
+// listening. Listen refuses them at start-up; it once took them, and a
+// datagram socket then failed every Accept after edged told systemd
+// READY=1, a restart loop.
+func TestListenRefusesActivationSocketNotUnixStream(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		typ    int
+		listen bool
+		want   string
+	}{
+		{"datagram", syscall.SOCK_DGRAM, false, "RESULT refused: systemd passed fd 3 as a unixgram socket; edged needs a unix stream socket"},
+		{"seqpacket", syscall.SOCK_SEQPACKET, true, "RESULT refused: systemd passed fd 3 as a unixpacket socket; edged needs a unix stream socket"},
+		{"stream not listening", syscall.SOCK_STREAM, false, "RESULT refused: systemd passed fd 3 as a unix stream socket that is not listening; edged needs a listening unix stream socket"},
+		{"stream", syscall.SOCK_STREAM, true, "RESULT accepted: activated=true network=unix"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fd, err := syscall.Socket(syscall.AF_UNIX, tc.typ|syscall.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := os.NewFile(uintptr(fd), "activation-socket")
+			defer f.Close()
+			if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: filepath.Join(t.TempDir(), "a.sock")}); err != nil {
+				t.Fatal(err)
+			}
+			if tc.listen {
+				if err := syscall.Listen(fd, 16); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cmd := exec.Command(os.Args[0], "-test.run=^TestActivationChild$", "-test.v", "-test.count=1")
+			cmd.Env = append(os.Environ(), envActivationChild+"=1")
+			cmd.ExtraFiles = []*os.File{f} // fd 3
+			cmd.WaitDelay = time.Second
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("child: %v\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Errorf("want %q in:\n%s", tc.want, out)
+			}
+		})
+	}
+}
