@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/edged/edged/edged/filters"
 	ptypesapi "github.com/edged/edged/proto/types"
 )
 
@@ -42,5 +44,28 @@ func TestJSONOutput(t *testing.T) {
 	var empty bytes.Buffer
 	if err := writeJSONLine(&empty, []*ptypesapi.Metrics{}, true); err != nil || empty.String() != "[]\n" {
 		t.Fatalf("empty list: %q %v", empty.String(), err)
+	}
+}
+
+// edgectl stats sends one id== filter per ID up to edged's limit on
+// filters per request, and past it filters the metrics itself.
+func TestStatsIDFilters(t *testing.T) {
+	if maxIDFilters != filters.MaxFilters {
+		t.Fatalf("maxIDFilters %d, edged's filters.MaxFilters %d", maxIDFilters, filters.MaxFilters)
+	}
+	few := []string{"a", "b"}
+	if f := idFilters(few); len(f) != 2 || f[0] != "id==a" {
+		t.Fatalf("idFilters(%v) = %v", few, f)
+	}
+	var many []string
+	for i := 0; i <= maxIDFilters; i++ {
+		many = append(many, fmt.Sprintf("c%d", i))
+	}
+	if f := idFilters(many); f != nil {
+		t.Fatalf("%d IDs sent as %d filters, over edged's limit", len(many), len(f))
+	}
+	ms := []*ptypesapi.Metrics{{Id: "c0"}, {Id: "other"}, {Id: "c5"}}
+	if got := keepIDs(ms, many); len(got) != 2 || got[0].Id != "c0" || got[1].Id != "c5" {
+		t.Fatalf("keepIDs = %v", got)
 	}
 }

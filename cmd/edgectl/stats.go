@@ -65,11 +65,38 @@ func (t *refreshTimer) end(n int) {
 }
 
 func idFilters(ids []string) []string {
+	if len(ids) > maxIDFilters {
+		return nil // all of them, narrowed by keepIDs
+	}
 	f := make([]string, len(ids))
 	for i, id := range ids {
 		f[i] = "id==" + id
 	}
 	return f
+}
+
+// maxIDFilters is edged/filters.MaxFilters, the most filters one request
+// may carry (a test checks they agree; edgectl does not link the filter
+// package): past it, stats asks for every task's metrics and keeps those of
+// the IDs asked for itself.
+const maxIDFilters = 32
+
+// keepIDs narrows ms to the tasks in ids when idFilters could not.
+func keepIDs(ms []*ptypesapi.Metrics, ids []string) []*ptypesapi.Metrics {
+	if len(ids) <= maxIDFilters {
+		return ms
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	out := ms[:0]
+	for _, m := range ms {
+		if want[m.Id] {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // statsCommand is `edgectl stats`: a refreshing table of the running
@@ -95,7 +122,8 @@ func statsCommand() *command {
 				sample := func() ([]*ptypesapi.Metrics, error) {
 					timer.begin()
 					defer timer.fetched()
-					return c.Metrics(e.ctx, filters...)
+					ms, err := c.Metrics(e.ctx, filters...)
+					return keepIDs(ms, args), err
 				}
 				if e.format == "json" {
 					// Raw counters: fleet agents compute rates themselves.
