@@ -1,7 +1,6 @@
 package metadata
 
 import (
-	"strconv"
 	"unicode"
 	"unicode/utf8"
 
@@ -37,7 +36,7 @@ func validateExtensions(ext map[string][]byte) error {
 	total := 0
 	for k, v := range ext {
 		if len(k) == 0 || len(k) > MaxLabelKeySize {
-			return errdefs.InvalidArgument("extensions", "name %s is %d bytes, must be 1 to %d", shortQuote(k), len(k), MaxLabelKeySize)
+			return errdefs.InvalidArgument("extensions", "name %s is %d bytes, must be 1 to %d", labels.Quote(k), len(k), MaxLabelKeySize)
 		}
 		total += len(k) + len(v)
 	}
@@ -78,11 +77,11 @@ func validateText(field, s string, required bool) error {
 
 func checkText(field, s string, noSpace bool) error {
 	if !utf8.ValidString(s) {
-		return errdefs.InvalidArgument(field, "%s is not valid UTF-8", shortQuote(s))
+		return errdefs.InvalidArgument(field, "%s is not valid UTF-8", labels.Quote(s))
 	}
 	for i, r := range s {
 		if unicode.IsControl(r) || (noSpace && unicode.IsSpace(r)) {
-			return errdefs.InvalidArgument(field, "%s has a whitespace or control character at byte %d", shortQuote(s), i)
+			return errdefs.InvalidArgument(field, "%s has a whitespace or control character at byte %d", labels.Quote(s), i)
 		}
 	}
 	return nil
@@ -97,16 +96,7 @@ func validateDigest(field, d string) error {
 		return errdefs.InvalidArgument(field, "%d bytes is longer than the maximum of %d", len(d), maxTextSize)
 	}
 	if err := digest.Digest(d).Validate(); err != nil {
-		return errdefs.InvalidArgument(field, "%s: %v", shortQuote(d), err)
+		return errdefs.InvalidArgument(field, "%s: %v", labels.Quote(d), err)
 	}
 	return nil
-}
-
-// shortQuote quotes s for an error message, cut to 64 bytes.
-func shortQuote(s string) string {
-	const max = 64
-	if len(s) <= max {
-		return strconv.Quote(s)
-	}
-	return strconv.Quote(s[:max]) + "..."
 }

@@ -30,30 +30,49 @@ func Validate(field string, m map[string]string) error {
 	if len(m) > MaxCount {
 		return errdefs.InvalidArgument(field, "%d labels is more than the maximum of %d", len(m), MaxCount)
 	}
+	// The common case, labels within the limits, is checked in map order
+	// without sorting (this runs on every write that carries labels); the
+	// keys are sorted only to report a failure, so that the same labels
+	// always give the same message.
+	total := 0
+	for k, v := range m {
+		if len(k) == 0 || len(k) > MaxKeySize || len(k)+len(v) > MaxSize {
+			return check(field, m)
+		}
+		total += len(k) + len(v)
+	}
+	if total > MaxTotalSize {
+		return check(field, m)
+	}
+	return nil
+}
+
+// check finds the first label, in key order, over a limit.
+func check(field string, m map[string]string) error {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
-	slices.Sort(keys) // deterministic error messages
+	slices.Sort(keys)
 	total := 0
 	for _, k := range keys {
 		v := m[k]
 		if len(k) == 0 || len(k) > MaxKeySize {
-			return errdefs.InvalidArgument(field, "key %s is %d bytes, must be 1 to %d", shortQuote(k), len(k), MaxKeySize)
+			return errdefs.InvalidArgument(field, "key %s is %d bytes, must be 1 to %d", Quote(k), len(k), MaxKeySize)
 		}
 		if len(k)+len(v) > MaxSize {
-			return errdefs.InvalidArgument(field, "key %s: key and value are %d bytes, more than the maximum of %d", shortQuote(k), len(k)+len(v), MaxSize)
+			return errdefs.InvalidArgument(field, "key %s: key and value are %d bytes, more than the maximum of %d", Quote(k), len(k)+len(v), MaxSize)
 		}
 		total += len(k) + len(v)
 		if total > MaxTotalSize {
-			return errdefs.InvalidArgument(field, "key %s: labels total more than the maximum of %d bytes", shortQuote(k), MaxTotalSize)
+			return errdefs.InvalidArgument(field, "key %s: labels total more than the maximum of %d bytes", Quote(k), MaxTotalSize)
 		}
 	}
 	return nil
 }
 
-// shortQuote quotes s for an error message, cut to 64 bytes.
-func shortQuote(s string) string {
+// Quote quotes s for an error message, cut to 64 bytes.
+func Quote(s string) string {
 	const max = 64
 	if len(s) <= max {
 		return strconv.Quote(s)
