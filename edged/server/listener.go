@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -16,11 +17,14 @@ import (
 // Listen returns the API listener: the socket systemd passed in when edged
 // is socket-activated, or a new unix path socket at address (the socket
 // 0660 owned by root:gid; see prepareSocketDir for its directory).
+// ownDirs are directories that are edged's own (its state directory): when
+// the socket's directory is one, it gets socketDirMode as the default
+// directory does, whatever the umask made it.
 //
 // Under socket activation the listening socket exists before edged starts
 // and connections queue in its backlog, so the first request of a client
 // that triggered the activation is accepted once serving starts, never lost.
-func Listen(address string, gid int) (l net.Listener, activated bool, err error) {
+func Listen(address string, gid int, ownDirs ...string) (l net.Listener, activated bool, err error) {
 	ls, err := activationListeners()
 	if err != nil {
 		return nil, false, fmt.Errorf("systemd activation: %w", err)
@@ -44,7 +48,7 @@ func Listen(address string, gid int) (l net.Listener, activated bool, err error)
 		}
 		return l, true, nil
 	}
-	l, err = listenUnix(address, gid)
+	l, err = listenUnix(address, gid, ownDirs...)
 	return l, false, err
 }
 
@@ -94,9 +98,10 @@ const defaultSocketDir = "/run/edged"
 // without letting anyone list or change the directory.
 const socketDirMode = 0o711
 
-func listenUnix(address string, gid int) (net.Listener, error) {
+func listenUnix(address string, gid int, ownDirs ...string) (net.Listener, error) {
 	dir := filepath.Dir(address)
-	if err := prepareSocketDir(dir, dir == defaultSocketDir); err != nil {
+	own := dir == defaultSocketDir || slices.ContainsFunc(ownDirs, func(d string) bool { return filepath.Clean(d) == dir })
+	if err := prepareSocketDir(dir, own); err != nil {
 		return nil, err
 	}
 	if err := removeStaleSocket(address); err != nil {

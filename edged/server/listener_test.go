@@ -180,3 +180,66 @@ func TestListenRefusesActivationSocketNotUnixStream(t *testing.T) {
 		})
 	}
 }
+
+// A socket in edged's own state directory (not the default one), which
+// edged created under a umask of 077, gets 0711 so that clients in the
+// socket's group reach it; the same directory, not named as edged's own,
+// keeps its mode.
+func TestListenUnixSetsModeOfOwnStateDir(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	addr := filepath.Join(state, "edged.sock")
+	l, err := listenUnix(addr, 0, state+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if fi, _ := os.Stat(state); fi.Mode().Perm() != 0o711 {
+		t.Fatalf("own state directory: mode %v, want 0711", fi.Mode())
+	}
+	if err := os.Chmod(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	l, err = listenUnix(addr, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if fi, _ := os.Stat(state); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("a directory not named as edged's: mode %v, want 0700 kept", fi.Mode())
+	}
+}
+
+// A parent directory owned by another user is refused with a message
+// naming its owner.
+func TestListenUnixRefusesParentOwnedByOther(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	dir := filepath.Join(t.TempDir(), "theirs")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	_, err := listenUnix(filepath.Join(dir, "edged.sock"), 0)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "is not private (owned by uid 65534, who could replace edged's socket)") {
+		t.Fatalf("parent owned by uid 65534: %v", err)
+	}
+}
+
+// A socket path whose directory is a file is refused with a message
+// saying so.
+func TestListenUnixRefusesFileAsDirectory(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := listenUnix(filepath.Join(file, "edged.sock"), 0)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "socket directory "+file+" is not a directory") {
+		t.Fatalf("socket under a file: %v", err)
+	}
+}

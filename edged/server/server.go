@@ -163,7 +163,7 @@ func (s *Server) Events() *events.Exchange { return s.ex }
 
 // Run listens and serves until ctx is done, then drains (see Serve).
 func (s *Server) Run(ctx context.Context) error {
-	l, activated, err := Listen(s.cfg.Address, s.cfg.API.SocketGID)
+	l, activated, err := Listen(s.cfg.Address, s.cfg.API.SocketGID, s.cfg.State)
 	if err != nil {
 		return err
 	}
