@@ -110,4 +110,22 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
+	// The messages.
+	for in, want := range map[string]string{
+		"8GB":        `"8GB" is not a size: want a non-negative integer with an optional unit (B, KiB, MiB, GiB, TiB), e.g. "128MiB"`,
+		"8388608TiB": `"8388608TiB" is too large`,
+	} {
+		if _, err := ParseSize(in); err == nil || err.Error() != want {
+			t.Errorf("ParseSize(%q): %v, want %q", in, err, want)
+		}
+	}
+	var sz Size
+	for v, want := range map[any]string{
+		int64(-5): "-5 is not a size: it must not be negative",
+		true:      `true is not a size: want a number of bytes or a string like "128MiB"`,
+	} {
+		if err := sz.UnmarshalTOML(v); err == nil || err.Error() != want {
+			t.Errorf("UnmarshalTOML(%v): %v, want %q", v, err, want)
+		}
+	}
 }
