@@ -94,7 +94,18 @@ func (n *Network) release(ctx context.Context, cniID, path string, ports []cni.P
 
 // releaseAsync releases in the background; Close and Cleanup wait for it.
 func (n *Network) releaseAsync(cniID, path string, ports []cni.PortMapping) {
+	// Added under mu, as refill does: a release asked for while Close
+	// waits for the background work (a shim found dead at that moment)
+	// must not start more of it. Its record stays, and the next start's
+	// Cleanup releases it.
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		n.cfg.Log.Warn("network: closing; a container's network is released at edged's next start", "cni_id", cniID)
+		return
+	}
 	n.wg.Add(1)
+	n.mu.Unlock()
 	go func() {
 		defer n.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), backgroundTimeout)

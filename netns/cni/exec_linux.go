@@ -91,7 +91,10 @@ func (e *pluginExec) run(ctx context.Context, pluginPath string, stdinData []byt
 			return nil, err
 		}
 		if cerr := ctx.Err(); cerr != nil {
-			err = fmt.Errorf("%w (%w)", err, cerr)
+			// Killed at the deadline: the context's error stays in the
+			// chain (libcni wraps what this returns with %w), so callers
+			// see DeadlineExceeded or Canceled, not a plugin failure.
+			return nil, fmt.Errorf("%w: %w", pluginErr(err, stdout.Bytes(), stderr), cerr)
 		}
 		return nil, pluginErr(err, stdout.Bytes(), stderr)
 	}

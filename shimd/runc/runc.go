@@ -179,9 +179,9 @@ func (r *Runc) run(ctx context.Context, stdin []byte, args ...string) ([]byte, e
 	out := readBounded(outR)
 	errOut := <-errc
 	e := <-exitc
-	if !stopKill() {
-		// Killed (or the kill raced with the exit): the caller's deadline
-		// is what failed.
+	if !stopKill() && e.Status != 0 {
+		// Killed: the caller's deadline is what failed. A runc that
+		// exited 0 before the kill landed did its work, and says so.
 		return out, fmt.Errorf("%s %s: %w", bin, args[0], ctx.Err())
 	}
 	if e.Status != 0 {

@@ -33,8 +33,11 @@ type RotatingFile struct {
 	// rotating is set while a rotation's renames are not all done: the
 	// next Write redoes them before opening a new file.
 	rotating bool
-	closed   bool
-	dropped  int64 // bytes Write could not write
+	// next is the rename a failed rotation resumes from (see rotate); 0:
+	// from the oldest.
+	next    int
+	closed  bool
+	dropped int64 // bytes Write could not write
 }
 
 // OpenRotatingFile opens (appends to) the log at path. maxSize <= 0 and
@@ -155,13 +158,20 @@ func (l *RotatingFile) rotate() error {
 			return fmt.Errorf("rotate log: %w", err)
 		}
 	}
-	// Redone from the start after a failure: a rename that was done left
-	// its source missing, which is skipped.
-	for i := l.maxFiles - 1; i >= 1; i-- {
+	// After a failure the renames resume where they stopped: redone from
+	// the oldest, the ones already done would shift each file once more,
+	// over the next one (a log lost per retry).
+	start := l.maxFiles - 1
+	if l.next > 0 {
+		start = l.next
+	}
+	for i := start; i >= 1; i-- {
 		if err := os.Rename(name(i-1), name(i)); err != nil && !os.IsNotExist(err) {
+			l.next = i
 			return fmt.Errorf("rotate log: %w", err)
 		}
 	}
+	l.next = 0
 	l.rotating = false
 	return l.open()
 }

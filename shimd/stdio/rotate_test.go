@@ -115,3 +115,34 @@ func TestRotatingFileRetriesFailedRotation(t *testing.T) {
 		t.Fatalf("write after Close: %v, want ErrClosed", err)
 	}
 }
+
+// A rotation that failed part way resumes at the rename that failed: the
+// renames already done are not done again, which would shift a file once
+// more over the next one. The state left by a failure at the last rename
+// (the active file to .1) is set up directly: a rename in the middle of a
+// rotation fails only on a full or failing disk, not on demand.
+func TestRotatingFileResumesRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	l, err := OpenRotatingFile(path, 100, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for name, data := range map[string]string{path: "cur\n", path + ".2": "one\n", path + ".3": "two\n"} {
+		if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.mu.Lock()
+	l.f.Close()
+	l.f, l.rotating, l.next = nil, true, 1
+	l.mu.Unlock()
+	if _, err := l.Write([]byte("new\n")); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{path: "new\n", path + ".1": "cur\n", path + ".2": "one\n", path + ".3": "two\n"} {
+		if got, _ := os.ReadFile(name); string(got) != want {
+			t.Errorf("%s = %q, want %q", filepath.Base(name), got, want)
+		}
+	}
+}
