@@ -119,7 +119,7 @@ func TestListOverMessageLimitNamesTheLimit(t *testing.T) {
 	_, err := raw.List(ctx, &api.ListContainersRequest{})
 	err = client.ConvertError(err)
 	// The size varies by a few bytes with the timestamps' encoding.
-	want := regexp.MustCompile(`^4 containers of namespace "default" take 41943\d\d bytes, more than the 4194304 byte message limit of List: use ListStream \(edged/client's ListContainers does\), or filters that match fewer: resource exhausted$`)
+	want := regexp.MustCompile(`^4 containers of namespace "default" take 419\d{4} bytes, more than the 4194304 byte message limit of List: use ListStream \(edged/client's ListContainers does\), or filters that match fewer: resource exhausted$`)
 	if !errors.Is(err, errdefs.ErrResourceExhausted) || !want.MatchString(err.Error()) {
 		t.Fatalf("List = %v\nwant %s", err, want)
 	}
