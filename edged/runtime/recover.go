@@ -89,7 +89,9 @@ func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
 				continue
 			}
 			m.log.Info("removing orphaned bundle", "bundle", b)
-			m.cleanupTask(ctx, &task{Namespace: nd.Name(), ID: id.Name(), Bundle: b, Native: true})
+			t := &task{Namespace: nd.Name(), ID: id.Name(), Bundle: b, Native: true}
+			m.cleanupTask(ctx, t)
+			m.taskGone(t)
 		}
 	}
 	res.Duration = time.Since(start)
@@ -142,7 +144,9 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int
 		}
 		m.log.Warn("shim of a previous edged is gone; cleaning up its tasks", "address", address, "tasks", len(ts), "error", err)
 		for _, t := range ts {
+			// Before serving: no Create can race this clean-up.
 			m.cleanupTask(ctx, t)
+			m.taskGone(t)
 		}
 		if first.Native {
 			os.Remove(address)

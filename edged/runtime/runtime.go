@@ -60,9 +60,17 @@ type Config struct {
 	// start. It costs one idle shim's memory per namespace.
 	SpareShim bool
 	Log       *slog.Logger
-	// OnDead is called for each task whose shim died and was cleaned up,
-	// so the daemon can publish its exit.
-	OnDead func(ns, id string, pid uint32)
+	// OnDead is called for each task whose shim died, once the runtime
+	// has cleaned up after it (runc state, mounts, bundle, bootstrap),
+	// for the daemon to undo what it set up for the task (its network).
+	// The task's ID stays reserved until OnDead returns: a Create of the
+	// same ID meanwhile fails with AlreadyExists instead of racing the
+	// clean-up.
+	OnDead func(ns, id string)
+	// OnGone is called after OnDead, once the ID is free, so the daemon
+	// can publish the task's exit: a client recreating the task on that
+	// event finds the ID free and nothing of the old task left.
+	OnGone func(ns, id string, pid uint32)
 }
 
 // Manager runs tasks through shims.
@@ -102,6 +110,9 @@ type task struct {
 	Stdout    string `json:"stdout,omitempty"`
 
 	shim *shimConn
+	// dead marks the entry that holds a dead shim's task ID while it is
+	// cleaned up (see shimDead).
+	dead bool
 }
 
 // New returns a manager; call Recover before serving.
@@ -214,8 +225,11 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		o.Options = &types.Any{TypeUrl: "containerd.runc.v1.Options", Value: b}
 	}
 	m.mu.Lock()
-	if _, ok := m.tasks[key(ns, id)]; ok {
+	if old, ok := m.tasks[key(ns, id)]; ok {
 		m.mu.Unlock()
+		if old.dead {
+			return 0, fmt.Errorf("task %q in namespace %q: its shim died and edged is cleaning up after it; try again shortly: %w", id, ns, errdefs.ErrAlreadyExists)
+		}
 		return 0, fmt.Errorf("task %q in namespace %q: %w", id, ns, errdefs.ErrAlreadyExists)
 	}
 	// Reserve the ID while the task is being created.
@@ -224,8 +238,12 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 	m.mu.Unlock()
 	defer func() {
 		if err != nil {
+			// Unless shimDead holds the ID while it cleans up after the
+			// task (a shim that died during the create).
 			m.mu.Lock()
-			delete(m.tasks, key(ns, id))
+			if m.tasks[key(ns, id)] == t {
+				delete(m.tasks, key(ns, id))
+			}
 			m.mu.Unlock()
 		}
 	}()
@@ -834,20 +852,33 @@ func (m *Manager) shimDead(ctx context.Context, sc *shimConn) {
 		syscall.Kill(sc.pid, syscall.SIGKILL)
 	}
 	sc.reap()
+	// Each task's entry is replaced by a reservation of its ID (no shim:
+	// the task is gone for every call) until its clean-up is over, so
+	// that a task of the same ID cannot be created meanwhile: its fresh
+	// bundle and network would be what the clean-up removes.
 	m.mu.Lock()
 	if m.shims[sc.key] == sc {
 		delete(m.shims, sc.key)
 	}
-	var tasks []*task
+	type dying struct{ t, held *task }
+	var tasks []dying
 	for _, id := range ids {
-		if t, ok := m.tasks[key(sc.ns, id)]; ok {
-			tasks = append(tasks, t)
-			delete(m.tasks, key(sc.ns, id))
+		k := key(sc.ns, id)
+		if t, ok := m.tasks[k]; ok && t.shim == sc {
+			held := &task{Namespace: t.Namespace, ID: t.ID, dead: true}
+			m.tasks[k] = held
+			tasks = append(tasks, dying{t, held})
 		}
 	}
 	m.mu.Unlock()
-	for _, t := range tasks {
-		m.cleanupTask(ctx, t)
+	for _, d := range tasks {
+		m.cleanupTask(ctx, d.t)
+		m.mu.Lock()
+		if k := key(d.t.Namespace, d.t.ID); m.tasks[k] == d.held {
+			delete(m.tasks, k)
+		}
+		m.mu.Unlock()
+		m.taskGone(d.t)
 	}
 	if sc.native {
 		os.Remove(sc.address)
@@ -855,7 +886,9 @@ func (m *Manager) shimDead(ctx context.Context, sc *shimConn) {
 }
 
 // cleanupTask removes what a task of a dead shim left: the runc container,
-// the rootfs mounts, the bundle and the bootstrap.
+// the rootfs mounts, the bundle and the bootstrap; then OnDead undoes what
+// the daemon set up for it. The caller holds the task's ID (see shimDead)
+// and calls taskGone after freeing it.
 func (m *Manager) cleanupTask(ctx context.Context, t *task) {
 	if t.Native {
 		m.deleteNative(ctx, m.log, t.Namespace, t.ID, t.Bundle)
@@ -865,7 +898,14 @@ func (m *Manager) cleanupTask(ctx context.Context, t *task) {
 	m.removeBundle(t.Bundle)
 	os.Remove(m.bootstrapPath(t.Namespace, t.ID))
 	if m.cfg.OnDead != nil {
-		m.cfg.OnDead(t.Namespace, t.ID, t.Pid)
+		m.cfg.OnDead(t.Namespace, t.ID)
+	}
+}
+
+// taskGone reports a dead shim's task cleaned up and its ID free.
+func (m *Manager) taskGone(t *task) {
+	if m.cfg.OnGone != nil {
+		m.cfg.OnGone(t.Namespace, t.ID, t.Pid)
 	}
 }
 

@@ -92,18 +92,19 @@ const deadTaskTeardownTimeout = time.Minute
 // deleted through the API, so its network (namespace, address, iptables
 // rules, record) is torn down here rather than left until edged restarts.
 // The runtime calls it off any request path (the shim's watcher, or
-// Recover). The teardown comes before the exit events, so that a client
-// recreating the task on them does not race it; a task of the container
-// that exists again meanwhile owns the network and keeps it.
-func (s *Server) taskDead(ns, id string, pid uint32) {
-	if s.network != nil && !s.rt.Has(ns, id) {
-		ctx, cancel := context.WithTimeout(context.Background(), deadTaskTeardownTimeout)
-		if err := s.network.TeardownGone(ctx, ns, id); err != nil {
-			s.log.Warn("network teardown of a task whose shim died failed; edged retries at its next start", "namespace", ns, "id", id, "error", err)
-		}
-		cancel()
+// Recover), while it still holds the task's ID: no task of the container
+// can be created until the teardown is over, so the network torn down is
+// the dead task's. The exit events follow (taskGone), so a client
+// recreating the task on them finds the network gone and the ID free.
+func (s *Server) taskDead(ns, id string) {
+	if s.network == nil {
+		return
 	}
-	s.publishDeadTask(ns, id, pid)
+	ctx, cancel := context.WithTimeout(context.Background(), deadTaskTeardownTimeout)
+	defer cancel()
+	if err := s.network.TeardownGone(ctx, ns, id); err != nil {
+		s.log.Warn("network teardown of a task whose shim died failed; edged retries at its next start", "namespace", ns, "id", id, "error", err)
+	}
 }
 
 // closeNetwork releases the spare attachments and waits for background

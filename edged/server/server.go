@@ -94,7 +94,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	s.rt, err = runtime.New(runtime.Config{
 		State: cfg.State, Address: cfg.Address, ShimBinary: cfg.Runtime.ShimBinary,
 		CallTimeout: cfg.Runtime.ShimCallTimeout.Duration, ConnectTimeout: cfg.Runtime.ShimConnectTimeout.Duration,
-		SpareShim: cfg.Runtime.SpareShim, Log: log, OnDead: s.taskDead,
+		SpareShim: cfg.Runtime.SpareShim, Log: log, OnDead: s.taskDead, OnGone: s.publishDeadTask,
 	})
 	if err != nil {
 		return nil, err
