@@ -84,8 +84,9 @@ func TestSocketActivationFirstRPC(t *testing.T) {
 	}
 }
 
-// TestNotifyAndWatchdog checks READY=1, WATCHDOG=1 pets and STOPPING=1 on
-// a real notify socket, and a clean exit on SIGTERM.
+// TestNotifyAndWatchdog checks the start-up notices (STATUS= with
+// EXTEND_TIMEOUT_USEC=), READY=1, WATCHDOG=1 pets and STOPPING=1 on a real
+// notify socket, and a clean exit on SIGTERM.
 func TestNotifyAndWatchdog(t *testing.T) {
 	dir := testutil.ShortTempDir(t)
 	nsock := filepath.Join(dir, "notify.sock")
@@ -110,6 +111,16 @@ func TestNotifyAndWatchdog(t *testing.T) {
 		Bin: binDir, Dir: dir,
 		Env: []string{"NOTIFY_SOCKET=" + nsock, "WATCHDOG_USEC=200000"},
 	})
+	next := func(t *testing.T, msgs <-chan string) string {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			return m
+		case <-time.After(10 * time.Second):
+			t.Fatal("no notice within 10s")
+			return ""
+		}
+	}
 	want := func(s string) {
 		t.Helper()
 		timeout := time.After(10 * time.Second)
@@ -124,9 +135,27 @@ func TestNotifyAndWatchdog(t *testing.T) {
 			}
 		}
 	}
-	want("READY=1")
+	// Before READY=1: the start-up phases, each with an extension of
+	// systemd's start timeout.
+	var before []string
+	for {
+		m := next(t, msgs)
+		if m == "READY=1" {
+			break
+		}
+		before = append(before, m)
+	}
+	joined := strings.Join(before, "|")
+	for _, s := range []string{"STATUS=starting\nEXTEND_TIMEOUT_USEC=30000000", "STATUS=recovering tasks\nEXTEND_TIMEOUT_USEC=30000000",
+		"STATUS=importing the archives of " + filepath.Join(d.Root, "import") + "\nEXTEND_TIMEOUT_USEC=30000000"} {
+		if !strings.Contains(joined, s) {
+			t.Errorf("notices before READY=1: %q; want %q among them", before, s)
+		}
+	}
 	for i := 0; i < 3; i++ {
-		want("WATCHDOG=1")
+		if m := next(t, msgs); m != "WATCHDOG=1" {
+			t.Fatalf("notice after READY=1: %q; want WATCHDOG=1 only", m)
+		}
 	}
 	if err := d.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

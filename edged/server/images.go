@@ -111,6 +111,7 @@ func (s *Server) recoverImages(ctx context.Context) {
 	if !ok {
 		return
 	}
+	s.startup.status("recovering the image store")
 	res, err := st.svc.Recover(ctx)
 	if err != nil {
 		s.log.Warn("image store recovery had errors", "error", err)
@@ -125,6 +126,7 @@ func (s *Server) recoverImages(ctx context.Context) {
 			return
 		}
 	}
+	s.startup.status("importing the archives of " + dir)
 	results, err := st.svc.ImportDir(ctx, s.cfg.Images.ImportNamespace, dir)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {

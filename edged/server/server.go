@@ -45,12 +45,21 @@ type Server struct {
 	images ImageStore
 	// network is the task network hook (edged/network).
 	network *network.Network
+	// startup keeps systemd waiting while edged starts (startup.go).
+	startup *startup
 	closed  bool
 }
 
 // New opens the stores under cfg.Root and cfg.State and registers the
 // services. It does not listen yet.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version versionsvc.Info) (s *Server, err error) {
+	startup := notifyStartup(log, startupNoticeInterval)
+	defer func() {
+		if err != nil {
+			startup.finish()
+		}
+	}()
+	startup.status("opening the metadata database")
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
@@ -90,7 +99,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 		Unary:  unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim, drain),
 		Stream: streamInterceptor(log, trim, drain),
 	})
-	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), rpc: rs, trim: trim, drain: drain}
+	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), rpc: rs, trim: trim, drain: drain, startup: startup}
 	s.rt, err = runtime.New(runtime.Config{
 		State: cfg.State, Address: cfg.Address, ShimBinary: cfg.Runtime.ShimBinary,
 		CallTimeout: cfg.Runtime.ShimCallTimeout.Duration, ConnectTimeout: cfg.Runtime.ShimConnectTimeout.Duration,
@@ -148,11 +157,13 @@ func (s *Server) publishDeadTask(ns, id string, pid uint32) {
 // Recover reconnects to the shims of a previous edged and cleans up after
 // dead ones; call it before Run.
 func (s *Server) Recover(ctx context.Context) error {
+	s.startup.status("recovering tasks")
 	res, err := s.rt.Recover(ctx)
 	if err != nil {
 		return err
 	}
 	s.log.Info("tasks recovered", "reconnected", res.Reconnected, "dead", res.Dead, "duration", res.Duration)
+	s.startup.status("cleaning up networks")
 	s.cleanupNetworks(ctx)
 	s.recoverImages(ctx)
 	return nil
@@ -187,6 +198,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) erro
 	errc := make(chan error, 1)
 	go func() { errc <- s.rpc.Serve(context.WithoutCancel(ctx), l) }()
 
+	s.startup.finish()
 	notify(s.log, daemon.SdNotifyReady)
 	// Start-up code (configuration, migrations, recovery, the import
 	// directory) does not run again: give its memory back now rather than
@@ -240,6 +252,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.startup.finish()
 	s.trim.stop()
 	s.closeImages()
 	s.closeNetwork()
