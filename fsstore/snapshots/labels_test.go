@@ -96,3 +96,61 @@ func TestLabelLimits(t *testing.T) {
 		t.Fatalf("update within the limits: %d labels, key-000=%q one-more=%q", len(info.Labels), info.Labels["key-000"], info.Labels["one-more"])
 	}
 }
+
+// A snapshot whose labels are over the limits (stored before snapshots had
+// limits: written here straight into its database, as such a store holds
+// them) can shed them a key at a time: an update that only removes labels
+// is accepted, one that adds or changes a label is still refused while the
+// set stays over. Unchanged labels are not rewritten.
+func TestLabelsOverLimitCanShed(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, BackendNative)
+	s := e.s
+	const ns = "ns"
+	_, err := s.Prepare(ctx, ns, "legacy", "", map[string]string{"keep": "k"})
+	must(t, err)
+	var id int64
+	must(t, e.db.QueryRowContext(ctx, `SELECT id FROM snapshots WHERE key = ?`, "legacy").Scan(&id))
+	for k, v := range labelSet(300, 1) {
+		_, err := e.db.ExecContext(ctx, `INSERT INTO snapshot_labels(snapshot_id, key, value) VALUES (?, ?, ?)`, id, k, v)
+		must(t, err)
+	}
+	const tooMany = "labels: 301 labels is more than the maximum of 256: invalid argument"
+	_, err = s.Update(ctx, ns, Info{Name: "legacy", Labels: map[string]string{"keep": "changed"}}, "labels.keep")
+	wantErrMsg(t, "Update changing a label of an over-limit set", err, errdefs.ErrInvalidArgument, tooMany)
+	_, err = s.Update(ctx, ns, Info{Name: "legacy", Labels: map[string]string{"new": "v"}}, "labels.key-000", "labels.new")
+	wantErrMsg(t, "Update removing one and adding one", err, errdefs.ErrInvalidArgument, tooMany)
+	info, err := s.Update(ctx, ns, Info{Name: "legacy"}, "labels.key-000")
+	if err != nil {
+		t.Fatalf("Update removing one label of an over-limit set: %v", err)
+	}
+	if len(info.Labels) != 300 || info.Labels["keep"] != "k" {
+		t.Fatalf("after removing one: %d labels, keep=%q; want 300, k", len(info.Labels), info.Labels["keep"])
+	}
+	// Shed down to the limit, then the set is ordinary again. Each update
+	// writes only the row it removes (counted by triggers on the real
+	// table): the others are not deleted and inserted again.
+	for _, q := range []string{
+		`CREATE TABLE label_writes (n INTEGER NOT NULL)`,
+		`INSERT INTO label_writes VALUES (0)`,
+		`CREATE TRIGGER label_ins AFTER INSERT ON snapshot_labels BEGIN UPDATE label_writes SET n = n + 1; END`,
+		`CREATE TRIGGER label_upd AFTER UPDATE ON snapshot_labels BEGIN UPDATE label_writes SET n = n + 1; END`,
+		`CREATE TRIGGER label_del AFTER DELETE ON snapshot_labels BEGIN UPDATE label_writes SET n = n + 1; END`,
+	} {
+		_, err := e.db.ExecContext(ctx, q)
+		must(t, err)
+	}
+	for i := 1; i <= 44; i++ {
+		_, err := s.Update(ctx, ns, Info{Name: "legacy"}, fmt.Sprintf("labels.key-%03d", i))
+		must(t, err)
+	}
+	var writes int
+	must(t, e.db.QueryRowContext(ctx, `SELECT n FROM label_writes`).Scan(&writes))
+	if writes != 44 {
+		t.Errorf("44 updates removing one label each wrote %d label rows; want 44", writes)
+	}
+	info, err = s.Update(ctx, ns, Info{Name: "legacy", Labels: map[string]string{"keep": "changed"}}, "labels.keep")
+	if err != nil || len(info.Labels) != 256 || info.Labels["keep"] != "changed" {
+		t.Fatalf("update at the limit after shedding: %d labels, keep=%q, %v", len(info.Labels), info.Labels["keep"], err)
+	}
+}

@@ -260,6 +260,39 @@ func setLabels(ctx context.Context, tx *sql.Tx, id int64, labels map[string]stri
 	return nil
 }
 
+// updateLabels changes a snapshot's stored labels from old to labels,
+// writing only the rows that differ.
+func updateLabels(ctx context.Context, tx *sql.Tx, id int64, old, labels map[string]string) error {
+	for k := range old {
+		if _, ok := labels[k]; ok {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM snapshot_labels WHERE snapshot_id = ? AND key = ?`, id, k); err != nil {
+			return fmt.Errorf("snapshot labels: %w", err)
+		}
+	}
+	for k, v := range labels {
+		if ov, ok := old[k]; ok && ov == v {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO snapshot_labels(snapshot_id, key, value) VALUES (?, ?, ?)
+			ON CONFLICT(snapshot_id, key) DO UPDATE SET value = excluded.value`, id, k, v); err != nil {
+			return fmt.Errorf("snapshot labels: %w", err)
+		}
+	}
+	return nil
+}
+
+// onlyRemoves reports whether labels is old with some keys removed.
+func onlyRemoves(old, labels map[string]string) bool {
+	for k, v := range labels {
+		if ov, ok := old[k]; !ok || ov != v {
+			return false
+		}
+	}
+	return true
+}
+
 // beginWrite starts a transaction and takes SQLite's write lock at once (by
 // a no-op write), so that its reads and writes see one consistent state even
 // with several connections.
@@ -705,10 +738,11 @@ func (s *snapshotter) Update(ctx context.Context, ns string, info Info, fieldpat
 	}
 	// Merge, then check the result: checking only the labels of the
 	// request would let "labels.<key>" updates grow the set without end.
-	merged, err := s.labels(ctx, tx, r.id)
+	old, err := s.labels(ctx, tx, r.id)
 	if err != nil {
 		return Info{}, err
 	}
+	merged := maps.Clone(old)
 	for _, fp := range fieldpaths {
 		if fp == "labels" {
 			merged = maps.Clone(info.Labels)
@@ -724,10 +758,13 @@ func (s *snapshotter) Update(ctx context.Context, ns string, info Info, fieldpat
 			delete(merged, k)
 		}
 	}
-	if err := validateLabels(merged); err != nil {
+	// A set over the limits (stored before snapshots had them) may still
+	// shed labels, one key at a time: an update that only removes is
+	// never refused.
+	if err := validateLabels(merged); err != nil && !onlyRemoves(old, merged) {
 		return Info{}, err
 	}
-	if err := setLabels(ctx, tx, r.id, merged); err != nil {
+	if err := updateLabels(ctx, tx, r.id, old, merged); err != nil {
 		return Info{}, fmt.Errorf("snapshot %q: %w", short(info.Name), err)
 	}
 	now := time.Now().UnixNano()
