@@ -334,14 +334,30 @@ func nsMount(path string) (uint64, bool, error) {
 	if lst.Mode&unix.S_IFMT != unix.S_IFREG {
 		return 0, false, nil
 	}
-	var st unix.Statfs_t
-	if err := retry(func() error { return unix.Statfs(path, &st) }); err != nil {
-		return 0, false, fmt.Errorf("netns: statfs %s: %w", path, err)
-	}
-	if st.Type != unix.NSFS_MAGIC {
-		return 0, false, nil
+	ok, err := nsfs(path)
+	if err != nil || !ok {
+		return 0, false, err
 	}
 	return lst.Ino, true, nil
+}
+
+// IsNamespace reports whether path is a namespace file: a file of nsfs,
+// bind mounted (by CreateAt or Manager.Create) or under /proc
+// (/proc/<pid>/ns/net, a symbolic link, which is followed). A path that
+// does not exist, that cannot be read, or that is a plain file (a crash
+// between creating the file and mounting a namespace on it) is not.
+func IsNamespace(path string) bool {
+	ok, err := nsfs(path)
+	return err == nil && ok
+}
+
+// nsfs reports whether path (following symbolic links) is on nsfs.
+func nsfs(path string) (bool, error) {
+	var st unix.Statfs_t
+	if err := retry(func() error { return unix.Statfs(path, &st) }); err != nil {
+		return false, fmt.Errorf("netns: statfs %s: %w", path, err)
+	}
+	return st.Type == unix.NSFS_MAGIC, nil
 }
 
 func createAt(ctx context.Context, path string, afterMount func(string) error) (ino uint64, err error) {

@@ -442,6 +442,45 @@ func TestCreateAtAndPidPath(t *testing.T) {
 	}
 }
 
+// TestIsNamespace: a bind mounted namespace and /proc/<pid>/ns/net (a
+// symbolic link, which Teardown of a container:ID joiner passes to CNI) are
+// namespaces; a plain file left where a mount was, and a missing path, are
+// not.
+func TestIsNamespace(t *testing.T) {
+	m := newManager(t)
+	ns, err := m.Create(context.Background(), "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := PidPath(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(m.Dir(), "plain")
+	if err := os.WriteFile(plain, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path string
+		want bool
+	}{
+		{ns.Path, true},
+		{self, true},
+		{plain, false},
+		{filepath.Join(m.Dir(), "missing"), false},
+	} {
+		if got := IsNamespace(tc.path); got != tc.want {
+			t.Errorf("IsNamespace(%s) = %v, want %v", tc.path, got, tc.want)
+		}
+	}
+	if err := m.Delete(context.Background(), "probe"); err != nil {
+		t.Fatal(err)
+	}
+	if IsNamespace(ns.Path) {
+		t.Errorf("IsNamespace(%s) after Delete = true", ns.Path)
+	}
+}
+
 func TestConcurrentDoKeepsThreadsClean(t *testing.T) {
 	m := newManager(t)
 	ctx := context.Background()

@@ -63,6 +63,19 @@ func NamespaceRequired(ctx context.Context) (string, error) {
 	return ns, nil
 }
 
+// StreamRequired returns the valid namespace of a streaming call: field,
+// the namespace its request carries (ttrpc streams carry no metadata), or
+// when field is empty the namespace of ctx as NamespaceRequired returns it.
+func StreamRequired(ctx context.Context, field string) (string, error) {
+	if field == "" {
+		return NamespaceRequired(ctx)
+	}
+	if err := identifiers.Validate("namespace", field); err != nil {
+		return "", err
+	}
+	return field, nil
+}
+
 // FromEnv returns the namespace named by EDGED_NAMESPACE, or Default.
 func FromEnv() string {
 	if ns := os.Getenv(EnvVar); ns != "" {

@@ -89,6 +89,10 @@ type Config struct {
 	// Task looks up the task of a container joined with container:ID.
 	// Required.
 	Task TaskInfo
+	// Alive reports whether the runtime holds a task of the container,
+	// without asking its shim (the runtime's Has). NamedUsers uses it; nil
+	// means Task is asked instead, a shim call per live task.
+	Alive func(ns, id string) bool
 	// Spares is how many bridge attachments are kept ready ahead of time
 	// (see attach.go); 0 attaches every container on demand.
 	Spares int
@@ -612,10 +616,21 @@ func (n *Network) TeardownGone(ctx context.Context, ns, id string) error {
 	if err := identifiers.Validate("container id", id); err != nil {
 		return err
 	}
+	return n.teardownGone(ctx, ns, id)
+}
+
+// teardownGone tears down the network of container ns/id, whose task is
+// gone, logging it when there is a record to undo. A directory without a
+// record (a Setup cut short before it wrote one) holds nothing to undo and
+// is removed. TeardownGone and Cleanup call it.
+func (n *Network) teardownGone(ctx context.Context, ns, id string) error {
 	unlock := n.lock(ns, id)
 	defer unlock()
 	if !fileExists(filepath.Join(n.dir(ns, id), "state.json")) {
-		return nil
+		if _, err := os.Lstat(n.dir(ns, id)); err != nil {
+			return nil
+		}
+		return n.removeDir(ns, id)
 	}
 	n.cfg.Log.InfoContext(ctx, "network: cleaning up after a task that is gone", "namespace", ns, "id", id)
 	return n.teardownLocked(ctx, ns, id)
@@ -746,8 +761,7 @@ func (n *Network) Cleanup(ctx context.Context, alive func(ns, id string) bool) e
 			if !idEnt.IsDir() || identifiers.Validate("container id", id) != nil || alive(ns, id) {
 				continue
 			}
-			n.cfg.Log.InfoContext(ctx, "network: cleaning up after a task that is gone", "namespace", ns, "id", id)
-			if err := n.Teardown(ctx, ns, id); err != nil {
+			if err := n.teardownGone(ctx, ns, id); err != nil {
 				errs = append(errs, fmt.Errorf("%s/%s: %w", ns, id, err))
 			}
 		}
@@ -921,15 +935,23 @@ func (n *Network) NamedUsers(name string) []string {
 			if err != nil || st.Mode != ModeNSPrefix+name {
 				continue
 			}
-			if !n.busy(st.Namespace, st.ID) {
-				if _, _, err := n.cfg.Task(context.Background(), st.Namespace, st.ID); errdefs.IsNotFound(err) {
-					continue
-				}
+			if !n.busy(st.Namespace, st.ID) && !n.alive(st.Namespace, st.ID) {
+				continue
 			}
 			users = append(users, st.Namespace+"/"+st.ID)
 		}
 	}
 	return users
+}
+
+// alive reports whether container id has a task: Config.Alive, or else
+// whether Task finds one.
+func (n *Network) alive(ns, id string) bool {
+	if n.cfg.Alive != nil {
+		return n.cfg.Alive(ns, id)
+	}
+	_, _, err := n.cfg.Task(context.Background(), ns, id)
+	return !errdefs.IsNotFound(err)
 }
 
 // busy reports whether work on container id's network holds its lock.

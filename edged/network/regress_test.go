@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -262,7 +263,15 @@ func TestSlowPluginDoesNotBlockOtherModes(t *testing.T) {
 // shim died) does not keep a named namespace in use; that of a running
 // task does.
 func TestNamedUsersIgnoresGoneTasks(t *testing.T) {
-	n := newNet(t, map[string][2]int{"alive": {1, 1}})
+	checkNamedUsers(t, newNet(t, map[string][2]int{"alive": {1, 1}}))
+}
+
+// checkNamedUsers records two users of the named namespace lab, the
+// containers "alive" (whose task n finds) and "gone" (whose task it does
+// not), and checks that NamedUsers counts alive, and gone only while its
+// network is being set up (a task does not exist yet then).
+func checkNamedUsers(t *testing.T, n *Network) {
+	t.Helper()
 	for _, id := range []string{"alive", "gone"} {
 		if err := n.writeState(&state{Namespace: "default", ID: id, Mode: ModeNSPrefix + "lab"}); err != nil {
 			t.Fatal(err)
@@ -271,11 +280,73 @@ func TestNamedUsersIgnoresGoneTasks(t *testing.T) {
 	if got := n.NamedUsers("lab"); len(got) != 1 || got[0] != "default/alive" {
 		t.Fatalf("NamedUsers = %v, want [default/alive]", got)
 	}
-	// While its network is being set up, a task does not exist yet.
 	unlock := n.lock("default", "gone")
 	got := n.NamedUsers("lab")
 	unlock()
 	if len(got) != 2 {
 		t.Fatalf("NamedUsers during a setup = %v, want both", got)
+	}
+}
+
+// TestNamedUsersAsksAliveNotTheShims: with Config.Alive (the runtime's Has)
+// NamedUsers decides liveness from it and does not look up the tasks (a
+// state call to each live task's shim); the answers stay the same.
+func TestNamedUsersAsksAliveNotTheShims(t *testing.T) {
+	cfg := newNet(t, nil).cfg
+	lookups := 0
+	cfg.Task = func(ctx context.Context, ns, id string) (uint32, bool, error) {
+		lookups++
+		return 1, true, nil
+	}
+	cfg.Alive = func(ns, id string) bool { return ns == "default" && id == "alive" }
+	n, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNamedUsers(t, n)
+	if lookups != 0 {
+		t.Fatalf("NamedUsers looked up %d tasks; with Config.Alive it needs none", lookups)
+	}
+}
+
+// TestCleanupLogsOnlyWhatItUndoes: Cleanup tears down the record of a task
+// that is gone and says so, keeps that of a live task, and does not claim
+// to clean up after a directory without a record (a crash between creating
+// it and writing the record): TeardownGone's rule.
+func TestCleanupLogsOnlyWhatItUndoes(t *testing.T) {
+	cfg := newNet(t, nil).cfg
+	var logs strings.Builder
+	cfg.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	n, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"alive", "gone"} {
+		if err := n.writeState(&state{Namespace: "default", ID: id, Mode: ModeNSPrefix + "lab"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A Setup cut short before its record: a directory with a file in it.
+	if err := os.MkdirAll(n.dir("default", "norecord"), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.dir("default", "norecord"), "hosts"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Cleanup(context.Background(), func(ns, id string) bool { return id == "alive" }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(n.dir("default", "gone")); !os.IsNotExist(err) {
+		t.Errorf("record of the gone task: %v, want it removed", err)
+	}
+	if _, err := os.Stat(filepath.Join(n.dir("default", "alive"), "state.json")); err != nil {
+		t.Errorf("record of the live task: %v", err)
+	}
+	if _, err := os.Stat(n.dir("default", "norecord")); !os.IsNotExist(err) {
+		t.Errorf("directory without a record: %v, want it removed", err)
+	}
+	const msg = `msg="network: cleaning up after a task that is gone" namespace=default id=`
+	if got := strings.Count(logs.String(), msg); got != 1 || !strings.Contains(logs.String(), msg+"gone\n") {
+		t.Fatalf("logs:\n%s\nwant one cleanup line, for default/gone", logs.String())
 	}
 }

@@ -51,6 +51,7 @@ func (s *Server) setupNetwork(ctx context.Context, reg rpc.Registrar) (*network.
 			Subnet:       s.cfg.Network.Subnet,
 			BridgeName:   s.cfg.Network.Bridge,
 		},
+		Alive: s.rt.Has,
 		Task: func(ctx context.Context, ns, id string) (uint32, bool, error) {
 			if !s.rt.Has(ns, id) {
 				return 0, false, errdefs.ErrNotFound

@@ -31,11 +31,11 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
-	"golang.org/x/sys/unix"
 
 	cniconf "github.com/edged/edged/configs/cni"
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/identifiers"
+	"github.com/edged/edged/netns"
 )
 
 // DefaultIfName is the interface name inside the container when
@@ -283,7 +283,10 @@ func (n *Network) Teardown(ctx context.Context, containerID, netnsPath string, o
 			rt.CapabilityArgs = cached.CapabilityArgs
 		}
 	}
-	if !isNetns(netnsPath) {
+	// A path that is missing, or a plain file (a crash between creating
+	// the file and mounting the namespace on it), is no namespace: the
+	// plugins refuse such a CNI_NETNS ("unknown FS magic").
+	if !netns.IsNamespace(netnsPath) {
 		return n.teardownWithoutNetns(ctx, rt)
 	}
 	if err := n.cni.DelNetworkList(ctx, n.list, rt); err != nil {
@@ -510,16 +513,6 @@ func convertResult(res types.Result) (*Result, error) {
 		out.IPs = append(out.IPs, ip)
 	}
 	return out, nil
-}
-
-// isNetns reports whether path is a network namespace (an nsfs file, as
-// bind mounted by netns.CreateAt or under /proc). A path that is missing,
-// or a plain file (a crash between creating the file and mounting the
-// namespace on it), is not: the plugins refuse such a CNI_NETNS ("unknown
-// FS magic").
-func isNetns(path string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
 }
 
 // teardownWithoutNetns runs DEL for a container whose network namespace is

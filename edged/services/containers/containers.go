@@ -168,7 +168,7 @@ func ParseFilters(fs []string) ([]metadata.ContainerFilter, filters.Set, error) 
 		return nil, nil, err
 	}
 	var out []metadata.ContainerFilter
-	for _, f := range fs {
+	for _, f := range set {
 		mf, ok := toStoreFilter(f)
 		if !ok {
 			// Let the store return everything; the set filters in Go.
@@ -181,14 +181,10 @@ func ParseFilters(fs []string) ([]metadata.ContainerFilter, filters.Set, error) 
 
 // toStoreFilter maps a filter made only of equality and presence conditions
 // on id, image, runtime.name and labels to a store filter.
-func toStoreFilter(f string) (metadata.ContainerFilter, bool) {
+func toStoreFilter(f filters.Filter) (metadata.ContainerFilter, bool) {
 	var mf metadata.ContainerFilter
-	set, err := filters.Parse(f)
-	if err != nil || len(set) != 1 {
-		return mf, false
-	}
 	ok := true
-	for _, cond := range filters.Conditions(set[0]) {
+	for _, cond := range filters.Conditions(f) {
 		switch {
 		case cond.Op == filters.OpEqual && len(cond.Path) == 1 && cond.Path[0] == "id" && mf.ID == "":
 			mf.ID = cond.Value
@@ -255,7 +251,7 @@ func (s *service) List(ctx context.Context, r *api.ListContainersRequest) (*api.
 // that any number of them fits: each container is below the message limit.
 func (s *service) ListStream(ctx context.Context, r *api.ListContainersRequest, stream api.Containers_ListStreamServer) error {
 	err := func() error {
-		ns, err := streamNamespace(ctx, r.Namespace)
+		ns, err := namespaces.StreamRequired(ctx, r.Namespace)
 		if err != nil {
 			return err
 		}
@@ -295,19 +291,6 @@ func (s *service) list(ctx context.Context, ns string, fs []string) ([]*api.Cont
 		return nil, err
 	}
 	return list, nil
-}
-
-// streamNamespace is the namespace of a streaming call: its request's
-// field, which ttrpc streams need as they carry no metadata, else the
-// context's.
-func streamNamespace(ctx context.Context, field string) (string, error) {
-	if field == "" {
-		return namespaces.NamespaceRequired(ctx)
-	}
-	if err := identifiers.Validate("namespace", field); err != nil {
-		return "", err
-	}
-	return field, nil
 }
 
 func (s *service) Create(ctx context.Context, r *api.CreateContainerRequest) (*api.CreateContainerResponse, error) {

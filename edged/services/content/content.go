@@ -17,7 +17,6 @@ import (
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/filters"
-	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images"
 	"github.com/edged/edged/edged/metadata"
 	"github.com/edged/edged/edged/namespaces"
@@ -138,16 +137,6 @@ func (s *service) Update(ctx context.Context, r *api.UpdateRequest) (*api.Update
 	return &api.UpdateResponse{Info: toProto(ci)}, nil
 }
 
-func streamNamespace(ctx context.Context, field string) (string, error) {
-	if field == "" {
-		return namespaces.NamespaceRequired(ctx)
-	}
-	if err := identifiers.Validate("namespace", field); err != nil {
-		return "", err
-	}
-	return field, nil
-}
-
 func adaptor(ci *metadata.ContentInfo) filters.Adaptor {
 	return filters.AdaptorFunc(func(p []string) (string, bool) {
 		switch p[0] {
@@ -162,7 +151,7 @@ func adaptor(ci *metadata.ContentInfo) filters.Adaptor {
 
 func (s *service) List(ctx context.Context, r *api.ListContentRequest, stream api.Content_ListServer) error {
 	err := func() error {
-		ns, err := streamNamespace(ctx, r.Namespace)
+		ns, err := namespaces.StreamRequired(ctx, r.Namespace)
 		if err != nil {
 			return err
 		}
@@ -221,7 +210,7 @@ func (s *service) Read(ctx context.Context, r *api.ReadContentRequest, stream ap
 }
 
 func (s *service) read(ctx context.Context, r *api.ReadContentRequest, stream api.Content_ReadServer) error {
-	ns, err := streamNamespace(ctx, r.Namespace)
+	ns, err := namespaces.StreamRequired(ctx, r.Namespace)
 	if err != nil {
 		return err
 	}
@@ -359,7 +348,7 @@ func (s *service) write(ctx context.Context, stream api.Content_WriteServer) (*a
 	if err != nil {
 		return nil, fmt.Errorf("write stream: %v: %w", err, errdefs.ErrAborted)
 	}
-	ns, err := streamNamespace(ctx, m.Namespace)
+	ns, err := namespaces.StreamRequired(ctx, m.Namespace)
 	if err != nil {
 		return nil, err
 	}

@@ -19,7 +19,6 @@ import (
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/filters"
-	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images"
 	"github.com/edged/edged/edged/metadata"
 	"github.com/edged/edged/edged/namespaces"
@@ -67,18 +66,6 @@ func ToProto(im metadata.Image) *api.Image {
 		CreatedAt: protoconv.Timestamp(im.CreatedAt),
 		UpdatedAt: protoconv.Timestamp(im.UpdatedAt),
 	}
-}
-
-// streamNamespace returns the namespace of a streaming call: the request's
-// field (streams carry no metadata), else the context's.
-func streamNamespace(ctx context.Context, field string) (string, error) {
-	if field == "" {
-		return namespaces.NamespaceRequired(ctx)
-	}
-	if err := identifiers.Validate("namespace", field); err != nil {
-		return "", err
-	}
-	return field, nil
 }
 
 // get finds an image by its stored name or its normalized form.
@@ -341,7 +328,7 @@ func (p *progress) run(ctx context.Context, send func(*api.Progress) error, fn f
 }
 
 func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Images_PullServer) error {
-	ns, err := streamNamespace(ctx, r.Namespace)
+	ns, err := namespaces.StreamRequired(ctx, r.Namespace)
 	if err != nil {
 		return errdefs.ToStatus(err)
 	}
@@ -365,7 +352,7 @@ func (s *service) Pull(ctx context.Context, r *api.PullRequest, stream api.Image
 }
 
 func (s *service) Push(ctx context.Context, r *api.PushRequest, stream api.Images_PushServer) error {
-	ns, err := streamNamespace(ctx, r.Namespace)
+	ns, err := namespaces.StreamRequired(ctx, r.Namespace)
 	if err != nil {
 		return errdefs.ToStatus(err)
 	}
@@ -448,7 +435,7 @@ func (s *service) importStream(ctx context.Context, stream api.Images_ImportServ
 	if o == nil {
 		return nil, errdefs.InvalidArgument("options", "the first message must carry the options")
 	}
-	ns, err := streamNamespace(ctx, o.Namespace)
+	ns, err := namespaces.StreamRequired(ctx, o.Namespace)
 	if err != nil {
 		return nil, err
 	}
@@ -492,7 +479,7 @@ func (c chunkSender) Write(p []byte) (int, error) {
 }
 
 func (s *service) Export(ctx context.Context, r *api.ExportRequest, stream api.Images_ExportServer) error {
-	ns, err := streamNamespace(ctx, r.Namespace)
+	ns, err := namespaces.StreamRequired(ctx, r.Namespace)
 	if err != nil {
 		return errdefs.ToStatus(err)
 	}

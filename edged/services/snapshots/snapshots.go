@@ -10,7 +10,6 @@ import (
 	ptypes "github.com/gogo/protobuf/types"
 
 	"github.com/edged/edged/edged/errdefs"
-	"github.com/edged/edged/edged/identifiers"
 	"github.com/edged/edged/edged/images"
 	"github.com/edged/edged/edged/namespaces"
 	"github.com/edged/edged/edged/protoconv"
@@ -176,13 +175,8 @@ func (s *service) Update(ctx context.Context, r *api.UpdateSnapshotRequest) (*ap
 
 func (s *service) List(ctx context.Context, r *api.ListSnapshotsRequest, stream api.Snapshots_ListServer) error {
 	err := func() error {
-		ns := r.Namespace
-		if ns == "" {
-			var err error
-			if ns, err = namespaces.NamespaceRequired(ctx); err != nil {
-				return err
-			}
-		} else if err := identifiers.Validate("namespace", ns); err != nil {
+		ns, err := namespaces.StreamRequired(ctx, r.Namespace)
+		if err != nil {
 			return err
 		}
 		if err := s.checkName(r.Snapshotter); err != nil {
