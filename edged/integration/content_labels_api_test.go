@@ -101,3 +101,23 @@ func TestSnapshotLabelLimitsAPI(t *testing.T) {
 		t.Fatalf("snapshot b after the updates: %d labels, %v; want 256", len(info.GetLabels()), err)
 	}
 }
+
+// Label text must be valid UTF-8 without NUL bytes, for every object: a
+// namespace and a snapshot here (containers, images, leases and content
+// share the check in edged/metadata/labels). Nothing is created.
+func TestLabelTextAPI(t *testing.T) {
+	d := startDaemon(t)
+	cl := newClient(t, d)
+	ctx := ctxT(t)
+	_, err := cl.CreateNamespace(ctx, "badlabels", map[string]string{"k": "a\xffb"})
+	if err = client.ConvertError(err); !errdefs.IsInvalidArgument(err) || err.Error() != `labels: value of key "k" is not valid UTF-8: invalid argument` {
+		t.Errorf("namespace with an invalid UTF-8 label: %v", err)
+	}
+	if _, err := cl.GetNamespace(ctx, "badlabels"); !errdefs.IsNotFound(err) {
+		t.Errorf("namespace created despite its label: %v", err)
+	}
+	_, err = cl.Snapshots().Prepare(ctx, &snapshotsapi.PrepareSnapshotRequest{Key: "nul", Labels: map[string]string{"a\x00": "v"}})
+	if err = client.ConvertError(err); !errdefs.IsInvalidArgument(err) || err.Error() != `labels: key "a\x00" contains a NUL byte: invalid argument` {
+		t.Errorf("snapshot with a NUL in a label key: %v", err)
+	}
+}

@@ -184,28 +184,17 @@ func validateNamespace(ns string) error {
 	return identifiers.Validate("namespace", ns)
 }
 
-// validateLabels checks a snapshot's whole label set: the limits of every
-// object's labels (package labels, as the metadata database applies them),
-// and text SQLite can store as it is.
+// validateLabels checks a snapshot's whole label set: the limits and text
+// rule of every object's labels (package labels, as the metadata database
+// applies them).
 func validateLabels(m map[string]string) error {
-	if err := labels.Validate("labels", m); err != nil {
-		return err
-	}
-	return validateLabelText(m)
+	return labels.Validate("labels", m)
 }
 
-// validateLabelText checks that keys and values are valid UTF-8 without NUL
-// bytes.
+// validateLabelText checks only the text of the labels (valid UTF-8, no
+// NUL byte).
 func validateLabelText(m map[string]string) error {
-	for k, v := range m {
-		switch {
-		case strings.IndexByte(k, 0) >= 0 || strings.IndexByte(v, 0) >= 0:
-			return errdefs.InvalidArgument("labels", "%q contains a NUL byte", short(k))
-		case !utf8.ValidString(k) || !utf8.ValidString(v):
-			return errdefs.InvalidArgument("labels", "%q is not valid UTF-8", short(k))
-		}
-	}
-	return nil
+	return labels.ValidateText("labels", m)
 }
 
 func short(s string) string {

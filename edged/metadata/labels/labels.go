@@ -8,6 +8,8 @@ package labels
 import (
 	"slices"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/edged/edged/edged/errdefs"
 )
@@ -20,7 +22,8 @@ const (
 	MaxTotalSize = 64 << 10 // bytes of all keys and values of one object
 )
 
-// Validate checks the limits; field names the map ("labels",
+// Validate checks the limits and the text (valid UTF-8, as protobuf's
+// string fields must be, and no NUL byte); field names the map ("labels",
 // "target.annotations") in the error, an errdefs.ErrInvalidArgument that
 // also names the offending key and the limit.
 func Validate(field string, m map[string]string) error {
@@ -36,7 +39,7 @@ func Validate(field string, m map[string]string) error {
 	// always give the same message.
 	total := 0
 	for k, v := range m {
-		if len(k) == 0 || len(k) > MaxKeySize || len(k)+len(v) > MaxSize {
+		if len(k) == 0 || len(k) > MaxKeySize || len(k)+len(v) > MaxSize || !validText(k) || !validText(v) {
 			return check(field, m)
 		}
 		total += len(k) + len(v)
@@ -45,6 +48,20 @@ func Validate(field string, m map[string]string) error {
 		return check(field, m)
 	}
 	return nil
+}
+
+// ValidateText checks only the text of the labels (see Validate).
+func ValidateText(field string, m map[string]string) error {
+	for k, v := range m {
+		if !validText(k) || !validText(v) {
+			return check(field, m)
+		}
+	}
+	return nil
+}
+
+func validText(s string) bool {
+	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
 }
 
 // check finds the first label, in key order, over a limit.
@@ -59,6 +76,16 @@ func check(field string, m map[string]string) error {
 		v := m[k]
 		if len(k) == 0 || len(k) > MaxKeySize {
 			return errdefs.InvalidArgument(field, "key %s is %d bytes, must be 1 to %d", Quote(k), len(k), MaxKeySize)
+		}
+		switch {
+		case strings.IndexByte(k, 0) >= 0:
+			return errdefs.InvalidArgument(field, "key %s contains a NUL byte", Quote(k))
+		case !utf8.ValidString(k):
+			return errdefs.InvalidArgument(field, "key %s is not valid UTF-8", Quote(k))
+		case strings.IndexByte(v, 0) >= 0:
+			return errdefs.InvalidArgument(field, "value of key %s contains a NUL byte", Quote(k))
+		case !utf8.ValidString(v):
+			return errdefs.InvalidArgument(field, "value of key %s is not valid UTF-8", Quote(k))
 		}
 		if len(k)+len(v) > MaxSize {
 			return errdefs.InvalidArgument(field, "key %s: key and value are %d bytes, more than the maximum of %d", Quote(k), len(k)+len(v), MaxSize)

@@ -31,3 +31,27 @@ func TestValidateMessageIsDeterministic(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Keys and values must be valid UTF-8 (protobuf string fields; a consumer
+// built on google.golang.org/protobuf rejects a message with invalid ones)
+// without NUL bytes.
+func TestValidateText(t *testing.T) {
+	for _, c := range []struct {
+		m    map[string]string
+		want string
+	}{
+		{map[string]string{"a\x00b": "v"}, `labels: key "a\x00b" contains a NUL byte: invalid argument`},
+		{map[string]string{"a\xffb": "v"}, `labels: key "a\xffb" is not valid UTF-8: invalid argument`},
+		{map[string]string{"k": "v\x00"}, `labels: value of key "k" contains a NUL byte: invalid argument`},
+		{map[string]string{"k": "\xc3"}, `labels: value of key "k" is not valid UTF-8: invalid argument`},
+	} {
+		for name, err := range map[string]error{"Validate": Validate("labels", c.m), "ValidateText": ValidateText("labels", c.m)} {
+			if !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != c.want {
+				t.Errorf("%s(%q): %v, want %q", name, c.m, err, c.want)
+			}
+		}
+	}
+	if err := Validate("labels", map[string]string{"ключ": "värde ✓"}); err != nil {
+		t.Fatalf("UTF-8 labels: %v", err)
+	}
+}
