@@ -302,6 +302,9 @@ func (im *Images) validate() error {
 	if im.ImportNamespace == "" {
 		return errdefs.InvalidArgument("images.import_namespace", "must not be empty")
 	}
+	if im.MaxLayerSize < 0 {
+		return errdefs.InvalidArgument("images.max_layer_size", "%d must not be negative", im.MaxLayerSize)
+	}
 	// Below 1 MiB no real layer fits: most likely a unit was left out.
 	if im.MaxLayerSize != 0 && im.MaxLayerSize < 1<<20 {
 		return errdefs.InvalidArgument("images.max_layer_size", "%d bytes is below the minimum of 1MiB (0 is no limit)", im.MaxLayerSize)

@@ -96,6 +96,38 @@ func TestImageLimitsLoad(t *testing.T) {
 	}
 }
 
+// A negative layer limit in edged.toml is refused with a message naming
+// the file, the line and the setting; a Config built in Go (not parsed)
+// is refused by Validate naming the setting.
+func TestImageLimitsNegative(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "edged.toml")
+	for text, want := range map[string]string{
+		"[images]\nmax_layer_size = -1\n":        `toml: line 2 (last key "images.max_layer_size"): -1 is not a size: it must not be negative: invalid argument`,
+		"[images]\nmin_free_space = -1\n":        `toml: line 2 (last key "images.min_free_space"): -1 is not a size: it must not be negative: invalid argument`,
+		"[images]\nmin_free_space = \"-5MiB\"\n": `toml: line 2 (last key "images.min_free_space"): "-5MiB" is not a size: want a non-negative integer`,
+		"[images]\nmax_layer_entries = -1\n":     "images.max_layer_entries: -1 must not be negative: invalid argument",
+	} {
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(p, false)
+		if want = "config " + p + ": " + want; err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%q: got %v, want InvalidArgument %q", text, err, want)
+		}
+	}
+	for want, set := range map[string]func(*Images){
+		"images.max_layer_size: -1 must not be negative: invalid argument":    func(im *Images) { im.MaxLayerSize = -1 },
+		"images.max_layer_entries: -1 must not be negative: invalid argument": func(im *Images) { im.MaxLayerEntries = -1 },
+		"images.min_free_space: -1 must not be negative: invalid argument":    func(im *Images) { im.MinFreeSpace = -1 },
+	} {
+		c := Default()
+		set(&c.Images)
+		if err := c.Validate(); err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != want {
+			t.Errorf("Validate: got %v, want %q", err, want)
+		}
+	}
+}
+
 func TestParseSize(t *testing.T) {
 	for in, want := range map[string]Size{
 		"0": 0, "4096": 4096, "17B": 17, "1KiB": 1 << 10, "128MiB": 128 << 20, "128 MiB": 128 << 20,

@@ -3,6 +3,7 @@ package images
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -122,5 +123,31 @@ func TestImportLayerBombMinFree(t *testing.T) {
 	// The failed extraction was removed: its space is free again.
 	if free := int64(st.Bavail) * int64(st.Bsize); free < fsSize-16<<20 {
 		t.Errorf("%d bytes free after the failed import, want most of %d", free, fsSize)
+	}
+}
+
+// New refuses a negative layer limit with InvalidArgument naming the
+// option and its config setting (edged's config refuses them first, but a
+// program using this package reaches New directly).
+func TestNewRefusesNegativeLimits(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{MaxLayerSize: -1}, "images: layer limit MaxLayerSize (images.max_layer_size) is -1: it must not be negative: invalid argument"},
+		{Options{MaxLayerEntries: -2}, "images: layer limit MaxLayerEntries (images.max_layer_entries) is -2: it must not be negative: invalid argument"},
+		{Options{MinFreeSpace: -3}, "images: layer limit MinFreeSpace (images.min_free_space) is -3: it must not be negative: invalid argument"},
+	} {
+		tc.opts.Logger = quiet
+		s, err := New(e.db, e.cs, e.sn, tc.opts)
+		if err == nil {
+			s.Close()
+			t.Errorf("%+v: accepted", tc.opts)
+			continue
+		}
+		if !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != tc.want {
+			t.Errorf("%+v: got %q, want InvalidArgument %q", tc.opts, err, tc.want)
+		}
 	}
 }

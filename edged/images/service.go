@@ -163,8 +163,17 @@ func New(db *metadata.DB, cs *content.Store, sn snapshots.Snapshotter, opts Opti
 	if db == nil || cs == nil || sn == nil {
 		return nil, errdefs.InvalidArgument("images", "database, content store and snapshotter are required")
 	}
-	if opts.MaxLayerSize < 0 || opts.MaxLayerEntries < 0 || opts.MinFreeSpace < 0 {
-		return nil, errdefs.InvalidArgument("images", "layer limits must not be negative")
+	for _, l := range [...]struct {
+		field, setting string
+		v              int64
+	}{
+		{"MaxLayerSize", "images.max_layer_size", opts.MaxLayerSize},
+		{"MaxLayerEntries", "images.max_layer_entries", opts.MaxLayerEntries},
+		{"MinFreeSpace", "images.min_free_space", opts.MinFreeSpace},
+	} {
+		if l.v < 0 {
+			return nil, errdefs.InvalidArgument("images", "layer limit %s (%s) is %d: it must not be negative", l.field, l.setting, l.v)
+		}
 	}
 	p := platforms.Default()
 	if opts.Platform != "" {

@@ -144,7 +144,7 @@ func prepareSocketDir(dir string, dedicated bool) error {
 			break
 		}
 		if !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("stat socket directory %s: %w", existing, err)
+			return fmt.Errorf("check socket directory: %w", err)
 		}
 		missing = append(missing, existing)
 		parent := filepath.Dir(existing)
@@ -156,7 +156,7 @@ func prepareSocketDir(dir string, dedicated bool) error {
 	if len(missing) == 0 {
 		if dedicated {
 			if err := os.Chmod(dir, socketDirMode); err != nil {
-				return fmt.Errorf("chmod socket directory: %w", err)
+				return fmt.Errorf("set mode %#o of socket directory: %w", socketDirMode, err)
 			}
 		}
 		return checkPrivateDir(dir)
@@ -173,7 +173,7 @@ func prepareSocketDir(dir string, dedicated bool) error {
 			return fmt.Errorf("create socket directory: %w", err)
 		}
 		if err := os.Chmod(missing[i], socketDirMode); err != nil {
-			return fmt.Errorf("chmod socket directory: %w", err)
+			return fmt.Errorf("set mode %#o of socket directory: %w", socketDirMode, err)
 		}
 	}
 	return checkPrivateDir(dir)
@@ -251,7 +251,17 @@ func activationListeners() ([]net.Listener, error) {
 		fd := listenFdsStart + i
 		syscall.CloseOnExec(fd)
 		f := os.NewFile(uintptr(fd), "LISTEN_FD_"+strconv.Itoa(fd))
-		l, err := net.FileListener(f)
+		var l net.Listener
+		if what := notSocket(f); what != "" {
+			err = fmt.Errorf("fd %d passed by systemd is %s, not a socket; edged needs a listening unix stream socket", fd, what)
+		} else if l, err = net.FileListener(f); err != nil {
+			// The *net.OpError names the fd as "file file+net LISTEN_FD_3".
+			var oe *net.OpError
+			if errors.As(err, &oe) {
+				err = oe.Err
+			}
+			err = fmt.Errorf("fd %d passed by systemd is not a listening socket: %w", fd, err)
+		}
 		f.Close()
 		if err != nil {
 			for _, o := range ls[:i] {
@@ -259,9 +269,34 @@ func activationListeners() ([]net.Listener, error) {
 					o.Close()
 				}
 			}
-			return nil, fmt.Errorf("fd %d passed by systemd is not a listening socket: %w", fd, err)
+			return nil, err
 		}
 		ls[i] = l
 	}
 	return ls, nil
+}
+
+// notSocket describes what f is ("a regular file", "a pipe", ...) when it
+// is open and not a socket, else returns "".
+func notSocket(f *os.File) string {
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	switch t := fi.Mode().Type(); {
+	case t&os.ModeSocket != 0:
+		return ""
+	case t == 0:
+		return "a regular file"
+	case t&os.ModeNamedPipe != 0:
+		return "a pipe"
+	case t&os.ModeDir != 0:
+		return "a directory"
+	case t&os.ModeCharDevice != 0:
+		return "a character device"
+	case t&os.ModeDevice != 0:
+		return "a block device"
+	default:
+		return "a file of type " + t.String()
+	}
 }

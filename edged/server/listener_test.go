@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -241,5 +242,115 @@ func TestListenUnixRefusesFileAsDirectory(t *testing.T) {
 	_, err := listenUnix(filepath.Join(file, "edged.sock"), 0)
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "socket directory "+file+" is not a directory") {
 		t.Fatalf("socket under a file: %v", err)
+	}
+}
+
+// A passed fd 3 that is not a socket (a wrong edged.socket, or a wrapper
+// that left a file or a pipe there) is refused at start-up with a message
+// naming the fd and what it is (it once read "file file+net LISTEN_FD_3:
+// getsockopt: socket operation on non-socket"); so is a socket that
+// cannot listen.
+func TestListenRefusesActivationFdNotSocket(t *testing.T) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	file, err := os.Create(filepath.Join(t.TempDir(), "not-a-socket"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	udpFile, err := udp.(*net.UDPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpFile.Close()
+	for _, tc := range []struct {
+		name string
+		f    *os.File
+		want string
+	}{
+		// A socket net.FileListener refuses: its error without the
+		// "file file+net LISTEN_FD_3" of the *net.OpError.
+		{"udp socket", udpFile, "RESULT refused: systemd activation: fd 3 passed by systemd is not a listening socket: invalid argument\n"},
+		{"regular file", file, "RESULT refused: systemd activation: fd 3 passed by systemd is a regular file, not a socket; edged needs a listening unix stream socket\n"},
+		{"pipe", pr, "RESULT refused: systemd activation: fd 3 passed by systemd is a pipe, not a socket; edged needs a listening unix stream socket\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestActivationChild$", "-test.v", "-test.count=1")
+			cmd.Env = append(os.Environ(), envActivationChild+"=1")
+			cmd.ExtraFiles = []*os.File{tc.f} // fd 3
+			cmd.WaitDelay = time.Second
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("child: %v\n%s", err, out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Errorf("want %q in:\n%s", tc.want, out)
+			}
+		})
+	}
+}
+
+// checkStreamListener reports a socket whose SO_TYPE or SO_ACCEPTCONN
+// cannot be read. Through Listen this cannot happen for real: the listener
+// comes from net.FileListener, which has just read SO_TYPE of the same
+// socket, and Linux answers SO_ACCEPTCONN for every socket; what is left
+// is a listener whose fd is closed, so the test closes a real one.
+func TestCheckStreamListenerTypeUnreadable(t *testing.T) {
+	addr := filepath.Join(t.TempDir(), "closed.sock")
+	l, err := net.Listen("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkStreamListener(l); err != nil {
+		t.Fatalf("open listener: %v", err)
+	}
+	l.Close()
+	err = checkStreamListener(l)
+	want := "unix socket whose type cannot be read: raw-control unix " + addr + ": use of closed network connection"
+	if err == nil || err.Error() != want || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("closed listener: got %v, want %q wrapping net.ErrClosed", err, want)
+	}
+}
+
+// Failures to stat, create or set the mode of the socket's directory name
+// the directory and keep the system's error: a path through a file
+// (ENOTDIR), and a read-only filesystem (EROFS) for mkdir and chmod (as
+// root, permission bits would not stop either).
+func TestListenUnixSocketDirFailures(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := listenUnix(filepath.Join(file, "sub", "edged.sock"), 0)
+	if want := "check socket directory: stat " + file + "/sub: not a directory"; err == nil || err.Error() != want || !errors.Is(err, syscall.ENOTDIR) {
+		t.Errorf("socket directory below a file: got %v, want %q (ENOTDIR)", err, want)
+	}
+
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	ro := t.TempDir()
+	if err := syscall.Mount("tmpfs", ro, "tmpfs", syscall.MS_RDONLY, "mode=0755"); err != nil {
+		t.Fatalf("mount read-only tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(ro, syscall.MNT_DETACH) })
+
+	_, err = listenUnix(filepath.Join(ro, "sub", "edged.sock"), 0)
+	if want := "create socket directory: mkdir " + ro + "/sub: read-only file system"; err == nil || err.Error() != want || !errors.Is(err, syscall.EROFS) {
+		t.Errorf("socket directory to create on a read-only filesystem: got %v, want %q (EROFS)", err, want)
+	}
+	// ro is edged's own (state) directory: Listen sets its mode.
+	_, err = listenUnix(filepath.Join(ro, "edged.sock"), 0, ro)
+	if want := "set mode 0711 of socket directory: chmod " + ro + ": read-only file system"; err == nil || err.Error() != want || !errors.Is(err, syscall.EROFS) {
+		t.Errorf("own socket directory on a read-only filesystem: got %v, want %q (EROFS)", err, want)
 	}
 }

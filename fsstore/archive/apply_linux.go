@@ -723,7 +723,7 @@ func (a *applier) checkFree() error {
 	a.unchecked = 0
 	var st unix.Statfs_t
 	if err := retry(func() error { return unix.Fstatfs(a.root, &st) }); err != nil {
-		return fmt.Errorf("statfs: %w", err)
+		return fmt.Errorf("check free space on %s (MinFree): statfs: %w", a.rootPath, err)
 	}
 	// Bavail, not Bfree: the blocks reserved for root are the system's
 	// margin, not the layer's.

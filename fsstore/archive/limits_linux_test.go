@@ -5,6 +5,7 @@ package archive
 import (
 	"archive/tar"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edged/edged/edged/errdefs"
 	"golang.org/x/sys/unix"
@@ -167,5 +169,126 @@ func TestApplyMinFreeBeforeStart(t *testing.T) {
 	}
 	if got := readFile(t, filepath.Join(root, "a")); got != "a" {
 		t.Errorf("a = %q", got)
+	}
+}
+
+// A filesystem whose statfs fails (a FUSE filesystem whose server answers
+// STATFS with EIO, as one over a broken network link does) fails the layer
+// before anything is written, with a message naming the root and the
+// check, and the system's error kept.
+func TestApplyMinFreeStatfsFails(t *testing.T) {
+	mnt := statfsFailingFS(t)
+	_, err := Apply(context.Background(), mnt, strings.NewReader(string(tarOf(t, file("a", "a")))), ApplyOptions{MinFree: 1 << 20})
+	want := "check free space on " + mnt + " (MinFree): statfs: input/output error"
+	if err == nil || err.Error() != want || !errors.Is(err, unix.EIO) {
+		t.Fatalf("err = %v; want %q wrapping EIO", err, want)
+	}
+	// Without MinFree there is no statfs: the same root opens, and the
+	// layer fails only at its first entry (this filesystem creates
+	// nothing), which shows the statfs was what failed above.
+	_, err = Apply(context.Background(), mnt, strings.NewReader(string(tarOf(t, file("a", "a")))), ApplyOptions{})
+	if err == nil || strings.Contains(err.Error(), "statfs") || !strings.Contains(err.Error(), `layer entry "a"`) {
+		t.Fatalf("without MinFree: %v; want a failure of entry \"a\"", err)
+	}
+}
+
+// statfsFailingFS mounts a minimal FUSE filesystem, served by this test,
+// and returns its mount point: an empty root directory that can be opened,
+// whose STATFS fails with EIO, and that answers ENOSYS to everything else.
+// It is a real kernel filesystem; only its server is this small one, since
+// no filesystem the kernel has fails statfs on demand.
+func statfsFailingFS(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a FUSE filesystem needs root")
+	}
+	dev, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Skipf("no FUSE: %v", err)
+	}
+	mnt := t.TempDir()
+	if err := unix.Mount("edged-test", mnt, "fuse", unix.MS_NOSUID|unix.MS_NODEV,
+		fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0", dev)); err != nil {
+		unix.Close(dev)
+		t.Skipf("mount FUSE: %v", err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		serveStatfsFailing(dev)
+	}()
+	t.Cleanup(func() {
+		// Unmounting ends the connection: the server's read fails.
+		if err := unix.Unmount(mnt, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+		select {
+		case <-served:
+		case <-time.After(10 * time.Second):
+			t.Errorf("FUSE server still running after unmount")
+		}
+		unix.Close(dev)
+	})
+	return mnt
+}
+
+// The FUSE protocol (linux/fuse.h) as far as statfsFailingFS needs it.
+const (
+	fuseGetattr     = 3
+	fuseStatfs      = 17
+	fuseForget      = 2
+	fuseInit        = 26
+	fuseOpendir     = 27
+	fuseReleasedir  = 29
+	fuseBatchForget = 42
+	fuseInHeaderLen = 40
+)
+
+func serveStatfsFailing(dev int) {
+	buf := make([]byte, 1<<17)
+	for {
+		n, err := unix.Read(dev, buf)
+		if err == unix.EINTR || err == unix.ENOENT {
+			continue
+		}
+		if err != nil || n < fuseInHeaderLen {
+			return // ENODEV: unmounted
+		}
+		le := binary.LittleEndian
+		opcode, unique := le.Uint32(buf[4:]), le.Uint64(buf[8:])
+		var errno int32
+		var out []byte
+		switch opcode {
+		case fuseForget, fuseBatchForget:
+			continue // no reply
+		case fuseInit:
+			// fuse_init_out: major 7, minor 31, max_write 4096, time_gran 1.
+			out = make([]byte, 64)
+			le.PutUint32(out[0:], 7)
+			le.PutUint32(out[4:], 31)
+			le.PutUint32(out[20:], 4096)
+			le.PutUint32(out[24:], 1)
+		case fuseGetattr:
+			// fuse_attr_out: attr_valid 0, then fuse_attr of the root:
+			// ino 1, mode dir 0755, nlink 2.
+			out = make([]byte, 104)
+			attr := out[16:]
+			le.PutUint64(attr[0:], 1)
+			le.PutUint32(attr[60:], unix.S_IFDIR|0o755)
+			le.PutUint32(attr[64:], 2)
+		case fuseOpendir:
+			out = make([]byte, 16) // fuse_open_out: fh 0
+		case fuseReleasedir:
+		case fuseStatfs:
+			errno = -int32(unix.EIO)
+		default:
+			errno = -int32(unix.ENOSYS)
+		}
+		reply := make([]byte, 16+len(out))
+		le.PutUint32(reply[0:], uint32(len(reply)))
+		le.PutUint32(reply[4:], uint32(errno))
+		le.PutUint64(reply[8:], unique)
+		copy(reply[16:], out)
+		unix.Write(dev, reply) // ENOENT: the request was interrupted
 	}
 }
