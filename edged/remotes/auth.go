@@ -174,10 +174,11 @@ func (r *Resolver) fetchToken(ctx context.Context, ep *endpoint, c challenge, sc
 	if err != nil || (realm.Scheme != "https" && realm.Scheme != "http") || realm.Host == "" {
 		return "", 0, fmt.Errorf("registry %s: bad token realm %q: %w", ep.host, c.realm, errdefs.ErrUnavailable)
 	}
-	// As in send: the request's own context lets the watchdog end a stalled
-	// token response without ending the caller's context.
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// As in send: the request's own context lets its watchdog end a token
+	// request that gets no answer, or a stalled response, without ending
+	// the caller's context.
+	rctx, wd := newWatchdog(ctx, ep.idle)
+	defer wd.close()
 	scopes := []string{scope}
 	if c.scope != "" && c.scope != scope {
 		scopes = append(scopes, c.scope)
@@ -215,16 +216,24 @@ func (r *Resolver) fetchToken(ctx context.Context, ep *endpoint, c challenge, sc
 	}
 	req.Header.Set("User-Agent", r.userAgent)
 	resp, err := ep.client.Do(req)
+	if err == nil && !wd.progress() {
+		// The answer came as the deadline passed: too late.
+		resp.Body.Close()
+		resp, err = nil, context.Canceled
+	}
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
 			return "", 0, cerr
+		}
+		if wd.expired() {
+			return "", 0, fmt.Errorf("registry %s: token endpoint %s: no answer in %s: %w", ep.host, realm.Host, wd.idle, errdefs.ErrUnavailable)
 		}
 		if rerr := refusedRedirect(err); rerr != nil {
 			return "", 0, fmt.Errorf("registry %s: token endpoint %s: %w", ep.host, realm.Host, rerr)
 		}
 		return "", 0, fmt.Errorf("registry %s: token endpoint %s: %w: %w", ep.host, realm.Host, err, errdefs.ErrUnavailable)
 	}
-	rb := watchBody(ctx, cancel, resp.Body, ep.idle)
+	rb := wd.response(resp.Body)
 	defer rb.Close()
 	body, err := io.ReadAll(io.LimitReader(rb, maxTokenResponse+1))
 	if err != nil {

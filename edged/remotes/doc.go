@@ -15,11 +15,18 @@
 // "Range: bytes=<offset>-" request from the bytes already in the ingest, and
 // so is a Pull after a restart of the process, since the ingest survives.
 // 206 continues, 200 (range ignored) restarts the blob, 416 restarts it.
-// Transfers have no overall deadline; instead every response body
-// (blobs, manifests, tokens, errors) must bring 16 KiB, or its end, in
-// each IdleTimeout (60 s by default), else the request is dropped as
-// ErrUnavailable and retried (blobs resume), so neither a dead connection
-// nor a server trickling a byte now and then can hang a pull.
+// Transfers have no overall deadline; instead every request (blobs,
+// manifests, tokens, uploads) has one deadline, IdleTimeout (60 s by
+// default), re-armed on progress: the answer's headers and every 16 KiB
+// sent or received. A request that gets no answer, or a body that does not
+// bring 16 KiB or its end, in that time is dropped as ErrUnavailable and
+// retried (blobs resume), so neither a dead connection, a server that
+// never answers, nor one trickling a byte now and then can hang a pull.
+// Each manifest request (the tag's HEAD, a GET) is attempted at most
+// Retries times in all, with the blobs' backoff (RetryBackoff doubled per
+// attempt up to 8 s, with jitter), whatever failed: a 5xx or 429, a lost
+// or silent connection, a broken or stalled body; the error names the
+// reference, the attempts and the last failure.
 // Digests are verified before content becomes visible; wrong bytes give
 // ErrDataLoss. Push uploads the blobs the registry lacks (HEAD first,
 // monolithic PUT or PATCH chunks), then the manifests, then the root under

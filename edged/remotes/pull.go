@@ -59,18 +59,19 @@ type PullOptions struct {
 	// Resolver holds registry configuration, credentials and cached
 	// tokens; nil means NewResolver(ResolverConfig{}).
 	Resolver *Resolver
-	// Retries bounds the attempts of a request, or of a blob download that
-	// makes no progress (default DefaultRetries).
+	// Retries bounds the attempts of a request (each manifest request
+	// counts every failure), or of a blob download that makes no progress
+	// (default DefaultRetries).
 	Retries int
 	// RetryBackoff is the first delay between attempts, doubled each
 	// time up to 8s (default DefaultRetryBackoff).
 	RetryBackoff time.Duration
 	// Concurrency bounds parallel blob downloads (default 3).
 	Concurrency int
-	// IdleTimeout: a blob download that receives less than 16 KiB in this
-	// long is dropped and resumed; a manifest, token or error response is
-	// dropped (and retried) when it does not arrive whole or bring 16 KiB in
-	// this long (default DefaultIdleTimeout).
+	// IdleTimeout bounds every request (blob, manifest, token): one that
+	// gets no answer in this long, or whose body brings less than 16 KiB
+	// (and not its end) in this long, is dropped and retried; blobs resume
+	// (default DefaultIdleTimeout).
 	IdleTimeout time.Duration
 	// BeforeBlob, when set, is called with every blob (manifests, config,
 	// layers) before Pull looks for it in the store or writes it; an error
@@ -240,7 +241,6 @@ type session struct {
 	eps    []*endpoint
 	scope  string
 	rt     retrier
-	idle   time.Duration // stall limit of responses (PullOptions.IdleTimeout)
 	report func(ProgressEvent)
 	pmu    sync.Mutex
 	before func(context.Context, ocispec.Descriptor) error // pulls: PullOptions.BeforeBlob
@@ -267,10 +267,10 @@ func newSession(ref string, r *Resolver, retries int, backoff time.Duration, pro
 	return s, nil
 }
 
-// setIdle sets the stall limit of the session's responses, which send's
-// body watchdog applies per endpoint.
+// setIdle sets the idle limit of the session's requests
+// (PullOptions.IdleTimeout), which the watchdog of every exchange applies
+// per endpoint.
 func (s *session) setIdle(d time.Duration) {
-	s.idle = d
 	for _, ep := range s.eps {
 		ep.idle = d
 	}
@@ -329,8 +329,11 @@ func (s *session) resolve(ctx context.Context) (ocispec.Descriptor, []byte, erro
 	var desc ocispec.Descriptor
 	var data []byte
 	err := s.each(ctx, func(ep *endpoint) error {
-		var err error
-		desc, err = s.head(ctx, ep)
+		err := s.retry(ctx, ep, "manifest "+s.ref.Tag, func() error {
+			var err error
+			desc, err = s.head(ctx, ep)
+			return err
+		})
 		if err == nil {
 			return nil
 		}
@@ -356,11 +359,11 @@ func (s *session) resolve(ctx context.Context) (ocispec.Descriptor, []byte, erro
 // the method is not allowed; resolve then GETs the tag.
 var errHeadUnusable = errors.New("HEAD answer unusable")
 
-// head asks for the tag's descriptor.
+// head asks for the tag's descriptor, once.
 func (s *session) head(ctx context.Context, ep *endpoint) (ocispec.Descriptor, error) {
 	rq := &request{method: http.MethodHead, path: s.ref.Repository + "/manifests/" + s.ref.Tag,
 		header: http.Header{"Accept": {acceptManifests}}, scope: s.scope}
-	resp, err := s.r.do(ctx, ep, rq, s.rt)
+	resp, err := s.r.send(ctx, ep, rq)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -448,34 +451,52 @@ func (s *session) readStored(ctx context.Context, dgst digest.Digest) ([]byte, e
 }
 
 // getManifest GETs a manifest by tag or digest. When want has a digest the
-// bytes must match it. A body that fails to arrive (connection lost, or
-// stalled: see watchBody) is retried with backoff, as do retries failures
-// before the body; not from mirrors, which the caller skips instead.
-func (s *session) getManifest(ctx context.Context, ep *endpoint, object string, want ocispec.Descriptor) (ocispec.Descriptor, []byte, error) {
-	for n := 0; ; n++ {
-		d, data, err := s.getManifestOnce(ctx, ep, object, want)
-		var be *bodyError
-		if err == nil || !errors.As(err, &be) || ep.mirror || n+1 >= s.rt.attempts {
-			return d, data, err
+// bytes must match it.
+func (s *session) getManifest(ctx context.Context, ep *endpoint, object string, want ocispec.Descriptor) (d ocispec.Descriptor, data []byte, err error) {
+	err = s.retry(ctx, ep, "manifest "+object, func() error {
+		var err error
+		d, data, err = s.getManifestOnce(ctx, ep, object, want)
+		return err
+	})
+	return d, data, err
+}
+
+// retry runs attempt, one request for a manifest, until it succeeds or
+// fails for good, at most s.rt.attempts times (PullOptions.Retries) with
+// the backoff of blob downloads between attempts. It is the only retry
+// loop of manifest requests: an attempt is one request, whether it failed
+// with a 5xx or 429, a lost or silent connection (no answer within the
+// idle timeout), or a body that broke off or stalled. Mirrors get one
+// attempt: the caller moves on to the next endpoint. The final error
+// names the reference, what was asked and the number of attempts, and
+// wraps the last one.
+func (s *session) retry(ctx context.Context, ep *endpoint, what string, attempt func() error) error {
+	for n := 1; ; n++ {
+		err := attempt()
+		if err == nil || ctx.Err() != nil || ep.mirror || !errors.Is(err, errdefs.ErrUnavailable) {
+			return err
 		}
-		slog.InfoContext(ctx, "remotes: manifest download interrupted, retrying", "ref", s.ref.String(), "manifest", object, "error", err)
-		if werr := s.rt.wait(ctx, n); werr != nil {
-			return d, nil, werr
+		if n >= s.rt.attempts {
+			return fmt.Errorf("%s: %s: giving up after %d %s: %w", s.ref, what, n, plural(n, "attempt", "attempts"), err)
+		}
+		slog.InfoContext(ctx, "remotes: manifest request failed, retrying", "ref", s.ref.String(), "what", what, "attempt", n, "error", err)
+		if werr := s.rt.wait(ctx, n-1); werr != nil {
+			return werr
 		}
 	}
 }
 
-// bodyError marks a failure to read a response body: the request itself
-// succeeded, so do did not retry it.
-type bodyError struct{ err error }
-
-func (e *bodyError) Error() string { return e.err.Error() }
-func (e *bodyError) Unwrap() error { return e.err }
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
 
 func (s *session) getManifestOnce(ctx context.Context, ep *endpoint, object string, want ocispec.Descriptor) (ocispec.Descriptor, []byte, error) {
 	rq := &request{method: http.MethodGet, path: s.ref.Repository + "/manifests/" + object,
 		header: http.Header{"Accept": {acceptManifests}}, scope: s.scope}
-	resp, err := s.r.do(ctx, ep, rq, s.rt)
+	resp, err := s.r.send(ctx, ep, rq)
 	if err != nil {
 		return ocispec.Descriptor{}, nil, err
 	}
@@ -492,7 +513,7 @@ func (s *session) getManifestOnce(ctx context.Context, ep *endpoint, object stri
 		if cerr := ctx.Err(); cerr != nil {
 			return ocispec.Descriptor{}, nil, cerr
 		}
-		return ocispec.Descriptor{}, nil, &bodyError{fmt.Errorf("registry %s: reading manifest %s: %w: %w", ep.host, what, err, errdefs.ErrUnavailable)}
+		return ocispec.Descriptor{}, nil, fmt.Errorf("registry %s: reading manifest %s: %w: %w", ep.host, what, err, errdefs.ErrUnavailable)
 	}
 	if len(data) > MaxManifestSize {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("%s: manifest exceeds the limit of %d bytes: %w", what, MaxManifestSize, errdefs.ErrResourceExhausted)
@@ -698,23 +719,9 @@ func (s *session) downloadOnce(ctx context.Context, ep *endpoint, w *content.Wri
 	if off > 0 {
 		rq.header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-")
 	}
-	// A watchdog cancels the request when no answer comes for s.idle (the
-	// transport alone would wait ResponseHeaderTimeout): a silently dead
-	// connection must not hang the pull. Once the answer is there, send's
-	// body watchdog bounds the transfer.
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	watchdog := time.AfterFunc(s.idle, cancel)
-	resp, err := s.r.send(rctx, ep, rq)
-	if !watchdog.Stop() {
-		if err == nil {
-			resp.Body.Close()
-		}
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		return fmt.Errorf("registry %s: blob %s: no answer for %s: %w", ep.host, desc.Digest, s.idle, errdefs.ErrUnavailable)
-	}
+	// send's watchdog bounds the wait for the answer and then the body, so
+	// that neither a silently dead connection nor a trickle hangs the pull.
+	resp, err := s.r.send(ctx, ep, rq)
 	if err != nil {
 		return err
 	}

@@ -221,7 +221,8 @@ func (s *session) pushBlob(ctx context.Context, ep *endpoint, desc ocispec.Descr
 func (s *session) upload(ctx context.Context, ep *endpoint, desc ocispec.Descriptor, chunk int64) error {
 	rq := &request{method: http.MethodPost, path: s.ref.Repository + "/blobs/uploads/", scope: s.scope,
 		body: func() (io.ReadCloser, error) { return http.NoBody, nil }}
-	resp, err := s.r.do(ctx, ep, rq, s.rt)
+	// One attempt: pushBlob retries the whole upload.
+	resp, err := s.r.send(ctx, ep, rq)
 	if err != nil {
 		return err
 	}

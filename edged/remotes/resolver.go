@@ -123,13 +123,15 @@ func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 // reader consumes it, which alone would blow the daemon's memory budget
 // with three parallel downloads), at most two idle connections per host,
 // response headers of at most 1 MiB. Redirects keep credentials within
-// their origin (checkRedirect).
+// their origin (checkRedirect). It has no ResponseHeaderTimeout: the
+// watchdog of each exchange bounds the wait for an answer with the
+// session's idle timeout (PullOptions.IdleTimeout), manifests and tokens
+// as much as blobs.
 func newHTTPClient(insecure bool) *http.Client {
 	tr := &http.Transport{
 		Proxy:                  http.ProxyFromEnvironment,
 		DialContext:            (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSHandshakeTimeout:    15 * time.Second,
-		ResponseHeaderTimeout:  60 * time.Second,
 		ExpectContinueTimeout:  time.Second,
 		MaxResponseHeaderBytes: maxResponseHeader,
 		MaxIdleConns:           4,
@@ -286,68 +288,78 @@ func (r *Resolver) send(ctx context.Context, ep *endpoint, rq *request) (*http.R
 // sendOnce is one try of send; again says that the registry answered 401
 // and the request is to be repeated with the credentials it asked for.
 func (r *Resolver) sendOnce(ctx context.Context, ep *endpoint, rq *request, u *url.URL, own bool, try int) (_ *http.Response, again bool, _ error) {
-	// The request has its own context so that the body's watchdog can end
-	// it without ending the caller's; closing the body releases it.
-	rctx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(rctx, rq.method, u.String(), nil)
-	if err != nil {
-		cancel()
-		return nil, false, fmt.Errorf("registry %s: %w", ep.host, err)
-	}
+	header := http.Header{}
 	for k, v := range rq.header {
-		req.Header[k] = v
+		header[k] = v
 	}
-	req.Header.Set("User-Agent", r.userAgent)
-	if rq.body != nil {
-		b, err := rq.body()
-		if err != nil {
-			cancel()
-			return nil, false, err
-		}
-		req.Body, req.ContentLength = b, rq.length
-		if rq.length == 0 {
-			b.Close()
-			req.Body = http.NoBody
-		}
-	}
-	sentAuth := false
+	header.Set("User-Agent", r.userAgent)
+	sentAuth, basic := false, false
 	var cred Credentials
 	if c, ok := r.auth.challenge(ep.host); ok && own {
+		var err error
 		if cred, err = r.credentials(ep.host); err != nil {
-			closeBody(req)
-			cancel()
 			return nil, false, err
 		}
 		switch c.scheme {
 		case "basic":
 			if !cred.Empty() {
-				req.SetBasicAuth(cred.Username, cred.Password)
-				sentAuth = true
+				sentAuth, basic = true, true
 			}
 		case "bearer":
 			tok, err := r.token(ctx, ep, c, rq.scope, cred)
 			if err != nil {
-				closeBody(req)
-				cancel()
 				return nil, false, err
 			}
-			req.Header.Set("Authorization", "Bearer "+tok)
+			header.Set("Authorization", "Bearer "+tok)
 			sentAuth = true
 		}
 	}
-	resp, err := ep.client.Do(req)
+	// The request has its own context, which its watchdog cancels when the
+	// exchange stalls (no answer, a stalled upload or body) without ending
+	// the caller's; closing the response body releases it.
+	rctx, wd := newWatchdog(ctx, ep.idle)
+	req, err := http.NewRequestWithContext(rctx, rq.method, u.String(), nil)
 	if err != nil {
-		cancel()
+		wd.close()
+		return nil, false, fmt.Errorf("registry %s: %w", ep.host, err)
+	}
+	req.Header = header
+	if basic {
+		req.SetBasicAuth(cred.Username, cred.Password)
+	}
+	if rq.body != nil {
+		b, err := rq.body()
+		if err != nil {
+			wd.close()
+			return nil, false, err
+		}
+		req.Body, req.ContentLength = wd.upload(b), rq.length
+		if rq.length == 0 {
+			b.Close()
+			req.Body = http.NoBody
+		}
+	}
+	resp, err := ep.client.Do(req)
+	if err == nil && !wd.progress() {
+		// The answer came as the deadline passed: too late.
+		resp.Body.Close()
+		resp, err = nil, context.Canceled
+	}
+	if err != nil {
+		wd.close()
 		if cerr := ctx.Err(); cerr != nil {
 			return nil, false, cerr
+		}
+		if wd.expired() {
+			return nil, false, fmt.Errorf("registry %s: %s %s: no answer in %s: %w", ep.host, rq.method, u.Path, wd.idle, errdefs.ErrUnavailable)
 		}
 		if rerr := refusedRedirect(err); rerr != nil {
 			return nil, false, fmt.Errorf("registry %s: %s %s: %w", ep.host, rq.method, u.Path, rerr)
 		}
 		return nil, false, fmt.Errorf("registry %s: %s %s: %w: %w", ep.host, rq.method, u.Path, err, errdefs.ErrUnavailable)
 	}
-	// From here the body owns rctx: closing it cancels rctx.
-	resp.Body = watchBody(ctx, cancel, resp.Body, ep.idle)
+	// From here the body owns the exchange: closing it ends it.
+	resp.Body = wd.response(resp.Body)
 	// Only a 401 of the registry's own origin is its challenge; one from a
 	// redirect target elsewhere could name a token realm of its choosing,
 	// to which credentials would then be sent.
@@ -376,12 +388,6 @@ func (r *Resolver) sendOnce(ctx context.Context, ep *endpoint, rq *request, u *u
 			ep.host, rq.method, u.Path, ep.host, r.docker.path, errdefs.ErrPermissionDenied)
 	}
 	return nil, true, nil
-}
-
-func closeBody(req *http.Request) {
-	if req.Body != nil {
-		req.Body.Close()
-	}
 }
 
 // discard drains a little of resp's body, so the connection can be reused,

@@ -237,6 +237,49 @@ func TestPullTokenAndErrorBodyStall(t *testing.T) {
 	})
 }
 
+// TestPullBlobBodyStall: a blob whose body stops arriving after the
+// headers and a few bytes is dropped after IdleTimeout, and once the
+// retries make no progress the pull fails Unavailable with a message naming
+// the registry, the blob, where it stopped and the idle timeout.
+func TestPullBlobBodyStall(t *testing.T) {
+	layer := bytes.Repeat([]byte("0123456789abcdef"), 4<<10) // 64 KiB
+	img := newFakeImage(t, layer)
+	ld := digest.SHA256.FromBytes(layer)
+	done := make(chan struct{})
+	var gets atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == "/v2/a/b/blobs/"+ld.String() {
+			gets.Add(1)
+			// Every answer ignores the Range of a resume: each attempt
+			// restarts the blob and stalls at the same byte.
+			stallBody(w, r, http.StatusOK, layer, 10, done)
+			return
+		}
+		img.serve(w, r)
+	}))
+	defer srv.Close()
+	defer close(done)
+	host := srv.Listener.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	begin := time.Now()
+	_, _, err := Pull(ctx, host+"/a/b:v1", newStore(t), PullOptions{
+		Resolver: plainResolver(t, "", host), IdleTimeout: time.Second, Retries: 1, RetryBackoff: time.Millisecond})
+	if el := time.Since(begin); errors.Is(err, context.DeadlineExceeded) || el > 10*time.Second {
+		t.Fatalf("blob GET with a stalled body hung until the caller's context ended (%s): %v", el.Round(time.Second), err)
+	}
+	t.Logf("error: %v", err)
+	want := fmt.Sprintf("registry %s: blob %s: at byte 10 of %d: response stalled: less than 16 KiB in 1s (10 bytes read): unavailable", host, ld, len(layer))
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.HasSuffix(err.Error(), want) {
+		t.Fatalf("want an Unavailable error ending in %q, got: %v", want, err)
+	}
+	// The first attempt made progress (10 bytes), so it was resumed once;
+	// the second made none and ended the pull.
+	if n := gets.Load(); n != 2 {
+		t.Fatalf("%d blob GETs, want 2", n)
+	}
+}
+
 // TestPullDropsTricklingBlob: a blob response that delivers a byte now and
 // then is dropped after IdleTimeout (it must bring 16 KiB per window) and
 // the download resumes with a Range request.
@@ -479,6 +522,57 @@ func TestRedirectCredentials(t *testing.T) {
 			t.Fatalf("want a FailedPrecondition refusing the downgrade (without the URL's query), got: %v", err)
 		}
 	})
+}
+
+// TestTokenRedirectToPlainHTTPRefused: an HTTPS registry's token realm
+// that redirects to plain HTTP is not followed (the token request carries
+// the user's credentials): the pull fails FailedPrecondition, not retried,
+// naming the registry, the token endpoint and both ends of the redirect,
+// without the realm's query.
+func TestTokenRedirectToPlainHTTPRefused(t *testing.T) {
+	img := newFakeImage(t)
+	var rec authRecorder
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec.add(r)
+		w.Write([]byte(`{"token":"from-plain-http"}`))
+	}))
+	defer plain.Close()
+	var host string
+	var tokenGets atomic.Int32
+	reg := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/token":
+			tokenGets.Add(1)
+			http.Redirect(w, r, plain.URL+"/token?"+r.URL.RawQuery, http.StatusFound)
+		case r.Header.Get("Authorization") == "":
+			w.Header().Set("WWW-Authenticate", `Bearer realm="https://`+host+`/token",service="reg"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		default:
+			img.serve(w, r)
+		}
+	}))
+	defer reg.Close()
+	host = reg.Listener.Addr().String()
+	res, err := NewResolver(ResolverConfig{Registries: map[string]RegistryConfig{host: {Insecure: true}}, DockerConfig: aliceConfig(t, host)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, _, err = Pull(ctx, host+"/a/b:v1", newStore(t), PullOptions{Resolver: res, Retries: 3, RetryBackoff: time.Millisecond})
+	if seen := rec.get(); len(seen) != 0 {
+		t.Fatalf("plain HTTP server received %d token requests (Authorization %q) redirected from https://%s", len(seen), seen, host)
+	}
+	t.Logf("error: %v", err)
+	want := fmt.Sprintf("registry %s: token endpoint %s: redirected from https://%s/token to %s/token: refusing to leave HTTPS for plain HTTP: failed precondition",
+		host, host, host, plain.URL)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || errors.Is(err, errdefs.ErrUnavailable) || !strings.HasSuffix(err.Error(), want) {
+		t.Fatalf("want a FailedPrecondition ending in %q, got: %v", want, err)
+	}
+	if n := tokenGets.Load(); n != 1 {
+		t.Fatalf("%d token requests, want 1 (a refused redirect is not retried)", n)
+	}
 }
 
 // recordingListener keeps every byte its connections receive: TLS traffic
