@@ -10,7 +10,7 @@ import (
 
 func versionCommand() *command {
 	return &command{
-		name: "version", help: "show the versions of edgectl and edged",
+		quick: true, name: "version", help: "show the versions of edgectl and edged",
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			return func(e *env, args []string) error {
 				if len(args) > 0 {

@@ -42,7 +42,7 @@ func containersCommand() *command {
 				},
 			},
 			{
-				name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]... [-q]", help: "list containers",
+				quick: true, name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]... [-q]", help: "list containers",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					var filters stringList
 					fs.Var(&filters, "filter", `filter, e.g. image==busybox, labels."env"==prod, id==web (repeatable: any matches)`)
@@ -82,7 +82,7 @@ func containersCommand() *command {
 				},
 			},
 			{
-				name: "info", aliases: []string{"inspect"}, usage: "ID", help: "show a container as JSON",
+				quick: true, name: "info", aliases: []string{"inspect"}, usage: "ID", help: "show a container as JSON",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					return func(e *env, args []string) error {
 						if len(args) != 1 {

@@ -36,7 +36,7 @@ func shortDigest(d string) string {
 
 func imagesLsCommand() *command {
 	return &command{
-		name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]... [-q]", help: "list images",
+		quick: true, name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]... [-q]", help: "list images",
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			var filters stringList
 			fs.Var(&filters, "filter", `filter, e.g. name==docker.io/library/busybox:latest, labels."k"==v (repeatable: any matches)`)
@@ -89,7 +89,7 @@ func mediaKind(mt string) string {
 
 func imagesInspectCommand() *command {
 	return &command{
-		name: "inspect", usage: "NAME...", help: "print images as a JSON array",
+		quick: true, name: "inspect", usage: "NAME...", help: "print images as a JSON array",
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			return func(e *env, args []string) error {
 				if len(args) == 0 {

@@ -40,7 +40,7 @@ func TestInterruption(t *testing.T) {
 }
 
 func TestInterruptContext(t *testing.T) {
-	ctx, stop := interruptContext()
+	ctx, stop := interruptContext(context.Background())
 	defer stop()
 	syscall.Kill(syscall.Getpid(), syscall.SIGINT)
 	<-ctx.Done()

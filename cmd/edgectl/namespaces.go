@@ -43,7 +43,7 @@ func namespacesCommand() *command {
 				},
 			},
 			{
-				name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]... [-q]", help: "list namespaces",
+				quick: true, name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]... [-q]", help: "list namespaces",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					var filters stringList
 					fs.Var(&filters, "filter", `filter, e.g. name==prod or labels."site"==a (repeatable: any matches)`)

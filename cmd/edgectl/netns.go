@@ -37,7 +37,7 @@ func netnsCommand() *command {
 				},
 			},
 			{
-				name: "ls", aliases: []string{"list"}, usage: "[-q]", help: "list network namespaces",
+				quick: true, name: "ls", aliases: []string{"list"}, usage: "[-q]", help: "list network namespaces",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					quiet := fs.Bool("q", false, "print names only")
 					return func(e *env, args []string) error {

@@ -35,7 +35,7 @@ func taskCommand() *command {
 		sub: []*command{
 			taskMetricsCommand(),
 			{
-				name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]...", help: "list tasks",
+				quick: true, name: "ls", aliases: []string{"list"}, usage: "[--filter FILTER]...", help: "list tasks",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					var filters stringList
 					fs.Var(&filters, "filter", "filter, e.g. status==RUNNING (repeatable)")
@@ -93,7 +93,7 @@ func taskCommand() *command {
 				},
 			},
 			{
-				name: "ps", usage: "ID", help: "list a task's processes",
+				quick: true, name: "ps", usage: "ID", help: "list a task's processes",
 				flags: func(fs *flag.FlagSet) func(*env, []string) error {
 					return func(e *env, args []string) error {
 						if len(args) != 1 {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"net"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -317,4 +318,74 @@ func TestEdgectlEventsNamespace(t *testing.T) {
 			t.Fatalf("edgectl -n a events printed %q; want only namespace a's container events", got)
 		}
 	}
+}
+
+// A quick read-only command (version, ls, info, inspect, ps) catches no
+// signal: SIGINT ends it by the default action (a shell reports 130 as for
+// any command). A command that changes state catches it, says so and exits
+// 130 itself. Both wait on an API socket whose server accepts and never
+// answers.
+func TestEdgectlSignalsQuickCommands(t *testing.T) {
+	sock := filepath.Join(testutil.ShortTempDir(t), "silent.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	for _, c := range []struct {
+		args   []string
+		caught bool
+	}{
+		{[]string{"version"}, false},
+		{[]string{"containers", "ls"}, false},
+		{[]string{"containers", "rm", "x"}, true},
+	} {
+		var stderr strings.Builder
+		cmd := exec.Command(filepath.Join(binDir, "edgectl"), append([]string{"--address", sock}, c.args...)...)
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Until edgectl is connected (the server holds the call): then its
+		// signal handling, if any, is in place.
+		waitConnected(t, cmd.Process.Pid, sock)
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+		ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		if c.caught {
+			if ws.Signaled() || ws.ExitStatus() != 130 || stderr.String() != "edgectl: x: interrupted (SIGINT)\n" {
+				t.Errorf("edgectl %s after SIGINT: %v, stderr %q; want exit 130 and the interruption", strings.Join(c.args, " "), ws, stderr.String())
+			}
+		} else if !ws.Signaled() || ws.Signal() != syscall.SIGINT || stderr.String() != "" {
+			t.Errorf("edgectl %s after SIGINT: %v, stderr %q; want ended by SIGINT, silent", strings.Join(c.args, " "), ws, stderr.String())
+		}
+	}
+}
+
+// waitConnected waits until process pid has a unix socket connected to
+// sock's server (its /proc/net/unix inode is one of pid's fds' sockets).
+func waitConnected(t *testing.T, pid int, sock string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+				// A socket: the only one edgectl opens is the API's.
+				time.Sleep(100 * time.Millisecond)
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("edgectl (pid %d) did not connect to %s", pid, sock)
 }
