@@ -344,7 +344,9 @@ func (m *v1) applyMemory(mem *specs.LinuxMemory) error {
 	if limit == -1 && swap == 0 {
 		swap = -1
 	}
-	if swap != 0 && !exists(filepath.Join(d, "memory.memsw.limit_in_bytes")) {
+	// memory.memsw.* exist only with swap accounting (swapaccount=1).
+	hasMemsw := (swap != 0 || limit > 0) && exists(filepath.Join(d, "memory.memsw.limit_in_bytes"))
+	if swap != 0 && !hasMemsw {
 		if swap != -1 && swap != limit {
 			return fmt.Errorf("memory.swap: swap accounting is disabled in this kernel (swapaccount=0): %w", errdefs.ErrNotImplemented)
 		}
@@ -355,7 +357,7 @@ func (m *v1) applyMemory(mem *specs.LinuxMemory) error {
 			return err
 		}
 	}
-	if limit > 0 && swap == 0 && exists(filepath.Join(d, "memory.memsw.limit_in_bytes")) {
+	if limit > 0 && swap == 0 && hasMemsw {
 		// A memory limit without a swap limit keeps the swap allowance
 		// (memsw minus memory) as it is, as v2's separate
 		// memory.swap.max does: the kernel keeps memsw >= limit, so
@@ -573,11 +575,11 @@ func (m *v1) Stat(s *Stats) error {
 	if mem.Usage > mem.InactiveFile {
 		mem.WorkingSet = mem.Usage - mem.InactiveFile
 	}
-	if b := r.read(m.f.oomControl); b != nil {
-		parseOOMControl(b, &mem.Events)
+	if b := r.read(m.f.oomControl); b != nil && parseOOMControl(b, &mem.Events) {
 		// Hierarchical, as v2's memory.events: kills in sub-cgroups are
-		// the container's kills too (see V1OOMKills).
-		sub, err := m.subtreeOOMKills()
+		// the container's kills too (see V1OOMKills). b is not used
+		// after this: the walk reuses the buffer.
+		sub, err := m.subtreeOOMKills(r.buf)
 		if err != nil && r.err == nil {
 			r.err = err
 		}
@@ -652,51 +654,67 @@ func parseOOMControl(b []byte, e *MemoryEvents) (hasKill bool) {
 const v1OOMWalkLimit = 1024
 
 // V1OOMKills returns the OOM kills of the v1 memory cgroup dir and of every
-// cgroup below it (at most v1OOMWalkLimit of them), the number v2's
-// memory.events oom_kill gives: v1's memory.oom_control counts a kill only
-// in the victim's own memory cgroup (the kernel propagates memory events to
-// the parents on v2 only), while a container's processes may live in
-// sub-cgroups (systemd, a nested engine) and be killed at the container's
-// limit. A sub-cgroup removed since takes its kills with it: the sum can
-// go down.
+// cgroup below it (at most v1OOMWalkLimit of them, depth first in name
+// order), the number v2's memory.events oom_kill gives: v1's
+// memory.oom_control counts a kill only in the victim's own memory cgroup
+// (the kernel propagates memory events to the parents on v2 only), while a
+// container's processes may live in sub-cgroups (systemd, a nested engine)
+// and be killed at the container's limit. A sub-cgroup removed since takes
+// its kills with it: the sum can go down.
 //
 // ok is false when dir's memory.oom_control has no oom_kill counter
-// (kernel < 4.13). each, when not nil, is called for every counter read
-// (dir's first) with the inode number of its cgroup directory, so that a
-// caller can tell a recreated sub-cgroup (new inode, counter from 0) from
-// an unchanged one. A sub-cgroup removed during the walk is skipped; an
-// error reading dir's own file is returned as is (fs.ErrNotExist when dir
-// is gone).
-func V1OOMKills(dir string, each func(ino, kills uint64)) (total uint64, ok bool, err error) {
+// (kernel < 4.13). truncated is true when the walk stopped at the limit
+// with cgroups left unread: which cgroups those are changes as cgroups come
+// and go. each, when not nil, is called for every counter read (dir's
+// first) with the inode number of its cgroup directory, so that a caller
+// can tell a recreated sub-cgroup (new inode, counter from 0) from an
+// unchanged one, and remember the counters of the cgroups a truncated walk
+// did not reach. A sub-cgroup removed during the walk is skipped; an error
+// reading dir's own file is returned as is (fs.ErrNotExist when dir is
+// gone).
+func V1OOMKills(dir string, each func(ino, kills uint64)) (total uint64, ok, truncated bool, err error) {
 	fi, err := os.Lstat(dir)
 	if err != nil {
-		return 0, false, err
+		return 0, false, false, err
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "memory.oom_control"))
+	var buf []byte
+	b, err := newCfile(dir, "memory.oom_control").readInto(&buf)
 	if err != nil {
-		return 0, false, err
+		return 0, false, false, err
 	}
 	var e MemoryEvents
 	if !parseOOMControl(b, &e) {
-		return 0, false, nil
+		return 0, false, false, nil
 	}
 	st := fi.Sys().(*syscall.Stat_t)
 	if each != nil {
 		each(st.Ino, e.OOMKill)
 	}
-	total = e.OOMKill
-	budget := v1OOMWalkLimit
-	err = walkV1OOMKills(dir, uint64(st.Nlink), &budget, &total, each)
-	return total, true, err
+	w := v1OOMWalk{budget: v1OOMWalkLimit, buf: &buf, each: each}
+	err = w.walk(dir, uint64(st.Nlink))
+	return e.OOMKill + w.total, true, w.truncated, err
 }
 
-// walkV1OOMKills adds to *total the oom_kill counters of the cgroups below
-// dir (not dir's own), depth first, reading at most *budget cgroups.
-// nlink is dir's link count: cgroupfs (kernfs) gives a directory 2 + its
-// number of subdirectories, so a cgroup without children (the common
-// case) is not listed.
-func walkV1OOMKills(dir string, nlink uint64, budget *int, total *uint64, each func(ino, kills uint64)) error {
+// v1OOMWalk adds up the oom_kill counters of the cgroups below a v1 memory
+// cgroup.
+type v1OOMWalk struct {
+	budget    int  // cgroups still to read
+	truncated bool // a cgroup was left unread for want of budget
+	total     uint64
+	buf       *[]byte // for reading memory.oom_control
+	each      func(ino, kills uint64)
+}
+
+// walk reads the counters of the cgroups below dir (not dir's own), depth
+// first in name order. nlink is dir's link count: cgroupfs (kernfs) gives
+// a directory 2 + its number of subdirectories, so a cgroup without
+// children (the common case) is not listed.
+func (w *v1OOMWalk) walk(dir string, nlink uint64) error {
 	if nlink <= 2 {
+		return nil
+	}
+	if w.budget <= 0 {
+		w.truncated = true
 		return nil
 	}
 	ents, err := os.ReadDir(dir)
@@ -707,10 +725,11 @@ func walkV1OOMKills(dir string, nlink uint64, budget *int, total *uint64, each f
 		if !ent.IsDir() {
 			continue
 		}
-		if *budget <= 0 {
+		if w.budget <= 0 {
+			w.truncated = true
 			return nil
 		}
-		*budget--
+		w.budget--
 		sub := filepath.Join(dir, ent.Name())
 		fi, err := os.Lstat(sub)
 		if err != nil {
@@ -719,7 +738,7 @@ func walkV1OOMKills(dir string, nlink uint64, budget *int, total *uint64, each f
 			}
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(sub, "memory.oom_control"))
+		b, err := newCfile(sub, "memory.oom_control").readInto(w.buf)
 		if err != nil {
 			if err = ignoreGone(err); err != nil {
 				return err
@@ -729,12 +748,12 @@ func walkV1OOMKills(dir string, nlink uint64, budget *int, total *uint64, each f
 		st := fi.Sys().(*syscall.Stat_t)
 		var e MemoryEvents
 		if parseOOMControl(b, &e) {
-			*total += e.OOMKill
-			if each != nil {
-				each(st.Ino, e.OOMKill)
+			w.total += e.OOMKill
+			if w.each != nil {
+				w.each(st.Ino, e.OOMKill)
 			}
 		}
-		if err := walkV1OOMKills(sub, uint64(st.Nlink), budget, total, each); err != nil {
+		if err := w.walk(sub, uint64(st.Nlink)); err != nil {
 			return err
 		}
 	}
@@ -750,29 +769,17 @@ func ignoreGone(err error) error {
 }
 
 // subtreeOOMKills returns the oom_kill counters of the cgroups below the
-// memory cgroup (see V1OOMKills). Without sub-cgroups it costs an open and
-// an fstat of the directory, and allocates nothing.
-func (m *v1) subtreeOOMKills() (uint64, error) {
+// memory cgroup (see V1OOMKills), read with buf. Without sub-cgroups it
+// costs one statx of the directory, and allocates nothing.
+func (m *v1) subtreeOOMKills(buf *[]byte) (uint64, error) {
 	if m.f.memDir == nil {
 		return 0, nil
 	}
-	fd, err := m.f.memDir.open()
-	if err != nil {
+	nlink, err := m.f.memDir.nlink()
+	if err != nil || nlink <= 2 {
 		return 0, ignoreGone(err)
 	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	for {
-		err = unix.Fstat(fd, &st)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		return 0, &fs.PathError{Op: "fstat", Path: m.f.memDir.String(), Err: err}
-	}
-	var total uint64
-	budget := v1OOMWalkLimit
-	err = walkV1OOMKills(m.dirs["memory"], uint64(st.Nlink), &budget, &total, nil)
-	return total, err
+	w := v1OOMWalk{budget: v1OOMWalkLimit, buf: buf}
+	err = w.walk(m.dirs["memory"], nlink)
+	return w.total, err
 }

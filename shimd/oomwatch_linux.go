@@ -2,12 +2,19 @@ package shimd
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/edged/edged/cgroups"
 	"github.com/edged/edged/cgroups/oom"
+	"github.com/edged/edged/edged/errdefs"
 )
 
 // OOMMonitor is the shim's OOMWatcher: one cgroups/oom epoll loop (one
@@ -62,24 +69,106 @@ func NewOOMMonitor(root string, log *slog.Logger) (*OOMMonitor, error) {
 	return m, nil
 }
 
-// Add watches the cgroup of pid (the container's init) for container id.
-func (m *OOMMonitor) Add(id string, pid int, onOOM func(oomKills uint64)) error {
-	cg, err := cgroups.Load(m.root, m.mode, pid)
+// Baseline reads the oom_kill counter of the cgroup that the config.json
+// of bundle names (linux.cgroupsPath: an absolute path, or systemd's
+// slice:prefix:name), before runc creates the container: 0 when the
+// cgroup does not exist yet, as for every container edged creates. It
+// returns the zero OOMBaseline (Add counts from its own call) when the
+// path is missing or relative (runc resolves it against its own cgroup)
+// or the cgroup cannot be read.
+func (m *OOMMonitor) Baseline(bundle string) OOMBaseline {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
 	if err != nil {
-		return fmt.Errorf("oom watch %s: %w", id, err)
+		return OOMBaseline{}
 	}
-	// The baseline is read before the watch starts: a kill in between is
-	// reported by the first event (its counter is above the baseline).
+	var spec struct {
+		Linux *struct {
+			CgroupsPath string `json:"cgroupsPath"`
+		} `json:"linux"`
+	}
+	if json.Unmarshal(data, &spec) != nil || spec.Linux == nil {
+		return OOMBaseline{}
+	}
+	path := spec.Linux.CgroupsPath
+	switch {
+	case strings.HasPrefix(path, "/"):
+	case strings.Count(path, ":") == 2:
+		if path, err = cgroups.SystemdPath(path); err != nil {
+			return OOMBaseline{}
+		}
+	default:
+		return OOMBaseline{}
+	}
+	cg, err := cgroups.New(m.root, m.mode, path)
+	if err != nil || cg.Dir("memory") == "" {
+		return OOMBaseline{}
+	}
+	if _, err := os.Lstat(cg.Dir("memory")); errors.Is(err, fs.ErrNotExist) {
+		// runc creates it: every kill counted in it is the container's.
+		return OOMBaseline{Path: cg.Path()}
+	}
 	var st cgroups.Stats
 	if err := cg.Stat(&st); err != nil {
+		m.log.Debug("oom watch: baseline", "bundle", bundle, "error", err)
+		return OOMBaseline{}
+	}
+	return OOMBaseline{Path: cg.Path(), Kills: st.Memory.Events.OOMKill}
+}
+
+// Add watches the cgroup of pid (the container's init) for container id,
+// counting kills from base. With a base, the kills since base that were
+// counted before the watch started are delivered before Add returns; an
+// init that already exited (killed at once) is found by base's path.
+func (m *OOMMonitor) Add(id string, pid int, base OOMBaseline, onOOM func(oomKills uint64)) error {
+	cg, err := cgroups.Load(m.root, m.mode, pid)
+	switch {
+	case err == nil:
+		if base.Path != "" && cg.Path() != base.Path {
+			// Not the cgroup the bundle named (a cgroup namespace?).
+			m.log.Debug("oom watch: cgroup differs from the bundle's", "id", id, "cgroup", cg.Path(), "bundle", base.Path)
+			base = OOMBaseline{}
+		}
+	case errors.Is(err, errdefs.ErrNotFound) && base.Path != "":
+		// The init is gone; its cgroup stays until runc delete.
+		if cg, err = cgroups.New(m.root, m.mode, base.Path); err != nil {
+			return fmt.Errorf("oom watch %s: %w", id, err)
+		}
+	default:
 		return fmt.Errorf("oom watch %s: %w", id, err)
 	}
+	var st cgroups.Stats
+	if base.Path == "" {
+		// The baseline is read before the watch starts: a kill in
+		// between is reported by the next event (its counter is above
+		// the baseline), or by Remove.
+		if err := cg.Stat(&st); err != nil {
+			return fmt.Errorf("oom watch %s: %w", id, err)
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if err := m.mon.Add(id, cg); err != nil {
+			return err
+		}
+		m.watches[id] = &oomWatch{cg: cg, onOOM: onOOM, total: st.Memory.Events.OOMKill}
+		return nil
+	}
+	// The counter is read after the watch started, and its kills since
+	// base are delivered now: the watch reports only those after. The
+	// lock keeps the loop's events for id waiting until then.
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.mon.Add(id, cg); err != nil {
 		return err
 	}
-	m.watches[id] = &oomWatch{cg: cg, onOOM: onOOM, total: st.Memory.Events.OOMKill}
+	if err := cg.Stat(&st); err != nil {
+		m.mon.Remove(id)
+		return fmt.Errorf("oom watch %s: %w", id, err)
+	}
+	now := st.Memory.Events.OOMKill
+	// On v1 a removed sub-cgroup takes its kills out of the sum.
+	w := &oomWatch{cg: cg, onOOM: onOOM, total: min(base.Kills, now)}
+	m.watches[id] = w
+	w.deliver(now)
 	return nil
 }
 

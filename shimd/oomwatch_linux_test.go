@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -78,7 +80,7 @@ func TestOOMMonitorSubCgroupKill(t *testing.T) {
 	t.Cleanup(func() { mon.Close() })
 	var mu sync.Mutex
 	var got []uint64
-	if err := mon.Add("c1", init.Process.Pid, func(n uint64) {
+	if err := mon.Add("c1", init.Process.Pid, shimd.OOMBaseline{}, func(n uint64) {
 		mu.Lock()
 		got = append(got, n)
 		mu.Unlock()
@@ -127,4 +129,43 @@ func startIn(t *testing.T, cg cgroups.Manager, name string, args ...string) (*ex
 		t.Fatal(err)
 	}
 	return cmd, in
+}
+
+// TestOOMMonitorBaselinePaths: Baseline resolves the bundle's cgroupsPath
+// as runc does for an absolute path and a systemd slice:prefix:name (a
+// cgroup not created yet reads 0), and gives up (zero OOMBaseline: Add
+// counts from its own call) for a relative or missing path, which runc
+// resolves against its own cgroup.
+func TestOOMMonitorBaselinePaths(t *testing.T) {
+	if _, err := cgroups.DetectMode(""); err != nil {
+		t.Skipf("no cgroups: %v", err)
+	}
+	mon, err := shimd.NewOOMMonitor("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mon.Close() })
+	id := randID("base")
+	for _, tc := range []struct {
+		config string
+		want   shimd.OOMBaseline
+	}{
+		{`{"linux":{"cgroupsPath":"/edged-shim-test/` + id + `"}}`, shimd.OOMBaseline{Path: "/edged-shim-test/" + id}},
+		{`{"linux":{"cgroupsPath":"edged-t.slice:edged:` + id + `"}}`, shimd.OOMBaseline{Path: "/edged.slice/edged-t.slice/edged-" + id + ".scope"}},
+		{`{"linux":{"cgroupsPath":"edged-shim-test/` + id + `"}}`, shimd.OOMBaseline{}},
+		{`{"linux":{}}`, shimd.OOMBaseline{}},
+		{`{}`, shimd.OOMBaseline{}},
+		{`{`, shimd.OOMBaseline{}},
+	} {
+		b := t.TempDir()
+		if err := os.WriteFile(filepath.Join(b, "config.json"), []byte(tc.config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := mon.Baseline(b); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", tc.config, got, tc.want)
+		}
+	}
+	if got := mon.Baseline(t.TempDir()); got != (shimd.OOMBaseline{}) {
+		t.Errorf("no config.json: %+v", got)
+	}
 }

@@ -54,10 +54,18 @@ const (
 
 // OOMWatcher watches a container's memory cgroup for OOM kills.
 type OOMWatcher interface {
+	// Baseline is called before runc creates the container of bundle
+	// (runc create, or runc run for a create and start at once): it reads
+	// the counter from which Add is to count the container's kills, so
+	// that a kill before Add (runc run returns with the container running)
+	// is reported too.
+	Baseline(bundle string) OOMBaseline
 	// Add starts watching the cgroup of pid (the container's init) and
-	// calls onOOM once for every OOM kill in it, with the cgroup's
-	// oom_kill counter after that kill.
-	Add(id string, pid int, onOOM func(oomKills uint64)) error
+	// calls onOOM once for every OOM kill in it since base (since the
+	// call when base is the zero value), with the cgroup's oom_kill
+	// counter after that kill. Kills already counted may be reported
+	// from within Add.
+	Add(id string, pid int, base OOMBaseline, onOOM func(oomKills uint64)) error
 	// Remove stops watching id. Before returning it must call onOOM for
 	// every OOM already signalled for id: the shim calls Remove when the
 	// container's init has exited and publishes TaskExit after it returns,
@@ -484,19 +492,32 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 	s.containers[req.Id] = c // reserved; init is set once created
 	s.mu.Unlock()
 	var p *process
-	created := false
+	created, wroteRecord := false, false
 	defer func() {
 		if retErr == nil {
 			return
 		}
+		// A runc killed at the caller's deadline removed what it had made
+		// itself (runc.Create); a created container is removed here.
 		if created {
-			_ = c.runc.Delete(context.WithoutCancel(ctx), c.id, true)
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), runc.CleanupTimeout)
+			_ = c.runc.Delete(dctx, c.id, true)
+			cancel()
 		}
 		if p != nil && p.io != nil {
 			p.io.Close()
 		}
 		if c.rootfs {
 			_ = unmountAll(filepath.Join(c.bundle, "rootfs"))
+		}
+		// The bundle as it was: no pid file (runc may have written one
+		// before it was killed), no runtime record of a container that
+		// does not exist.
+		if p != nil {
+			_ = os.Remove(p.pidFile())
+		}
+		if wroteRecord {
+			_ = os.Remove(filepath.Join(c.bundle, runtimeRecordFile))
 		}
 		s.mu.Lock()
 		delete(s.containers, c.id)
@@ -516,6 +537,7 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 		if err := atomicfile.WriteFile(filepath.Join(c.bundle, runtimeRecordFile), rec, 0o600); err != nil {
 			return 0, fmt.Errorf("bundle: %w", err)
 		}
+		wroteRecord = true
 	}
 	if len(req.Rootfs) > 0 {
 		if err := mountRootfs(req.Rootfs, filepath.Join(c.bundle, "rootfs")); err != nil {
@@ -532,6 +554,13 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 		defer p.startMu.Unlock()
 		p.started = true // p is not reachable by other calls yet
 	}
+	var oomBase OOMBaseline
+	if s.cfg.OOM != nil {
+		oomBase = s.cfg.OOM.Baseline(c.bundle)
+	}
+	gate := &oomGate{publish: func(oomKills uint64) {
+		s.publish(TopicOOM, &eventtypes.TaskOOM{ContainerId: c.id, OomKills: oomKills})
+	}}
 	if err := s.startProcess(ctx, p, func(stdioFiles [3]*os.File, console, pidFile string) error {
 		o := runc.CreateOpts{
 			PidFile:       pidFile,
@@ -552,7 +581,7 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 	}, opts, func(pid int, exited bool) {
 		// Before the exit of pid can be processed: the watch is removed
 		// when the init exits.
-		s.watchOOM(c.id, pid, exited)
+		s.watchOOM(c.id, pid, exited, oomBase, gate)
 	}); err != nil {
 		return 0, err
 	}
@@ -570,19 +599,19 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 	if opts.start {
 		s.publish(TopicStart, &eventtypes.TaskStart{ContainerId: c.id, Pid: uint32(pid)})
 	}
+	gate.release()
 	return pid, nil
 }
 
-// watchOOM watches the cgroup of a container's init for OOM kills. An init
-// that already exited (a fused create and start of a short process) has no
-// cgroup left to find, which is not worth a warning.
-func (s *Service) watchOOM(id string, pid int, exited bool) {
+// watchOOM watches the cgroup of a container's init for OOM kills, counted
+// from base, and publishes them through gate. An init that already exited
+// (a fused create and start of a short process) may have no cgroup left
+// to find, which is not worth a warning.
+func (s *Service) watchOOM(id string, pid int, exited bool, base OOMBaseline, gate *oomGate) {
 	if s.cfg.OOM == nil {
 		return
 	}
-	if err := s.cfg.OOM.Add(id, pid, func(oomKills uint64) {
-		s.publish(TopicOOM, &eventtypes.TaskOOM{ContainerId: id, OomKills: oomKills})
-	}); err != nil {
+	if err := s.cfg.OOM.Add(id, pid, base, gate.onOOM); err != nil {
 		if exited {
 			s.cfg.Log.Debug("oom watcher: init already exited", "id", id, "error", err)
 		} else {

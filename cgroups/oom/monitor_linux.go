@@ -21,10 +21,17 @@
 // recreated since the last read (systemd restarting a killed service) hides
 // no kill. (A sub-cgroup hitting a limit of its own signals only its own
 // eventfd and those below it: such kills are counted by the next
-// notification of the container's cgroup, or by Stats.) Since the
-// notification can precede the kill, a wake-up
-// that finds no new kill re-reads five times over about 1.5 s (2 ms to
-// 1.25 s apart). This is the only time the loop uses a timeout. A removed cgroup
+// notification of the container's cgroup, or by Stats.) The walk reads at
+// most 1,024 sub-cgroups (see cgroups.V1OOMKills); when it stops there, the
+// counters of the sub-cgroups it did not reach are kept from the read that
+// last saw them, so that a sub-cgroup falling out of the walk's reach (more
+// sub-cgroups before it in name order) and back in has only its new kills
+// counted; a kill in a sub-cgroup out of reach is reported once a walk
+// reaches it. (Sub-cgroups out of reach at Add count all their kills when
+// first reached: a container rarely has 1,024 sub-cgroups when its watch
+// is added.) Since the notification can precede the kill, a wake-up that
+// finds no new kill re-reads five times over about 1.5 s (2 ms to 1.25 s
+// apart). This is the only time the loop uses a timeout. A removed cgroup
 // drops the watch.
 //
 // Events carry the number of new kills since the previous event of the same
@@ -102,10 +109,13 @@ type watch struct {
 	// v1
 	efd       int
 	token     uint32
-	noCounter bool              // kernel < 4.13: no oom_kill in memory.oom_control
-	kills     map[uint64]uint64 // oom_kill per cgroup directory inode, the cgroup's and its sub-cgroups', at the last read
-	step      int               // next re-read (see recheckDelay); -1 when none pending
-	recheckAt time.Time         // when step is >= 0
+	noCounter bool // kernel < 4.13: no oom_kill in memory.oom_control
+	// kills is the oom_kill counter per cgroup directory inode, the
+	// cgroup's and its sub-cgroups', as last read; counters that were
+	// 0 are left out (an absent inode counts from 0).
+	kills     map[uint64]uint64
+	step      int       // next re-read (see recheckDelay); -1 when none pending
+	recheckAt time.Time // when step is >= 0
 }
 
 // Monitor watches container cgroups for OOM kills. Create it with New, call
@@ -294,7 +304,11 @@ func inotifyAdd(ifd int, path string) (int32, error) {
 func (m *Monitor) addV1(w *watch) error {
 	w.file = filepath.Join(w.dir, "memory.oom_control")
 	w.kills = map[uint64]uint64{}
-	total, ok, err := cgroups.V1OOMKills(w.dir, func(ino, n uint64) { w.kills[ino] = n })
+	total, ok, _, err := cgroups.V1OOMKills(w.dir, func(ino, n uint64) {
+		if n > 0 {
+			w.kills[ino] = n
+		}
+	})
 	if err != nil {
 		return notImplementedIfMissing(err)
 	}
@@ -586,25 +600,54 @@ func (m *Monitor) readKills(w *watch, out []Event) []Event {
 	return out
 }
 
+// maxKills bounds the counters a v1 watch keeps for the sub-cgroups a
+// truncated walk did not reach (see readKillsV1).
+const maxKills = 4096
+
 // readKillsV1 is readKills on v1: it reads the counters of w's cgroup and
 // of its sub-cgroups and counts the kills per cgroup directory inode. A
 // sub-cgroup that appeared since the last read brings all its kills, a
 // removed one takes none away, and a recreated one starts from 0 under a
 // new inode (kernfs allocates inode numbers cyclically).
+//
+// When the walk stopped at its limit, the counters of the cgroups it did
+// not reach are kept: forgotten, a cgroup's kills would be counted again
+// when a later walk reaches it. They are kept up to maxKills counters in
+// all (a container could otherwise grow the map without end by churning
+// through sub-cgroups with kills); past that they are forgotten as when
+// the walk is complete, where an unread cgroup is a removed one.
 func (m *Monitor) readKillsV1(w *watch, out []Event) []Event {
 	var kills uint64
 	seen := make(map[uint64]uint64, len(w.kills))
-	_, _, err := cgroups.V1OOMKills(w.dir, func(ino, n uint64) {
-		if prev, ok := w.kills[ino]; ok && n >= prev {
+	_, _, truncated, err := cgroups.V1OOMKills(w.dir, func(ino, n uint64) {
+		prev := w.kills[ino]
+		if n >= prev {
 			kills += n - prev
 		} else {
-			kills += n // new cgroup, or a reused inode
+			kills += n // a reused inode
 		}
-		seen[ino] = n
+		if n > 0 || prev > 0 {
+			seen[ino] = n // a 0 marks the inode as read, for the merge below
+		}
 	})
 	if err != nil {
 		m.drop(w)
 		return out
+	}
+	if truncated {
+		for ino, n := range w.kills {
+			if len(seen) >= maxKills {
+				break
+			}
+			if _, ok := seen[ino]; !ok {
+				seen[ino] = n
+			}
+		}
+	}
+	for ino, n := range seen {
+		if n == 0 {
+			delete(seen, ino)
+		}
 	}
 	w.kills = seen
 	if kills > 0 {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/edged/edged/cgroups"
 	"github.com/edged/edged/edged/errdefs"
@@ -569,4 +571,65 @@ func TestOOMKillRecreatedSubCgroupV1(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestOOMKillTruncatedWalkV1: on v1 a read walks at most 1,024 of a
+// container's sub-cgroups. A sub-cgroup with a kill that falls out of the
+// walk's reach (1,024 sub-cgroups before it in name order) and comes back
+// into it has its kill counted once: the walk that did not reach it used
+// to forget its counter, and the next walk that reached it counted the
+// kill again (a kill in another sub-cgroup was reported as 2, Total 4, or
+// z's kill came as the new one and that kill later).
+// Real cgroups: 1,024 empty memory cgroups made with mkdir.
+func TestOOMKillTruncatedWalkV1(t *testing.T) {
+	mode := hostMode(t)
+	if mode == cgroups.Unified {
+		t.Skip("cgroup v1 test: v2 counts kills hierarchically in the kernel, there is no walk")
+	}
+	mon, ch := startMonitor(t, nil)
+	parent := newParent(t, mode)
+	cg := newCgroup(t, mode, parent, "c1") // 16 MiB limit
+	if err := mon.Add("c1", cg); err != nil {
+		t.Fatal(err)
+	}
+	kill := func(sub string, want Event) {
+		t.Helper()
+		cmd, in := startHog(t, newSubCgroup(t, mode, parent+"/c1/"+sub))
+		in.Write([]byte("go\n"))
+		waitKilled(t, cmd)
+		got := collect(t, ch, 1, 15*time.Second, 2*time.Second)
+		if len(got) != 1 || got[0] != want {
+			t.Fatalf("kill in c1/%s: events %+v, want one %+v", sub, got, want)
+		}
+	}
+	// z is the only sub-cgroup: its kill is read.
+	kill("z", Event{ID: "c1", OOMKills: 1, Total: 1})
+
+	// 1,024 sub-cgroups before z: the walk stops before reaching z.
+	mem := cg.Dir("memory")
+	var fillers []string
+	t.Cleanup(func() {
+		for _, d := range fillers {
+			if err := unix.Rmdir(d); err != nil && err != unix.ENOENT {
+				t.Errorf("cleanup: rmdir %s: %v", d, err)
+			}
+		}
+	})
+	for i := range 1024 {
+		d := filepath.Join(mem, fmt.Sprintf("a%04d", i))
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fillers = append(fillers, d)
+	}
+	kill("a0000", Event{ID: "c1", OOMKills: 1, Total: 2})
+
+	// One fewer: z is in reach again, and only a0001's kill is new.
+	if err := unix.Rmdir(fillers[1023]); err != nil {
+		t.Fatal(err)
+	}
+	kill("a0001", Event{ID: "c1", OOMKills: 1, Total: 3})
+	// Counting z again could also come alone, as a read before a0001's
+	// kill was counted, and a0001's kill left for the next read.
+	kill("a0002", Event{ID: "c1", OOMKills: 1, Total: 4})
 }

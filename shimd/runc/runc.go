@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/shimd/reaper"
@@ -163,11 +164,7 @@ func (r *Runc) run(ctx context.Context, stdin []byte, args ...string) ([]byte, e
 	// not go on after the caller gave up: a pause or kill carried out
 	// later would surprise it. Killed when ctx ends, as containerd's
 	// go-runc does. No goroutine waits for that (context.AfterFunc).
-	stopKill := context.AfterFunc(ctx, func() {
-		if pid > 0 { // -0 would be the shim's own group
-			_ = syscall.Kill(-pid, syscall.SIGKILL)
-		}
-	})
+	w := killAtEnd(ctx, pid)
 	if inW != nil {
 		go func() {
 			_, _ = inW.Write(stdin)
@@ -179,10 +176,8 @@ func (r *Runc) run(ctx context.Context, stdin []byte, args ...string) ([]byte, e
 	out := readBounded(outR)
 	errOut := <-errc
 	e := <-exitc
-	if !stopKill() && e.Status != 0 {
-		// Killed: the caller's deadline is what failed. A runc that
-		// exited 0 before the kill landed did its work, and says so.
-		return out, fmt.Errorf("%s %s: %w", bin, args[0], ctx.Err())
+	if w.killed(e) {
+		return out, killedError(ctx, bin, args[0])
 	}
 	if e.Status != 0 {
 		msg := strings.TrimSpace(string(errOut))
@@ -211,18 +206,66 @@ func readBounded(r io.Reader) []byte {
 	}
 }
 
-// runDetached runs create/exec: its stdio belong to the container, its own
-// errors go to logFile.
-func (r *Runc) runDetached(stdio [3]*os.File, logFile string, args ...string) error {
+// killer kills a runc invocation (see killInvocation) when its caller's
+// context ends.
+type killer struct {
+	stop    func() bool
+	done    chan struct{} // closed once the kill is over
+	outside int           // processes killed outside runc's group; read after done
+}
+
+// killAtEnd arranges for the invocation pid (a process group of its own)
+// to be killed when ctx ends. No goroutine waits for that
+// (context.AfterFunc).
+func killAtEnd(ctx context.Context, pid int) *killer {
+	k := &killer{done: make(chan struct{})}
+	k.stop = context.AfterFunc(ctx, func() {
+		defer close(k.done)
+		k.outside = killInvocation(pid)
+	})
+	return k
+}
+
+// killed disarms the kill once the invocation's exit e was collected and
+// reports whether the kill is what ended it: the caller's deadline is what
+// failed then. A runc that exited 0 before the kill landed did its work,
+// and says so, unless the kill took a process it had made (a runc that
+// was exiting as the kill came: its container is gone).
+func (k *killer) killed(e reaper.Exit) bool {
+	if k.stop() {
+		return false
+	}
+	<-k.done
+	return e.Status != 0 || k.outside > 0
+}
+
+// killedError is the error of an invocation killed when ctx ended. It
+// wraps ctx.Err() (context.DeadlineExceeded at a deadline).
+func killedError(ctx context.Context, bin, cmd string) error {
+	return fmt.Errorf("%s %s: killed at the end of the call: %w", bin, cmd, ctx.Err())
+}
+
+// CleanupTimeout bounds the removal of a container whose creation failed
+// part way (a `runc create` killed at the caller's deadline, a created
+// container whose console or pid could not be had): the caller's own
+// deadline may be over by then.
+const CleanupTimeout = 10 * time.Second
+
+// runDetached runs create/run/exec: its stdio belong to the container, its
+// own errors go to logFile. Like run it is killed when ctx ends, in a
+// process group of its own, with what it started (hooks, a half-made
+// container init or exec process: see killInvocation); killed reports
+// that (the error wraps ctx.Err()).
+func (r *Runc) runDetached(ctx context.Context, stdio [3]*os.File, logFile string, args ...string) (killed bool, _ error) {
 	bin, err := r.binary()
 	if err != nil {
-		return err
+		return false, err
 	}
 	files := make([]*os.File, 3)
 	for i, f := range stdio {
 		if f == nil {
 			if f, err = os.OpenFile(os.DevNull, os.O_RDWR, 0); err != nil {
-				return err
+				return false, err
 			}
 			defer f.Close()
 		}
@@ -231,16 +274,27 @@ func (r *Runc) runDetached(stdio [3]*os.File, logFile string, args ...string) er
 	if logFile != "" {
 		_ = os.Remove(logFile)
 	}
+	if err := ctx.Err(); err != nil {
+		// Over before it began: nothing to start, nothing to undo.
+		return false, fmt.Errorf("%s %s: %w", bin, args[0], err)
+	}
 	argv := append([]string{bin}, r.args(logFile, args...)...)
-	_, exitc, err := r.Starter.Start(bin, argv, &os.ProcAttr{Files: files, Sys: &syscall.SysProcAttr{}})
+	// The container's init or exec process is not in this group: runc's
+	// last `runc init` stage calls setsid (with or without a terminal),
+	// so a kill of the group can never reach a container runc made.
+	pid, exitc, err := r.Starter.Start(bin, argv, &os.ProcAttr{Files: files, Sys: &syscall.SysProcAttr{Setpgid: true}})
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", bin, args[0], err)
+		return false, fmt.Errorf("%s %s: %w", bin, args[0], err)
 	}
+	w := killAtEnd(ctx, pid)
 	e := <-exitc
-	if e.Status != 0 {
-		return runError(bin, args[0], e.Status, lastLogError(logFile))
+	if w.killed(e) {
+		return true, killedError(ctx, bin, args[0])
 	}
-	return nil
+	if e.Status != 0 {
+		return false, runError(bin, args[0], e.Status, lastLogError(logFile))
+	}
+	return false, nil
 }
 
 // runError types a failed invocation by its message.
@@ -284,15 +338,37 @@ func lastLogError(path string) string {
 	return msg
 }
 
-// Create runs `runc create`.
+// Create runs `runc create`. When ctx ends first, runc is killed (with its
+// hooks and the half-made container's processes) and what it left of the
+// container is removed with `runc delete --force`; the error wraps
+// ctx.Err().
 func (r *Runc) Create(ctx context.Context, id, bundle string, o CreateOpts) error {
-	return r.runDetached(o.Stdio, o.LogFile, o.args([]string{"create"}, id, bundle)...)
+	return r.create(ctx, id, o, o.args([]string{"create"}, id, bundle))
 }
 
 // Run runs `runc run --detach`: create and start in one invocation. The
-// container's process runs (and may have exited) when it returns.
+// container's process runs (and may have exited) when it returns. When ctx
+// ends first it is undone as Create's is.
 func (r *Runc) Run(ctx context.Context, id, bundle string, o CreateOpts) error {
-	return r.runDetached(o.Stdio, o.LogFile, o.args([]string{"run", "--detach"}, id, bundle)...)
+	return r.create(ctx, id, o, o.args([]string{"run", "--detach"}, id, bundle))
+}
+
+// create runs a create or run command line (args) for container id, and
+// removes what it left when it was killed at the end of ctx.
+func (r *Runc) create(ctx context.Context, id string, o CreateOpts, args []string) error {
+	killed, err := r.runDetached(ctx, o.Stdio, o.LogFile, args...)
+	if !killed {
+		return err
+	}
+	// runc was killed part way: a state directory (with or without its
+	// state), cgroups and a container init it may have made are left.
+	// Removed under a deadline of its own: the caller's is over.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
+	defer cancel()
+	if derr := r.Delete(dctx, id, true); derr != nil && !errdefs.IsNotFound(derr) {
+		return fmt.Errorf("%w (and the half-made container %q was not removed: %v)", err, id, derr)
+	}
+	return err
 }
 
 // args appends the flags of o, the bundle and id to the command cmd.
@@ -311,12 +387,15 @@ func (o CreateOpts) args(cmd []string, id, bundle string) []string {
 }
 
 // Exec runs `runc exec --detach` with the process spec in processFile.
+// When ctx ends first, runc is killed, and with it the process it was
+// starting; the error wraps ctx.Err().
 func (r *Runc) Exec(ctx context.Context, id, processFile string, o ExecOpts) error {
 	args := []string{"exec", "--detach", "--process", processFile, "--pid-file", o.PidFile}
 	if o.ConsoleSocket != "" {
 		args = append(args, "--console-socket", o.ConsoleSocket)
 	}
-	return r.runDetached(o.Stdio, o.LogFile, append(args, id)...)
+	_, err := r.runDetached(ctx, o.Stdio, o.LogFile, append(args, id)...)
+	return err
 }
 
 // Start runs `runc start`.
