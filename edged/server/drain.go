@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/proto/rpc"
 )
 
 // drainEnds says whether method waits for something that may never come
@@ -28,6 +29,15 @@ func drainEnds(method string) (again string, ok bool) {
 
 // errDraining is the cause of the cancellation of the calls in drainEnds.
 var errDraining = errors.New("edged is shutting down")
+
+// drainingStatus is the status of a request that arrives once the drain
+// has begun, on a connection kept open for a call still in progress:
+// rpc.Server.Shutdown refuses it at once, and the drain begins nothing
+// new.
+func drainingStatus() *rpc.StatusError {
+	err := fmt.Errorf("%w; try again once it is back (running containers keep running): %w", errDraining, errdefs.ErrUnavailable)
+	return &rpc.StatusError{Code: errdefs.StatusCode(err), Message: err.Error()}
+}
 
 // drain tells handlers that edged has begun to shut down.
 type drain struct {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/proto/rpc"
 )
 
 func TestDrainEndsLongWaitsOnly(t *testing.T) {
@@ -76,5 +77,18 @@ func TestDrainKeepsOtherEnds(t *testing.T) {
 	<-ctx.Done()
 	if err := done(ctx.Err()); err != context.Canceled {
 		t.Fatalf("a wait its caller cancelled: %v", err)
+	}
+}
+
+// The status of a request refused during the drain names the shutdown,
+// and comes back to the client as ErrUnavailable.
+func TestDrainingStatus(t *testing.T) {
+	st := drainingStatus()
+	const want = "edged is shutting down; try again once it is back (running containers keep running): unavailable"
+	if st.Code != rpc.CodeUnavailable || st.Message != want {
+		t.Fatalf("draining status: %s %q; want Unavailable %q", rpc.CodeName(st.Code), st.Message, want)
+	}
+	if err := errdefs.FromStatus(st); !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("the client's error: %v", err)
 	}
 }

@@ -96,8 +96,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 	}()
 	drain := newDrain()
 	rs := rpc.NewServer(rpc.ServerConfig{
-		Unary:  unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim, drain),
-		Stream: streamInterceptor(log, trim, drain),
+		Unary:    unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim, drain),
+		Stream:   streamInterceptor(log, trim, drain),
+		Draining: drainingStatus(),
 	})
 	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), rpc: rs, trim: trim, drain: drain, startup: startup}
 	s.rt, err = runtime.New(runtime.Config{
@@ -192,7 +193,9 @@ const handlerExitTimeout = 5 * time.Second
 // cfg.API.ShutdownTimeout to finish before it closes their connections.
 // A call in progress is not cancelled by ctx: a container create, a commit
 // of written content or a pull that was under way when SIGTERM came
-// completes.
+// completes. Nothing new begins: a request that arrives during the drain,
+// on a connection still open, is refused at once with Unavailable
+// ("edged is shutting down"; see rpc.Server.Shutdown).
 func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) error {
 	s.log.Info("edged serving", "address", l.Addr().String(), "socket_activated", activated, "root", s.cfg.Root, "state", s.cfg.State)
 	errc := make(chan error, 1)

@@ -2,7 +2,10 @@
 
 package rpc
 
-import "testing"
+import (
+	"sync"
+	"testing"
+)
 
 // A raw write and read allocate nothing: they run on every RPC, both
 // sides (net.Conn's Read and Write allocate nothing either).
@@ -19,5 +22,27 @@ func TestRawIONoAllocs(t *testing.T) {
 		}
 	}); n != 0 {
 		t.Fatalf("%v allocations per raw write and read, want 0", n)
+	}
+}
+
+// A pooled read allocates nothing either once the pool has a buffer: the
+// server's reader takes and gives back its buffer around every wait.
+func TestRawIOReadPooledNoAllocs(t *testing.T) {
+	c, s := unixPair(t)
+	rc, rs := readWriter(c), readWriter(s).(pooledReader)
+	pool := sync.Pool{New: func() any { return new(readBuf) }}
+	var buf *readBuf
+	msg := make([]byte, 64)
+	if n := testing.AllocsPerRun(1000, func() {
+		if _, err := rc.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := rs.readPooled(&buf, &pool); err != nil || n != len(msg) {
+			t.Fatal(n, err)
+		}
+		pool.Put(buf)
+		buf = nil
+	}); n != 0 {
+		t.Fatalf("%v allocations per pooled read, want 0", n)
 	}
 }

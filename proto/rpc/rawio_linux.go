@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -42,6 +43,10 @@ type rawIO struct {
 	rn     int
 	rerrno syscall.Errno
 	readFn func(fd uintptr) bool
+	// pbuf and pool are readPooled's buffer and its lender.
+	pbuf         *readBuf
+	pool         *sync.Pool
+	readPooledFn func(fd uintptr) bool
 
 	wbuf    []byte
 	wn      int
@@ -66,7 +71,7 @@ func newRawIO(conn net.Conn) *rawIO {
 		return nil
 	}
 	r := &rawIO{rc: rc, conn: conn, net: conn.LocalAddr().Network(), local: conn.LocalAddr(), peer: conn.RemoteAddr()}
-	r.readFn, r.writeFn = r.read, r.write
+	r.readFn, r.writeFn, r.readPooledFn = r.read, r.write, r.readPool
 	return r
 }
 
@@ -87,8 +92,48 @@ func (r *rawIO) Read(p []byte) (int, error) {
 	}
 	r.rbuf, r.rn, r.rerrno = p, 0, 0
 	err := r.rc.Read(r.readFn)
-	n, errno := r.rn, r.rerrno
 	r.rbuf = nil
+	return r.readResult(err)
+}
+
+// readPool reads into pbuf, taken from pool if need be, once the socket
+// is readable; while it is not, pbuf goes back to pool (false: wait).
+func (r *rawIO) readPool(fd uintptr) bool {
+	for {
+		if r.pbuf == nil {
+			r.pbuf = r.pool.Get().(*readBuf)
+		}
+		n, _, errno := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&r.pbuf[0])), uintptr(len(r.pbuf)))
+		switch errno {
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			r.pool.Put(r.pbuf)
+			r.pbuf = nil
+			return false
+		default:
+			r.rn, r.rerrno = int(n), errno
+			return true
+		}
+	}
+}
+
+// readPooled reads as Read does, into *buf, which it takes from pool when
+// nil; while the socket has nothing to read, the buffer is back in pool
+// (*buf is nil meanwhile), so that a connection waiting for its client
+// holds none. Taking and giving back are a sync.Pool's per-CPU fast path:
+// no system call more than Read.
+func (r *rawIO) readPooled(buf **readBuf, pool *sync.Pool) (int, error) {
+	r.pbuf, r.pool, r.rn, r.rerrno = *buf, pool, 0, 0
+	err := r.rc.Read(r.readPooledFn)
+	*buf = r.pbuf
+	r.pbuf, r.pool = nil, nil
+	return r.readResult(err)
+}
+
+// readResult is the result of a Read or readPooled that ended with err
+// from the raw connection and rn, rerrno from read(2).
+func (r *rawIO) readResult(err error) (int, error) {
+	n, errno := r.rn, r.rerrno
 	switch {
 	case err != nil:
 		return 0, err

@@ -1,7 +1,6 @@
 package rpc
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -64,6 +63,9 @@ type ServerConfig struct {
 	// client that stops reading is disconnected, which ends its calls.
 	// Zero means DefaultWriteTimeout.
 	WriteTimeout time.Duration
+	// Draining is the status of a request that arrives once Shutdown
+	// has begun. Nil means Unavailable, "rpc: server is shutting down".
+	Draining *StatusError
 }
 
 // DefaultMaxCalls is the default of ServerConfig.MaxCalls.
@@ -114,6 +116,9 @@ type Server struct {
 	listener net.Listener
 	conns    map[*serverConn]struct{}
 	closed   bool
+	// draining is set when Shutdown begins: requests are refused from
+	// then on (see serverConn.begin).
+	draining bool
 	// calls counts the calls and streams whose handler has not returned,
 	// on every connection, closed ones included.
 	calls int
@@ -127,6 +132,9 @@ type Server struct {
 	quitOnce sync.Once
 
 	streamWait time.Duration // see streamFullWait; a field for tests
+
+	// readBufs lends connections their read buffers (see connReader).
+	readBufs sync.Pool
 }
 
 // maxIdleWorkers bounds the goroutines kept waiting for the next unary
@@ -157,8 +165,12 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
+	if cfg.Draining == nil {
+		cfg.Draining = &StatusError{Code: CodeUnavailable, Message: "rpc: server is shutting down"}
+	}
 	return &Server{cfg: cfg, services: map[string]*ServiceDesc{}, conns: map[*serverConn]struct{}{},
-		work: make(chan unaryCall), quit: make(chan struct{}), streamWait: streamFullWait}
+		work: make(chan unaryCall), quit: make(chan struct{}), streamWait: streamFullWait,
+		readBufs: sync.Pool{New: func() any { return new(readBuf) }}}
 }
 
 // runUnary hands call to an idle worker, or starts one.
@@ -272,11 +284,26 @@ func (s *Server) Stop() {
 	}
 }
 
-// Shutdown stops accepting connections, then closes every connection once
-// no call or stream is in progress on it, and returns when all are
-// closed. When ctx ends first, it closes the remaining connections and
+// Shutdown stops accepting connections and drains the open ones: the
+// calls and streams in progress go on (a client stream still receives its
+// messages), and every request that arrives from then on is refused with
+// ServerConfig.Draining (Unavailable), at once. A connection is closed
+// once no call or stream is in progress on it, and Shutdown returns when
+// all are. When ctx ends first, it closes the remaining connections and
 // returns ctx.Err().
+//
+// No request the client has written is dropped with its connection: each
+// is served (read before Shutdown) or refused. On a unix socket the
+// connection's reading side is shut down (shutdown(2), SHUT_RD) rather
+// than the socket closed: the kernel then refuses the client's further
+// writes (EPIPE: the client knows they were not sent), while the reader
+// answers the requests already in the socket's buffer before it sees the
+// end. Other connections are closed; a request still in their buffers is
+// lost, as with ttrpc.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
 	s.Stop()
 	if pollUntil(ctx, s.closeIdle) {
 		return nil
@@ -285,15 +312,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// closeIdle closes the connections without calls in progress and reports
-// whether none is left.
+// closeIdle ends the connections without calls in progress (see Shutdown)
+// and reports whether none is left. A connection leaves s.conns when its
+// reader has answered what it had and returned.
 func (s *Server) closeIdle() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		if c.active == 0 {
-			c.conn.Close()
-			delete(s.conns, c)
+		if c.active == 0 && !c.readShut {
+			// Under s.mu with draining set: no call can begin on c
+			// any more, so it stays idle.
+			c.readShut = true
+			if uc, ok := c.conn.(*net.UnixConn); !ok || uc.CloseRead() != nil {
+				c.conn.Close()
+				delete(s.conns, c)
+			}
 		}
 	}
 	return len(s.conns) == 0
@@ -352,8 +385,10 @@ type serverConn struct {
 	bw   boundedWriter // rw when it sets write deadlines itself, else nil
 	wmu  sync.Mutex    // one frame at a time
 
-	// active counts calls and streams in progress (under srv.mu).
-	active int
+	// active counts calls and streams in progress; readShut tells that
+	// Shutdown has shut down the reading side (both under srv.mu).
+	active   int
+	readShut bool
 
 	smu     sync.Mutex
 	streams map[uint32]*serverStream // open streams by id
@@ -371,7 +406,8 @@ func (c *serverConn) run(ctx context.Context) {
 		delete(c.srv.conns, c)
 		c.srv.mu.Unlock()
 	}()
-	r := bufio.NewReaderSize(c.rw, readBufferSize)
+	r := newConnReader(c.rw, &c.srv.readBufs)
+	defer r.release()
 	var hbuf [ttrpcwire.HeaderLen]byte
 	var last uint32
 	for {
@@ -379,7 +415,7 @@ func (c *serverConn) run(ctx context.Context) {
 		// connection stays open), then give the rest of it
 		// FrameTimeout. A frame already in the read buffer, as small
 		// ones mostly are, needs no deadline (nor its cost).
-		if _, err := r.Peek(1); err != nil {
+		if r.wait() != nil {
 			return
 		}
 		deadline := false
@@ -442,7 +478,7 @@ func (c *serverConn) setFrameDeadline() bool {
 // starts at payloadChunk and doubles, up to n, as its bytes arrive (at
 // most twice the bytes of one allocation, in all): the header alone
 // commits nothing.
-func readPayload(r *bufio.Reader, n int) ([]byte, error) {
+func readPayload(r *connReader, n int) ([]byte, error) {
 	if n == 0 {
 		return nil, nil
 	}
@@ -510,8 +546,8 @@ func (c *serverConn) request(ctx context.Context, id uint32, p []byte) {
 		c.sendStatus(id, CodeUnimplemented, "method "+string(req.Method))
 		return
 	}
-	if !c.begin() {
-		c.sendStatus(id, CodeResourceExhausted, "too many calls in progress on this connection (limit "+strconv.Itoa(c.srv.cfg.MaxCalls)+")")
+	if refused := c.begin(); refused != nil {
+		c.sendStatus(id, refused.Code, refused.Message)
 		return
 	}
 	// A timeout of zero is none; a negative one (a client calling after
@@ -541,16 +577,20 @@ func withMD(ctx context.Context, req ttrpcwire.Request) context.Context {
 	return WithMetadata(ctx, md)
 }
 
-// begin counts a call in progress, unless MaxCalls are.
-func (c *serverConn) begin() bool {
+// begin counts a call in progress, or returns the status it is refused
+// with: Shutdown has begun, or MaxCalls are in progress.
+func (c *serverConn) begin() *StatusError {
 	c.srv.mu.Lock()
 	defer c.srv.mu.Unlock()
+	if c.srv.draining {
+		return c.srv.cfg.Draining
+	}
 	if c.active >= c.srv.cfg.MaxCalls {
-		return false
+		return &StatusError{Code: CodeResourceExhausted, Message: "too many calls in progress on this connection (limit " + strconv.Itoa(c.srv.cfg.MaxCalls) + ")"}
 	}
 	c.active++
 	c.srv.calls++
-	return true
+	return nil
 }
 
 func (c *serverConn) end() {
