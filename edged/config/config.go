@@ -62,6 +62,10 @@ type Images struct {
 	// RegistryHelper is the edged-remote binary that runs registry pulls
 	// and pushes; "" is the one next to edged, else from PATH.
 	RegistryHelper string `toml:"registry_helper"`
+	// RegistryIdleTimeout bounds every request of a registry pull or push:
+	// one that gets no answer, or moves less than 16 KiB, in this long is
+	// dropped and retried. It must be positive.
+	RegistryIdleTimeout Duration `toml:"registry_idle_timeout"`
 	// MaxLayerSize is the most one layer may unpack to (its uncompressed
 	// tar stream); 0 is no limit. It stops decompression bombs.
 	MaxLayerSize Size `toml:"max_layer_size"`
@@ -301,6 +305,9 @@ func (im *Images) validate() error {
 	}
 	if im.ImportNamespace == "" {
 		return errdefs.InvalidArgument("images.import_namespace", "must not be empty")
+	}
+	if d := im.RegistryIdleTimeout.Duration; d <= 0 {
+		return errdefs.InvalidArgument("images.registry_idle_timeout", "%s must be positive, e.g. \"60s\"", d)
 	}
 	if im.MaxLayerSize < 0 {
 		return errdefs.InvalidArgument("images.max_layer_size", "%d must not be negative", im.MaxLayerSize)

@@ -161,3 +161,37 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// images.registry_idle_timeout: 60s by default, a duration with a unit
+// like every other, and a value that is not a positive duration is refused
+// naming the file, the setting and the value.
+func TestRegistryIdleTimeout(t *testing.T) {
+	if d := Default().Images.RegistryIdleTimeout.Duration; d != 60*time.Second {
+		t.Fatalf("default registry_idle_timeout = %v, want 60s", d)
+	}
+	p := filepath.Join(t.TempDir(), "edged.toml")
+	if err := os.WriteFile(p, []byte("[images]\nregistry_idle_timeout = \"500ms\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.Images.RegistryIdleTimeout.Duration; d != 500*time.Millisecond {
+		t.Fatalf("registry_idle_timeout = %v, want 500ms", d)
+	}
+	for text, want := range map[string]string{
+		"[images]\nregistry_idle_timeout = \"0s\"\n":   `images.registry_idle_timeout: 0s must be positive, e.g. "60s": invalid argument`,
+		"[images]\nregistry_idle_timeout = \"-5s\"\n":  `images.registry_idle_timeout: -5s must be positive, e.g. "60s": invalid argument`,
+		"[images]\nregistry_idle_timeout = \"soon\"\n": `toml: line 2 (last key "images.registry_idle_timeout"): time: invalid duration "soon": invalid argument`,
+		"[images]\nregistry_idle_timeout = 60\n":       `toml: line 2 (last key "images.registry_idle_timeout"): time: missing unit in duration "60": invalid argument`,
+	} {
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(p, false)
+		if want = "config " + p + ": " + want; err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != want {
+			t.Errorf("%q: got %v, want %q", text, err, want)
+		}
+	}
+}

@@ -311,3 +311,36 @@ func TestPullWithoutRegistryHelper(t *testing.T) {
 		t.Fatalf("edged with a relative registry_helper: %v: %s", err, out)
 	}
 }
+
+// TestPullIdleTimeoutSetting: [images] registry_idle_timeout reaches the
+// registry helper. Against a registry that accepts connections and never
+// answers, a pull with the setting at 500ms fails within seconds (the
+// retries included) with a message naming the request and the timeout; at
+// the default 60 s it would take minutes. Nothing is recorded.
+func TestPullIdleTimeoutSetting(t *testing.T) {
+	addr := registry.Silent(t)
+	dir := testutil.ShortTempDir(t)
+	p := filepath.Join(dir, "edged.toml")
+	cfg := fmt.Sprintf("[images]\nregistry_idle_timeout = \"500ms\"\ndocker_config = %q\n[registries.%q]\nplain_http = true\n",
+		filepath.Join(dir, "none.json"), addr)
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := testutil.StartDaemon(t, testutil.DaemonConfig{Bin: binDir, Dir: dir, Args: []string{"--config", p}})
+	c := cli{t: t, env: []string{"EDGED_ADDRESS=" + d.Address}}
+	start := time.Now()
+	_, errOut, code := c.run("images", "pull", addr+"/x:y")
+	elapsed := time.Since(start)
+	want := "registry " + addr + ": HEAD /v2/x/manifests/y: no answer in 500ms"
+	if code != 1 || !strings.Contains(errOut, want) {
+		t.Fatalf("pull from a silent registry: exit %d after %v, stderr %q; want exit 1 and %q", code, elapsed, errOut, want)
+	}
+	// 5 attempts of 500ms and the backoff between them (0.25+0.5+1+2 s).
+	if elapsed > 15*time.Second {
+		t.Fatalf("pull from a silent registry failed after %v", elapsed)
+	}
+	t.Logf("failed after %v: %s", elapsed.Round(time.Millisecond), strings.TrimSpace(errOut))
+	if out := c.ok("images", "ls", "-q"); out != "" {
+		t.Fatalf("images after a failed pull: %q", out)
+	}
+}

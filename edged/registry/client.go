@@ -60,6 +60,11 @@ type Config struct {
 	// ExitGrace is how long the helper has to exit after its last message
 	// before it is killed; 0 means 10 s.
 	ExitGrace time.Duration
+	// IdleTimeout bounds every request of a pull or push (manifests,
+	// tokens, blobs, uploads): one that gets no answer, or moves less than
+	// 16 KiB, in this long is dropped and retried (remotes.PullOptions
+	// IdleTimeout); 0 means the helper's default, 60 s.
+	IdleTimeout time.Duration
 }
 
 // Client starts a helper for each pull or push. It is safe for concurrent
@@ -75,6 +80,9 @@ type Client struct {
 func New(cfg Config) (*Client, error) {
 	if err := ValidateHosts(cfg.Hosts); err != nil {
 		return nil, err
+	}
+	if cfg.IdleTimeout < 0 {
+		return nil, errdefs.InvalidArgument("registry idle timeout", "%s must not be negative", cfg.IdleTimeout)
 	}
 	if cfg.Helper == "" {
 		cfg.Helper = findHelper()
@@ -163,7 +171,7 @@ func (c *Client) request(op, store, ref string, creds *Credentials) Request {
 		creds = nil
 	}
 	return Request{Op: op, Store: store, Ref: ref, Hosts: c.cfg.Hosts, DockerConfig: c.cfg.DockerConfig,
-		UserAgent: c.cfg.UserAgent, Credentials: creds}
+		UserAgent: c.cfg.UserAgent, Credentials: creds, IdleTimeout: c.cfg.IdleTimeout}
 }
 
 // maxStderr bounds the helper's stderr kept for error messages.

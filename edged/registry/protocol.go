@@ -53,10 +53,11 @@ type Request struct {
 	// BeforeBlob asks the helper to send a Blob message before it uses
 	// each blob, and to wait for the Reply.
 	BeforeBlob bool `json:"before_blob,omitempty"`
-	// Retries, RetryBackoff and ChunkSize tune the registry client (0:
-	// its defaults).
+	// Retries, RetryBackoff, IdleTimeout and ChunkSize tune the registry
+	// client (0: its defaults).
 	Retries      int           `json:"retries,omitempty"`
 	RetryBackoff time.Duration `json:"retry_backoff,omitempty"`
+	IdleTimeout  time.Duration `json:"idle_timeout,omitempty"`
 	ChunkSize    int64         `json:"chunk_size,omitempty"`
 }
 

@@ -33,6 +33,10 @@ type PushOptions struct {
 	// RetryBackoff is the first delay between attempts (default
 	// DefaultRetryBackoff).
 	RetryBackoff time.Duration
+	// IdleTimeout bounds every request (HEAD, upload, manifest, token) as
+	// PullOptions.IdleTimeout does: an upload must move 16 KiB in this long
+	// (default DefaultIdleTimeout).
+	IdleTimeout time.Duration
 	// Concurrency bounds parallel blob uploads (default 3).
 	Concurrency int
 	// ChunkSize > 0 uploads blobs in PATCH chunks of this many bytes;
@@ -61,6 +65,9 @@ func Push(ctx context.Context, ref string, root ocispec.Descriptor, store *conte
 	}
 	defer s.close()
 	s.store = store
+	if opts.IdleTimeout > 0 {
+		s.setIdle(opts.IdleTimeout)
+	}
 	if opts.ChunkSize < 0 {
 		return errdefs.InvalidArgument("chunk size", "%d is negative", opts.ChunkSize)
 	}

@@ -149,7 +149,8 @@ func (s *server) run(ctx context.Context, req registry.Request) (registry.Result
 	}
 	switch req.Op {
 	case registry.OpPull:
-		opts := PullOptions{Resolver: res, Progress: s.progress, Retries: req.Retries, RetryBackoff: req.RetryBackoff}
+		opts := PullOptions{Resolver: res, Progress: s.progress, Retries: req.Retries, RetryBackoff: req.RetryBackoff,
+			IdleTimeout: req.IdleTimeout}
 		if req.Platform != "" {
 			p, err := platforms.Parse(req.Platform)
 			if err != nil {
@@ -167,7 +168,7 @@ func (s *server) run(ctx context.Context, req registry.Request) (registry.Result
 			return registry.Result{}, errdefs.InvalidArgument("target", "a push needs the root descriptor")
 		}
 		err := Push(ctx, req.Ref, *req.Target, store, PushOptions{Resolver: res, Progress: s.progress,
-			Retries: req.Retries, RetryBackoff: req.RetryBackoff, ChunkSize: req.ChunkSize})
+			Retries: req.Retries, RetryBackoff: req.RetryBackoff, IdleTimeout: req.IdleTimeout, ChunkSize: req.ChunkSize})
 		return registry.Result{}, err
 	default:
 		return registry.Result{}, errdefs.InvalidArgument("op", "%q is not %q or %q", req.Op, registry.OpPull, registry.OpPush)

@@ -65,7 +65,8 @@ func (s *Server) setupImages(ctx context.Context) (*imageStore, error) {
 	for host, r := range cfg.Registries {
 		hosts[host] = registry.HostConfig{Mirrors: r.Mirrors, Insecure: r.Insecure, PlainHTTP: r.PlainHTTP}
 	}
-	reg, err := registry.New(registry.Config{Helper: cfg.Images.RegistryHelper, Hosts: hosts, DockerConfig: cfg.Images.DockerConfig, UserAgent: "edged", Logger: s.log})
+	reg, err := registry.New(registry.Config{Helper: cfg.Images.RegistryHelper, Hosts: hosts, DockerConfig: cfg.Images.DockerConfig, UserAgent: "edged", Logger: s.log,
+		IdleTimeout: cfg.Images.RegistryIdleTimeout.Duration})
 	if err != nil {
 		return nil, fmt.Errorf("registries: %w", err)
 	}
