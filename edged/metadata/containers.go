@@ -71,11 +71,16 @@ func containerNotFound(ns, id string) error {
 	return fmt.Errorf("container %q in namespace %q: %w", id, ns, errdefs.ErrNotFound)
 }
 
-func validateContainer(c *Container) error {
+// validateContainer checks c, an update of old when old is not nil.
+func validateContainer(c, old *Container) error {
 	if err := identifiers.Validate("container id", c.ID); err != nil {
 		return err
 	}
-	if err := validateLabels("labels", c.Labels); err != nil {
+	var oldLabels map[string]string
+	if old != nil {
+		oldLabels = old.Labels
+	}
+	if err := validateLabels("labels", oldLabels, c.Labels); err != nil {
 		return err
 	}
 	if c.Image != "" {
@@ -120,7 +125,7 @@ func (t *Tx) CreateContainer(ctx context.Context, ns string, c Container) (Conta
 	if err := checkNamespace(ns); err != nil {
 		return Container{}, err
 	}
-	if err := validateContainer(&c); err != nil {
+	if err := validateContainer(&c, nil); err != nil {
 		return Container{}, err
 	}
 	ts := now()
@@ -311,7 +316,7 @@ func (t *Tx) UpdateContainer(ctx context.Context, ns string, c Container, fieldp
 			return Container{}, errdefs.InvalidArgument("fieldpath", "%q cannot be updated on container %q", p, c.ID)
 		}
 	}
-	if err := validateContainer(&upd); err != nil {
+	if err := validateContainer(&upd, &cur); err != nil {
 		return Container{}, err
 	}
 	ts := now()

@@ -59,7 +59,7 @@ func (t *Tx) AddContent(ctx context.Context, ns, dgst string, size int64, labels
 	if size < 0 {
 		return ContentInfo{}, errdefs.InvalidArgument("size", "%d is negative", size)
 	}
-	if err := validateLabels("labels", labels); err != nil {
+	if err := validateLabels("labels", nil, labels); err != nil {
 		return ContentInfo{}, err
 	}
 	ts := now()
@@ -158,7 +158,7 @@ func (t *Tx) UpdateContentLabels(ctx context.Context, ns, dgst string, labels ma
 		return ContentInfo{}, err
 	}
 	merged := mergeLabels(ci.Labels, labels, replace)
-	if err := validateLabels("labels", merged); err != nil {
+	if err := validateLabels("labels", ci.Labels, merged); err != nil {
 		return ContentInfo{}, err
 	}
 	ts := now()

@@ -57,17 +57,24 @@ func imageNotFound(ns, name string) error {
 	return fmt.Errorf("image %q in namespace %q: %w", name, ns, errdefs.ErrNotFound)
 }
 
-func validateImage(im *Image) error {
+// validateImage checks im, an update of old when old is not nil.
+func validateImage(im, old *Image) error {
 	if err := validateImageName("image name", im.Name); err != nil {
 		return err
 	}
-	if err := validateLabels("labels", im.Labels); err != nil {
+	var oldLabels, oldAnnotations map[string]string
+	if old != nil {
+		oldLabels, oldAnnotations = old.Labels, old.Target.Annotations
+	}
+	if err := validateLabels("labels", oldLabels, im.Labels); err != nil {
 		return err
 	}
-	return validateDescriptor("target", &im.Target)
+	return validateDescriptor("target", &im.Target, oldAnnotations)
 }
 
-func validateDescriptor(field string, d *Descriptor) error {
+// validateDescriptor checks d; oldAnnotations are the stored annotations
+// it replaces (nil when new).
+func validateDescriptor(field string, d *Descriptor, oldAnnotations map[string]string) error {
 	if err := validateText(field+".media_type", d.MediaType, true); err != nil {
 		return err
 	}
@@ -77,7 +84,7 @@ func validateDescriptor(field string, d *Descriptor) error {
 	if d.Size < 0 {
 		return errdefs.InvalidArgument(field+".size", "%d is negative", d.Size)
 	}
-	return validateLabels(field+".annotations", d.Annotations)
+	return validateLabels(field+".annotations", oldAnnotations, d.Annotations)
 }
 
 // CreateImage stores image im in namespace ns, creating the namespace if
@@ -89,7 +96,7 @@ func (t *Tx) CreateImage(ctx context.Context, ns string, im Image) (Image, error
 	if err := checkNamespace(ns); err != nil {
 		return Image{}, err
 	}
-	if err := validateImage(&im); err != nil {
+	if err := validateImage(&im, nil); err != nil {
 		return Image{}, err
 	}
 	ts := now()
@@ -227,7 +234,7 @@ func (t *Tx) UpdateImage(ctx context.Context, ns string, im Image, fieldpaths ..
 			return Image{}, errdefs.InvalidArgument("fieldpath", "%q cannot be updated on image %q", p, im.Name)
 		}
 	}
-	if err := validateImage(&upd); err != nil {
+	if err := validateImage(&upd, &cur); err != nil {
 		return Image{}, err
 	}
 	ts := now()

@@ -141,3 +141,79 @@ func TestCorruptLabelsColumn(t *testing.T) {
 	err := db.View(ctx, func(tx *Tx) error { _, err := tx.GetContainer(ctx, "default", "c"); return err })
 	wantErr(t, err, errdefs.ErrDataLoss, "corrupt containers.labels")
 }
+
+// Labels stored before the text rule (bytes that are not UTF-8, a NUL:
+// written here straight into the table, as an older edged stored them) do
+// not lock their object: a container and an image can still be updated,
+// and such a label kept or removed; a label the update adds or changes
+// must follow the rule. Namespace labels likewise.
+func TestLabelTextRuleGrandfathersStoredLabels(t *testing.T) {
+	ctx := context.Background()
+	db, _ := openTest(t, Options{})
+	legacy := encodeMap(map[string]string{"app": "web", "bad": "\xff", "nul": "a\x00b"})
+	err := db.Update(ctx, func(tx *Tx) error {
+		if _, err := tx.CreateContainer(ctx, "default", testContainer(t, "old")); err != nil {
+			return err
+		}
+		if _, err := tx.CreateImage(ctx, "default", Image{Name: "docker.io/library/old:1", Target: Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: "sha256:" + strings.Repeat("a", 64), Size: 1}}); err != nil {
+			return err
+		}
+		if _, err := tx.CreateNamespace(ctx, "oldns", nil); err != nil {
+			return err
+		}
+		for _, q := range []string{
+			`UPDATE containers SET labels = ? WHERE namespace = 'default' AND id = 'old'`,
+			`UPDATE images SET labels = ? WHERE namespace = 'default' AND name = 'docker.io/library/old:1'`,
+			`UPDATE namespaces SET labels = ? WHERE name = 'oldns'`,
+		} {
+			if _, err := tx.exec(ctx, "legacy labels", q, legacy); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(ctx, func(tx *Tx) error {
+		c, err := tx.GetContainer(ctx, "default", "old")
+		if err != nil {
+			return err
+		}
+		c.Image = "docker.io/library/new:1"
+		if _, err := tx.UpdateContainer(ctx, "default", c, "image"); err != nil {
+			return fmt.Errorf("update the image of a container with legacy labels: %w", err)
+		}
+		c.Labels = map[string]string{"more": "ok"}
+		if _, err := tx.UpdateContainer(ctx, "default", c, "labels.more", "labels.nul"); err != nil {
+			return fmt.Errorf("add a label and remove a legacy one: %w", err)
+		}
+		c.Labels = map[string]string{"more": "b\xffd"}
+		_, err = tx.UpdateContainer(ctx, "default", c, "labels.more")
+		if !errdefs.IsInvalidArgument(err) || err.Error() != `labels: value of key "more" is not valid UTF-8: invalid argument` {
+			return fmt.Errorf("add a label that is not UTF-8: %v", err)
+		}
+		got, err := tx.GetContainer(ctx, "default", "old")
+		if err != nil {
+			return err
+		}
+		if want := map[string]string{"app": "web", "bad": "\xff", "more": "ok"}; !reflect.DeepEqual(got.Labels, want) || got.Image != "docker.io/library/new:1" {
+			return fmt.Errorf("container after the updates: image %q labels %q; want %q", got.Image, got.Labels, want)
+		}
+		im, err := tx.GetImage(ctx, "default", "docker.io/library/old:1")
+		if err != nil {
+			return err
+		}
+		im.Target.Size = 2
+		if _, err := tx.UpdateImage(ctx, "default", im, "target"); err != nil {
+			return fmt.Errorf("update the target of an image with legacy labels: %w", err)
+		}
+		if _, err := tx.SetNamespaceLabels(ctx, "oldns", map[string]string{"x": "y"}, false); err != nil {
+			return fmt.Errorf("add a label to a namespace with legacy labels: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

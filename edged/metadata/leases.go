@@ -80,7 +80,7 @@ func (t *Tx) CreateLease(ctx context.Context, ns, id string, labels map[string]s
 	if err := checkLease(ns, id); err != nil {
 		return Lease{}, err
 	}
-	if err := validateLabels("labels", labels); err != nil {
+	if err := validateLabels("labels", nil, labels); err != nil {
 		return Lease{}, err
 	}
 	ts := now()

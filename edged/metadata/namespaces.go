@@ -55,7 +55,7 @@ func (t *Tx) CreateNamespace(ctx context.Context, name string, labels map[string
 	if err := checkNamespace(name); err != nil {
 		return Namespace{}, err
 	}
-	if err := validateLabels("labels", labels); err != nil {
+	if err := validateLabels("labels", nil, labels); err != nil {
 		return Namespace{}, err
 	}
 	ts := now()
@@ -134,7 +134,7 @@ func (t *Tx) SetNamespaceLabels(ctx context.Context, name string, labels map[str
 		return Namespace{}, err
 	}
 	merged := mergeLabels(n.Labels, labels, replace)
-	if err := validateLabels("labels", merged); err != nil {
+	if err := validateLabels("labels", n.Labels, merged); err != nil {
 		return Namespace{}, err
 	}
 	ts := now()

@@ -24,10 +24,13 @@ const (
 	maxTextSize           = 1024    // runtime names, snapshot keys, media types, ...
 )
 
-// validateLabels checks the label limits; field names the map ("labels",
-// "target.annotations") in the error, which also names the offending key.
-func validateLabels(field string, m map[string]string) error {
-	return labels.Validate(field, m)
+// validateLabels checks the labels m of an object whose stored labels are
+// old (nil for a new object): the limits, and the text rule for what the
+// change adds or alters (labels.ValidateChange). field names the map
+// ("labels", "target.annotations") in the error, which also names the
+// offending key.
+func validateLabels(field string, old, m map[string]string) error {
+	return labels.ValidateChange(field, old, m)
 }
 
 // validateExtensions checks extension names like label keys and the total

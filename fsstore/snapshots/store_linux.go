@@ -22,6 +22,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/edged/edged/edged/errdefs"
+	"github.com/edged/edged/edged/metadata/labels"
 	"github.com/edged/edged/fsstore/snapshots/fscopy"
 	"github.com/edged/edged/fsstore/snapshots/mount"
 	"github.com/edged/edged/internal/atomicfile"
@@ -760,8 +761,9 @@ func (s *snapshotter) Update(ctx context.Context, ns string, info Info, fieldpat
 	}
 	// A set over the limits (stored before snapshots had them) may still
 	// shed labels, one key at a time: an update that only removes is
-	// never refused.
-	if err := validateLabels(merged); err != nil && !onlyRemoves(old, merged) {
+	// never refused. Labels kept as stored are not held to the text rule
+	// (labels.ValidateChange).
+	if err := labels.ValidateChange("labels", old, merged); err != nil && !onlyRemoves(old, merged) {
 		return Info{}, err
 	}
 	if err := updateLabels(ctx, tx, r.id, old, merged); err != nil {

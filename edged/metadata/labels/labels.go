@@ -40,12 +40,12 @@ func Validate(field string, m map[string]string) error {
 	total := 0
 	for k, v := range m {
 		if len(k) == 0 || len(k) > MaxKeySize || len(k)+len(v) > MaxSize || !validText(k) || !validText(v) {
-			return check(field, m)
+			return check(field, m, true)
 		}
 		total += len(k) + len(v)
 	}
 	if total > MaxTotalSize {
-		return check(field, m)
+		return check(field, m, true)
 	}
 	return nil
 }
@@ -54,18 +54,41 @@ func Validate(field string, m map[string]string) error {
 func ValidateText(field string, m map[string]string) error {
 	for k, v := range m {
 		if !validText(k) || !validText(v) {
-			return check(field, m)
+			return check(field, m, true)
 		}
 	}
 	return nil
+}
+
+// ValidateChange is Validate for an update of the stored labels old to m:
+// the limits apply to m, the text rule only to the labels the update adds
+// or changes. Labels stored before the text rule existed (bytes that are
+// not UTF-8) then do not lock their object: it can still be updated, and
+// they can be kept or removed.
+func ValidateChange(field string, old, m map[string]string) error {
+	err := Validate(field, m)
+	if err == nil || len(old) == 0 || len(m) > MaxCount {
+		return err
+	}
+	if err := check(field, m, false); err != nil {
+		return err
+	}
+	changed := make(map[string]string)
+	for k, v := range m {
+		if ov, ok := old[k]; !ok || ov != v {
+			changed[k] = v
+		}
+	}
+	return ValidateText(field, changed)
 }
 
 func validText(s string) bool {
 	return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0
 }
 
-// check finds the first label, in key order, over a limit.
-func check(field string, m map[string]string) error {
+// check finds the first label, in key order, over a limit or, with text,
+// breaking the text rule.
+func check(field string, m map[string]string, text bool) error {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -78,6 +101,7 @@ func check(field string, m map[string]string) error {
 			return errdefs.InvalidArgument(field, "key %s is %d bytes, must be 1 to %d", Quote(k), len(k), MaxKeySize)
 		}
 		switch {
+		case !text:
 		case strings.IndexByte(k, 0) >= 0:
 			return errdefs.InvalidArgument(field, "key %s contains a NUL byte", Quote(k))
 		case !utf8.ValidString(k):

@@ -2,6 +2,7 @@ package labels
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -53,5 +54,33 @@ func TestValidateText(t *testing.T) {
 	}
 	if err := Validate("labels", map[string]string{"ключ": "värde ✓"}); err != nil {
 		t.Fatalf("UTF-8 labels: %v", err)
+	}
+}
+
+// ValidateChange holds only what an update adds or changes to the text
+// rule; the limits apply to the whole set.
+func TestValidateChange(t *testing.T) {
+	old := map[string]string{"app": "web", "bad": "\xff"}
+	for _, c := range []struct {
+		m    map[string]string
+		want string
+	}{
+		{map[string]string{"app": "web", "bad": "\xff", "new": "ok"}, ""},
+		{map[string]string{"bad": "\xff"}, ""},
+		{map[string]string{"app": "web", "bad": "\xfe"}, `labels: value of key "bad" is not valid UTF-8: invalid argument`},
+		{map[string]string{"bad": "\xff", "n\x00": "v"}, `labels: key "n\x00" contains a NUL byte: invalid argument`},
+		{map[string]string{"bad": "\xff", "k": strings.Repeat("v", MaxSize)}, `labels: key "k": key and value are 4097 bytes, more than the maximum of 4096: invalid argument`},
+	} {
+		err := ValidateChange("labels", old, c.m)
+		if got := fmt.Sprint(err); (c.want == "" && err != nil) || (c.want != "" && got != c.want) {
+			t.Errorf("ValidateChange(%q): %v, want %q", c.m, err, c.want)
+		}
+	}
+	many := map[string]string{"bad": "\xff"}
+	for i := 0; i < MaxCount; i++ {
+		many[fmt.Sprint("k", i)] = "v"
+	}
+	if err := ValidateChange("labels", old, many); err == nil || err.Error() != "labels: 257 labels is more than the maximum of 256: invalid argument" {
+		t.Errorf("257 labels: %v", err)
 	}
 }
