@@ -140,7 +140,7 @@ func TestNotifyAndWatchdog(t *testing.T) {
 	var before []string
 	for {
 		m := next(t, msgs)
-		if m == "READY=1" {
+		if m == "READY=1\nSTATUS=serving" {
 			break
 		}
 		before = append(before, m)

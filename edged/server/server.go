@@ -202,7 +202,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener, activated bool) erro
 	go func() { errc <- s.rpc.Serve(context.WithoutCancel(ctx), l) }()
 
 	s.startup.finish()
-	notify(s.log, daemon.SdNotifyReady)
+	// STATUS= too: systemctl status would show the last start-up phase
+	// for the daemon's whole life.
+	notify(s.log, daemon.SdNotifyReady+"\nSTATUS=serving")
 	// Start-up code (configuration, migrations, recovery, the import
 	// directory) does not run again: give its memory back now rather than
 	// after the first idle period.
