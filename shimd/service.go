@@ -239,7 +239,14 @@ func toStatus(err error) error {
 	return &protorpc.StatusError{Code: errdefs.StatusCode(err), Message: err.Error()}
 }
 
-// lookup finds the process (init for execID "").
+// lookup finds the process (init for execID ""). A container whose Create
+// has not returned yet (runc create still running, or its failure being
+// undone) is not NotFound but Unavailable, "being created": NotFound tells
+// a client that the task is gone (edged, recovering after it was killed
+// during the create, would remove the bundle runc is using and forget a
+// container the shim may yet make), and a Delete or Kill must not be taken
+// for one of a task deleted already. Once the Create returns, the
+// container is there or NotFound.
 func (s *Service) lookup(id, execID string) (*container, *process, error) {
 	if err := identifiers.Validate("id", id); err != nil {
 		return nil, nil, err
@@ -252,8 +259,11 @@ func (s *Service) lookup(id, execID string) (*container, *process, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.containers[id]
-	if !ok || c.init == nil {
+	if !ok {
 		return nil, nil, fmt.Errorf("container %q: %w", id, errdefs.ErrNotFound)
+	}
+	if c.init == nil {
+		return nil, nil, fmt.Errorf("container %q is being created (its create has not returned yet): %w", id, errdefs.ErrUnavailable)
 	}
 	if execID == "" {
 		return c, c.init, nil
@@ -436,9 +446,24 @@ const runtimeRecordFile = "edged-shim.json"
 
 // ---- Task service
 
-// Create creates a container (runc create) from the bundle.
+// Create creates a container (runc create) from the bundle. Until it
+// returns, the container's ID is reserved: calls for it fail with
+// Unavailable, "being created" (see lookup), and Shutdown without now does
+// not end the shim.
+//
+// A create is carried to its end, or to the caller's deadline, even when
+// the caller's connection closes meanwhile (edged killed): its bootstrap
+// names the task, and the restarted edged finds it created, or gone if the
+// create failed. Only a call without a deadline (a containerd's, at
+// times) is still ended by the close of its connection: nothing would
+// bound it otherwise.
 func (s *Service) Create(ctx context.Context, req *taskapi.CreateTaskRequest) (*taskapi.CreateTaskResponse, error) {
 	defer s.trimSoon()
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), dl)
+		defer cancel()
+	}
 	pid, err := s.create(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
@@ -1132,7 +1157,8 @@ func (s *Service) Connect(ctx context.Context, req *taskapi.ConnectRequest) (*ta
 }
 
 // Shutdown ends the shim when it hosts no container any more (or now is
-// set); otherwise it does nothing.
+// set); otherwise it does nothing. A container being created counts: its
+// Create has not returned.
 func (s *Service) Shutdown(ctx context.Context, req *taskapi.ShutdownRequest) (*types.Empty, error) {
 	s.mu.Lock()
 	n := len(s.containers)

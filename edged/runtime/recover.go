@@ -102,19 +102,21 @@ func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
 // about each of its tasks; it returns how many tasks it kept. A shim that
 // is gone or does not answer has all its tasks cleaned up. A task the live
 // shim does not have is one whose Delete the previous edged got through to
-// the shim but was killed before it removed the bootstrap: only its
-// bootstrap and bundle are removed, the shim's other tasks (a shim group)
-// are kept, and a shim left with no task is shut down.
+// the shim but was killed before it removed the bootstrap, or whose create
+// failed: only its bootstrap and bundle are removed, the shim's other tasks
+// (a shim group) are kept, and a shim left with no task is shut down. A
+// task the shim is still creating (the previous edged was killed during its
+// Create) is waited for: see awaitCreate.
 func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int {
 	first := ts[0]
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.ConnectTimeout)
-	defer cancel()
 	c, svc, err := dialShim(cctx, first.Namespace, address, m.cfg.ConnectTimeout)
 	if err == nil {
 		// Without an Id: whether the shim is alive, not whether it
 		// has one particular task.
 		_, err = svc.Connect(cctx, &taskapi.ConnectRequest{})
 	}
+	cancel()
 	var live []*task
 	for _, t := range ts {
 		if err != nil {
@@ -122,8 +124,11 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int
 		}
 		// State, not Connect with the task's Id: a containerd shim's
 		// Connect does not fail for a task it does not have.
-		st, serr := svc.State(cctx, &taskapi.StateRequest{Id: t.ID})
-		switch serr = errdefs.FromStatus(serr); {
+		st, serr := m.shimState(ctx, svc, t.ID)
+		if errdefs.IsUnavailable(serr) {
+			st, serr = m.awaitCreate(ctx, svc, address, t)
+		}
+		switch {
 		case serr == nil:
 			if st.Pid != 0 {
 				// Create saves the bootstrap before the shim knows the pid.
@@ -131,9 +136,15 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int
 			}
 			live = append(live, t)
 		case errdefs.IsNotFound(serr):
-			m.log.Info("task was deleted in its shim before edged stopped; removing its bootstrap", "namespace", t.Namespace, "id", t.ID, "address", address)
+			m.log.Info("task was deleted in its shim, or its create failed, before edged stopped; removing its bootstrap", "namespace", t.Namespace, "id", t.ID, "address", address)
 			m.removeBundle(t.Bundle)
 			os.Remove(m.bootstrapPath(t.Namespace, t.ID))
+		case errdefs.IsUnavailable(serr):
+			// Still being created: kept, bundle and all; the shim
+			// has it once the create returns, or answers NotFound for
+			// it, which Delete takes as deleted.
+			m.log.Warn("task still being created in its shim; keeping it", "namespace", t.Namespace, "id", t.ID, "address", address, "waited", m.cfg.CallTimeout, "error", serr)
+			live = append(live, t)
 		default:
 			err = serr
 		}
@@ -158,6 +169,8 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int
 		// Shutdown without Now: the shim exits only if it has no
 		// container indeed.
 		m.log.Info("shutting down a shim of a previous edged left with no task", "address", address)
+		cctx, cancel := context.WithTimeout(ctx, m.cfg.ConnectTimeout)
+		defer cancel()
 		if _, err := svc.Shutdown(cctx, &taskapi.ShutdownRequest{Id: first.ID}); err != nil {
 			m.log.Warn("shim shutdown failed", "address", address, "error", errdefs.FromStatus(err))
 		}
@@ -183,4 +196,45 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int
 		m.tasks[key(t.Namespace, t.ID)] = t
 	}
 	return len(live)
+}
+
+// createPoll is how often awaitCreate asks a shim about a task being
+// created.
+const createPoll = 50 * time.Millisecond
+
+// shimState asks a shim for the state of a task's init within
+// ConnectTimeout.
+func (m *Manager) shimState(ctx context.Context, svc taskapi.TaskService, id string) (*taskapi.StateResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.ConnectTimeout)
+	defer cancel()
+	st, err := svc.State(ctx, &taskapi.StateRequest{Id: id})
+	return st, errdefs.FromStatus(err)
+}
+
+// awaitCreate waits for the end of the create of t, which its shim
+// answered Unavailable for: an edged-shim's answer for a task whose Create
+// has not returned (see shimd's lookup), the previous edged having been
+// killed while the shim ran `runc create` (hooks and a slow device make
+// that take seconds). The shim carries the create to its end or to its
+// deadline, at most CallTimeout after the previous edged asked: State is
+// polled for up to CallTimeout, and returns the created task's state, or
+// NotFound once a failed create is undone (bundle and bootstrap may go).
+// Still Unavailable after that, the task is kept: dropping it could leave
+// a container nobody knows.
+func (m *Manager) awaitCreate(ctx context.Context, svc taskapi.TaskService, address string, t *task) (*taskapi.StateResponse, error) {
+	m.log.Info("task was being created in its shim when edged stopped; waiting for the create to end", "namespace", t.Namespace, "id", t.ID, "address", address)
+	deadline := time.Now().Add(m.cfg.CallTimeout)
+	for {
+		wait := time.NewTimer(createPoll)
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+			return nil, ctx.Err()
+		case <-wait.C:
+		}
+		st, err := m.shimState(ctx, svc, t.ID)
+		if !errdefs.IsUnavailable(err) || !time.Now().Before(deadline) {
+			return st, err
+		}
+	}
 }

@@ -110,6 +110,9 @@ type task struct {
 	Stdout    string `json:"stdout,omitempty"`
 
 	shim *shimConn
+	// creating is set (under Manager.mu) while Create has the shim create
+	// the task: the task is not listed (IDs) until the shim has it.
+	creating bool
 	// dead marks the entry that holds a dead shim's task ID while it is
 	// cleaned up (see shimDead).
 	dead bool
@@ -199,7 +202,9 @@ type CreateOpts struct {
 }
 
 // Create writes the bundle, starts (or reuses) the shim and creates the
-// task. On failure nothing is left behind.
+// task. On failure nothing is left behind. Once the shim is asked to create
+// the task, its answer is waited for (up to CallTimeout) even when ctx ends
+// first: the task is then created all the same.
 func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ uint32, err error) {
 	if err := identifiers.Validate("namespace", ns); err != nil {
 		return 0, err
@@ -233,7 +238,7 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		return 0, fmt.Errorf("task %q in namespace %q: %w", id, ns, errdefs.ErrAlreadyExists)
 	}
 	// Reserve the ID while the task is being created.
-	t := &task{Namespace: ns, ID: id, Runtime: o.Runtime, Group: o.Group, Bundle: m.BundleDir(ns, id), Stdout: o.Stdout}
+	t := &task{Namespace: ns, ID: id, Runtime: o.Runtime, Group: o.Group, Bundle: m.BundleDir(ns, id), Stdout: o.Stdout, creating: true}
 	m.tasks[key(ns, id)] = t
 	m.mu.Unlock()
 	defer func() {
@@ -305,7 +310,14 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		// Not while the task's container starts: it would compete with it.
 		defer m.fillSpareLater(ns)
 	}
-	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	// Once asked, the shim's create is waited for to its end (or to the
+	// call timeout), whatever becomes of ctx: a caller that gives up
+	// (its client gone, its deadline over) does not end a create in the
+	// shim (which keeps going until its own deadline), so releasing the
+	// task then would remove the bundle runc is using and leave the
+	// container the shim makes to nobody.
+	dctx := context.WithoutCancel(ctx)
+	cctx, cancel := context.WithTimeout(dctx, m.cfg.CallTimeout)
 	defer cancel()
 	req := &taskapi.CreateTaskRequest{
 		Id: id, Bundle: t.Bundle, Rootfs: o.Rootfs, Terminal: o.Terminal,
@@ -334,9 +346,11 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		resp, err = sc.task.Create(cctx, req)
 	}
 	if err != nil {
-		return 0, m.callError(ctx, sc, "create", err)
+		return 0, m.callError(dctx, sc, "create", err)
 	}
-	t.Pid = resp.Pid
+	m.mu.Lock()
+	t.Pid, t.creating = resp.Pid, false
+	m.mu.Unlock()
 	if o.Start && !started {
 		sctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
 		defer cancel()
@@ -915,7 +929,7 @@ func (m *Manager) IDs(ns string) []string {
 	defer m.mu.Unlock()
 	var ids []string
 	for _, t := range m.tasks {
-		if t.Namespace == ns && t.shim != nil {
+		if t.Namespace == ns && t.shim != nil && !t.creating {
 			ids = append(ids, t.ID)
 		}
 	}
@@ -936,6 +950,8 @@ func (m *Manager) Pid(ns, id string) uint32 {
 	if err != nil {
 		return 0
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	return t.Pid
 }
 

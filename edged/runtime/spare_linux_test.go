@@ -21,6 +21,9 @@ import (
 var shimBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(crashHelperEnv) != "" {
+		os.Exit(crashHelper())
+	}
 	dir, err := os.MkdirTemp("", "edged-runtime-test-")
 	if err != nil {
 		panic(err)
