@@ -188,7 +188,11 @@ type CreateOpts struct {
 	// Prepare, if set, returns the spec instead of Spec. It runs while
 	// the task's edged-shim starts (e.g. network set-up), after the task
 	// ID is reserved: an error from it fails Create.
-	Prepare  func(ctx context.Context) ([]byte, error)
+	Prepare func(ctx context.Context) ([]byte, error)
+	// Undo, if set, undoes what Prepare set up when Create fails after
+	// Prepare ran. It runs while the ID is still reserved, so that it
+	// cannot undo the set-up of a new task of the same ID.
+	Undo     func(ctx context.Context)
 	Rootfs   []*ptypes.Mount
 	Stdin    string
 	Stdout   string
@@ -241,26 +245,37 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 	t := &task{Namespace: ns, ID: id, Runtime: o.Runtime, Group: o.Group, Bundle: m.BundleDir(ns, id), Stdout: o.Stdout, creating: true}
 	m.tasks[key(ns, id)] = t
 	m.mu.Unlock()
-	defer func() {
-		if err != nil {
-			// Unless shimDead holds the ID while it cleans up after the
-			// task (a shim that died during the create).
-			m.mu.Lock()
-			if m.tasks[key(ns, id)] == t {
-				delete(m.tasks, key(ns, id))
-			}
-			m.mu.Unlock()
+	prepared := false
+	if prep := o.Prepare; prep != nil {
+		o.Prepare = func(ctx context.Context) ([]byte, error) {
+			prepared = true
+			return prep(ctx)
 		}
+	}
+	defer func() {
+		if err == nil {
+			m.mu.Lock()
+			t.creating = false
+			sc := t.shim
+			m.mu.Unlock()
+			// A shim found dead while the task was in Create left it
+			// out of its clean-up (cleanupShim): the task is cleaned up
+			// here, as the others were.
+			if sc != nil && sc.isDead() {
+				m.deadTask(context.WithoutCancel(ctx), t)
+			}
+			return
+		}
+		var undo func(context.Context)
+		if prepared {
+			undo = o.Undo
+		}
+		m.failCreate(context.WithoutCancel(ctx), t, undo)
 	}()
 
 	if err := os.MkdirAll(filepath.Join(t.Bundle, "rootfs"), 0o711); err != nil {
 		return 0, fmt.Errorf("create bundle: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			m.removeBundle(t.Bundle)
-		}
-	}()
 	// An edged-shim starts while the spec is prepared and written: its
 	// start-up overlaps with that work. Any other shim reads the bundle
 	// when it starts, so it starts after.
@@ -297,11 +312,6 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 	sc.mu.Lock()
 	sc.refs[id] = true
 	sc.mu.Unlock()
-	defer func() {
-		if err != nil {
-			m.release(context.WithoutCancel(ctx), t)
-		}
-	}()
 	if prepErr != nil {
 		return 0, prepErr
 	}
@@ -550,12 +560,16 @@ func (m *Manager) callError(ctx context.Context, sc *shimConn, op string, err er
 	// hung shim.
 	if isConnError(err) {
 		m.log.Error("shim connection closed; treating it as dead", "shim", sc.key, "op", op, "error", err)
-		go m.shimDead(context.WithoutCancel(ctx), sc)
+		if sc.markDead() {
+			go m.cleanupShim(context.WithoutCancel(ctx), sc)
+		}
 		return fmt.Errorf("shim %s exited (connection closed) before answering %s (%v); it is treated as dead: %w", sc.key, op, err, errdefs.ErrUnavailable)
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		m.log.Error("shim did not answer; treating it as dead", "shim", sc.key, "op", op, "error", err)
-		go m.shimDead(context.WithoutCancel(ctx), sc)
+		if sc.markDead() {
+			go m.cleanupShim(context.WithoutCancel(ctx), sc)
+		}
 		return fmt.Errorf("shim %s did not answer %s within %v (%v); it is treated as dead: %w", sc.key, op, m.cfg.CallTimeout, err, errdefs.ErrUnavailable)
 	}
 	return fmt.Errorf("%s: %w", op, err)
@@ -717,6 +731,37 @@ func (m *Manager) Delete(ctx context.Context, ns, id, exec string) (*taskapi.Del
 	return r, nil
 }
 
+// failCreate undoes a Create that failed, while the task's ID is still
+// reserved (nothing of a new task of the same ID can be touched): the
+// daemon's set-up (undo, when not nil), the task in its shim (a dead
+// shim's container is force-deleted: shimDead leaves a task in Create to
+// it; a live shim lets the task go, and is recycled or stopped when idle),
+// the bundle and the bootstrap. Then it frees the ID.
+func (m *Manager) failCreate(ctx context.Context, t *task, undo func(context.Context)) {
+	if undo != nil {
+		undo(ctx)
+	}
+	m.mu.Lock()
+	sc := t.shim
+	m.mu.Unlock()
+	switch {
+	case sc == nil:
+		m.removeBundle(t.Bundle)
+	case sc.isDead():
+		m.removeTask(ctx, t)
+		sc.mu.Lock()
+		delete(sc.refs, t.ID)
+		sc.mu.Unlock()
+	default:
+		m.letGo(ctx, t)
+	}
+	m.mu.Lock()
+	if m.tasks[key(t.Namespace, t.ID)] == t {
+		delete(m.tasks, key(t.Namespace, t.ID))
+	}
+	m.mu.Unlock()
+}
+
 // release forgets a deleted task and shuts its shim down when idle. It
 // reports false, doing nothing, when the task was released already.
 func (m *Manager) release(ctx context.Context, t *task) bool {
@@ -731,21 +776,29 @@ func (m *Manager) release(ctx context.Context, t *task) bool {
 	}
 	delete(m.tasks, key(t.Namespace, t.ID))
 	m.mu.Unlock()
+	m.letGo(ctx, t)
+	return true
+}
+
+// letGo removes a task's bootstrap and bundle and its reference on its
+// shim, which is recycled as the spare or shut down when idle. The caller
+// removed the task's entry, or holds it until letGo returns.
+func (m *Manager) letGo(ctx context.Context, t *task) {
 	os.Remove(m.bootstrapPath(t.Namespace, t.ID))
 	m.discardBundle(t.Bundle)
 	sc := t.shim
 	if sc == nil {
-		return true
+		return
 	}
 	sc.mu.Lock()
 	delete(sc.refs, t.ID)
 	idle := len(sc.refs) == 0
 	sc.mu.Unlock()
 	if !idle {
-		return true
+		return
 	}
 	if m.recycle(sc) {
-		return true
+		return
 	}
 	m.mu.Lock()
 	if m.shims[sc.key] == sc {
@@ -756,7 +809,7 @@ func (m *Manager) release(ctx context.Context, t *task) bool {
 		// A containerd shim's `start` hands out the socket of a shim still
 		// listening at its address: this one must be gone first.
 		m.stopShim(ctx, sc, t.ID)
-		return true
+		return
 	}
 	// An edged-shim is let go in the background (its exit takes a few ms
 	// nobody needs to wait for). Its socket path and log go first: a new
@@ -765,7 +818,6 @@ func (m *Manager) release(ctx context.Context, t *task) bool {
 	os.Remove(sc.address)
 	os.Remove(sc.address + ".log")
 	m.background(func() { m.stopShim(context.WithoutCancel(ctx), sc, t.ID) })
-	return true
 }
 
 // background runs fn in a goroutine Close waits for; once the manager is
@@ -848,14 +900,29 @@ func (m *Manager) emptyTrash() {
 }
 
 // shimDead cleans up after a shim that is gone or hung: it kills it,
-// force-deletes its containers and removes their bundles.
+// force-deletes its containers and removes their bundles. A second call
+// (or one after markDead) does nothing.
 func (m *Manager) shimDead(ctx context.Context, sc *shimConn) {
-	sc.mu.Lock()
-	if sc.dead {
-		sc.mu.Unlock()
-		return
+	if sc.markDead() {
+		m.cleanupShim(ctx, sc)
 	}
-	sc.dead = true
+}
+
+// markDead marks the shim dead; it reports whether it was the first to.
+// Once it returns, a failing Create sees the shim dead (failCreate).
+func (s *shimConn) markDead() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dead {
+		return false
+	}
+	s.dead = true
+	return true
+}
+
+// cleanupShim is shimDead's work, for a shim markDead marked.
+func (m *Manager) cleanupShim(ctx context.Context, sc *shimConn) {
+	sc.mu.Lock()
 	ids := make([]string, 0, len(sc.refs))
 	for id := range sc.refs {
 		ids = append(ids, id)
@@ -869,41 +936,64 @@ func (m *Manager) shimDead(ctx context.Context, sc *shimConn) {
 	// Each task's entry is replaced by a reservation of its ID (no shim:
 	// the task is gone for every call) until its clean-up is over, so
 	// that a task of the same ID cannot be created meanwhile: its fresh
-	// bundle and network would be what the clean-up removes.
+	// bundle and network would be what the clean-up removes. A task
+	// still in Create is left to it: its failure path (failCreate) cleans
+	// up while its own reservation holds the ID.
 	m.mu.Lock()
 	if m.shims[sc.key] == sc {
 		delete(m.shims, sc.key)
 	}
-	type dying struct{ t, held *task }
-	var tasks []dying
+	var tasks []*task
 	for _, id := range ids {
-		k := key(sc.ns, id)
-		if t, ok := m.tasks[k]; ok && t.shim == sc {
-			held := &task{Namespace: t.Namespace, ID: t.ID, dead: true}
-			m.tasks[k] = held
-			tasks = append(tasks, dying{t, held})
+		if t, ok := m.tasks[key(sc.ns, id)]; ok && t.shim == sc && !t.creating {
+			tasks = append(tasks, t)
 		}
 	}
 	m.mu.Unlock()
-	for _, d := range tasks {
-		m.cleanupTask(ctx, d.t)
-		m.mu.Lock()
-		if k := key(d.t.Namespace, d.t.ID); m.tasks[k] == d.held {
-			delete(m.tasks, k)
-		}
-		m.mu.Unlock()
-		m.taskGone(d.t)
+	for _, t := range tasks {
+		m.deadTask(ctx, t)
 	}
 	if sc.native {
 		os.Remove(sc.address)
 	}
 }
 
-// cleanupTask removes what a task of a dead shim left: the runc container,
-// the rootfs mounts, the bundle and the bootstrap; then OnDead undoes what
-// the daemon set up for it. The caller holds the task's ID (see shimDead)
-// and calls taskGone after freeing it.
+// deadTask cleans up after task t of a dead shim (cleanupTask) while a
+// reservation holds its ID, then frees the ID and reports the task gone
+// (taskGone). It does nothing when t's entry is gone already (cleaned up,
+// or released).
+func (m *Manager) deadTask(ctx context.Context, t *task) {
+	k := key(t.Namespace, t.ID)
+	held := &task{Namespace: t.Namespace, ID: t.ID, dead: true}
+	m.mu.Lock()
+	if m.tasks[k] != t {
+		m.mu.Unlock()
+		return
+	}
+	m.tasks[k] = held
+	m.mu.Unlock()
+	m.cleanupTask(ctx, t)
+	m.mu.Lock()
+	if m.tasks[k] == held {
+		delete(m.tasks, k)
+	}
+	m.mu.Unlock()
+	m.taskGone(t)
+}
+
+// cleanupTask removes what a task of a dead shim left (removeTask); then
+// OnDead undoes what the daemon set up for it. The caller holds the task's
+// ID (see cleanupShim) and calls taskGone after freeing it.
 func (m *Manager) cleanupTask(ctx context.Context, t *task) {
+	m.removeTask(ctx, t)
+	if m.cfg.OnDead != nil {
+		m.cfg.OnDead(t.Namespace, t.ID)
+	}
+}
+
+// removeTask removes what a task of a dead shim left: the runc container,
+// the rootfs mounts, the bundle and the bootstrap.
+func (m *Manager) removeTask(ctx context.Context, t *task) {
 	if t.Native {
 		m.deleteNative(ctx, m.log, t.Namespace, t.ID, t.Bundle)
 	} else if t.Binary != "" {
@@ -911,9 +1001,6 @@ func (m *Manager) cleanupTask(ctx context.Context, t *task) {
 	}
 	m.removeBundle(t.Bundle)
 	os.Remove(m.bootstrapPath(t.Namespace, t.ID))
-	if m.cfg.OnDead != nil {
-		m.cfg.OnDead(t.Namespace, t.ID)
-	}
 }
 
 // taskGone reports a dead shim's task cleaned up and its ID free.

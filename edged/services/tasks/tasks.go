@@ -176,28 +176,29 @@ func (s *service) Create(ctx context.Context, r *api.CreateTaskRequest) (_ *api.
 		Runtime: c.Runtime.Name, Group: c.Labels[runtime.GroupLabel], Spec: c.Spec, Rootfs: rootfs,
 		Stdin: stdin, Stdout: stdout, Stderr: stderr, Terminal: r.Terminal, Options: opts, Start: r.Start,
 	}
-	networked := false
 	if s.Network != nil {
-		// The network is set up while the task's shim starts.
+		// The network is set up while the task's shim starts. A failed
+		// Create tears it down while the ID is still reserved (Undo runs
+		// only after Prepare did: a task that exists already keeps its
+		// network, and a new one of the same ID cannot lose its own).
 		co.Prepare = func(ctx context.Context) ([]byte, error) {
 			var sp specs.Spec
 			if err := json.Unmarshal(c.Spec, &sp); err != nil {
 				return nil, fmt.Errorf("container %q: OCI spec: %v: %w", c.ID, err, errdefs.ErrInvalidArgument)
 			}
-			networked = true
 			if err := s.Network.Setup(ctx, ns, c, &sp, s.Runtime.BundleDir(ns, c.ID)); err != nil {
 				return nil, err
 			}
 			return json.Marshal(&sp)
 		}
+		co.Undo = func(ctx context.Context) {
+			if err := s.Network.Teardown(ctx, ns, c.ID); err != nil {
+				s.Log.Warn("network teardown of a failed create failed", "namespace", ns, "id", c.ID, "error", err)
+			}
+		}
 	}
 	pid, err := s.Runtime.Create(ctx, ns, c.ID, co)
 	if err != nil {
-		// Only a set-up this call began is torn down: a task that exists
-		// already keeps its network.
-		if networked {
-			s.Network.Teardown(context.WithoutCancel(ctx), ns, c.ID)
-		}
 		return nil, err
 	}
 	return &api.CreateTaskResponse{ContainerId: c.ID, Pid: pid}, nil
