@@ -14,9 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gogo/protobuf/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/edged/edged/edged/errdefs"
+	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
 )
 
 // hookSpec returns the spec of a busybox container running `sleep 300`
@@ -130,4 +132,126 @@ func TestFailedCreateUndoesWhileIDHeld(t *testing.T) {
 			runTask(t, m, id, "exit 3", 3)
 		})
 	}
+}
+
+// Calls for a task in Create are answered Unavailable "being created" by
+// the runtime itself: before its shim registered the container, the shim
+// said NotFound, which Delete took for a task deleted in its shim and
+// released the task being created (bundle, bootstrap, ID).
+func TestDeleteDuringCreateRefused(t *testing.T) {
+	requireRunc(t)
+	m := newTestManager(t)
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		id := "racing" + string(rune('a'+i))
+		done := make(chan struct{})
+		var released atomic.Int32
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				_, err := m.Delete(ctx, "default", id, "")
+				switch {
+				case err == nil:
+					released.Add(1)
+				case errdefs.IsNotFound(err):
+				case errdefs.IsUnavailable(err) && strings.Contains(err.Error(), "being created"):
+				case errdefs.IsFailedPrecondition(err): // created: running
+				default:
+					t.Errorf("delete during create: %v", err)
+				}
+			}
+		}()
+		_, err := m.Create(ctx, "default", id, CreateOpts{Start: true, Spec: specFor(t, id, "sleep", "300")})
+		close(done)
+		if err != nil {
+			t.Fatalf("create %s with deletes racing it: %v", id, err)
+		}
+		if n := released.Load(); n != 0 {
+			t.Fatalf("%d deletes released the task being created", n)
+		}
+		if !m.Has("default", id) {
+			t.Fatal("task gone after its create")
+		}
+		if _, err := os.Stat(filepath.Join(m.BundleDir("default", id), "config.json")); err != nil {
+			t.Fatalf("bundle of the created task: %v", err)
+		}
+		if err := m.Kill(ctx, "default", id, "", 9, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Wait(ctx, "default", id, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Delete(ctx, "default", id, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A shim that dies in the Start of a create-then-start (a shim without the
+// fused call) leaves the task to Create's own undo: no OnDead or OnGone
+// (no exit events for a task whose Create failed), Undo once, nothing left.
+func TestShimDiesInStartOfCreate(t *testing.T) {
+	requireRunc(t)
+	state := t.TempDir()
+	cleanupState(t, state)
+	var onDead, onGone atomic.Int32
+	m, err := New(Config{State: state, Address: filepath.Join(state, "edged.sock"), ShimBinary: filepath.Join(shimBin, "edged-shim"),
+		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		OnDead: func(string, string) { onDead.Add(1) }, OnGone: func(string, string, uint32) { onGone.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ctx := context.Background()
+	sc, err := m.spawnNativeShim(ctx, "default", "g", filepath.Join(state, "s", "g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killIfRunning(sc) })
+	sc.key, sc.group = "default/g", "g"
+	sc.noFuse.Store(true) // create, then start
+	m.mu.Lock()
+	m.shims[sc.key] = sc
+	m.mu.Unlock()
+	id := "diesinstart"
+	// The shim's runc: a wrapper that, for `runc start`, kills the shim
+	// (its parent) first.
+	wrapper := filepath.Join(t.TempDir(), "runc-kills-shim")
+	script := "#!/bin/sh\nfor a in \"$@\"; do if [ \"$a\" = start ]; then kill -9 $PPID; sleep 1; fi; done\nexec runc \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := (&runcopts.Options{BinaryName: wrapper}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := specFor(t, id, "sleep", "300")
+	var undos atomic.Int32
+	_, err = m.Create(ctx, "default", id, CreateOpts{Group: "g", Start: true,
+		Options: &types.Any{TypeUrl: "containerd.runc.v1.Options", Value: ro},
+		Prepare: func(context.Context) ([]byte, error) { return spec, nil },
+		Undo: func(context.Context) {
+			undos.Add(1)
+			// Long enough for the dead shim's background clean-up to
+			// look at its tasks while Create undoes this one.
+			time.Sleep(300 * time.Millisecond)
+		}})
+	if !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "before answering start") {
+		t.Fatalf("create whose shim died in start: %v; want unavailable, before answering start", err)
+	}
+	time.Sleep(300 * time.Millisecond) // the background clean-up of the dead shim
+	if u, d, g := undos.Load(), onDead.Load(), onGone.Load(); u != 1 || d != 0 || g != 0 {
+		t.Fatalf("undo %d, OnDead %d, OnGone %d; want 1, 0, 0", u, d, g)
+	}
+	if ids := runcList(state); slices.Contains(ids, id) {
+		t.Fatalf("runc still has the container: %v", ids)
+	}
+	if _, err := os.Stat(m.BundleDir("default", id)); !os.IsNotExist(err) {
+		t.Fatalf("bundle: %v; want it removed", err)
+	}
+	runTask(t, m, id, "exit 5", 5)
 }

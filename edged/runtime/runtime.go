@@ -359,7 +359,9 @@ func (m *Manager) Create(ctx context.Context, ns, id string, o CreateOpts) (_ ui
 		return 0, m.callError(dctx, sc, "create", err)
 	}
 	m.mu.Lock()
-	t.Pid, t.creating = resp.Pid, false
+	// creating stays set until Create returns: a shim that dies in the
+	// Start below leaves the task to failCreate (see cleanupShim).
+	t.Pid = resp.Pid
 	m.mu.Unlock()
 	if o.Start && !started {
 		sctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
@@ -528,6 +530,12 @@ func (m *Manager) get(ns, id string) (*task, error) {
 	t, ok := m.tasks[key(ns, id)]
 	if !ok || t.shim == nil {
 		return nil, fmt.Errorf("task %q in namespace %q: %w", id, ns, errdefs.ErrNotFound)
+	}
+	if t.creating {
+		// Not the shim's to answer: until its container is registered
+		// it says NotFound, which Delete would take for a task deleted
+		// in the shim and release the task being created.
+		return nil, fmt.Errorf("task %q in namespace %q is being created: %w", id, ns, errdefs.ErrUnavailable)
 	}
 	return t, nil
 }
@@ -766,11 +774,12 @@ func (m *Manager) failCreate(ctx context.Context, t *task, undo func(context.Con
 // reports false, doing nothing, when the task was released already.
 func (m *Manager) release(ctx context.Context, t *task) bool {
 	m.mu.Lock()
-	if m.tasks[key(t.Namespace, t.ID)] != t {
-		// Released already (two deletes of a task its shim no longer
-		// has), or its shim was found dead and shimDead cleaned it up: a
-		// second release would let the shim go again, or remove the
-		// files of a new task of the same ID.
+	if m.tasks[key(t.Namespace, t.ID)] != t || t.creating {
+		// In Create (failCreate undoes it), or released already (two
+		// deletes of a task its shim no longer has), or its shim was
+		// found dead and shimDead cleaned it up: a second release would
+		// let the shim go again, or remove the files of a new task of
+		// the same ID.
 		m.mu.Unlock()
 		return false
 	}
@@ -1026,8 +1035,13 @@ func (m *Manager) IDs(ns string) []string {
 
 // Has reports whether a task exists.
 func (m *Manager) Has(ns, id string) bool {
-	_, err := m.get(ns, id)
-	return err == nil
+	if identifiers.Validate("container_id", id) != nil {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t, ok := m.tasks[key(ns, id)]
+	return ok && t.shim != nil // a task in Create with its shim counts
 }
 
 // Pid returns the init pid recorded at create (0 if there is no task). It
