@@ -18,6 +18,7 @@ import (
 	"github.com/gogo/protobuf/types"
 	"golang.org/x/sys/unix"
 
+	"github.com/edged/edged/cgroups"
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/edged/errdefs/errgrpc"
 	runcopts "github.com/edged/edged/proto/runtime/runc/v1"
@@ -149,30 +150,83 @@ func wantKilledAtDeadline(t *testing.T, err error, took time.Duration, cmd strin
 	}
 }
 
+// cgroupDirs lists the directories of the cgroup at path (relative to the
+// hierarchies' root) in every hierarchy that has it: one on cgroup v2,
+// one per v1 hierarchy (controllers, name=systemd, a hybrid host's unified).
+func cgroupDirs(path string) []string {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", path))
+	if fi, err := os.Lstat(filepath.Join("/sys/fs/cgroup", path)); err == nil && fi.IsDir() {
+		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", path))
+	}
+	return dirs
+}
+
 // A Create (or CreateAndStart) whose runc hangs — a real runc in a real OCI
 // hook that sleeps — returns at the shim's deadline with DeadlineExceeded;
 // runc, the hook and the half-made container's init are killed, runc no
-// longer knows the container, the bundle has no pid file, and the same ID
-// can be created again and runs.
+// longer knows the container, its cgroup is gone from every hierarchy
+// (runc 1.1 makes it before its state.json, and runs the createRuntime
+// hooks in between: `runc delete --force` then finds no container and
+// removed only the state directory), the bundle has no pid file, and the
+// same ID can be created again and runs. A cgroup that existed before the
+// create ("existingCgroup", with a process of its own in it) is not the
+// container's: it stays, and so does its process.
 func TestCreateKilledAtDeadline(t *testing.T) {
 	for _, tc := range []struct {
 		name, hook string
 		fused      bool
+		existing   bool
+		// escape: the hook starts a process in a session of its own
+		// (out of runc's reach) and moves it into the container's
+		// cgroup: the cgroup is not empty once runc is killed.
+		escape bool
 	}{
-		{"create", "createRuntime", false},
-		{"createAndStart", "createRuntime", true},
+		{"create", "createRuntime", false, false, false},
+		{"createAndStart", "createRuntime", true, false, false},
 		// Hangs after the container's process started (runc run runs
 		// poststart hooks once it runs): that process is killed too.
-		{"createAndStartPoststart", "poststart", true},
+		{"createAndStartPoststart", "poststart", true, false, false},
+		{"existingCgroup", "createRuntime", false, true, false},
+		{"processLeftInCgroup", "createRuntime", false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := startShim(t, "/nonexistent/events.sock")
 			id := randID("hang")
+			cgPath := "/edged-shim-test/" + id
 			b := newBundle(t, id, []string{"sleep", "100"}, false, nil)
+			var before []string // the cgroup's directories before the create
+			var own *exec.Cmd   // the process of the cgroup's own
+			if tc.existing {
+				mode, err := cgroups.DetectMode("")
+				if err != nil {
+					t.Skipf("no cgroups: %v", err)
+				}
+				cg, err := cgroups.New("", mode, cgPath)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := cg.Create(); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() {
+					if err := cg.Delete(context.Background()); err != nil {
+						t.Errorf("cleanup: %v", err)
+					}
+				})
+				own, _ = startIn(t, cg, "sleep", "600")
+				before = cgroupDirs(cgPath)
+			}
 			// A duration of its own names the hook's process.
 			nap := fmt.Sprintf("59.%d", time.Now().UnixNano()%1000000)
 			editSpec(t, b, func(spec map[string]any) {
-				spec["hooks"] = map[string]any{tc.hook: []any{map[string]any{"path": "/bin/sleep", "args": []string{"sleep", nap}}}}
+				hook := map[string]any{"path": "/bin/sleep", "args": []string{"sleep", nap}}
+				if tc.escape {
+					hook = map[string]any{"path": "/bin/sh", "args": []string{"sh", "-c", `setsid sh -c '
+for d in /sys/fs/cgroup/*` + cgPath + ` /sys/fs/cgroup` + cgPath + `; do echo $$ >$d/cgroup.procs; done 2>/dev/null
+exec sleep ` + nap + `' </dev/null >/dev/null 2>&1 &
+exec sleep ` + nap}}
+				}
+				spec["hooks"] = map[string]any{tc.hook: []any{hook}}
 			})
 			// A runtime named in the options: the shim records it in the
 			// bundle (edged-shim.json) for its delete subcommand.
@@ -192,14 +246,41 @@ func TestCreateKilledAtDeadline(t *testing.T) {
 			_, err := serverDeadline(t, s, time.Second).Create(ctxT(t, 30*time.Second), req)
 			wantKilledAtDeadline(t, err, time.Since(t0), cmd)
 
+			// Checked at once: the Create returned once its undo was done.
+			if tc.existing {
+				// runc made it in the hierarchies where it was not:
+				// left as well, the cgroup is not the container's.
+				for _, d := range before {
+					if _, err := os.Stat(d); err != nil {
+						t.Fatalf("the cgroup that existed before the killed %s: %v; it is not the container's to remove", cmd, err)
+					}
+				}
+			} else if left := cgroupDirs(cgPath); len(left) > 0 {
+				t.Fatalf("the cgroup of the killed %s is left in %d hierarchies: %v", cmd, len(left), left)
+			}
 			if left := eventually(3*time.Second, func() string {
 				procs := append(liveProcs("sleep", nap), liveProcs("runc", id)...)
-				if len(procs) > 0 || len(cgroupPids("/edged-shim-test/"+id)) > 0 {
-					return fmt.Sprint(procs, " in the container's cgroup: ", cgroupPids("/edged-shim-test/"+id))
+				var inCg []int
+				for _, p := range cgroupPids(cgPath) {
+					if own == nil || p != own.Process.Pid {
+						inCg = append(inCg, p)
+					}
+				}
+				if len(procs) > 0 || len(inCg) > 0 {
+					return fmt.Sprint(procs, " in the container's cgroup: ", inCg)
 				}
 				return ""
 			}); left != "" {
 				t.Fatalf("left running after the killed %s: %s", cmd, left)
+			}
+			if own != nil {
+				if err := unix.Kill(own.Process.Pid, 0); err != nil {
+					t.Fatalf("the process of the cgroup that existed before the killed %s: %v", cmd, err)
+				}
+				// Not the container's: the create again starts in an
+				// empty cgroup.
+				own.Process.Kill()
+				own.Wait()
 			}
 			root := filepath.Join(s.state, "runc", "test")
 			out, err := exec.Command("runc", "--root", root, "list").CombinedOutput()

@@ -26,7 +26,9 @@ type pendingOOM struct {
 	onOOM map[string]func(uint64)
 }
 
-func (w *pendingOOM) Baseline(bundle string) shimd.OOMBaseline { return shimd.OOMBaseline{} }
+func (w *pendingOOM) Baseline(path string, existed bool) shimd.OOMBaseline {
+	return shimd.OOMBaseline{}
+}
 
 func (w *pendingOOM) Add(id string, pid int, base shimd.OOMBaseline, onOOM func(uint64)) error {
 	w.mu.Lock()

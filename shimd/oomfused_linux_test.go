@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gogo/protobuf/types"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/edged/edged/cgroups"
@@ -62,7 +63,7 @@ func TestOOMFusedCreateStartAtOnce(t *testing.T) {
 			}
 			b := newBundle(t, id, tc.args, false, nil)
 			seen := filepath.Join(b, "killed-before-runc-returned")
-			runc := oomBundle(t, b, mode, cgPath, want, seen)
+			runc := oomBundle(t, b, mode, cgPath, want, seen, "run", 0)
 			pid := create(t, s, &taskapi.CreateTaskRequest{Id: id, Bundle: b,
 				Options: createAndStart(t, &shimopts.Options{Runc: &runcopts.Options{BinaryName: runc}})})
 			if _, err := os.Stat(seen); err != nil {
@@ -121,12 +122,12 @@ func oomKillIn(t *testing.T, mode cgroups.Mode, cgPath string) {
 }
 
 // oomBundle limits the bundle's container to 16 MiB without swap and
-// returns a runc wrapper for it: after a successful `runc run` (detached,
-// the container is running) it waits until the oom_kill counter of the
-// container's cgroup cgPath reaches kills, creates the file seen, and only
-// then exits. (runc's own poststart hooks cannot hold runc: runc 1.1 runs them
-// before the container's process starts.)
-func oomBundle(t *testing.T, bundle string, mode cgroups.Mode, cgPath string, kills uint64, seen string) string {
+// returns a runc wrapper for it: after a successful `runc <cmd>` (run, or
+// start: the container is running) it waits until the oom_kill counter of
+// the container's cgroup cgPath reaches kills, creates the file seen,
+// sleeps for linger, and only then exits. (runc's own poststart hooks cannot
+// hold runc: runc 1.1 runs them before the container's process starts.)
+func oomBundle(t *testing.T, bundle string, mode cgroups.Mode, cgPath string, kills uint64, seen, cmd string, linger time.Duration) string {
 	t.Helper()
 	cfg := filepath.Join(bundle, "config.json")
 	data, err := os.ReadFile(cfg)
@@ -163,10 +164,10 @@ func oomBundle(t *testing.T, bundle string, mode cgroups.Mode, cgPath string, ki
 	script := `#!/bin/sh
 ` + real + ` "$@" || exit $?
 for a in "$@"; do
-	[ "$a" = run ] || continue
+	[ "$a" = ` + cmd + ` ] || continue
 	i=0
 	while [ $i -lt 200 ]; do
-		if grep -qx 'oom_kill ` + strconv.FormatUint(kills, 10) + `' ` + counter + `; then touch ` + seen + `; exit 0; fi
+		if grep -qx 'oom_kill ` + strconv.FormatUint(kills, 10) + `' ` + counter + `; then touch ` + seen + `; sleep ` + strconv.FormatFloat(linger.Seconds(), 'f', 3, 64) + `; exit 0; fi
 		sleep 0.05
 		i=$((i+1))
 	done
@@ -177,4 +178,39 @@ exit 0
 		t.Fatal(err)
 	}
 	return wrapper
+}
+
+// TestOOMCreateThenStart: a container created, then started by its own
+// Start call (the usual flow, not fused), whose init is OOM-killed before
+// `runc start` returns — held there by a runc wrapper that waits for the
+// kernel's kill, then 0.5 s more, time for the OOM monitor's loop to see
+// the kill — gets its TaskOOM after its TaskStart: create, start, oom,
+// exit, delete. The shim held TaskOOM back only for a fused create and
+// start and let it through once Create returned, so the loop published the
+// kill before the TaskStart of a container that had not started yet for
+// its clients.
+func TestOOMCreateThenStart(t *testing.T) {
+	mode, err := cgroups.DetectMode("")
+	if err != nil {
+		t.Skipf("no cgroups: %v", err)
+	}
+	ev := newEventServer(t, "")
+	s := startShim(t, ev.path)
+	id := randID("oomstart")
+	cgPath := "/edged-shim-test/" + id
+	b := newBundle(t, id, strings.Fields("dd if=/dev/zero of=/dev/null bs=64M count=1"), false, nil)
+	seen := filepath.Join(b, "killed-before-runc-start-returned")
+	runc := oomBundle(t, b, mode, cgPath, 1, seen, "start", 500*time.Millisecond)
+	data, _ := (&runcopts.Options{BinaryName: runc}).Marshal()
+	create(t, s, &taskapi.CreateTaskRequest{Id: id, Bundle: b,
+		Options: &types.Any{TypeUrl: "containerd.runc.v1.Options", Value: data}})
+	start(t, s, id, "")
+	if _, err := os.Stat(seen); err != nil {
+		t.Fatalf("the runc wrapper did not see the OOM kill before runc start returned: %v", err)
+	}
+	if w := wait(t, s, id, ""); w.ExitStatus != 137 {
+		t.Fatalf("exit status %d, want 137 (SIGKILL)", w.ExitStatus)
+	}
+	del(t, s, id)
+	ev.waitTopics(t, id, []string{"/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit", "/tasks/delete"}, 10*time.Second)
 }

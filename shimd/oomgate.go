@@ -15,10 +15,14 @@ type OOMBaseline struct {
 	Kills uint64
 }
 
-// oomGate holds a container's TaskOOM events back until its TaskCreate
-// (and, created and started at once, its TaskStart) is published: a
-// container that runc run started may be OOM-killed before runc returns,
-// and OOMWatcher.Add reports that kill at once.
+// oomGate holds a container's TaskOOM events back while it is closed: from
+// the creation of the container until its TaskCreate (and, created and
+// started at once, its TaskStart) is published, and during the Start of
+// its init until its TaskStart is. A container that runc run started may
+// be OOM-killed before runc returns, and OOMWatcher.Add reports that kill
+// at once; an init that runc start started may be OOM-killed, and the kill
+// reported by the watcher's loop, before runc start returns. The gate is
+// closed from its creation.
 type oomGate struct {
 	publish func(oomKills uint64)
 
@@ -36,6 +40,13 @@ func (g *oomGate) onOOM(oomKills uint64) {
 		return
 	}
 	g.publish(oomKills)
+}
+
+// hold closes the gate: events are held back until release.
+func (g *oomGate) hold() {
+	g.mu.Lock()
+	g.open = false
+	g.mu.Unlock()
 }
 
 // release opens the gate, publishing the events held back, in order.

@@ -2,14 +2,9 @@ package shimd
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/edged/edged/cgroups"
@@ -69,47 +64,30 @@ func NewOOMMonitor(root string, log *slog.Logger) (*OOMMonitor, error) {
 	return m, nil
 }
 
-// Baseline reads the oom_kill counter of the cgroup that the config.json
-// of bundle names (linux.cgroupsPath: an absolute path, or systemd's
-// slice:prefix:name), before runc creates the container: 0 when the
-// cgroup does not exist yet, as for every container edged creates. It
-// returns the zero OOMBaseline (Add counts from its own call) when the
-// path is missing or relative (runc resolves it against its own cgroup)
-// or the cgroup cannot be read.
-func (m *OOMMonitor) Baseline(bundle string) OOMBaseline {
-	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	if err != nil {
-		return OOMBaseline{}
-	}
-	var spec struct {
-		Linux *struct {
-			CgroupsPath string `json:"cgroupsPath"`
-		} `json:"linux"`
-	}
-	if json.Unmarshal(data, &spec) != nil || spec.Linux == nil {
-		return OOMBaseline{}
-	}
-	path := spec.Linux.CgroupsPath
-	switch {
-	case strings.HasPrefix(path, "/"):
-	case strings.Count(path, ":") == 2:
-		if path, err = cgroups.SystemdPath(path); err != nil {
-			return OOMBaseline{}
-		}
-	default:
+// Baseline reads the oom_kill counter of the cgroup at path (relative to
+// the hierarchies' root; "" when unknown), before runc creates the
+// container. A cgroup that did not exist (existed false), as for every
+// container edged creates, or has no memory controller's directory yet,
+// reads 0: every kill counted in it is the container's. It returns the
+// zero OOMBaseline (Add counts from its own call) when path is "" or the
+// cgroup cannot be read.
+func (m *OOMMonitor) Baseline(path string, existed bool) OOMBaseline {
+	if path == "" {
 		return OOMBaseline{}
 	}
 	cg, err := cgroups.New(m.root, m.mode, path)
 	if err != nil || cg.Dir("memory") == "" {
 		return OOMBaseline{}
 	}
-	if _, err := os.Lstat(cg.Dir("memory")); errors.Is(err, fs.ErrNotExist) {
-		// runc creates it: every kill counted in it is the container's.
+	if !existed {
 		return OOMBaseline{Path: cg.Path()}
 	}
 	var st cgroups.Stats
 	if err := cg.Stat(&st); err != nil {
-		m.log.Debug("oom watch: baseline", "bundle", bundle, "error", err)
+		if errdefs.IsNotFound(err) {
+			return OOMBaseline{Path: cg.Path()}
+		}
+		m.log.Debug("oom watch: baseline", "cgroup", path, "error", err)
 		return OOMBaseline{}
 	}
 	return OOMBaseline{Path: cg.Path(), Kills: st.Memory.Events.OOMKill}

@@ -6,9 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -131,12 +129,11 @@ func startIn(t *testing.T, cg cgroups.Manager, name string, args ...string) (*ex
 	return cmd, in
 }
 
-// TestOOMMonitorBaselinePaths: Baseline resolves the bundle's cgroupsPath
-// as runc does for an absolute path and a systemd slice:prefix:name (a
-// cgroup not created yet reads 0), and gives up (zero OOMBaseline: Add
-// counts from its own call) for a relative or missing path, which runc
-// resolves against its own cgroup.
-func TestOOMMonitorBaselinePaths(t *testing.T) {
+// TestOOMMonitorBaseline: Baseline of a cgroup runc is to create (or that
+// has no memory directory yet) reads 0 with its path; of an unknown path
+// it gives up (zero OOMBaseline: Add counts from its own call). (How the
+// shim resolves a bundle's cgroupsPath: TestBundleCgroup.)
+func TestOOMMonitorBaseline(t *testing.T) {
 	if _, err := cgroups.DetectMode(""); err != nil {
 		t.Skipf("no cgroups: %v", err)
 	}
@@ -145,27 +142,19 @@ func TestOOMMonitorBaselinePaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mon.Close() })
-	id := randID("base")
+	path := "/edged-shim-test/" + randID("base")
 	for _, tc := range []struct {
-		config string
-		want   shimd.OOMBaseline
+		path    string
+		existed bool
+		want    shimd.OOMBaseline
 	}{
-		{`{"linux":{"cgroupsPath":"/edged-shim-test/` + id + `"}}`, shimd.OOMBaseline{Path: "/edged-shim-test/" + id}},
-		{`{"linux":{"cgroupsPath":"edged-t.slice:edged:` + id + `"}}`, shimd.OOMBaseline{Path: "/edged.slice/edged-t.slice/edged-" + id + ".scope"}},
-		{`{"linux":{"cgroupsPath":"edged-shim-test/` + id + `"}}`, shimd.OOMBaseline{}},
-		{`{"linux":{}}`, shimd.OOMBaseline{}},
-		{`{}`, shimd.OOMBaseline{}},
-		{`{`, shimd.OOMBaseline{}},
+		{path, false, shimd.OOMBaseline{Path: path}},
+		{path, true, shimd.OOMBaseline{Path: path}}, // no memory directory
+		{"", false, shimd.OOMBaseline{}},
+		{"relative/" + path, false, shimd.OOMBaseline{}},
 	} {
-		b := t.TempDir()
-		if err := os.WriteFile(filepath.Join(b, "config.json"), []byte(tc.config), 0o644); err != nil {
-			t.Fatal(err)
+		if got := mon.Baseline(tc.path, tc.existed); got != tc.want {
+			t.Errorf("Baseline(%q, %v): %+v, want %+v", tc.path, tc.existed, got, tc.want)
 		}
-		if got := mon.Baseline(b); got != tc.want {
-			t.Errorf("%s: %+v, want %+v", tc.config, got, tc.want)
-		}
-	}
-	if got := mon.Baseline(t.TempDir()); got != (shimd.OOMBaseline{}) {
-		t.Errorf("no config.json: %+v", got)
 	}
 }

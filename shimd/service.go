@@ -54,12 +54,13 @@ const (
 
 // OOMWatcher watches a container's memory cgroup for OOM kills.
 type OOMWatcher interface {
-	// Baseline is called before runc creates the container of bundle
-	// (runc create, or runc run for a create and start at once): it reads
-	// the counter from which Add is to count the container's kills, so
-	// that a kill before Add (runc run returns with the container running)
-	// is reported too.
-	Baseline(bundle string) OOMBaseline
+	// Baseline is called before runc creates the container (runc create,
+	// or runc run for a create and start at once) whose bundle names the
+	// cgroup at path (relative to the hierarchies' root; "" when unknown),
+	// which existed already or not: it reads the counter from which Add is
+	// to count the container's kills, so that a kill before Add (runc run
+	// returns with the container running) is reported too.
+	Baseline(path string, existed bool) OOMBaseline
 	// Add starts watching the cgroup of pid (the container's init) and
 	// calls onOOM once for every OOM kill in it since base (since the
 	// call when base is the zero value), with the cgroup's oom_kill
@@ -106,6 +107,9 @@ type Service struct {
 	early      []reaper.Exit // exits of pids not known yet (while starting > 0)
 	shutdown   sync.Once
 	trim       *time.Timer // debounced release of freed heap to the OS
+
+	hierOnce sync.Once
+	hier     []string // the host's cgroup hierarchies (cgroupHierarchies)
 }
 
 type container struct {
@@ -116,6 +120,9 @@ type container struct {
 	init       *process
 	execs      map[string]*process
 	deleting   bool
+	// oom holds the container's TaskOOM events back while its TaskCreate
+	// or TaskStart is not out yet.
+	oom *oomGate
 	// paused is set while this shim has the container frozen (guarded by
 	// Service.mu); State answers from it instead of running `runc state`,
 	// which costs a runc process per call.
@@ -571,21 +578,33 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 		c.rootfs = true
 	}
 	p = &process{c: c, stdin: req.Stdin, stdout: req.Stdout, stderr: req.Stderr, terminal: req.Terminal, exited: make(chan struct{})}
+	// The init may exit before its pid is known: its TaskExit waits for
+	// the TaskCreate (and TaskStart) published below (finishExit takes
+	// startMu), and so does a Start, once the container is found, until
+	// the TaskCreate is out.
+	p.startMu.Lock()
+	defer p.startMu.Unlock()
 	if opts.start {
-		// Created and started at once: the init may exit before its pid
-		// is known; its TaskExit waits for the TaskCreate and TaskStart
-		// published below (finishExit takes startMu).
-		p.startMu.Lock()
-		defer p.startMu.Unlock()
 		p.started = true // p is not reachable by other calls yet
 	}
+	// Read before runc makes the cgroup: a killed create removes it only
+	// if it is the container's own, and the OOM counter counts from there.
+	cg := s.bundleCgroup(c.bundle, c.runc.SystemdCgroup)
 	var oomBase OOMBaseline
 	if s.cfg.OOM != nil {
-		oomBase = s.cfg.OOM.Baseline(c.bundle)
+		oomBase = s.cfg.OOM.Baseline(cg.path, cg.existed)
 	}
-	gate := &oomGate{publish: func(oomKills uint64) {
+	// Closed until the TaskCreate (and TaskStart) are out; Start closes it
+	// again while it starts the init.
+	c.oom = &oomGate{publish: func(oomKills uint64) {
 		s.publish(TopicOOM, &eventtypes.TaskOOM{ContainerId: c.id, OomKills: oomKills})
 	}}
+	var cgDirs []string
+	if !cg.existed && !c.runc.SystemdCgroup {
+		// With the systemd driver the cgroup is a transient unit's, which
+		// systemd removes once its processes are gone.
+		cgDirs = cg.dirs
+	}
 	if err := s.startProcess(ctx, p, func(stdioFiles [3]*os.File, console, pidFile string) error {
 		o := runc.CreateOpts{
 			PidFile:       pidFile,
@@ -594,6 +613,7 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 			NoPivot:       opts.runc.NoPivotRoot,
 			NoNewKeyring:  opts.runc.NoNewKeyring,
 			Stdio:         stdioFiles,
+			CgroupDirs:    cgDirs,
 		}
 		var err error
 		if opts.start {
@@ -606,7 +626,7 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 	}, opts, func(pid int, exited bool) {
 		// Before the exit of pid can be processed: the watch is removed
 		// when the init exits.
-		s.watchOOM(c.id, pid, exited, oomBase, gate)
+		s.watchOOM(c.id, pid, exited, oomBase, c.oom)
 	}); err != nil {
 		return 0, err
 	}
@@ -624,7 +644,7 @@ func (s *Service) create(ctx context.Context, req *taskapi.CreateTaskRequest) (_
 	if opts.start {
 		s.publish(TopicStart, &eventtypes.TaskStart{ContainerId: c.id, Pid: uint32(pid)})
 	}
-	gate.release()
+	c.oom.release()
 	return pid, nil
 }
 
@@ -739,10 +759,17 @@ func (s *Service) Start(ctx context.Context, req *taskapi.StartRequest) (*taskap
 		return fail(fmt.Errorf("container %q has exited: %w", c.id, errdefs.ErrFailedPrecondition))
 	}
 	if req.ExecId == "" {
+		// The init may be OOM-killed before runc start returns: the
+		// monitor's TaskOOM waits for the TaskStart. The gate is closed,
+		// not startMu taken, on the OOM path: the monitor's single loop
+		// must not wait for a start.
+		c.oom.hold()
 		if err := c.runc.Start(ctx, c.id); err != nil {
+			c.oom.release()
 			return fail(err)
 		}
 		s.publish(TopicStart, &eventtypes.TaskStart{ContainerId: c.id, Pid: uint32(p.pid)})
+		c.oom.release()
 		return &taskapi.StartResponse{Pid: uint32(p.pid)}, nil
 	}
 	specFile := p.specFile()

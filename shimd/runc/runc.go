@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -54,6 +55,16 @@ type CreateOpts struct {
 	NoNewKeyring bool
 	// Stdio are the container's stdin, stdout and stderr (nil: /dev/null).
 	Stdio [3]*os.File
+	// CgroupDirs, if set, are the directories of the container's cgroup,
+	// one per hierarchy, which runc is to make: the caller found none of
+	// them before runc ran, so whatever is in them is the container's. A
+	// runc killed part way leaves them behind (runc 1.1 makes the cgroup
+	// before it writes its state, and runs the createRuntime hooks in
+	// between: `runc delete --force` then finds no container), and they
+	// are removed, their processes killed first. Nil for a cgroup that
+	// existed (not the container's alone: it is left as it is) or that the
+	// caller could not resolve.
+	CgroupDirs []string
 }
 
 // ExecOpts are the options of Exec.
@@ -340,8 +351,8 @@ func lastLogError(path string) string {
 
 // Create runs `runc create`. When ctx ends first, runc is killed (with its
 // hooks and the half-made container's processes) and what it left of the
-// container is removed with `runc delete --force`; the error wraps
-// ctx.Err().
+// container is removed with `runc delete --force`, and o.CgroupDirs; the
+// error wraps ctx.Err().
 func (r *Runc) Create(ctx context.Context, id, bundle string, o CreateOpts) error {
 	return r.create(ctx, id, o, o.args([]string{"create"}, id, bundle))
 }
@@ -362,10 +373,21 @@ func (r *Runc) create(ctx context.Context, id string, o CreateOpts, args []strin
 	}
 	// runc was killed part way: a state directory (with or without its
 	// state), cgroups and a container init it may have made are left.
-	// Removed under a deadline of its own: the caller's is over.
+	// Removed under a deadline of its own: the caller's is over. Without
+	// a state, runc delete removes the state directory alone: the cgroup
+	// is removed here then (with a state, runc delete did).
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
 	defer cancel()
-	if derr := r.Delete(dctx, id, true); derr != nil && !errdefs.IsNotFound(derr) {
+	derr := r.Delete(dctx, id, true)
+	if derr != nil && errdefs.IsNotFound(derr) {
+		derr = nil
+	}
+	if len(o.CgroupDirs) > 0 {
+		if cerr := removeHalfMadeCgroup(dctx, o.CgroupDirs); cerr != nil {
+			derr = errors.Join(derr, cerr)
+		}
+	}
+	if derr != nil {
 		return fmt.Errorf("%w (and the half-made container %q was not removed: %v)", err, id, derr)
 	}
 	return err
