@@ -145,8 +145,9 @@ func crashHelper() int {
 
 // TestRecoverCreateInProgress: edged is killed (SIGKILL, a real process)
 // while its task's shim runs `runc create`; the restarted edged recovers
-// while the create still runs. Recover waits for the create: created, the
-// task is kept (its bundle untouched while runc used it), runs, is waited
+// while the create still runs. Recover returns at once, the task in Create
+// (not listed, calls answered "being created"), and the create is resolved
+// in the background: created, the task is kept (its bundle untouched while runc used it), runs, is waited
 // for and deleted, and its shim exits; failed (the hook exits 1), the task
 // is dropped with nothing left (bundle, bootstrap, shim, runc container)
 // and its ID can be used again. Before, the shim ended the create when
@@ -157,7 +158,8 @@ func TestRecoverCreateInProgress(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		hookExit int
-	}{{"created", 0}, {"failed", 1}} {
+		closed   bool // edged stops again before the create is resolved
+	}{{"created", 0, false}, {"failed", 1, false}, {"closed", 0, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			state := t.TempDir()
 			dir := t.TempDir()
@@ -209,13 +211,56 @@ func TestRecoverCreateInProgress(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := os.Stat(filepath.Join(dir, "bundle-kept")); err != nil {
-				t.Fatalf("Recover returned (%+v) before the create's hook ended, or the bundle was removed while runc ran: %v", res, err)
+			// Recover does not wait for the create: the task is in
+			// Create (not listed, calls answered "being created") until
+			// it is resolved in the background.
+			if _, err := os.Stat(filepath.Join(dir, "bundle-kept")); err == nil {
+				t.Fatalf("Recover (%+v) waited for the create's hook", res)
+			}
+			if res.Reconnected != 1 || res.Dead != 0 || slices.Contains(m.IDs("default"), id) {
+				t.Fatalf("recover: %+v, IDs %v; want the task kept in Create, not listed", res, m.IDs("default"))
+			}
+			if _, err := m.State(ctx, "default", id, ""); !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "being created") {
+				t.Fatalf("state of the recovered task in Create: %v; want unavailable, being created", err)
+			}
+			if tc.closed {
+				// Stopped while resolving: the shim and its create are
+				// left alone, for the next edged to resolve.
+				m.Close()
+				if len(shimsOf(state)) == 0 {
+					t.Fatal("Close during the resolution ended the shim")
+				}
+				if _, err := os.Stat(bootstrapOf(state, id)); err != nil {
+					t.Fatalf("Close during the resolution removed the bootstrap: %v", err)
+				}
+				if m, err = New(Config{State: state, Address: filepath.Join(state, "edged.sock"), ShimBinary: filepath.Join(shimBin, "edged-shim"),
+					Log: slog.New(slog.NewTextHandler(io.Discard, nil))}); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(m.Close)
+				if res, err = m.Recover(ctx); err != nil || res.Reconnected != 1 {
+					t.Fatalf("second recover: %+v %v", res, err)
+				}
+			}
+			resolved := func(done func() bool) {
+				t.Helper()
+				deadline := time.Now().Add(20 * time.Second)
+				for !done() {
+					if time.Now().After(deadline) {
+						t.Fatal("the recovered create was not resolved")
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
 			}
 			if tc.hookExit != 0 {
-				if res.Reconnected != 0 || res.Dead != 1 || m.Has("default", id) {
-					t.Fatalf("recover: %+v, task known %v; want the task of the failed create dropped", res, m.Has("default", id))
-				}
+				resolved(func() bool { return !m.Has("default", id) })
+			} else {
+				resolved(func() bool { return slices.Contains(m.IDs("default"), id) })
+			}
+			if _, err := os.Stat(filepath.Join(dir, "bundle-kept")); err != nil {
+				t.Fatalf("the bundle was removed while runc ran: %v", err)
+			}
+			if tc.hookExit != 0 {
 				for _, p := range []string{m.BundleDir("default", id), bootstrapOf(state, id)} {
 					if _, err := os.Stat(p); !os.IsNotExist(err) {
 						t.Errorf("%s left after the failed create was dropped: %v", p, err)
@@ -235,8 +280,8 @@ func TestRecoverCreateInProgress(t *testing.T) {
 				runTask(t, m, id, "exit 5", 5)
 				return
 			}
-			if res.Reconnected != 1 || !m.Has("default", id) {
-				t.Fatalf("recover: %+v, task known %v; want the task the shim created kept", res, m.Has("default", id))
+			if !m.Has("default", id) {
+				t.Fatal("the task the shim created is not known")
 			}
 			if m.Pid("default", id) == 0 {
 				t.Fatal("recovered task has no pid")

@@ -106,7 +106,7 @@ func (m *Manager) Recover(ctx context.Context) (RecoverResult, error) {
 // failed: only its bootstrap and bundle are removed, the shim's other tasks
 // (a shim group) are kept, and a shim left with no task is shut down. A
 // task the shim is still creating (the previous edged was killed during its
-// Create) is waited for: see awaitCreate.
+// Create) is kept in Create and resolved in the background: see resolveCreate.
 func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int {
 	first := ts[0]
 	cctx, cancel := context.WithTimeout(ctx, m.cfg.ConnectTimeout)
@@ -125,10 +125,15 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int
 		// State, not Connect with the task's Id: a containerd shim's
 		// Connect does not fail for a task it does not have.
 		st, serr := m.shimState(ctx, svc, t.ID)
-		if errdefs.IsUnavailable(serr) {
-			st, serr = m.awaitCreate(ctx, svc, address, t)
-		}
 		switch {
+		case errdefs.IsUnavailable(serr):
+			// Being created: kept as a task in Create (reserved, not
+			// listed, calls answered "being created") and resolved in
+			// the background (resolveCreate), so that start-up does not
+			// wait for the create.
+			m.log.Info("task was being created in its shim when edged stopped; resolving it in the background", "namespace", t.Namespace, "id", t.ID, "address", address)
+			t.creating = true
+			live = append(live, t)
 		case serr == nil:
 			if st.Pid != 0 {
 				// Create saves the bootstrap before the shim knows the pid.
@@ -139,12 +144,6 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int
 			m.log.Info("task was deleted in its shim, or its create failed, before edged stopped; removing its bootstrap", "namespace", t.Namespace, "id", t.ID, "address", address)
 			m.removeBundle(t.Bundle)
 			os.Remove(m.bootstrapPath(t.Namespace, t.ID))
-		case errdefs.IsUnavailable(serr):
-			// Still being created: kept, bundle and all; the shim
-			// has it once the create returns, or answers NotFound for
-			// it, which Delete takes as deleted.
-			m.log.Warn("task still being created in its shim; keeping it", "namespace", t.Namespace, "id", t.ID, "address", address, "waited", m.cfg.CallTimeout, "error", serr)
-			live = append(live, t)
 		default:
 			err = serr
 		}
@@ -188,17 +187,22 @@ func (m *Manager) reconnect(ctx context.Context, address string, ts []*task) int
 		sc.key = first.Namespace + "/" + first.ID
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.shims[sc.key] = sc
 	for _, t := range live {
 		t.shim = sc
 		sc.refs[t.ID] = true
 		m.tasks[key(t.Namespace, t.ID)] = t
 	}
+	m.mu.Unlock()
+	for _, t := range live {
+		if t.creating {
+			m.background(func() { m.resolveCreate(context.WithoutCancel(ctx), sc, t) })
+		}
+	}
 	return len(live)
 }
 
-// createPoll is how often awaitCreate asks a shim about a task being
+// createPoll is how often resolveCreate asks a shim about a task being
 // created.
 const createPoll = 50 * time.Millisecond
 
@@ -211,30 +215,81 @@ func (m *Manager) shimState(ctx context.Context, svc taskapi.TaskService, id str
 	return st, errdefs.FromStatus(err)
 }
 
-// awaitCreate waits for the end of the create of t, which its shim
-// answered Unavailable for: an edged-shim's answer for a task whose Create
-// has not returned (see shimd's lookup), the previous edged having been
-// killed while the shim ran `runc create` (hooks and a slow device make
-// that take seconds). The shim carries the create to its end or to its
-// deadline, at most CallTimeout after the previous edged asked: State is
-// polled for up to CallTimeout, and returns the created task's state, or
-// NotFound once a failed create is undone (bundle and bootstrap may go).
-// Still Unavailable after that, the task is kept: dropping it could leave
-// a container nobody knows.
-func (m *Manager) awaitCreate(ctx context.Context, svc taskapi.TaskService, address string, t *task) (*taskapi.StateResponse, error) {
-	m.log.Info("task was being created in its shim when edged stopped; waiting for the create to end", "namespace", t.Namespace, "id", t.ID, "address", address)
-	deadline := time.Now().Add(m.cfg.CallTimeout)
+// resolveCreate waits for the end of the create of t, which its shim
+// answered Unavailable for at Recover: an edged-shim's answer for a task
+// whose Create has not returned (see shimd's lookup), the previous edged
+// having been killed while the shim ran `runc create` (hooks and a slow
+// device make that take seconds). The shim carries the create to its end,
+// or to its deadline and the undo after it (CallTimeout each, counted from
+// the previous edged's request). Meanwhile t is a task in Create: reserved,
+// not listed, calls answered "being created". State is polled until:
+//   - the task is there: it is an ordinary task from then on;
+//   - NotFound (the create failed and was undone): the task is dropped
+//     while its ID is still held, with the daemon's set-up (OnDead: its
+//     network) and its bundle and bootstrap, the shim let go if idle; no
+//     exit events, as for any failed create;
+//   - the shim is gone or does not answer: it is treated as dead, with
+//     its tasks;
+//   - still Unavailable after 3 × CallTimeout: the task is kept as it is,
+//     with a warning (dropping it could leave a container nobody knows);
+//   - Close begins: it stops, leaving the task to the next edged.
+func (m *Manager) resolveCreate(ctx context.Context, sc *shimConn, t *task) {
+	deadline := time.Now().Add(3 * m.cfg.CallTimeout)
 	for {
 		wait := time.NewTimer(createPoll)
 		select {
-		case <-ctx.Done():
+		case <-m.closing:
 			wait.Stop()
-			return nil, ctx.Err()
+			return
 		case <-wait.C:
 		}
-		st, err := m.shimState(ctx, svc, t.ID)
-		if !errdefs.IsUnavailable(err) || !time.Now().Before(deadline) {
-			return st, err
+		st, err := m.shimState(ctx, sc.task, t.ID)
+		select {
+		case <-m.closing:
+			return // the connection is being closed under it
+		default:
+		}
+		switch {
+		case err == nil:
+			m.mu.Lock()
+			if st.Pid != 0 {
+				t.Pid = st.Pid
+			}
+			t.creating = false
+			m.mu.Unlock()
+			m.log.Info("task created by its shim after edged's restart", "namespace", t.Namespace, "id", t.ID, "pid", st.Pid)
+			if sc.isDead() {
+				m.deadTask(ctx, t)
+			}
+			return
+		case errdefs.IsNotFound(err):
+			m.log.Info("task's create failed in its shim while edged was down; dropping it", "namespace", t.Namespace, "id", t.ID)
+			if m.cfg.OnDead != nil {
+				m.cfg.OnDead(t.Namespace, t.ID)
+			}
+			m.letGo(ctx, t)
+			m.mu.Lock()
+			if k := key(t.Namespace, t.ID); m.tasks[k] == t {
+				delete(m.tasks, k)
+			}
+			m.mu.Unlock()
+			return
+		case errdefs.IsUnavailable(err) && time.Now().Before(deadline):
+			continue
+		case errdefs.IsUnavailable(err):
+			m.log.Warn("task still being created in its shim; keeping it", "namespace", t.Namespace, "id", t.ID, "waited", 3*m.cfg.CallTimeout)
+			m.mu.Lock()
+			t.creating = false
+			m.mu.Unlock()
+			return
+		default:
+			m.log.Error("shim did not answer about a task being created; treating it as dead", "shim", sc.key, "id", t.ID, "error", err)
+			m.mu.Lock()
+			t.creating = false
+			m.mu.Unlock()
+			m.shimDead(ctx, sc)
+			m.deadTask(ctx, t) // when the shim was found dead already
+			return
 		}
 	}
 }

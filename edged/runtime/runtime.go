@@ -93,6 +93,9 @@ type Manager struct {
 	// stopping counts background work Close waits for: released shims
 	// being shut down, discarded bundles being removed (see background).
 	stopping sync.WaitGroup
+	// closing is closed when Close begins: background work that can wait
+	// (a recovered create being resolved) gives up.
+	closing chan struct{}
 }
 
 // task is one container's init process in a shim.
@@ -138,7 +141,7 @@ func New(cfg Config) (*Manager, error) {
 		}
 	}
 	return &Manager{cfg: cfg, log: cfg.Log, shims: map[string]*shimConn{}, tasks: map[string]*task{},
-		spares: map[string]*spare{}, filling: map[string]bool{}, fillTimers: map[string]*time.Timer{}, starting: map[string]chan struct{}{}}, nil
+		spares: map[string]*spare{}, filling: map[string]bool{}, fillTimers: map[string]*time.Timer{}, starting: map[string]chan struct{}{}, closing: make(chan struct{})}, nil
 }
 
 func findShim() string {
@@ -1069,6 +1072,9 @@ func (m *Manager) ShimPid(ns, id string) int {
 // containers keep running. Spare shims are shut down.
 func (m *Manager) Close() {
 	m.mu.Lock()
+	if !m.closed {
+		close(m.closing)
+	}
 	m.closed = true
 	for ns, t := range m.fillTimers {
 		t.Stop()
