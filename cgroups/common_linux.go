@@ -109,7 +109,12 @@ func mkdir(dir string) error {
 
 // rmdirAll removes dir and the cgroup directories below it, deepest first.
 // Cgroup directories hold only kernel files, which rmdir takes with them.
+// A cgroup without sub-cgroups (the common case) is removed at once; dir
+// is listed only when that fails.
 func rmdirAll(dir string) error {
+	if err := rmdir(dir); err == nil || !errors.Is(err, unix.EBUSY) && !errors.Is(err, unix.ENOTEMPTY) {
+		return err
+	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -124,6 +129,11 @@ func rmdirAll(dir string) error {
 			}
 		}
 	}
+	return rmdir(dir)
+}
+
+// rmdir removes the directory dir; a missing one is fine.
+func rmdir(dir string) error {
 	for {
 		err := unix.Rmdir(dir)
 		switch err {

@@ -48,4 +48,11 @@ type Manager interface {
 	// optional files leave their fields zero; a missing cgroup is an
 	// ErrNotFound error.
 	Stat(s *Stats) error
+	// OOMKills returns Stat's Memory.Events.OOMKill (the kills in the
+	// cgroup and its sub-cgroups) reading only the files that counter
+	// needs (v1: memory.oom_control, and those of the sub-cgroups when
+	// there are any; v2: memory.events): for a caller that needs nothing
+	// else, like the shim's OOM watch. A missing cgroup is an ErrNotFound
+	// error.
+	OOMKills() (uint64, error)
 }

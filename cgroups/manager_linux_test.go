@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -295,5 +296,72 @@ func TestProcsAfterExit(t *testing.T) {
 			t.Fatalf("procs %v after exit", pids)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestOOMKills: OOMKills gives Stat's Memory.Events.OOMKill, the kills in
+// the cgroup and its sub-cgroups (a process killed in a sub-cgroup at the
+// cgroup's limit counts), reading only the counter's files; a removed
+// cgroup is ErrNotFound.
+func TestOOMKills(t *testing.T) {
+	mode := hostMode(t)
+	m := newCgroup(t, mode, "oomkills")
+	limit := int64(16 << 20)
+	if err := m.Apply(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := m.OOMKills(); err != nil || n != 0 {
+		t.Fatalf("OOMKills before any kill: %d, %v; want 0", n, err)
+	}
+	sub, err := New("", mode, m.Path()+"/sub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Create(); err != nil {
+		t.Fatal(err)
+	}
+	// The workload touches 64 MiB once moved into sub: more than m allows.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), childEnv+"=sleep", "EDGED_CHILD_MB=64")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	if err := sub.AddProc(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	in.Write([]byte("go\n"))
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		t.Fatalf("workload ended with %v, want SIGKILL (OOM kill)", err)
+	}
+	var st Stats
+	if err := m.Stat(&st); err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.OOMKills()
+	if err != nil || n != 1 || n != st.Memory.Events.OOMKill {
+		t.Fatalf("OOMKills: %d, %v; want 1, as Stat (%d)", n, err, st.Memory.Events.OOMKill)
+	}
+	if err := sub.Delete(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Delete(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.OOMKills(); !errdefs.IsNotFound(err) {
+		t.Fatalf("OOMKills of a removed cgroup: %v, want NotFound", err)
 	}
 }

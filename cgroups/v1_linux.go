@@ -629,6 +629,26 @@ func (m *v1) Stat(s *Stats) error {
 	return r.done(d)
 }
 
+func (m *v1) OOMKills() (uint64, error) {
+	d := m.dirs["memory"]
+	if d == "" {
+		return 0, nil // no memory controller mounted: none counted, as Stat
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := reader{buf: &m.buf}
+	var e MemoryEvents
+	if b := r.read(m.f.oomControl); b != nil && parseOOMControl(b, &e) {
+		// As Stat: the sub-cgroups' kills are the container's too.
+		sub, err := m.subtreeOOMKills(r.buf)
+		if err != nil && r.err == nil {
+			r.err = err
+		}
+		e.OOMKill += sub
+	}
+	return e.OOMKill, r.done(d)
+}
+
 // parseOOMControl parses v1 memory.oom_control and reports whether it has
 // the oom_kill counter (kernels >= 4.13):
 //

@@ -435,6 +435,17 @@ func (m *v2) Stat(s *Stats) error {
 	return r.done(m.dir)
 }
 
+func (m *v2) OOMKills() (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := reader{buf: &m.buf}
+	var e MemoryEvents
+	if b := r.read(m.f.memEvents); b != nil {
+		parseMemoryEvents(b, &e)
+	}
+	return e.OOMKill, r.done(m.dir)
+}
+
 // parseMemoryEvents parses memory.events.
 func parseMemoryEvents(b []byte, e *MemoryEvents) {
 	eachKV(b, func(k []byte, v uint64) {

@@ -82,15 +82,15 @@ func (m *OOMMonitor) Baseline(path string, existed bool) OOMBaseline {
 	if !existed {
 		return OOMBaseline{Path: cg.Path()}
 	}
-	var st cgroups.Stats
-	if err := cg.Stat(&st); err != nil {
+	kills, err := cg.OOMKills()
+	if err != nil {
 		if errdefs.IsNotFound(err) {
 			return OOMBaseline{Path: cg.Path()}
 		}
 		m.log.Debug("oom watch: baseline", "cgroup", path, "error", err)
 		return OOMBaseline{}
 	}
-	return OOMBaseline{Path: cg.Path(), Kills: st.Memory.Events.OOMKill}
+	return OOMBaseline{Path: cg.Path(), Kills: kills}
 }
 
 // Add watches the cgroup of pid (the container's init) for container id,
@@ -99,6 +99,13 @@ func (m *OOMMonitor) Baseline(path string, existed bool) OOMBaseline {
 // init that already exited (killed at once) is found by base's path.
 func (m *OOMMonitor) Add(id string, pid int, base OOMBaseline, onOOM func(oomKills uint64)) error {
 	cg, err := cgroups.Load(m.root, m.mode, pid)
+	if err == nil && cg.Path() == "/" {
+		// No container runs in the root cgroup: the init has exited and
+		// is not reaped yet (cgroup v1 shows a zombie there, and the
+		// root's counters are every cgroup's). Like a reaped init, it
+		// is watched in the bundle's cgroup.
+		cg, err = nil, fmt.Errorf("process %d shows the root cgroup (exited): %w", pid, errdefs.ErrNotFound)
+	}
 	switch {
 	case err == nil:
 		if base.Path != "" && cg.Path() != base.Path {
@@ -114,12 +121,12 @@ func (m *OOMMonitor) Add(id string, pid int, base OOMBaseline, onOOM func(oomKil
 	default:
 		return fmt.Errorf("oom watch %s: %w", id, err)
 	}
-	var st cgroups.Stats
 	if base.Path == "" {
 		// The baseline is read before the watch starts: a kill in
 		// between is reported by the next event (its counter is above
 		// the baseline), or by Remove.
-		if err := cg.Stat(&st); err != nil {
+		kills, err := cg.OOMKills()
+		if err != nil {
 			return fmt.Errorf("oom watch %s: %w", id, err)
 		}
 		m.mu.Lock()
@@ -127,7 +134,7 @@ func (m *OOMMonitor) Add(id string, pid int, base OOMBaseline, onOOM func(oomKil
 		if err := m.mon.Add(id, cg); err != nil {
 			return err
 		}
-		m.watches[id] = &oomWatch{cg: cg, onOOM: onOOM, total: st.Memory.Events.OOMKill}
+		m.watches[id] = &oomWatch{cg: cg, onOOM: onOOM, total: kills}
 		return nil
 	}
 	// The counter is read after the watch started, and its kills since
@@ -138,11 +145,11 @@ func (m *OOMMonitor) Add(id string, pid int, base OOMBaseline, onOOM func(oomKil
 	if err := m.mon.Add(id, cg); err != nil {
 		return err
 	}
-	if err := cg.Stat(&st); err != nil {
+	now, err := cg.OOMKills()
+	if err != nil {
 		m.mon.Remove(id)
 		return fmt.Errorf("oom watch %s: %w", id, err)
 	}
-	now := st.Memory.Events.OOMKill
 	// On v1 a removed sub-cgroup takes its kills out of the sum.
 	w := &oomWatch{cg: cg, onOOM: onOOM, total: min(base.Kills, now)}
 	m.watches[id] = w
@@ -162,12 +169,12 @@ func (m *OOMMonitor) Remove(id string) {
 	}
 	delete(m.watches, id)
 	m.mon.Remove(id)
-	var st cgroups.Stats
-	if err := w.cg.Stat(&st); err != nil {
+	kills, err := w.cg.OOMKills()
+	if err != nil {
 		m.log.Debug("oom watch: final read", "id", id, "error", err)
 		return
 	}
-	w.deliver(st.Memory.Events.OOMKill)
+	w.deliver(kills)
 }
 
 // handle runs on the loop's goroutine.

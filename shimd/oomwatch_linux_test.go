@@ -5,8 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -156,5 +159,109 @@ func TestOOMMonitorBaseline(t *testing.T) {
 		if got := mon.Baseline(tc.path, tc.existed); got != tc.want {
 			t.Errorf("Baseline(%q, %v): %+v, want %+v", tc.path, tc.existed, got, tc.want)
 		}
+	}
+}
+
+// TestOOMMonitorExitedInitNotReaped: the init of a container created and
+// started at once may have exited, and not been reaped yet, when the shim
+// starts watching its cgroup. On cgroup v1 the kernel shows such a zombie
+// in the root cgroup: the watch used to follow it there, summing the
+// oom_kill counters of every cgroup on the host (a walk of the whole
+// memory hierarchy, on the path of every short container's start) and
+// reporting other cgroups' kills as the container's. The watch is on the
+// bundle's cgroup: a kill in a sibling cgroup is not reported, one in the
+// container's cgroup is, once, counted from the baseline.
+func TestOOMMonitorExitedInitNotReaped(t *testing.T) {
+	mode, err := cgroups.DetectMode("")
+	if err != nil {
+		t.Skipf("no cgroups: %v", err)
+	}
+	var b [4]byte
+	rand.Read(b[:])
+	parent := "/edged-test-" + hex.EncodeToString(b[:])
+	limit := int64(16 << 20)
+	newCg := func(path string, limited bool) cgroups.Manager {
+		cg, err := cgroups.New("", mode, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cg.Create(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if pids, err := cg.Procs(); err == nil {
+				for _, p := range pids {
+					syscall.Kill(p, syscall.SIGKILL)
+				}
+			}
+			if err := cg.Delete(ctx); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		})
+		if limited {
+			if err := cg.Apply(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return cg
+	}
+	newCg(parent, false)
+	ctr := newCg(parent+"/c1", true)
+	other := newCg(parent+"/other", true)
+
+	mon, err := shimd.NewOOMMonitor("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mon.Close() })
+	base := mon.Baseline(ctr.Path(), false)
+
+	// The init exits at once and is left unreaped (a zombie).
+	init, initIn := startIn(t, ctr, "sh", "-c", "read x")
+	initIn.Write([]byte("go\n"))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", init.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := strings.Fields(string(st)); len(f) > 2 && f[2] == "Z" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("init did not exit")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	var mu sync.Mutex
+	var got []uint64
+	if err := mon.Add("c1", init.Process.Pid, base, func(n uint64) {
+		mu.Lock()
+		got = append(got, n)
+		mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	oomKill := func(cg cgroups.Manager) {
+		t.Helper()
+		hog, hogIn := startIn(t, cg, "sh", "-c", "read x; exec dd if=/dev/zero of=/dev/null bs=64M count=1")
+		hogIn.Write([]byte("go\n"))
+		err := hog.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("hog ended with %v, want SIGKILL (OOM kill)", err)
+		}
+	}
+	oomKill(other)
+	oomKill(ctr)
+	time.Sleep(2 * time.Second) // the loop's chance, as above
+	mon.Remove("c1")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0] != 1 {
+		t.Fatalf("onOOM calls %v, want one with counter 1 (the kill in the container's cgroup only)", got)
 	}
 }

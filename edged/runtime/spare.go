@@ -68,18 +68,25 @@ func (m *Manager) adoptSpare(ns, group, path string) *shimConn {
 		return nil
 	}
 	sc.address, sc.key, sc.group = path, ns+"/"+group, group
+	// The next spare is due spareFillDelay after this adoption, not after
+	// the end of an earlier Create: a timer armed then would fire while
+	// this shim's container starts (and a spare started then makes this
+	// shim, let go, stop instead of becoming the spare).
+	m.fillSpareLater(ns)
 	return sc
 }
 
 // spareFillDelay is how long after the last adoption of a namespace's
-// spare a new one is started: not at once, where its start-up would compete
-// with the new container's; and not while containers keep being started and
-// removed: each one's shim, let go, becomes the spare (recycle), so such a
-// sequence starts no shims at all.
+// spare (and the end of the last Create) a new one is started: not at once,
+// nor while a container of the namespace is being created, where its
+// start-up would compete with the new container's; and not while containers
+// keep being started and removed: each one's shim, let go, becomes the
+// spare (recycle), so such a sequence starts no shims at all.
 const spareFillDelay = 100 * time.Millisecond
 
-// fillSpareLater calls fillSpare once no container of the namespace was
-// created for spareFillDelay.
+// fillSpareLater calls fillSpare once no spare of the namespace was adopted
+// and no container of it created for spareFillDelay, and none is being
+// created.
 func (m *Manager) fillSpareLater(ns string) {
 	if !m.cfg.SpareShim {
 		return
@@ -90,12 +97,34 @@ func (m *Manager) fillSpareLater(ns string) {
 		t.Reset(spareFillDelay)
 		return
 	}
-	m.fillTimers[ns] = time.AfterFunc(spareFillDelay, func() {
+	var t *time.Timer
+	t = time.AfterFunc(spareFillDelay, func() {
 		m.mu.Lock()
+		if m.fillTimers[ns] != t {
+			m.mu.Unlock() // stopped by Close
+			return
+		}
+		if m.creatingIn(ns) {
+			t.Reset(spareFillDelay)
+			m.mu.Unlock()
+			return
+		}
 		delete(m.fillTimers, ns)
 		m.mu.Unlock()
 		m.fillSpare(ns)
 	})
+	m.fillTimers[ns] = t
+}
+
+// creatingIn reports whether a task of the namespace is being created
+// (m.mu held).
+func (m *Manager) creatingIn(ns string) bool {
+	for _, t := range m.tasks {
+		if t.creating && t.Namespace == ns {
+			return true
+		}
+	}
+	return false
 }
 
 // recycle makes an idle edged-shim this edged started the namespace's

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -222,5 +223,90 @@ func TestShimEnvOneP(t *testing.T) {
 	want := []string{"PATH=/bin", "HOME=/root", "GOMAXPROCS=1", "EDGED_SHIM_ONEPROC=1"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("shimEnv = %q, want %q", got, want)
+	}
+}
+
+// TestSpareShimReusedAcrossSequence: containers created and removed one
+// after another, a little less than spareFillDelay apart, all run in the
+// same shim: each adopts the spare its predecessor's shim became (recycle)
+// and no shim is started. The next spare used to be due spareFillDelay
+// after the end of a Create: that timer fired while the next container,
+// which had adopted the spare, was being created, so a new shim was started
+// beside its start and the adopted one, let go, was stopped instead of
+// recycled (a shim start and stop per container in such a sequence).
+func TestSpareShimReusedAcrossSequence(t *testing.T) {
+	requireRunc(t)
+	m := newSpareManager(t, t.TempDir())
+	defer m.Close()
+	m.fillSpare("default")
+	first := waitSpare(t, m, "default")
+	const n = 5
+	specs := make([][]byte, n)
+	for i := range specs {
+		specs[i] = specFor(t, "seq"+strconv.Itoa(i), "true")
+	}
+	ctx := context.Background()
+	for i := range n {
+		id := "seq" + strconv.Itoa(i)
+		if _, err := m.Create(ctx, "default", id, CreateOpts{Start: true, Spec: specs[i]}); err != nil {
+			t.Fatal(err)
+		}
+		if pid := m.ShimPid("default", id); pid != first.pid {
+			t.Fatalf("container %d runs in shim %d, want the first spare %d: a shim was started meanwhile", i, pid, first.pid)
+		}
+		if _, err := m.Wait(ctx, "default", id, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.Delete(ctx, "default", id, ""); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(spareFillDelay * 8 / 10)
+	}
+	if sp := waitSpare(t, m, "default"); sp.pid != first.pid {
+		t.Fatalf("spare is shim %d, want the recycled %d", sp.pid, first.pid)
+	}
+}
+
+// TestSpareShimNotStartedDuringCreate: no spare is started while a
+// container of the namespace is being created, however long that takes
+// (here a Prepare of three times spareFillDelay): its start-up would
+// compete with the container's. The next spare comes once the Create is
+// over.
+func TestSpareShimNotStartedDuringCreate(t *testing.T) {
+	requireRunc(t)
+	m := newSpareManager(t, t.TempDir())
+	defer m.Close()
+	m.fillSpare("default")
+	first := waitSpare(t, m, "default")
+	spec := specFor(t, "slow", "sleep", "10")
+	started := false
+	_, err := m.Create(context.Background(), "default", "slow", CreateOpts{Start: true, Prepare: func(context.Context) ([]byte, error) {
+		deadline := time.Now().Add(3 * spareFillDelay)
+		for time.Now().Before(deadline) && !started {
+			m.mu.Lock()
+			sp := m.spares["default"] // first, until the Create adopts it
+			started = sp != nil && sp.sc != first || m.filling["default"]
+			m.mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+		return spec, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { // before m.Close
+		m.Kill(context.Background(), "default", "slow", "", 9, true)
+		m.Wait(context.Background(), "default", "slow", "")
+		m.Delete(context.Background(), "default", "slow", "")
+	}()
+	if started {
+		t.Fatal("a spare shim was started while the container was being created")
+	}
+	if pid := m.ShimPid("default", "slow"); pid != first.pid {
+		t.Fatalf("container runs in shim %d, want the spare %d", pid, first.pid)
+	}
+	// Once the Create is over, the namespace gets its next spare.
+	if next := waitSpare(t, m, "default"); next.pid == first.pid {
+		t.Fatal("the adopted shim is listed as the spare")
 	}
 }
