@@ -111,7 +111,10 @@ func TestCreateInProgress(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if _, err := s.task.Shutdown(ctx, &taskapi.ShutdownRequest{Id: id}); err != nil {
+			// The reply may lose the race with the shim closing the
+			// connection (the ttrpc client then says ErrClosed; containerd
+			// takes that as success too): the exit is what counts.
+			if _, err := s.task.Shutdown(ctx, &taskapi.ShutdownRequest{Id: id}); err != nil && !errors.Is(err, ttrpc.ErrClosed) {
 				t.Fatal(err)
 			}
 			if !s.exited(10 * time.Second) {
