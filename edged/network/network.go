@@ -127,6 +127,9 @@ type Network struct {
 	mountReady bool
 	refilling  bool
 	closed     bool
+	quit       chan struct{} // closed by Close: background work starts at once
+
+	bgDelay time.Duration // backgroundDelay; tests change it
 }
 
 type keyLock struct {
@@ -175,7 +178,8 @@ func New(ctx context.Context, cfg Config) (*Network, error) {
 	cfg.CNI.StateDir = filepath.Join(cfg.StateDir, "cni")
 	return &Network{cfg: cfg, containers: filepath.Join(cfg.StateDir, "containers"),
 		netnsDir: filepath.Join(cfg.StateDir, "netns"), sparesDir: filepath.Join(cfg.StateDir, "spares"),
-		locks: map[string]*keyLock{}, cniLoading: make(chan struct{}, 1)}, nil
+		locks: map[string]*keyLock{}, cniLoading: make(chan struct{}, 1),
+		quit: make(chan struct{}), bgDelay: backgroundDelay}, nil
 }
 
 // NetnsDir is where the bridge attachments' namespace files are bind
@@ -718,7 +722,11 @@ func (n *Network) removeDir(ns, id string) error {
 	if err := os.RemoveAll(d); err != nil {
 		return fmt.Errorf("network: remove %s: %w", d, err)
 	}
-	_ = os.Remove(filepath.Dir(d)) // the namespace's dir, when empty
+	// The namespace's directory stays, even empty: removing it here could
+	// fall between another container's MkdirAll creating it and creating
+	// its own directory in it (the locks are per container), and fail
+	// that container's Setup with ENOENT. Cleanup removes the empty ones
+	// at start-up, before anything is set up.
 	return nil
 }
 

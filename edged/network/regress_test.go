@@ -2,10 +2,12 @@ package network
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -348,5 +350,114 @@ func TestCleanupLogsOnlyWhatItUndoes(t *testing.T) {
 	const msg = `msg="network: cleaning up after a task that is gone" namespace=default id=`
 	if got := strings.Count(logs.String(), msg); got != 1 || !strings.Contains(logs.String(), msg+"gone\n") {
 		t.Fatalf("logs:\n%s\nwant one cleanup line, for default/gone", logs.String())
+	}
+}
+
+// Two containers of one namespace set up and tear down at once: the
+// teardown of one removed the namespace's directory when it found it
+// empty, which could fall between the other's MkdirAll creating that
+// directory and creating its own in it (the locks are per container).
+// The state write then failed with ENOENT ("network state: mkdir …: no
+// such file or directory") within a few hundred rounds.
+func TestStateWriteRacesNamespaceDirRemoval(t *testing.T) {
+	n := newNet(t, nil)
+	ctx := context.Background()
+	const rounds = 3000
+	errc := make(chan error, 2)
+	for _, id := range []string{"a", "b"} {
+		go func() {
+			for range rounds {
+				if err := n.writeState(&state{Namespace: "ns", ID: id}); err != nil {
+					errc <- err
+					return
+				}
+				if err := n.Teardown(ctx, "ns", id); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Cleanup (at start-up) removes the namespace's empty directory.
+	if err := n.Cleanup(ctx, func(ns, id string) bool { return false }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(n.containers, "ns")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the namespace's empty directory is left after Cleanup: %v", err)
+	}
+}
+
+// fakeLogCalls attaches instantly and records each command it runs in
+// <bin>/calls.
+const fakeLogCalls = `#!/bin/sh
+echo $$ >> "$(dirname "$0")/pids"
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}';;
+ADD) cat >/dev/null; echo ADD >> "$(dirname "$0")/calls"; echo '{"cniVersion":"1.0.0","ips":[{"address":"10.99.0.2/24"}]}';;
+DEL) cat >/dev/null; echo DEL >> "$(dirname "$0")/calls";;
+esac
+`
+
+// The background work a Setup or Teardown starts (the spare refilled, the
+// attachment released) runs backgroundDelay later, not while the container
+// starts or is removed; Close runs the releases at once.
+func TestBackgroundWorkWaitsForTheContainer(t *testing.T) {
+	calls := func(n *Network) []string {
+		b, _ := os.ReadFile(filepath.Join(n.cfg.CNI.PluginDirs[0], "calls"))
+		return strings.Fields(string(b))
+	}
+	for _, tc := range []struct {
+		name  string
+		close bool // Close during the delay instead of waiting for it
+	}{{"delay", false}, {"close", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, _ := fakeNet(t, fakeLogCalls)
+			n.cfg.Spares = 1
+			n.bgDelay = 2 * time.Second
+			ctx := context.Background()
+			if err := n.Setup(ctx, "default", metadata.Container{ID: "a"}, spec(ModeBridge), ""); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Teardown(ctx, "default", "a"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(300 * time.Millisecond)
+			if got := calls(n); !slices.Equal(got, []string{"ADD"}) {
+				t.Fatalf("plugin calls within 300 ms of the Setup and Teardown: %v, want only the container's ADD", got)
+			}
+			start := time.Now()
+			if tc.close {
+				if err := n.Close(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if d := time.Since(start); d > time.Second {
+					t.Fatalf("Close took %v: it waited for the delay", d)
+				}
+				// The attachment released; the refill stopped before it
+				// made a spare.
+				if got := calls(n); !slices.Equal(got, []string{"ADD", "DEL"}) {
+					t.Fatalf("plugin calls after Close: %v, want ADD DEL", got)
+				}
+				return
+			}
+			n.Wait()
+			got := calls(n)
+			slices.Sort(got)
+			if !slices.Equal(got, []string{"ADD", "ADD", "DEL"}) {
+				t.Fatalf("plugin calls after the background work: %v, want the spare's ADD and the release's DEL too", got)
+			}
+			if d := time.Since(start); d < time.Second {
+				t.Fatalf("background work done %v after the check at 300 ms; want the 2 s delay", d)
+			}
+			if err := n.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
