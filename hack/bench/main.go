@@ -56,6 +56,7 @@ type Config struct {
 	Calls      int           // API calls before the idle RSS measurement
 	Idle       time.Duration // idle time before measuring RSS
 	Runs       int           // edgectl version round trips
+	Pairs      int           // timed pairs of the run --rm ratios
 	Containers int           // containers created and deleted per phase
 	Clients    int           // concurrent clients of the concurrent phase
 	Window     int           // operations per throughput window
@@ -115,6 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Calls, "calls", 1000, "namespace/container API calls before the idle RSS measurement")
 	fs.DurationVar(&cfg.Idle, "idle", 2*time.Second, "idle time before an RSS measurement")
 	fs.IntVar(&cfg.Runs, "runs", 200, "edgectl version round trips (0: skip)")
+	fs.IntVar(&cfg.Pairs, "pairs", 50, "timed pairs of each run --rm ratio (sections runtime and network; the median of 20 moved by ±0.05 between runs)")
 	fs.IntVar(&cfg.Containers, "containers", 10000, "containers created and deleted in each throughput phase (0: skip)")
 	fs.IntVar(&cfg.Clients, "clients", 4, "concurrent clients in the concurrent throughput phase (0: skip it)")
 	fs.IntVar(&cfg.Window, "window", 1000, "operations per window of the sustained-rate measurement")
@@ -151,7 +153,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bench: -idle-shim must be at least 1s")
 		return 2
 	}
-	if cfg.Calls < 10 || cfg.Runs < 0 || cfg.Containers < 0 || cfg.Window < 1 || cfg.Clients < 0 {
+	if cfg.Calls < 10 || cfg.Runs < 0 || cfg.Pairs < 1 || cfg.Containers < 0 || cfg.Window < 1 || cfg.Clients < 0 {
 		fmt.Fprintln(stderr, "bench: -calls must be ≥ 10; -runs, -containers and -clients ≥ 0 (0 skips); -window ≥ 1")
 		return 2
 	}

@@ -2,18 +2,25 @@ package measure
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // CPUTimes are the host's aggregate CPU times from the "cpu" line of
 // /proc/stat, in clock ticks.
 type CPUTimes struct {
 	Total, Steal uint64
+	Idle         uint64 // idle plus iowait
 }
+
+// Busy is the time the CPUs ran something of this machine's: neither
+// idle nor taken by the hypervisor.
+func (t CPUTimes) Busy() uint64 { return t.Total - t.Idle - t.Steal }
 
 // ReadCPUTimes reads the host's CPU times.
 func ReadCPUTimes() (CPUTimes, error) {
@@ -41,7 +48,10 @@ func parseCPUTimes(r io.Reader) (CPUTimes, error) {
 				return CPUTimes{}, fmt.Errorf("/proc/stat: cpu field %d %q: %w", i+1, s, err)
 			}
 			t.Total += v
-			if i == 7 {
+			switch i {
+			case 3, 4:
+				t.Idle += v
+			case 7:
 				t.Steal = v
 			}
 		}
@@ -63,3 +73,35 @@ func StealShare(a, b CPUTimes) float64 {
 	}
 	return float64(b.Steal-a.Steal) / float64(b.Total-a.Total)
 }
+
+// Settle waits until the machine is idle, the background work of what ran
+// before done (an edged replacing a spare shim or network attachment, a
+// CNI release): a window of settleWindow in which the CPUs ran at most one
+// clock tick (10 ms) of anything, or until max passed (false then). A
+// latency measured right after another run otherwise pays for that run's
+// background work, whichever side of a ratio it is on.
+func Settle(ctx context.Context, max time.Duration) bool {
+	deadline := time.Now().Add(max)
+	a, err := ReadCPUTimes()
+	if err != nil {
+		return false
+	}
+	for time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(settleWindow):
+		}
+		b, err := ReadCPUTimes()
+		if err != nil {
+			return false
+		}
+		if b.Busy()-a.Busy() <= 1 {
+			return true
+		}
+		a = b
+	}
+	return false
+}
+
+const settleWindow = 150 * time.Millisecond
