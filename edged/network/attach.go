@@ -43,16 +43,21 @@ const backgroundTimeout = time.Minute
 // otherwise compete for the CPUs with the container's own start, or the
 // rest of its removal. Measured on a 2-core host: a bridged `run --rm`
 // took 9.9 ms more than a host one with the refill at once, 5 ms with it
-// 150 ms later. Close does not wait for it.
+// 150 ms later. Close and Cleanup (at start-up, where nothing starts
+// meanwhile) do not wait for it.
 const backgroundDelay = 100 * time.Millisecond
 
-// settle waits backgroundDelay (n.bgDelay), or until Close.
+// settle waits backgroundDelay (n.bgDelay), or until waitBackground
+// (Close, Cleanup) wants the work done.
 func (n *Network) settle() {
+	n.mu.Lock()
+	hurry := n.hurry
+	n.mu.Unlock()
 	t := time.NewTimer(n.bgDelay)
 	defer t.Stop()
 	select {
 	case <-t.C:
-	case <-n.quit:
+	case <-hurry:
 	}
 }
 
@@ -113,7 +118,7 @@ func (n *Network) release(ctx context.Context, cniID, path string, ports []cni.P
 }
 
 // releaseAsync releases in the background, backgroundDelay later; Close
-// and Cleanup wait for it (Close without the delay).
+// and Cleanup wait for it, without the delay.
 func (n *Network) releaseAsync(cniID, path string, ports []cni.PortMapping) {
 	// Added under mu, as refill does: a release asked for while Close
 	// waits for the background work (a shim found dead at that moment)
@@ -264,6 +269,11 @@ func (n *Network) makeSpare(sp *spare) bool {
 // waitBackground waits for the background work started so far, or until
 // ctx is done (a plugin may hang for up to backgroundTimeout).
 func (n *Network) waitBackground(ctx context.Context) error {
+	// The work started so far runs without its delay (settle).
+	n.mu.Lock()
+	close(n.hurry)
+	n.hurry = make(chan struct{})
+	n.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		n.wg.Wait()
@@ -327,9 +337,6 @@ func (n *Network) sweep(ctx context.Context, referenced map[string]bool) error {
 // releases the spares. The network must not be used afterwards.
 func (n *Network) Close(ctx context.Context) error {
 	n.mu.Lock()
-	if !n.closed {
-		close(n.quit)
-	}
 	n.closed = true
 	n.mu.Unlock()
 	if err := n.waitBackground(ctx); err != nil {

@@ -127,7 +127,7 @@ type Network struct {
 	mountReady bool
 	refilling  bool
 	closed     bool
-	quit       chan struct{} // closed by Close: background work starts at once
+	hurry      chan struct{} // closed by waitBackground: delayed work starts at once
 
 	bgDelay time.Duration // backgroundDelay; tests change it
 }
@@ -179,7 +179,7 @@ func New(ctx context.Context, cfg Config) (*Network, error) {
 	return &Network{cfg: cfg, containers: filepath.Join(cfg.StateDir, "containers"),
 		netnsDir: filepath.Join(cfg.StateDir, "netns"), sparesDir: filepath.Join(cfg.StateDir, "spares"),
 		locks: map[string]*keyLock{}, cniLoading: make(chan struct{}, 1),
-		quit: make(chan struct{}), bgDelay: backgroundDelay}, nil
+		hurry: make(chan struct{}), bgDelay: backgroundDelay}, nil
 }
 
 // NetnsDir is where the bridge attachments' namespace files are bind

@@ -406,17 +406,14 @@ esac
 
 // The background work a Setup or Teardown starts (the spare refilled, the
 // attachment released) runs backgroundDelay later, not while the container
-// starts or is removed; Close runs the releases at once.
+// starts or is removed; Close and Cleanup run the releases at once.
 func TestBackgroundWorkWaitsForTheContainer(t *testing.T) {
 	calls := func(n *Network) []string {
 		b, _ := os.ReadFile(filepath.Join(n.cfg.CNI.PluginDirs[0], "calls"))
 		return strings.Fields(string(b))
 	}
-	for _, tc := range []struct {
-		name  string
-		close bool // Close during the delay instead of waiting for it
-	}{{"delay", false}, {"close", true}} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, then := range []string{"wait", "close", "cleanup"} {
+		t.Run(then, func(t *testing.T) {
 			n, _ := fakeNet(t, fakeLogCalls)
 			n.cfg.Spares = 1
 			n.bgDelay = 2 * time.Second
@@ -432,31 +429,41 @@ func TestBackgroundWorkWaitsForTheContainer(t *testing.T) {
 				t.Fatalf("plugin calls within 300 ms of the Setup and Teardown: %v, want only the container's ADD", got)
 			}
 			start := time.Now()
-			if tc.close {
-				if err := n.Close(ctx); err != nil {
-					t.Fatal(err)
+			var err error
+			switch then {
+			case "wait":
+				n.Wait()
+				got := calls(n)
+				slices.Sort(got)
+				if !slices.Equal(got, []string{"ADD", "ADD", "DEL"}) {
+					t.Fatalf("plugin calls after the background work: %v, want the spare's ADD and the release's DEL too", got)
 				}
-				if d := time.Since(start); d > time.Second {
-					t.Fatalf("Close took %v: it waited for the delay", d)
+				if d := time.Since(start); d < time.Second {
+					t.Fatalf("background work done %v after the check at 300 ms; want the 2 s delay", d)
 				}
-				// The attachment released; the refill stopped before it
-				// made a spare.
+				err = n.Close(ctx)
+			case "close":
+				// The attachment released; the refill stops before it
+				// makes a spare.
+				err = n.Close(ctx)
 				if got := calls(n); !slices.Equal(got, []string{"ADD", "DEL"}) {
 					t.Fatalf("plugin calls after Close: %v, want ADD DEL", got)
 				}
-				return
+			case "cleanup":
+				// As at a start-up: the release and the refill are waited
+				// for, the spare made (no record names it) released again.
+				err = n.Cleanup(ctx, func(ns, id string) bool { return false })
+				got := calls(n)
+				slices.Sort(got)
+				if !slices.Equal(got, []string{"ADD", "ADD", "DEL", "DEL"}) {
+					t.Fatalf("plugin calls after Cleanup: %v, want ADD ADD DEL DEL", got)
+				}
 			}
-			n.Wait()
-			got := calls(n)
-			slices.Sort(got)
-			if !slices.Equal(got, []string{"ADD", "ADD", "DEL"}) {
-				t.Fatalf("plugin calls after the background work: %v, want the spare's ADD and the release's DEL too", got)
-			}
-			if d := time.Since(start); d < time.Second {
-				t.Fatalf("background work done %v after the check at 300 ms; want the 2 s delay", d)
-			}
-			if err := n.Close(ctx); err != nil {
+			if err != nil {
 				t.Fatal(err)
+			}
+			if d := time.Since(start); then != "wait" && d > time.Second {
+				t.Fatalf("%s took %v: it waited for the delay", then, d)
 			}
 		})
 	}
