@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/edged/edged/edged/client"
@@ -307,7 +308,8 @@ func throughput(ctx context.Context, e *Env) ([]Row, error) {
 			budget(fmt.Sprintf("container create+delete, %s", label), tp.Rate(), "ops/s", ">=", budgetCreateDelete).
 				with("", fmt.Sprintf("%d containers (%d-byte OCI spec, 2 labels) in %.2f s through the Go client%s",
 					tp.Ops, len(spec), tp.Elapsed.Seconds(), stealNote(steal))),
-			budget(fmt.Sprintf("  slowest %d-op window", e.Window), tp.SlowestRate(e.Window), "ops/s", ">=", budgetCreateDelete),
+			budget(fmt.Sprintf("  slowest %d-op window", e.Window), tp.SlowestRate(e.Window), "ops/s", ">=", budgetCreateDelete).
+				with("", "each window's rate, in order: "+windowRates(tp, e.Window)),
 			info("  edged CPU time per create+delete", float64(edgedCPU1-edgedCPU0)/n/1e3, "µs").
 				with("", "user + system, all threads (/proc/PID/stat); steadier than the rate on a busy host"),
 			info("  client CPU time per create+delete", float64(selfCPU1-selfCPU0)/n/1e3, "µs").
@@ -325,4 +327,16 @@ func throughput(ctx context.Context, e *Env) ([]Row, error) {
 	root := filepath.Join(dir, "root")
 	rows = append(rows, info("meta.db + WAL size after", float64(measure.FileSize(filepath.Join(root, "meta.db"))+measure.FileSize(filepath.Join(root, "meta.db-wal")))/1024, "KiB"))
 	return rows, d.Alive()
+}
+
+// windowRates lists the rate of each window of tp, in ops/s.
+func windowRates(tp measure.Throughput, window int) string {
+	var b strings.Builder
+	for i, w := range tp.Windows {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%.0f", float64(window)/w.Seconds())
+	}
+	return b.String()
 }
