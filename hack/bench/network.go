@@ -6,10 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/edged/edged/hack/bench/measure"
 	"github.com/edged/edged/internal/testutil"
@@ -49,47 +47,28 @@ func networkSection(ctx context.Context, e *Env) ([]Row, error) {
 		syscall.Unmount(filepath.Join(edgedDir, "state", "network", "netns"), syscall.MNT_DETACH)
 		exec.Command("ip", "link", "del", bridge).Run()
 	}()
-	run := func(id, mode string) (time.Duration, error) {
-		start := time.Now()
+	run := func(id, mode string) error {
 		cmd := exec.CommandContext(ctx, e.Bin("edgectl"), "--address", d.Socket, "run", "--rm", "--rootfs", rootfs, "--net", mode, id, "true")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("edgectl run --net %s: %v: %s", mode, err, out)
+			return fmt.Errorf("edgectl run --net %s: %v: %s", mode, err, out)
 		}
-		return time.Since(start), nil
+		return nil
 	}
 	pairs := e.Pairs
-	var host, br []time.Duration
-	// One warm-up pair (loads the CNI configuration, makes the bridge and
-	// the first spare), not counted. Each run starts on an idle machine
-	// (measure.Settle): the spare a bridge run takes is replaced, and its
+	// The warm-up pair loads the CNI configuration, makes the bridge and
+	// the first spare. Each run starts on an idle machine (see
+	// timePairs): the spare a bridge run takes is replaced, and its
 	// attachment released, in the background, which would otherwise be
-	// timed as part of the next run. The order alternates (timePair).
-	busy := 0
-	settled := func(id, mode string) (time.Duration, error) {
-		if !measure.Settle(ctx, settleMax) {
-			busy++
-		}
-		return run(id, mode)
+	// timed as part of the next run.
+	host, br, busy, err := timePairs(ctx, pairs,
+		func(i int) error { return run("h"+strconv.Itoa(i), "host") },
+		func(i int) error { return run("b"+strconv.Itoa(i), "bridge") })
+	if err != nil {
+		return nil, err
 	}
-	for i := -1; i < pairs; i++ {
-		h, b, err := timePair(i,
-			func() (time.Duration, error) { return settled("h"+strconv.Itoa(i+1), "host") },
-			func() (time.Duration, error) { return settled("b"+strconv.Itoa(i+1), "bridge") })
-		if err != nil {
-			return nil, err
-		}
-		if i >= 0 {
-			host, br = append(host, h), append(br, b)
-		}
-	}
-	ratios := make([]float64, pairs)
-	for i := range host {
-		ratios[i] = float64(br[i]) / float64(host[i])
-	}
-	sort.Float64s(ratios)
 	medHost, medBr := measure.Percentile(host, 50), measure.Percentile(br, 50)
 	return []Row{
-		budget("edgectl run --rm --net bridge ÷ --net host, median of pairs", ratios[pairs/2], "×", "<=", 1.5).
+		budget("edgectl run --rm --net bridge ÷ --net host, median of pairs", medianRatio(host, br), "×", "<=", 1.5).
 			with("", fmt.Sprintf("%d pairs, busybox true; bridge %.1f ms, host %.1f ms (medians); one spare attachment (network.bridge_spares = 1)%s", pairs, measure.Ms(medBr), measure.Ms(medHost), busyNote(busy, 2*(pairs+1)))),
 		info("edgectl run --rm --net bridge true, median", measure.Ms(medBr), "ms"),
 		info("edgectl run --rm --net host true, median", measure.Ms(medHost), "ms"),

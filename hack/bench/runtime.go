@@ -148,46 +148,18 @@ func runtimeSection(ctx context.Context, e *Env) ([]Row, error) {
 }
 
 // runPairs times n pairs of a bare `runc run` of bundle (runc state in
-// runcRoot) and an `edgectl run --rm` of the same rootfs and command, one
-// warm-up pair first. Which of the two runs first alternates from pair to
-// pair, so neither always finds the caches as the other left them, and
-// each run starts on an idle machine (measure.Settle): edged's background
-// work after a run (the next spare shim) is not timed as part of the
-// other's. busy counts the runs that started without the machine idle
-// within settleMax. tag keeps the IDs of several calls apart.
+// runcRoot) and an `edgectl run --rm` of the same rootfs and command (see
+// timePairs). tag keeps the IDs of several calls apart.
 func runPairs(ctx context.Context, n int, runcRoot, bundle, rootfs, tag string, edgectl func(...string) error) (bare, ours []time.Duration, busy int, err error) {
-	for i := -1; i < n; i++ {
-		id := tag + strconv.Itoa(i+1)
-		runBare := func() (time.Duration, error) {
-			if !measure.Settle(ctx, settleMax) {
-				busy++
-			}
-			start := time.Now()
-			cmd := exec.CommandContext(ctx, "runc", "--root", runcRoot, "run", "--bundle", bundle, "bare"+id)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return 0, fmt.Errorf("runc run: %v: %s", err, out)
-			}
-			return time.Since(start), nil
+	return timePairs(ctx, n, func(i int) error {
+		cmd := exec.CommandContext(ctx, "runc", "--root", runcRoot, "run", "--bundle", bundle, "bare"+tag+strconv.Itoa(i))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("runc run: %v: %s", err, out)
 		}
-		runOurs := func() (time.Duration, error) {
-			if !measure.Settle(ctx, settleMax) {
-				busy++
-			}
-			start := time.Now()
-			if err := edgectl("run", "--rm", "--rootfs", rootfs, "r"+id, "true"); err != nil {
-				return 0, err
-			}
-			return time.Since(start), nil
-		}
-		b, o, err := timePair(i, runBare, runOurs)
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		if i >= 0 {
-			bare, ours = append(bare, b), append(ours, o)
-		}
-	}
-	return bare, ours, busy, nil
+		return nil
+	}, func(i int) error {
+		return edgectl("run", "--rm", "--rootfs", rootfs, "r"+tag+strconv.Itoa(i), "true")
+	})
 }
 
 // settleMax bounds the wait for an idle machine before a timed run.
@@ -201,25 +173,46 @@ func busyNote(busy, runs int) string {
 	return fmt.Sprintf("; %d of %d runs started without the machine idle for %v", busy, runs, settleMax)
 }
 
-// timePair runs a and b, a first in even pairs i and b first in odd ones,
-// and returns their times.
-func timePair(i int, a, b func() (time.Duration, error)) (ta, tb time.Duration, err error) {
-	first, second := a, b
-	if i%2 != 0 {
-		first, second = b, a
+// timePairs times n pairs of runs of a and b (given the pair's number,
+// from 0; a warm-up pair, not timed, is number 0 and the timed ones follow).
+// Which of the two runs first alternates from pair to pair, so neither
+// always finds the caches as the other left them, and each run starts on
+// an idle machine (measure.Settle): the background work edged starts after
+// a run (the next spare shim, CNI releases) is not timed as part of the
+// next one. busy counts the runs that started without the machine idle
+// within settleMax.
+func timePairs(ctx context.Context, n int, a, b func(i int) error) (ta, tb []time.Duration, busy int, err error) {
+	timed := func(f func(int) error, i int) (time.Duration, error) {
+		if !measure.Settle(ctx, settleMax) {
+			busy++
+		}
+		start := time.Now()
+		if err := f(i); err != nil {
+			return 0, err
+		}
+		return time.Since(start), nil
 	}
-	t1, err := first()
-	if err != nil {
-		return 0, 0, err
+	for i := 0; i <= n; i++ {
+		first, second := a, b
+		if i%2 != 0 {
+			first, second = b, a
+		}
+		t1, err := timed(first, i)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		t2, err := timed(second, i)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if i%2 != 0 {
+			t1, t2 = t2, t1
+		}
+		if i > 0 {
+			ta, tb = append(ta, t1), append(tb, t2)
+		}
 	}
-	t2, err := second()
-	if err != nil {
-		return 0, 0, err
-	}
-	if i%2 != 0 {
-		t1, t2 = t2, t1
-	}
-	return t1, t2, nil
+	return ta, tb, busy, nil
 }
 
 // medianRatio is the median of ours[i] / bare[i].
