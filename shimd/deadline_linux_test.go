@@ -201,18 +201,7 @@ func TestCreateKilledAtDeadline(t *testing.T) {
 				if err != nil {
 					t.Skipf("no cgroups: %v", err)
 				}
-				cg, err := cgroups.New("", mode, cgPath)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := cg.Create(); err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() {
-					if err := cg.Delete(context.Background()); err != nil {
-						t.Errorf("cleanup: %v", err)
-					}
-				})
+				cg := newTestCgroup(t, mode, cgPath)
 				own, _ = startIn(t, cg, "sleep", "600")
 				before = cgroupDirs(cgPath)
 			}

@@ -23,6 +23,7 @@ import (
 	"github.com/gogo/protobuf/types"
 	"golang.org/x/sys/unix"
 
+	"github.com/edged/edged/cgroups"
 	"github.com/edged/edged/edged/errdefs/errgrpc"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
 	eventsapi "github.com/edged/edged/proto/services/events/v1"
@@ -374,4 +375,30 @@ func (e *eventServer) waitTopics(t *testing.T, id string, want []string, d time.
 			t.Fatalf("events for %s: got %v, want %v", id, e.topics(id), want)
 		}
 	}
+}
+
+// newTestCgroup creates the cgroup path, removed at the end of the test
+// (after killing what is left in it).
+func newTestCgroup(t *testing.T, mode cgroups.Mode, path string) cgroups.Manager {
+	t.Helper()
+	cg, err := cgroups.New("", mode, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cg.Create(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if pids, err := cg.Procs(); err == nil {
+			for _, p := range pids {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+		}
+		if err := cg.Delete(ctx); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return cg
 }

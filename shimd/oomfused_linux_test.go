@@ -1,7 +1,6 @@
 package shimd_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -96,25 +95,14 @@ func TestOOMFusedCreateStartAtOnce(t *testing.T) {
 // it, leaving it empty with its oom_kill counter at 1.
 func oomKillIn(t *testing.T, mode cgroups.Mode, cgPath string) {
 	t.Helper()
-	cg, err := cgroups.New("", mode, cgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cg.Create(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := cg.Delete(context.Background()); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	cg := newTestCgroup(t, mode, cgPath)
 	limit := int64(16 << 20)
 	if err := cg.Apply(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}); err != nil {
 		t.Fatal(err)
 	}
 	cmd, in := startIn(t, cg, "sh", "-c", "read x; exec dd if=/dev/zero of=/dev/null bs=64M count=1")
 	in.Write([]byte("go\n"))
-	err = cmd.Wait()
+	err := cmd.Wait()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 		t.Fatalf("earlier process ended with %v, want SIGKILL (OOM kill)", err)

@@ -1,7 +1,6 @@
 package shimd_test
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -36,25 +35,7 @@ func TestOOMMonitorSubCgroupKill(t *testing.T) {
 	rand.Read(b[:])
 	parent := "/edged-test-" + hex.EncodeToString(b[:])
 	newCg := func(path string) cgroups.Manager {
-		cg, err := cgroups.New("", mode, path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cg.Create(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if pids, err := cg.Procs(); err == nil {
-				for _, p := range pids {
-					syscall.Kill(p, syscall.SIGKILL)
-				}
-			}
-			if err := cg.Delete(ctx); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		})
+		cg := newTestCgroup(t, mode, path)
 		return cg
 	}
 	// Cleanups run last-registered first: c1/sub, c1, then the parent.
@@ -181,25 +162,7 @@ func TestOOMMonitorExitedInitNotReaped(t *testing.T) {
 	parent := "/edged-test-" + hex.EncodeToString(b[:])
 	limit := int64(16 << 20)
 	newCg := func(path string, limited bool) cgroups.Manager {
-		cg, err := cgroups.New("", mode, path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cg.Create(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if pids, err := cg.Procs(); err == nil {
-				for _, p := range pids {
-					syscall.Kill(p, syscall.SIGKILL)
-				}
-			}
-			if err := cg.Delete(ctx); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		})
+		cg := newTestCgroup(t, mode, path)
 		if limited {
 			if err := cg.Apply(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit, Swap: &limit}}); err != nil {
 				t.Fatal(err)

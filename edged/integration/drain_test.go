@@ -1,17 +1,12 @@
 package integration
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
-	"fmt"
-	"io"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/edged/edged/edged/client"
 	"github.com/edged/edged/edged/errdefs"
 	"github.com/edged/edged/internal/testutil"
 )
@@ -27,22 +22,8 @@ func TestDrainRefusesNewCallsAfterSIGTERM(t *testing.T) {
 	cl := newClient(t, d)
 	ctx := ctxT(t)
 
-	blob := make([]byte, 2<<20)
-	rand.Read(blob)
-	dgst := fmt.Sprintf("sha256:%x", sha256.Sum256(blob))
-	pr, pw := io.Pipe()
-	written := make(chan error, 1)
-	go func() {
-		got, err := cl.WriteContent(ctx, "held", pr, client.WriteContentOpts{Total: int64(len(blob)), Expected: dgst})
-		if err == nil && got != dgst {
-			err = fmt.Errorf("wrote %s, want %s", got, dgst)
-		}
-		written <- err
-	}()
-	if _, err := pw.Write(blob[:1<<20]); err != nil {
-		t.Fatal(err)
-	}
-	waitIngest(t, cl, "held", 1<<20)
+	h := startHeldWrite(t, ctx, cl, "held")
+	pw, blob, written := h.pw, h.blob, h.written
 	if _, err := cl.Version(ctx); err != nil {
 		t.Fatal(err)
 	}

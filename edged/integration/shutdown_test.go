@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -32,6 +33,38 @@ func startWithShutdownTimeout(t *testing.T, dir, grace string) *testutil.Daemon 
 }
 
 // waitIngest waits until the daemon holds at least n bytes of ingest ref.
+// heldWrite is a content write of 2 MiB whose first half is sent and
+// ingested, the rest held back: a call in progress for as long as the test
+// wants. written receives the write's end (an error if the digest it
+// returned is not dgst).
+type heldWrite struct {
+	pw      *io.PipeWriter
+	blob    []byte
+	dgst    string
+	written chan error
+}
+
+func startHeldWrite(t *testing.T, ctx context.Context, cl *client.Client, ref string) heldWrite {
+	t.Helper()
+	h := heldWrite{blob: make([]byte, 2<<20), written: make(chan error, 1)}
+	rand.Read(h.blob)
+	h.dgst = fmt.Sprintf("sha256:%x", sha256.Sum256(h.blob))
+	pr, pw := io.Pipe()
+	h.pw = pw
+	go func() {
+		got, err := cl.WriteContent(ctx, ref, pr, client.WriteContentOpts{Total: int64(len(h.blob)), Expected: h.dgst})
+		if err == nil && got != h.dgst {
+			err = fmt.Errorf("wrote %s, want %s", got, h.dgst)
+		}
+		h.written <- err
+	}()
+	if _, err := pw.Write(h.blob[:1<<20]); err != nil {
+		t.Fatal(err)
+	}
+	waitIngest(t, cl, ref, 1<<20)
+	return h
+}
+
 func waitIngest(t *testing.T, cl *client.Client, ref string, n int64) {
 	t.Helper()
 	ctx := ctxT(t)
@@ -174,19 +207,8 @@ func TestSIGTERMGraceEnds(t *testing.T) {
 	cl := newClient(t, d)
 	ctx := ctxT(t)
 
-	blob := make([]byte, 2<<20)
-	rand.Read(blob)
-	dgst := fmt.Sprintf("sha256:%x", sha256.Sum256(blob))
-	pr, pw := io.Pipe()
-	written := make(chan error, 1)
-	go func() {
-		_, err := cl.WriteContent(ctx, "stalled", pr, client.WriteContentOpts{Total: int64(len(blob)), Expected: dgst})
-		written <- err
-	}()
-	if _, err := pw.Write(blob[:1<<20]); err != nil {
-		t.Fatal(err)
-	}
-	waitIngest(t, cl, "stalled", 1<<20)
+	h := startHeldWrite(t, ctx, cl, "stalled")
+	pw, blob, dgst, written := h.pw, h.blob, h.dgst, h.written
 
 	sent := time.Now()
 	if err := d.Signal(syscall.SIGTERM); err != nil {
