@@ -46,6 +46,7 @@ type Client struct {
 	caller    caller
 	namespace string
 	timeout   time.Duration
+	busyPoll  time.Duration
 
 	version    versionapi.VersionService
 	namespaces namespacesapi.NamespacesService
@@ -62,6 +63,18 @@ func WithNamespace(ns string) Opt { return func(c *Client) { c.namespace = ns } 
 
 // WithTimeout sets the deadline of unary calls whose context has none.
 func WithTimeout(d time.Duration) Opt { return func(c *Client) { c.timeout = d } }
+
+// DefaultBusyPoll is how long a call reads for its answer without sleeping
+// before it waits for it, unless WithBusyPoll says otherwise.
+const DefaultBusyPoll = 200 * time.Microsecond
+
+// WithBusyPoll sets how long a call polls edged's socket for its answer
+// before it sleeps (0 turns polling off; default DefaultBusyPoll). Polling
+// trades the client's CPU for latency: a call that sleeps must be woken by
+// edged's answer, which costs edged CPU as well. The connection polls only
+// with more than one P (GOMAXPROCS) and while its recent answers came
+// within d; see rpc.Conn.SetBusyPoll for the figures.
+func WithBusyPoll(d time.Duration) Opt { return func(c *Client) { c.busyPoll = max(d, 0) } }
 
 // AddressFromEnv returns $EDGED_ADDRESS or DefaultAddress.
 func AddressFromEnv() string {
@@ -91,11 +104,12 @@ func New(ctx context.Context, address string, opts ...Opt) (*Client, error) {
 
 // NewFromConn wraps an established connection.
 func NewFromConn(conn net.Conn, opts ...Opt) *Client {
-	c := &Client{namespace: namespaces.FromEnv(), timeout: DefaultTimeout}
+	c := &Client{namespace: namespaces.FromEnv(), timeout: DefaultTimeout, busyPoll: DefaultBusyPoll}
 	for _, o := range opts {
 		o(c)
 	}
 	c.conn = rpc.NewConn(conn)
+	c.conn.SetBusyPoll(c.busyPoll)
 	c.caller = caller{c}
 	c.version = versionapi.NewVersionClient(c.caller)
 	c.namespaces = namespacesapi.NewNamespacesClient(c.caller)
@@ -111,6 +125,9 @@ func (c *Client) Close() error { return c.conn.Close() }
 // (edged stopped or crashed). A client that outlives edged connects
 // again with New.
 func (c *Client) Done() <-chan struct{} { return c.conn.Done() }
+
+// BusyPoll returns how long a call polls for its answer (see WithBusyPoll).
+func (c *Client) BusyPoll() time.Duration { return c.conn.BusyPoll() }
 
 // Namespace returns the client's default namespace.
 func (c *Client) Namespace() string { return c.namespace }

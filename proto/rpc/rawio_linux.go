@@ -57,6 +57,15 @@ type rawIO struct {
 	wtimeout   time.Duration
 	wnotBefore time.Time
 	wdeadline  bool
+
+	// poll is how long Read reads the socket without sleeping before it
+	// waits in the poller (see Conn.SetBusyPoll); set by the reader.
+	// polled and slept count the Reads a poll found data for and those
+	// that waited after one (for tests).
+	poll          time.Duration
+	polled, slept uint64
+	pollFn        func(fd uintptr)
+	pollGot       bool
 }
 
 // newRawIO returns raw I/O on conn's socket, or nil when conn has none
@@ -71,8 +80,26 @@ func newRawIO(conn net.Conn) *rawIO {
 		return nil
 	}
 	r := &rawIO{rc: rc, conn: conn, net: conn.LocalAddr().Network(), local: conn.LocalAddr(), peer: conn.RemoteAddr()}
-	r.readFn, r.writeFn, r.readPooledFn = r.read, r.write, r.readPool
+	r.readFn, r.writeFn, r.readPooledFn, r.pollFn = r.read, r.write, r.readPool, r.busyPoll
 	return r
+}
+
+// setPoll sets how long the next Reads poll (0: none).
+func (r *rawIO) setPoll(d time.Duration) { r.poll = d }
+
+// busyPoll reads into rbuf until the socket has something or r.poll has
+// passed, without sleeping; pollGot tells which.
+func (r *rawIO) busyPoll(fd uintptr) {
+	start := time.Now()
+	for {
+		if r.read(fd) {
+			r.pollGot = true
+			return
+		}
+		if time.Since(start) >= r.poll {
+			return
+		}
+	}
 }
 
 // read reads into rbuf once the socket is readable; false: wait.
@@ -91,6 +118,15 @@ func (r *rawIO) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	r.rbuf, r.rn, r.rerrno = p, 0, 0
+	if r.poll > 0 {
+		r.pollGot = false
+		if err := r.rc.Control(r.pollFn); err == nil && r.pollGot {
+			r.polled++
+			r.rbuf = nil
+			return r.readResult(nil)
+		}
+		r.slept++
+	}
 	err := r.rc.Read(r.readFn)
 	r.rbuf = nil
 	return r.readResult(err)

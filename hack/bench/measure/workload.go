@@ -162,11 +162,13 @@ func (t Throughput) SlowestRate(window int) float64 {
 // CreateDelete creates and deletes total containers through clients
 // concurrent connections to sock (each creates a container and then
 // deletes it, sequentially); one operation is one create plus its delete.
-func CreateDelete(ctx context.Context, sock, namespace string, total, clients, window int, spec []byte) (Throughput, error) {
+// opts go to client.New after the namespace.
+func CreateDelete(ctx context.Context, sock, namespace string, total, clients, window int, spec []byte, opts ...client.Opt) (Throughput, error) {
 	clients = max(1, clients)
 	cs := make([]*client.Client, clients)
+	opts = append([]client.Opt{client.WithNamespace(namespace)}, opts...)
 	for i := range cs {
-		c, err := client.New(ctx, sock, client.WithNamespace(namespace))
+		c, err := client.New(ctx, sock, opts...)
 		if err != nil {
 			return Throughput{}, err
 		}
