@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edged/edged/edged/errdefs"
 )
 
 func indexNames(t *testing.T, db *sql.DB) []string {
@@ -171,5 +173,152 @@ func TestMigrateFromVersion1(t *testing.T) {
 		return err
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func columnNames(t *testing.T, db *sql.DB, table string) []string {
+	t.Helper()
+	rows, err := db.Query(`SELECT name FROM pragma_table_info(?) ORDER BY cid`, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// TestMigrateContainersColumnOrder upgrades a version 3 database with
+// containers (a spec stored deflated and one stored as given) to version 4,
+// which rebuilds the table with the spec last: every field, rowid, the
+// unique key and the namespace foreign key survive, and a delete still
+// returns what describes the container.
+func TestMigrateContainersColumnOrder(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), FileName)
+	quiet := slog.New(slog.DiscardHandler)
+
+	old, err := open(ctx, path, Options{upto: 3, Logger: quiet, CompressSpecs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := columnNames(t, old.SQL(), "containers"); got[5] != "spec" {
+		t.Fatalf("version 3 columns %v: spec is not the 6th", got)
+	}
+	deflated := testContainer(t, "deflated")
+	deflated.Extensions = map[string][]byte{"ext": []byte("data")}
+	plain := testContainer(t, "plain")
+	plain.Runtime.Options = nil
+	plain.Labels = map[string]string{"only": "one"}
+	if err := old.Update(ctx, func(tx *Tx) error {
+		if _, err := tx.CreateContainer(ctx, "prod", deflated); err != nil {
+			return err
+		}
+		old.compressSpecs = false
+		_, err := tx.CreateContainer(ctx, "prod", plain)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rowids := func(db *DB) map[string]int64 {
+		t.Helper()
+		m := map[string]int64{}
+		rows, err := db.SQL().Query(`SELECT id, rowid, spec_encoding FROM containers`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			var rowid, enc int64
+			if err := rows.Scan(&id, &rowid, &enc); err != nil {
+				t.Fatal(err)
+			}
+			m[id] = rowid
+			m[id+" encoding"] = enc
+		}
+		return m
+	}
+	before := rowids(old)
+	if before["deflated encoding"] != specDeflate || before["plain encoding"] != specRaw {
+		t.Fatalf("version 3 rows %v: want one deflated spec and one as given", before)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	db, err := Open(ctx, path, Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if v, _ := db.version(ctx); v != SchemaVersion() {
+		t.Fatalf("after upgrade at version %d, want %d", v, SchemaVersion())
+	}
+	want := []string{"namespace", "id", "image", "runtime", "snapshotter", "snapshot_key", "spec_type", "spec_encoding",
+		"created", "updated", "labels", "extensions", "runtime_options", "spec"}
+	if got := columnNames(t, db.SQL(), "containers"); !reflect.DeepEqual(got, want) {
+		t.Fatalf("columns after upgrade %v, want %v", got, want)
+	}
+	if after := rowids(db); !reflect.DeepEqual(after, before) {
+		t.Fatalf("rowids and encodings after upgrade %v, want %v", after, before)
+	}
+	var tables int
+	if err := db.SQL().QueryRow(`SELECT count(*) FROM sqlite_master WHERE name LIKE 'containers%'`).Scan(&tables); err != nil || tables != 1 {
+		t.Fatalf("tables named containers*: %d %v, want only containers", tables, err)
+	}
+	var fk string
+	if err := db.SQL().QueryRow(`SELECT "table" FROM pragma_foreign_key_list('containers')`).Scan(&fk); err != nil || fk != "namespaces" {
+		t.Fatalf("foreign key of containers: %q %v, want namespaces", fk, err)
+	}
+	var ok string
+	if err := db.SQL().QueryRow(`PRAGMA integrity_check`).Scan(&ok); err != nil || ok != "ok" {
+		t.Fatalf("integrity_check: %q %v", ok, err)
+	}
+	if err := db.View(ctx, func(tx *Tx) error {
+		for _, c := range []Container{deflated, plain} {
+			got, err := tx.GetContainer(ctx, "prod", c.ID)
+			if err != nil {
+				return err
+			}
+			c.CreatedAt, c.UpdatedAt = got.CreatedAt, got.UpdatedAt
+			if !reflect.DeepEqual(got, c) {
+				t.Errorf("container after upgrade\n got %+v\nwant %+v", got, c)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(ctx, func(tx *Tx) error {
+		_, err := tx.CreateContainer(ctx, "prod", testContainer(t, "plain"))
+		return err
+	})
+	if !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("create of an existing container after upgrade: %v, want AlreadyExists", err)
+	}
+	var taken Container
+	if err := db.Update(ctx, func(tx *Tx) (err error) {
+		taken, err = tx.TakeContainer(ctx, "prod", "deflated")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if taken.ID != "deflated" || taken.SnapshotKey != deflated.SnapshotKey || taken.Snapshotter != "overlayfs" ||
+		!reflect.DeepEqual(taken.Labels, deflated.Labels) || taken.Image != deflated.Image || taken.Runtime.Name != deflated.Runtime.Name ||
+		taken.Spec != nil || taken.Extensions != nil || taken.CreatedAt.IsZero() {
+		t.Fatalf("TakeContainer after upgrade: %+v", taken)
+	}
+	if err := db.View(ctx, func(tx *Tx) error {
+		_, err := tx.GetContainer(ctx, "prod", "deflated")
+		return err
+	}); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("taken container still there: %v", err)
 	}
 }

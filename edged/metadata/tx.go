@@ -34,7 +34,7 @@ func (t *Tx) Writable() bool { return t.writable }
 func queries() []string {
 	return []string{
 		qNamespaceEnsure, qNamespaceInsert, qNamespaceGet, qNamespaceList, qNamespaceSetLabels, qNamespaceDelete, qNamespaceCounts,
-		qContainerInsert, qContainerGet, qContainerList, qContainerUpdate, qContainerDelete, qContainerTake,
+		qContainerInsert, qContainerGet, qContainerList, qContainerUpdate, qContainerDelete, qContainerTake, qContainerDeleteRow,
 		qImageInsert, qImageGet, qImageList, qImageUpdate, qImageDelete,
 		qContentInsert, qContentGet, qContentList, qContentSetLabels, qContentDelete, qContentNamespaces, qContentDigests,
 		qLeaseInsert, qLeaseGet, qLeaseList, qLeaseDelete, qLeaseExpired,
