@@ -64,16 +64,17 @@ func WithNamespace(ns string) Opt { return func(c *Client) { c.namespace = ns } 
 // WithTimeout sets the deadline of unary calls whose context has none.
 func WithTimeout(d time.Duration) Opt { return func(c *Client) { c.timeout = d } }
 
-// DefaultBusyPoll is how long a call reads for its answer without sleeping
-// before it waits for it, unless WithBusyPoll says otherwise.
-const DefaultBusyPoll = 200 * time.Microsecond
+// DefaultBusyPoll is the longest a call reads for its answer without
+// sleeping before it waits for it, unless WithBusyPoll says otherwise.
+const DefaultBusyPoll = 600 * time.Microsecond
 
-// WithBusyPoll sets how long a call polls edged's socket for its answer
-// before it sleeps (0 turns polling off; default DefaultBusyPoll). Polling
-// trades the client's CPU for latency: a call that sleeps must be woken by
-// edged's answer, which costs edged CPU as well. The connection polls only
-// with more than one P (GOMAXPROCS) and while its recent answers came
-// within d; see rpc.Conn.SetBusyPoll for the figures.
+// WithBusyPoll sets the longest a call polls edged's socket for its answer
+// before it sleeps (0 turns polling off; default DefaultBusyPoll). A call
+// polls for twice the connection's recent average answer time, at most d.
+// Polling trades the client's CPU for latency: a call that sleeps must be
+// woken by edged's answer, which costs edged CPU as well. The connection
+// polls only with more than one P (GOMAXPROCS) and while its recent answers
+// averaged under d/2; see rpc.Conn.SetBusyPoll for the figures.
 func WithBusyPoll(d time.Duration) Opt { return func(c *Client) { c.busyPoll = max(d, 0) } }
 
 // AddressFromEnv returns $EDGED_ADDRESS or DefaultAddress.

@@ -70,7 +70,9 @@ func TestBusyPollReadsAnswer(t *testing.T) {
 	}
 
 	c = dial(t, echoServer(t, &delay))
-	c.SetBusyPoll(20 * time.Millisecond) // longer than any scheduling delay here
+	// Polls of at least 20 ms (a tenth of the limit): longer than any
+	// scheduling delay here.
+	c.SetBusyPoll(200 * time.Millisecond)
 	const n = 50
 	for range n {
 		mustEcho(t, c, "on")
@@ -105,6 +107,27 @@ func TestBusyPollBacksOff(t *testing.T) {
 	}
 	if polled, _ := rpc.PollCounts(c); polled == 0 {
 		t.Fatal("fast answers again: no read polled")
+	}
+}
+
+// A poll lasts twice the average answer time, at least a tenth of the
+// limit: the first call's poll (10 ms) ends before its 30 ms answer, the
+// later ones (about 60 ms, the average having risen) catch theirs.
+func TestBusyPollWindowFollowsAnswers(t *testing.T) {
+	needProcs(t)
+	var delay atomic.Int64
+	delay.Store(int64(30 * time.Millisecond))
+	c := dial(t, echoServer(t, &delay))
+	c.SetBusyPoll(100 * time.Millisecond)
+	mustEcho(t, c, "first")
+	if polled, slept := rpc.PollCounts(c); polled != 0 || slept != 1 {
+		t.Fatalf("first call: %d reads polled, %d slept after a poll; want its 10 ms poll to miss the 30 ms answer", polled, slept)
+	}
+	for range 15 {
+		mustEcho(t, c, "later")
+	}
+	if polled, _ := rpc.PollCounts(c); polled < 8 {
+		t.Fatalf("%d of 15 later answers (30 ms) read while polling; want the polls to have grown to catch most", polled)
 	}
 }
 

@@ -151,8 +151,9 @@ func NewConn(conn net.Conn) *Conn {
 }
 
 // SetBusyPoll lets a unary call that reads its own answer poll the socket
-// without sleeping for up to limit before it waits in Go's poller; 0 (the
-// default) or less turns it off.
+// without sleeping before it waits in Go's poller, for twice the average
+// time this connection's answers took, at most limit; 0 (the default) or
+// less turns it off.
 //
 // Why: a thread that sleeps for its answer has to be woken for it, and
 // the server's write does the waking. On the 2-CPU virtual machine edged
@@ -160,29 +161,38 @@ func NewConn(conn net.Conn) *Conn {
 // perf put about 16 µs of edged's CPU per answer into waking the client
 // (sock_def_readable), and the answer reached a sleeping client later
 // still. Sequential container create+delete through the Go client, in
-// make bench runs of the same day: 2,400-3,100 pairs per second with
-// 200 µs against 2,100-2,600 with polling off; edged used 40-75 µs less
-// CPU per pair, the client 80-95 µs more.
+// make bench runs of the same day, with the client's limit of 600 µs:
+// 2,600-3,300 pairs per second against 2,200-2,500 with polling off; edged
+// used 50-70 µs less CPU per pair, the client 110-140 µs more. Limits of
+// 400 µs and 1 ms did no better sequentially, and 1 ms cost 4 concurrent
+// clients (in one process, on 2 CPUs) a sixth of their rate.
 //
 // A poll is tried only where it can pay: never with a single P
 // (GOMAXPROCS 1, which Go also derives from a CPU quota), where it would
 // only delay the server, and not while this connection's answers take
-// longer than limit on average (a moving average over the last few calls),
-// as under load or for slow calls such as a task start; a call that polls
-// in vain costs at most limit of CPU. Streams never poll.
+// over half the limit on average (a moving average over the last few
+// calls), as under load or for slow calls such as a task start. A call
+// that polls in vain costs twice the average answer time of CPU, at most
+// limit. Streams never poll.
 func (c *Conn) SetBusyPoll(limit time.Duration) { c.busyPoll.Store(int64(max(limit, 0))) }
 
 // BusyPoll returns SetBusyPoll's limit.
 func (c *Conn) BusyPoll() time.Duration { return time.Duration(c.busyPoll.Load()) }
 
 // pollFor returns how long a unary call's read may poll (see
-// SetBusyPoll).
+// SetBusyPoll): twice the connection's average answer time, at least a
+// tenth of the limit and at most the limit; none while that average is
+// over half the limit.
 func (c *Conn) pollFor() time.Duration {
 	limit := c.busyPoll.Load()
-	if limit == 0 || c.answerAvg.Load() > limit || runtime.GOMAXPROCS(0) < 2 {
+	if limit == 0 || runtime.GOMAXPROCS(0) < 2 {
 		return 0
 	}
-	return time.Duration(limit)
+	avg := c.answerAvg.Load()
+	if avg > limit/2 {
+		return 0
+	}
+	return time.Duration(min(limit, max(2*avg, limit/10)))
 }
 
 // noteAnswer adds a unary call's wait for its answer to the moving
