@@ -197,7 +197,8 @@ func (c *Conn) pollFor() time.Duration {
 
 // noteAnswer adds a unary call's wait for its answer to the moving
 // average (weight 1/4: an answer that took 50 ms keeps polling off for
-// about a dozen fast calls after it).
+// about a dozen fast calls after it). Concurrent calls may lose one
+// another's update: the average is an estimate.
 func (c *Conn) noteAnswer(d time.Duration) {
 	avg := c.answerAvg.Load()
 	c.answerAvg.Store(avg + (int64(d)-avg)/4)
@@ -465,7 +466,8 @@ var aLongTimeAgo = time.Unix(1, 0)
 // readFor reads, holding the read turn, until the next frame of s,
 // handing over the frames of others. The end of ctx interrupts the read
 // (through the read deadline); a frame half read stays for the next
-// reader. Its reads poll for up to poll first (see SetBusyPoll).
+// reader. Its reads poll for up to poll first (see SetBusyPoll); the end
+// of ctx is noticed after the poll, which is short.
 func (c *Conn) readFor(ctx context.Context, s *stream, poll time.Duration) (frame, error) {
 	defer c.release()
 	if p, ok := c.rw.(poller); ok && poll > 0 {
