@@ -84,7 +84,22 @@ func runMain(m *testing.M) int {
 	if shared.spec, err = os.ReadFile(filepath.Join(specDir, "config.json")); err != nil {
 		panic(err)
 	}
+	defer removeTestCgroupParent()
 	return m.Run()
+}
+
+// removeTestCgroupParent removes /edged-shim-test, the parent cgroup of
+// the tests' containers, from every hierarchy once the tests have removed
+// their own (a non-empty one stays).
+func removeTestCgroupParent() {
+	mode, err := cgroups.DetectMode(cgroups.DefaultRoot)
+	if err != nil {
+		return
+	}
+	bases, _ := cgroups.Hierarchies(cgroups.DefaultRoot, mode)
+	for _, base := range bases {
+		os.Remove(filepath.Join(base, "edged-shim-test"))
+	}
 }
 
 // buildRootfs makes a busybox rootfs (Debian busybox-static).

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/gogo/protobuf/types"
 
+	"github.com/edged/edged/cgroups"
 	"github.com/edged/edged/hack/bench/measure"
 	"github.com/edged/edged/internal/testutil"
 	taskapi "github.com/edged/edged/proto/runtime/task/v2"
@@ -281,10 +282,18 @@ func removeContainers(root string) {
 	}
 }
 
-// removeCgroups removes the (now empty) parent cgroups runc left.
+// removeCgroups removes the (now empty) parent cgroup rel that runc left
+// in every hierarchy, and its parent when that is empty too (the
+// /edged-bench every farm shares).
 func removeCgroups(rel string) {
-	for _, base := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/devices", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup/blkio", "/sys/fs/cgroup/systemd"} {
+	mode, err := cgroups.DetectMode(cgroups.DefaultRoot)
+	if err != nil {
+		return
+	}
+	bases, _ := cgroups.Hierarchies(cgroups.DefaultRoot, mode)
+	for _, base := range bases {
 		os.Remove(filepath.Join(base, rel))
+		os.Remove(filepath.Join(base, filepath.Dir(rel)))
 	}
 }
 
