@@ -42,6 +42,14 @@ type Config struct {
 	Registries map[string]Registry `toml:"registries"`
 }
 
+// Bounds of the registry retry settings: more than 100 attempts of one
+// request is a misconfiguration, and the backoff doubles up to 8 s anyway
+// (remotes' maxRetryBackoff).
+const (
+	maxRegistryRetries      = 100
+	maxRegistryRetryBackoff = 8 * time.Second
+)
+
 // Images configures the image store and registry pulls.
 type Images struct {
 	// Snapshotter is the snapshot backend: "overlayfs", "native" or ""
@@ -66,6 +74,13 @@ type Images struct {
 	// one that gets no answer, or moves less than 16 KiB, in this long is
 	// dropped and retried. It must be positive.
 	RegistryIdleTimeout Duration `toml:"registry_idle_timeout"`
+	// RegistryRetries is how many times in all a registry request (a
+	// manifest, a token, a blob, an upload) is tried before the pull or
+	// push fails: 1 to 100.
+	RegistryRetries int `toml:"registry_retries"`
+	// RegistryRetryBackoff is the pause before the first retry, doubled
+	// at each next one up to 8 s (with jitter): 1ms to 8s.
+	RegistryRetryBackoff Duration `toml:"registry_retry_backoff"`
 	// MaxLayerSize is the most one layer may unpack to (its uncompressed
 	// tar stream); 0 is no limit. It stops decompression bombs.
 	MaxLayerSize Size `toml:"max_layer_size"`
@@ -308,6 +323,12 @@ func (im *Images) validate() error {
 	}
 	if d := im.RegistryIdleTimeout.Duration; d <= 0 {
 		return errdefs.InvalidArgument("images.registry_idle_timeout", "%s must be positive, e.g. \"60s\"", d)
+	}
+	if n := im.RegistryRetries; n < 1 || n > maxRegistryRetries {
+		return errdefs.InvalidArgument("images.registry_retries", "%d is not between 1 and %d (the attempts of a request in all)", n, maxRegistryRetries)
+	}
+	if d := im.RegistryRetryBackoff.Duration; d < time.Millisecond || d > maxRegistryRetryBackoff {
+		return errdefs.InvalidArgument("images.registry_retry_backoff", "%s is not between 1ms and %s", d, maxRegistryRetryBackoff)
 	}
 	if im.MaxLayerSize < 0 {
 		return errdefs.InvalidArgument("images.max_layer_size", "%d must not be negative", im.MaxLayerSize)

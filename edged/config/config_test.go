@@ -195,3 +195,37 @@ func TestRegistryIdleTimeout(t *testing.T) {
 		}
 	}
 }
+
+// images.registry_retries (5) and registry_retry_backoff (250ms): the
+// defaults, a file's values, and values out of range refused by name.
+func TestRegistryRetrySettings(t *testing.T) {
+	if im := Default().Images; im.RegistryRetries != 5 || im.RegistryRetryBackoff.Duration != 250*time.Millisecond {
+		t.Fatalf("defaults: registry_retries %d, registry_retry_backoff %v; want 5 and 250ms", im.RegistryRetries, im.RegistryRetryBackoff.Duration)
+	}
+	p := filepath.Join(t.TempDir(), "edged.toml")
+	if err := os.WriteFile(p, []byte("[images]\nregistry_retries = 12\nregistry_retry_backoff = \"2s\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im := c.Images; im.RegistryRetries != 12 || im.RegistryRetryBackoff.Duration != 2*time.Second {
+		t.Fatalf("from the file: registry_retries %d, registry_retry_backoff %v; want 12 and 2s", im.RegistryRetries, im.RegistryRetryBackoff.Duration)
+	}
+	for text, want := range map[string]string{
+		"[images]\nregistry_retries = 0\n":             "images.registry_retries: 0 is not between 1 and 100 (the attempts of a request in all): invalid argument",
+		"[images]\nregistry_retries = 101\n":           "images.registry_retries: 101 is not between 1 and 100 (the attempts of a request in all): invalid argument",
+		"[images]\nregistry_retry_backoff = \"0s\"\n":  "images.registry_retry_backoff: 0s is not between 1ms and 8s: invalid argument",
+		"[images]\nregistry_retry_backoff = \"9s\"\n":  "images.registry_retry_backoff: 9s is not between 1ms and 8s: invalid argument",
+		"[images]\nregistry_retry_backoff = \"-1s\"\n": "images.registry_retry_backoff: -1s is not between 1ms and 8s: invalid argument",
+	} {
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Load(p, false)
+		if want = "config " + p + ": " + want; err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != want {
+			t.Errorf("%q: got %v, want %q", text, err, want)
+		}
+	}
+}

@@ -6,11 +6,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -342,5 +345,45 @@ func TestPullIdleTimeoutSetting(t *testing.T) {
 	t.Logf("failed after %v: %s", elapsed.Round(time.Millisecond), strings.TrimSpace(errOut))
 	if out := c.ok("images", "ls", "-q"); out != "" {
 		t.Fatalf("images after a failed pull: %q", out)
+	}
+}
+
+// images.registry_retries and registry_retry_backoff reach the pulls: a
+// registry that answers 503 to everything sees the manifest request
+// exactly registry_retries times, and edgectl names the status.
+func TestPullRetrySettings(t *testing.T) {
+	var mu sync.Mutex
+	reqs := map[string]int{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		reqs[r.Method+" "+r.URL.Path]++
+		mu.Unlock()
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	addr := ln.Addr().String()
+
+	dir := testutil.ShortTempDir(t)
+	p := filepath.Join(dir, "edged.toml")
+	cfg := fmt.Sprintf("[images]\nregistry_retries = 2\nregistry_retry_backoff = \"1ms\"\ndocker_config = %q\n[registries.%q]\nplain_http = true\n",
+		filepath.Join(dir, "none.json"), addr)
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := testutil.StartDaemon(t, testutil.DaemonConfig{Bin: binDir, Dir: dir, Args: []string{"--config", p}})
+	c := cli{t: t, env: []string{"EDGED_ADDRESS=" + d.Address}}
+	_, errOut, code := c.run("images", "pull", addr+"/x:y")
+	if code != 1 || !strings.Contains(errOut, "503") {
+		t.Fatalf("pull from a registry answering 503: exit %d, stderr %q; want exit 1 naming the 503", code, errOut)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := reqs["HEAD /v2/x/manifests/y"]; got != 2 || len(reqs) != 1 {
+		t.Fatalf("requests %v, want the manifest's HEAD twice (registry_retries = 2) and nothing else", reqs)
 	}
 }

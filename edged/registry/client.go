@@ -65,6 +65,12 @@ type Config struct {
 	// 16 KiB, in this long is dropped and retried (remotes.PullOptions
 	// IdleTimeout); 0 means the helper's default, 60 s.
 	IdleTimeout time.Duration
+	// Retries is how many times in all a request of a pull or push is
+	// tried, and RetryBackoff the pause before the first retry (doubled
+	// at each next one); 0 means the helper's defaults (5, 250 ms).
+	// PullOptions may override them for one pull.
+	Retries      int
+	RetryBackoff time.Duration
 }
 
 // Client starts a helper for each pull or push. It is safe for concurrent
@@ -83,6 +89,12 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.IdleTimeout < 0 {
 		return nil, errdefs.InvalidArgument("registry idle timeout", "%s must not be negative", cfg.IdleTimeout)
+	}
+	if cfg.Retries < 0 {
+		return nil, errdefs.InvalidArgument("registry retries", "%d must not be negative", cfg.Retries)
+	}
+	if cfg.RetryBackoff < 0 {
+		return nil, errdefs.InvalidArgument("registry retry backoff", "%s must not be negative", cfg.RetryBackoff)
 	}
 	if cfg.Helper == "" {
 		cfg.Helper = findHelper()
@@ -126,7 +138,8 @@ type PullOptions struct {
 	// layers) before the helper looks for it in the store or writes it; an
 	// error stops the pull. Callers lease the blob there.
 	BeforeBlob func(ctx context.Context, d ocispec.Descriptor) error
-	// Retries and RetryBackoff tune the registry client (0: defaults).
+	// Retries and RetryBackoff override Config's for this pull (0: the
+	// Config's).
 	Retries      int
 	RetryBackoff time.Duration
 }
@@ -137,7 +150,13 @@ type PullOptions struct {
 // returns the root descriptor and the platform manifest's.
 func (c *Client) Pull(ctx context.Context, store, ref string, opts PullOptions) (root, manifest ocispec.Descriptor, err error) {
 	req := c.request(OpPull, store, ref, opts.Credentials)
-	req.Platform, req.Retries, req.RetryBackoff = opts.Platform, opts.Retries, opts.RetryBackoff
+	req.Platform = opts.Platform
+	if opts.Retries > 0 {
+		req.Retries = opts.Retries
+	}
+	if opts.RetryBackoff > 0 {
+		req.RetryBackoff = opts.RetryBackoff
+	}
 	req.BeforeBlob = opts.BeforeBlob != nil
 	res, err := c.run(ctx, req, opts.Progress, opts.BeforeBlob)
 	if err != nil {
@@ -171,7 +190,7 @@ func (c *Client) request(op, store, ref string, creds *Credentials) Request {
 		creds = nil
 	}
 	return Request{Op: op, Store: store, Ref: ref, Hosts: c.cfg.Hosts, DockerConfig: c.cfg.DockerConfig,
-		UserAgent: c.cfg.UserAgent, Credentials: creds, IdleTimeout: c.cfg.IdleTimeout}
+		UserAgent: c.cfg.UserAgent, Credentials: creds, IdleTimeout: c.cfg.IdleTimeout, Retries: c.cfg.Retries, RetryBackoff: c.cfg.RetryBackoff}
 }
 
 // maxStderr bounds the helper's stderr kept for error messages.

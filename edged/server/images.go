@@ -66,7 +66,7 @@ func (s *Server) setupImages(ctx context.Context) (*imageStore, error) {
 		hosts[host] = registry.HostConfig{Mirrors: r.Mirrors, Insecure: r.Insecure, PlainHTTP: r.PlainHTTP}
 	}
 	reg, err := registry.New(registry.Config{Helper: cfg.Images.RegistryHelper, Hosts: hosts, DockerConfig: cfg.Images.DockerConfig, UserAgent: "edged", Logger: s.log,
-		IdleTimeout: cfg.Images.RegistryIdleTimeout.Duration})
+		IdleTimeout: cfg.Images.RegistryIdleTimeout.Duration, Retries: cfg.Images.RegistryRetries, RetryBackoff: cfg.Images.RegistryRetryBackoff.Duration})
 	if err != nil {
 		return nil, fmt.Errorf("registries: %w", err)
 	}
