@@ -120,6 +120,8 @@ type API struct {
 	DefaultTimeout  Duration `toml:"default_timeout"`
 	MaxTimeout      Duration `toml:"max_timeout"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// MaxConnections bounds the open API connections (1 to 65536).
+	MaxConnections int `toml:"max_connections"`
 }
 
 // Metadata configures the SQLite database.
@@ -276,6 +278,9 @@ func (c *Config) Validate() error {
 	}
 	if c.API.DefaultTimeout.Duration <= 0 || c.API.MaxTimeout.Duration <= 0 || c.API.ShutdownTimeout.Duration <= 0 {
 		return errdefs.InvalidArgument("api", "timeouts must be positive")
+	}
+	if n := c.API.MaxConnections; n < 1 || n > 65536 {
+		return errdefs.InvalidArgument("api.max_connections", "%d is not between 1 and 65536", n)
 	}
 	if c.Runtime.ShimCallTimeout.Duration <= 0 || c.Runtime.ShimConnectTimeout.Duration <= 0 {
 		return errdefs.InvalidArgument("runtime", "shim timeouts must be positive")

@@ -229,3 +229,30 @@ func TestRegistryRetrySettings(t *testing.T) {
 		}
 	}
 }
+
+// api.max_connections: 1024 by default, 1 to 65536.
+func TestAPIMaxConnections(t *testing.T) {
+	if n := Default().API.MaxConnections; n != 1024 {
+		t.Fatalf("default api.max_connections = %d, want 1024", n)
+	}
+	p := filepath.Join(t.TempDir(), "edged.toml")
+	for text, want := range map[string]string{
+		"[api]\nmax_connections = 0\n":     "api.max_connections: 0 is not between 1 and 65536: invalid argument",
+		"[api]\nmax_connections = 65537\n": "api.max_connections: 65537 is not between 1 and 65536: invalid argument",
+		"[api]\nmax_connections = 8\n":     "",
+	} {
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(p, false)
+		if want == "" {
+			if err != nil || c.API.MaxConnections != 8 {
+				t.Errorf("%q: %v, max_connections %v; want 8", text, err, c)
+			}
+			continue
+		}
+		if want = "config " + p + ": " + want; err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) || err.Error() != want {
+			t.Errorf("%q: got %v, want %q", text, err, want)
+		}
+	}
+}

@@ -99,6 +99,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, version vers
 		Unary:    unaryInterceptor(log, cfg.API.DefaultTimeout.Duration, cfg.API.MaxTimeout.Duration, trim, drain),
 		Stream:   streamInterceptor(log, trim, drain),
 		Draining: drainingStatus(),
+		MaxConns: cfg.API.MaxConnections,
+		TooManyConns: &rpc.StatusError{Code: rpc.CodeResourceExhausted, Message: fmt.Sprintf(
+			"edged has reached its limit of %d open API connections (api.max_connections): close idle connections or raise the limit", cfg.API.MaxConnections)},
+		OnRefuse: refuseLogger(log, cfg.API.MaxConnections, refuseLogEvery),
 	})
 	s = &Server{cfg: cfg, log: log, db: db, ex: events.New(cfg.Events.SubscriberQueue, log), rpc: rs, trim: trim, drain: drain, startup: startup}
 	s.rt, err = runtime.New(runtime.Config{

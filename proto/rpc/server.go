@@ -66,6 +66,16 @@ type ServerConfig struct {
 	// Draining is the status of a request that arrives once Shutdown
 	// has begun. Nil means Unavailable, "rpc: server is shutting down".
 	Draining *StatusError
+	// MaxConns bounds the open connections. A connection beyond it is
+	// answered with TooManyConns, as the status of its first request
+	// (read for up to refuseTimeout), and closed. Zero means no limit.
+	MaxConns int
+	// TooManyConns is that status. Nil means ResourceExhausted, "rpc:
+	// too many connections".
+	TooManyConns *StatusError
+	// OnRefuse, when set, is called for each connection refused (for a
+	// log line); open is the number of connections open.
+	OnRefuse func(open int)
 }
 
 // DefaultMaxCalls is the default of ServerConfig.MaxCalls.
@@ -78,6 +88,17 @@ const DefaultFrameTimeout = 20 * time.Second
 
 // DefaultWriteTimeout is the default of ServerConfig.WriteTimeout.
 const DefaultWriteTimeout = 20 * time.Second
+
+// refuseTimeout bounds how long a connection refused for MaxConns may take
+// to send its first request; maxRefusing bounds the refused connections
+// waiting for theirs (others are closed at once, without an answer), and
+// refuseMaxRequest the request read before answering (a larger one gets
+// no answer).
+const (
+	refuseTimeout    = 2 * time.Second
+	maxRefusing      = 16
+	refuseMaxRequest = 64 << 10
+)
 
 // payloadChunk is the first allocation for a payload larger than it: the
 // buffer then doubles as the bytes arrive, so a header announcing 4 MiB
@@ -133,6 +154,12 @@ type Server struct {
 
 	streamWait time.Duration // see streamFullWait; a field for tests
 
+	// refusing counts the connections refused for MaxConns whose first
+	// request is being read (see refuse); refuseWait is refuseTimeout, a
+	// field for tests.
+	refusing   atomic.Int32
+	refuseWait time.Duration
+
 	// readBufs lends connections their read buffers (see connReader).
 	readBufs sync.Pool
 }
@@ -168,8 +195,11 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Draining == nil {
 		cfg.Draining = &StatusError{Code: CodeUnavailable, Message: "rpc: server is shutting down"}
 	}
+	if cfg.TooManyConns == nil {
+		cfg.TooManyConns = &StatusError{Code: CodeResourceExhausted, Message: "rpc: too many connections"}
+	}
 	return &Server{cfg: cfg, services: map[string]*ServiceDesc{}, conns: map[*serverConn]struct{}{},
-		work: make(chan unaryCall), quit: make(chan struct{}), streamWait: streamFullWait,
+		work: make(chan unaryCall), quit: make(chan struct{}), streamWait: streamFullWait, refuseWait: refuseTimeout,
 		readBufs: sync.Pool{New: func() any { return new(readBuf) }}}
 }
 
@@ -251,18 +281,54 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return err
 		}
 		delay = 0
-		sc := &serverConn{srv: s, conn: c, rw: readWriter(c), streams: map[uint32]*serverStream{}}
-		sc.bw, _ = sc.rw.(boundedWriter)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			c.Close()
 			return ErrServerClosed
 		}
+		if open := len(s.conns); s.cfg.MaxConns > 0 && open >= s.cfg.MaxConns {
+			s.mu.Unlock()
+			if s.cfg.OnRefuse != nil {
+				s.cfg.OnRefuse(open)
+			}
+			if s.refusing.Add(1) > maxRefusing {
+				s.refusing.Add(-1)
+				c.Close()
+				continue
+			}
+			go s.refuse(c)
+			continue
+		}
+		sc := &serverConn{srv: s, conn: c, rw: readWriter(c), streams: map[uint32]*serverStream{}}
+		sc.bw, _ = sc.rw.(boundedWriter)
 		s.conns[sc] = struct{}{}
 		s.mu.Unlock()
 		go sc.run(ctx)
 	}
+}
+
+// refuse answers the first request of c, a connection over MaxConns, with
+// TooManyConns and closes c. The request is read whole first: a unix
+// socket closed with unread data resets its peer, which would then miss
+// the answer.
+func (s *Server) refuse(c net.Conn) {
+	defer s.refusing.Add(-1)
+	defer c.Close()
+	if c.SetDeadline(time.Now().Add(s.refuseWait)) != nil {
+		return
+	}
+	var hbuf [ttrpcwire.HeaderLen]byte
+	h, err := ttrpcwire.ReadHeader(c, &hbuf)
+	if err != nil || h.Length > refuseMaxRequest {
+		return
+	}
+	if _, err := io.CopyN(io.Discard, c, int64(h.Length)); err != nil {
+		return
+	}
+	st := s.cfg.TooManyConns
+	size := ttrpcwire.ResponseSize(st.Code, st.Message, nil)
+	c.Write(ttrpcwire.AppendResponse(ttrpcwire.NewFrame(h.Stream, ttrpcwire.TypeResponse, 0, size), st.Code, st.Message, nil))
 }
 
 func (s *Server) isClosed() bool {
