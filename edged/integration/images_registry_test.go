@@ -6,14 +6,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -352,22 +349,8 @@ func TestPullIdleTimeoutSetting(t *testing.T) {
 // registry that answers 503 to everything sees the manifest request
 // exactly registry_retries times, and edgectl names the status.
 func TestPullRetrySettings(t *testing.T) {
-	var mu sync.Mutex
-	reqs := map[string]int{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		reqs[r.Method+" "+r.URL.Path]++
-		mu.Unlock()
-		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	addr := ln.Addr().String()
-
+	u := registry.StartUnavailable(t)
+	addr := u.Addr
 	dir := testutil.ShortTempDir(t)
 	p := filepath.Join(dir, "edged.toml")
 	cfg := fmt.Sprintf("[images]\nregistry_retries = 2\nregistry_retry_backoff = \"1ms\"\ndocker_config = %q\n[registries.%q]\nplain_http = true\n",
@@ -381,9 +364,7 @@ func TestPullRetrySettings(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "503") {
 		t.Fatalf("pull from a registry answering 503: exit %d, stderr %q; want exit 1 naming the 503", code, errOut)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if got := reqs["HEAD /v2/x/manifests/y"]; got != 2 || len(reqs) != 1 {
+	if reqs := u.Take(); reqs["HEAD /v2/x/manifests/y"] != 2 || len(reqs) != 1 {
 		t.Fatalf("requests %v, want the manifest's HEAD twice (registry_retries = 2) and nothing else", reqs)
 	}
 }

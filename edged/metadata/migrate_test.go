@@ -14,9 +14,10 @@ import (
 	"github.com/edged/edged/edged/errdefs"
 )
 
-func indexNames(t *testing.T, db *sql.DB) []string {
+// queryStrings returns the one string column of query's rows.
+func queryStrings(t *testing.T, db *sql.DB, query string, args ...any) []string {
 	t.Helper()
-	rows, err := db.Query(`SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name`)
+	rows, err := db.Query(query, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,6 +31,11 @@ func indexNames(t *testing.T, db *sql.DB) []string {
 		out = append(out, n)
 	}
 	return out
+}
+
+func indexNames(t *testing.T, db *sql.DB) []string {
+	t.Helper()
+	return queryStrings(t, db, `SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name`)
 }
 
 // TestMigrateFromVersion1 creates a database with schema version 1 (as the
@@ -178,20 +184,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 
 func columnNames(t *testing.T, db *sql.DB, table string) []string {
 	t.Helper()
-	rows, err := db.Query(`SELECT name FROM pragma_table_info(?) ORDER BY cid`, table)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, n)
-	}
-	return out
+	return queryStrings(t, db, `SELECT name FROM pragma_table_info(?) ORDER BY cid`, table)
 }
 
 // TestMigrateContainersColumnOrder upgrades a version 3 database with
