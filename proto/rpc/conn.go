@@ -185,11 +185,12 @@ func (c *Conn) BusyPoll() time.Duration { return time.Duration(c.busyPoll.Load()
 // over half the limit.
 func (c *Conn) pollFor() time.Duration {
 	limit := c.busyPoll.Load()
-	if limit == 0 || runtime.GOMAXPROCS(0) < 2 {
+	if limit == 0 {
 		return 0
 	}
+	// GOMAXPROCS takes the scheduler's lock: asked last.
 	avg := c.answerAvg.Load()
-	if avg > limit/2 {
+	if avg > limit/2 || runtime.GOMAXPROCS(0) < 2 {
 		return 0
 	}
 	return time.Duration(min(limit, max(2*avg, limit/10)))
